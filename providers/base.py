@@ -1,0 +1,275 @@
+"""The Provider protocol: what the broker core may ask of a key backend, and what it must declare.
+
+The core never branches on a provider's kind. It reads `Capabilities` and composes what a backend lacks (e.g. a
+symmetric key on a backend that can only wrap data keys: the service AEADs locally under a fresh data key and asks
+the provider to wrap it). A provider only adds a module and a line in `registry.KINDS`.
+
+Every provider method that touches a key takes a `ProviderKeyRef`, the provider's own pointer to one key
+*version*. The broker stores refs opaquely (as `to_dict()`), so a provider is free in what it puts there — with
+one rule: anything secret in a ref (e.g. pkcs11 material) must already be wrapped under the root KEK.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from broker.model import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+
+# --------------------------------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class ProviderKeyRef:
+    """Where a provider keeps one key version.
+
+    key_id:   the backend's id of the key (HSM label, AWS key id, Key Vault key name, GCP cryptoKey name, …)
+    version:  the backend's id of the version, when the backend versions keys itself (None otherwise)
+    material: secret material wrapped under the root KEK, for backends whose material the broker keeps
+    extra:    anything else the provider needs back (strings/numbers only)
+    """
+
+    key_id: str
+    version: str | None = None
+    material: bytes | None = field(default=None, repr=False)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key_id": self.key_id}
+        if self.version is not None:
+            out["version"] = self.version
+        if self.material is not None:
+            out["material"] = self.material.hex()
+        if self.extra:
+            out["extra"] = dict(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProviderKeyRef:
+        material = data.get("material")
+        return cls(
+            key_id=data["key_id"],
+            version=data.get("version"),
+            material=bytes.fromhex(material) if material else None,
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. The service refuses (with the missing capability named) what it cannot compose.
+
+    key_specs:        specs the backend can create keys for. SYMMETRIC_DEFAULT is listed only when the backend
+                      has either `native_symmetric` or `wrap_data_key`.
+    native_symmetric: `encrypt`/`decrypt` with AAD for SYMMETRIC_DEFAULT keys
+    wrap_data_key:    `wrap_data_key`/`unwrap_data_key` for SYMMETRIC_DEFAULT keys (the service composes AEAD)
+    asymmetric_decrypt, sign, mac: the obvious operations for RSA / RSA+ECC / HMAC keys
+    import_material:  `begin_import`/`finish_import`: the caller supplies material wrapped for this backend
+    byok_import:      `byok_import`: material born in the broker's HSM imported through the backend's import API
+    random:           `random`
+    inventory:        `inventory`: list keys that exist in the backend (adoption, drift detection)
+    """
+
+    key_specs: frozenset[KeySpec]
+    native_symmetric: bool = False
+    wrap_data_key: bool = False
+    asymmetric_decrypt: bool = False
+    sign: bool = False
+    mac: bool = False
+    import_material: bool = False
+    byok_import: bool = False
+    random: bool = False
+    inventory: bool = False
+
+    def missing_for(self, spec: KeySpec) -> str | None:
+        """The capability a key of `spec` needs that this backend lacks, or None."""
+        if spec not in self.key_specs:
+            return f"key spec {spec.value}"
+        if spec is KeySpec.SYMMETRIC_DEFAULT and not (self.native_symmetric or self.wrap_data_key):
+            return "symmetric encryption or data-key wrapping"
+        return None
+
+
+@dataclass(frozen=True)
+class ImportParameters:
+    """What `begin_import` hands back: the public key to wrap material with, and a handle to finish with."""
+
+    public_key_der: bytes
+    wrapping_algorithms: tuple[str, ...]
+    handle: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class InventoryItem:
+    """A key found in a backend, whether or not the broker manages it."""
+
+    key_id: str
+    spec: KeySpec | None
+    usage: KeyUsage | None
+    enabled: bool
+    created_at: datetime | None = None
+    description: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+# (wrapping public key as DER SubjectPublicKeyInfo, wrapping algorithm name) -> wrapped material.
+# Algorithm names: "RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1" (OAEP-SHA-1 of an ephemeral AES key ‖ RFC 5649).
+# The broker implements it inside its HSM so HSM-born material never exists in clear outside it.
+WrapForImport = Callable[[bytes, str], bytes]
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+class ProviderError(Exception):
+    """Base of what providers raise. Messages must never carry key material, plaintext or credentials."""
+
+
+class ProviderUnavailable(ProviderError):
+    """The backend cannot be reached, timed out, or is not ready (HSM missing or locked)."""
+
+
+class ProviderNotFound(ProviderError):
+    """The backend does not know the key or version."""
+
+
+class ProviderAccessDenied(ProviderError):
+    """The backend refused the broker's credentials for this operation."""
+
+
+class ProviderThrottled(ProviderError):
+    """The backend asked us to slow down; `retry_after` in seconds when it said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderInvalidState(ProviderError):
+    """The backend holds the key in a state that forbids the operation (disabled, pending deletion, …)."""
+
+
+class ProviderInvalidCiphertext(ProviderError):
+    """Decryption or unwrap failed: wrong key, wrong AAD, or tampered data."""
+
+
+class ProviderIntegrityError(ProviderError):
+    """A response failed an integrity check (e.g. a CRC32C mismatch): the data cannot be trusted."""
+
+
+class ProviderUnsupported(ProviderError):
+    """The backend has no such operation for this key."""
+
+
+class ProviderInvalidInput(ProviderError):
+    """The backend rejected the input itself (e.g. imported material of the wrong length)."""
+
+
+# -------------------------------------------------------------------------------------------------- protocol
+
+
+class Provider(abc.ABC):
+    """A key backend instance, named in settings (`[providers.<name>] kind = "..."`).
+
+    Implementations must be safe to call from several threads. Methods for capabilities a backend does not
+    declare raise ProviderUnsupported (the defaults below do).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> Provider:
+        """Build from the settings table of this instance (already merged with KMSB_* overrides)."""
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    def check_health(self) -> None:
+        """Raise ProviderUnavailable when the backend cannot serve requests; cheap, called by /readyz."""
+
+    def close(self) -> None:
+        """Release connections and sessions."""
+
+    # -- lifecycle
+    @abc.abstractmethod
+    def create_key(self, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
+        """Create material for version 1 of a broker key. `label` is the broker key id (for tags/names)."""
+
+    @abc.abstractmethod
+    def create_version(self, ref: ProviderKeyRef, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
+        """Create new material for the same key (rotation). Old versions must keep working."""
+
+    def set_enabled(self, ref: ProviderKeyRef, enabled: bool) -> None:
+        """Mirror the broker's enabled state onto the backend, where it has one. Default: nothing to do."""
+
+    def schedule_destruction(self, ref: ProviderKeyRef, days: int) -> None:
+        """Mirror a scheduled deletion onto the backend, where it has one. Default: nothing to do."""
+
+    def cancel_destruction(self, ref: ProviderKeyRef) -> None:
+        """Undo `schedule_destruction`. Default: nothing to do."""
+
+    @abc.abstractmethod
+    def destroy(self, ref: ProviderKeyRef) -> None:
+        """Destroy the version's material for good (the broker's deletion window has passed)."""
+
+    # -- symmetric
+    def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
+        raise ProviderUnsupported("encrypt")
+
+    def decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, aad: bytes) -> bytes:
+        raise ProviderUnsupported("decrypt")
+
+    def wrap_data_key(self, ref: ProviderKeyRef, data_key: bytes) -> bytes:
+        raise ProviderUnsupported("wrap_data_key")
+
+    def unwrap_data_key(self, ref: ProviderKeyRef, wrapped: bytes) -> bytes:
+        raise ProviderUnsupported("unwrap_data_key")
+
+    # -- asymmetric
+    def get_public_key(self, ref: ProviderKeyRef) -> bytes:
+        """DER SubjectPublicKeyInfo. The service encrypts and verifies with it locally."""
+        raise ProviderUnsupported("get_public_key")
+
+    def asymmetric_decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, algorithm: EncryptionAlgorithm) -> bytes:
+        raise ProviderUnsupported("asymmetric_decrypt")
+
+    def sign(self, ref: ProviderKeyRef, digest: bytes, algorithm: SigningAlgorithm) -> bytes:
+        """Sign a digest the service computed with `algorithm.hash_name`. ECDSA signatures are DER-encoded."""
+        raise ProviderUnsupported("sign")
+
+    # -- MAC
+    def generate_mac(self, ref: ProviderKeyRef, message: bytes, algorithm: MacAlgorithm) -> bytes:
+        raise ProviderUnsupported("generate_mac")
+
+    # -- import
+    def begin_import(self, spec: KeySpec) -> ImportParameters:
+        raise ProviderUnsupported("begin_import")
+
+    def finish_import(
+        self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
+        wrapping_algorithm: str, *, label: str,
+    ) -> ProviderKeyRef:
+        raise ProviderUnsupported("finish_import")
+
+    def discard_import(self, handle: Mapping[str, Any]) -> None:
+        """Forget the wrapping key of an import that expired or finished."""
+
+    def byok_import(
+        self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str, ref: ProviderKeyRef | None = None,
+    ) -> ProviderKeyRef:
+        """Import broker-held material through the backend's own import protocol; `ref` re-imports into a key."""
+        raise ProviderUnsupported("byok_import")
+
+    # -- misc
+    def random(self, n: int) -> bytes:
+        raise ProviderUnsupported("random")
+
+    def inventory(self) -> Iterable[InventoryItem]:
+        raise ProviderUnsupported("inventory")
