@@ -1,0 +1,7 @@
+"""`python -m azure_keyvault_emulator`."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())
