@@ -1,0 +1,246 @@
+"""The broker store: SQLite by default, PostgreSQL by URL. All state lives here, not in processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
+from broker.store.tables import AliasRow, AuthTokenRow, ImportTokenRow, KeyRow, KeyVersionRow, TagRow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class Conflict(Exception):
+    """A uniqueness rule of the store was hit (e.g. an alias name that exists)."""
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything the broker handles is aware UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _to_key(row: KeyRow, tags: dict[str, str], aliases: list[str]) -> Key:
+    return Key(
+        key_id=row.key_id, provider=row.provider, spec=KeySpec(row.spec), usage=KeyUsage(row.usage),
+        state=KeyState(row.state), origin=Origin(row.origin), description=row.description,
+        created_at=_utc(row.created_at), primary_version=row.primary_version, deletion_date=_utc(row.deletion_date),
+        rotation_period_days=row.rotation_period_days, next_rotation_at=_utc(row.next_rotation_at), tags=tags,
+        aliases=aliases,
+    )
+
+
+def _to_version(row: KeyVersionRow) -> KeyVersion:
+    return KeyVersion(version=row.version, provider_ref=json.loads(row.provider_ref),
+                      created_at=_utc(row.created_at), state=row.state)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision (idempotent)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -------------------------------------------------------------------------------------------- keys
+
+    def add_key(self, key: Key, first_version: KeyVersion | None) -> None:
+        with self.session() as s:
+            s.add(KeyRow(
+                key_id=key.key_id, provider=key.provider, spec=key.spec.value, usage=key.usage.value,
+                state=key.state.value, origin=key.origin.value, description=key.description,
+                created_at=key.created_at, primary_version=key.primary_version,
+            ))
+            s.flush()
+            for k, v in key.tags.items():
+                s.add(TagRow(key_id=key.key_id, tag_key=k, tag_value=v))
+            if first_version is not None:
+                s.add(KeyVersionRow(key_id=key.key_id, version=first_version.version,
+                                    provider_ref=json.dumps(first_version.provider_ref),
+                                    created_at=first_version.created_at, state=first_version.state))
+
+    def get_key(self, key_id: str) -> Key | None:
+        with self.session() as s:
+            row = s.get(KeyRow, key_id)
+            if row is None:
+                return None
+            tags = {t.tag_key: t.tag_value for t in s.scalars(select(TagRow).where(TagRow.key_id == key_id))}
+            aliases = list(s.scalars(select(AliasRow.name).where(AliasRow.key_id == key_id).order_by(AliasRow.name)))
+            return _to_key(row, tags, aliases)
+
+    def list_keys(self, limit: int, after: str | None) -> list[Key]:
+        with self.session() as s:
+            q = select(KeyRow).order_by(KeyRow.key_id).limit(limit)
+            if after:
+                q = q.where(KeyRow.key_id > after)
+            return [_to_key(r, {}, []) for r in s.scalars(q)]
+
+    def update_key(self, key_id: str, **fields) -> None:
+        with self.session() as s:
+            row = s.get(KeyRow, key_id)
+            for name, value in fields.items():
+                if isinstance(value, KeyState):
+                    value = value.value
+                setattr(row, name, value)
+
+    def keys_due_for_deletion(self, now: datetime) -> list[str]:
+        with self.session() as s:
+            q = select(KeyRow.key_id).where(KeyRow.state == KeyState.PENDING_DELETION.value,
+                                            KeyRow.deletion_date <= now)
+            return list(s.scalars(q))
+
+    def keys_due_for_rotation(self, now: datetime) -> list[str]:
+        with self.session() as s:
+            q = select(KeyRow.key_id).where(KeyRow.state == KeyState.ENABLED.value, KeyRow.next_rotation_at <= now)
+            return list(s.scalars(q))
+
+    # -------------------------------------------------------------------------------------------- versions
+
+    def add_version(self, key_id: str, version: KeyVersion, *, make_primary: bool = True,
+                    expected_primary: int | None = None) -> bool:
+        """Add a version; with expected_primary, only if no other process rotated first (False then)."""
+        with self.session() as s:
+            row = s.get(KeyRow, key_id, with_for_update=True)
+            if expected_primary is not None and row.primary_version != expected_primary:
+                return False
+            s.add(KeyVersionRow(key_id=key_id, version=version.version, provider_ref=json.dumps(version.provider_ref),
+                                created_at=version.created_at, state=version.state))
+            if make_primary:
+                row.primary_version = version.version
+            try:
+                s.flush()
+            except IntegrityError:
+                raise Conflict(f"version {version.version} exists") from None
+            return True
+
+    def get_version(self, key_id: str, version: int) -> KeyVersion | None:
+        with self.session() as s:
+            row = s.get(KeyVersionRow, (key_id, version))
+            return _to_version(row) if row else None
+
+    def list_versions(self, key_id: str) -> list[KeyVersion]:
+        with self.session() as s:
+            q = select(KeyVersionRow).where(KeyVersionRow.key_id == key_id).order_by(KeyVersionRow.version)
+            return [_to_version(r) for r in s.scalars(q)]
+
+    def set_version_ref(self, key_id: str, version: int, provider_ref: dict, state: str) -> None:
+        with self.session() as s:
+            row = s.get(KeyVersionRow, (key_id, version))
+            row.provider_ref = json.dumps(provider_ref)
+            row.state = state
+
+    # -------------------------------------------------------------------------------------------- aliases, tags
+
+    def create_alias(self, name: str, key_id: str, now: datetime) -> None:
+        try:
+            with self.session() as s:
+                s.add(AliasRow(name=name, key_id=key_id, created_at=now, updated_at=now))
+        except IntegrityError:
+            raise Conflict(f"alias {name} exists") from None
+
+    def update_alias(self, name: str, key_id: str, now: datetime) -> bool:
+        with self.session() as s:
+            row = s.get(AliasRow, name)
+            if row is None:
+                return False
+            row.key_id, row.updated_at = key_id, now
+            return True
+
+    def delete_alias(self, name: str) -> bool:
+        with self.session() as s:
+            return s.execute(delete(AliasRow).where(AliasRow.name == name)).rowcount > 0
+
+    def resolve_alias(self, name: str) -> str | None:
+        with self.session() as s:
+            row = s.get(AliasRow, name)
+            return row.key_id if row else None
+
+    def list_aliases(self, key_id: str | None = None) -> list[tuple[str, str, datetime]]:
+        with self.session() as s:
+            q = select(AliasRow).order_by(AliasRow.name)
+            if key_id:
+                q = q.where(AliasRow.key_id == key_id)
+            return [(r.name, r.key_id, _utc(r.created_at)) for r in s.scalars(q)]
+
+    def set_tags(self, key_id: str, tags: dict[str, str]) -> None:
+        with self.session() as s:
+            for k, v in tags.items():
+                s.merge(TagRow(key_id=key_id, tag_key=k, tag_value=v))
+
+    def remove_tags(self, key_id: str, tag_keys: list[str]) -> None:
+        with self.session() as s:
+            s.execute(delete(TagRow).where(TagRow.key_id == key_id, TagRow.tag_key.in_(tag_keys)))
+
+    # -------------------------------------------------------------------------------------------- import tokens
+
+    def add_import_token(self, token_id: str, key_id: str, handle: dict, algorithm: str, expires_at: datetime) -> None:
+        with self.session() as s:
+            s.add(ImportTokenRow(token_id=token_id, key_id=key_id, handle=json.dumps(handle),
+                                 wrapping_algorithm=algorithm, expires_at=expires_at))
+
+    def get_import_token(self, token_id: str) -> tuple[str, dict, str, datetime] | None:
+        with self.session() as s:
+            row = s.get(ImportTokenRow, token_id)
+            if row is None:
+                return None
+            return row.key_id, json.loads(row.handle), row.wrapping_algorithm, _utc(row.expires_at)
+
+    def delete_import_tokens(self, key_id: str) -> list[dict]:
+        with self.session() as s:
+            rows = list(s.scalars(select(ImportTokenRow).where(ImportTokenRow.key_id == key_id)))
+            for row in rows:
+                s.delete(row)
+            return [json.loads(r.handle) for r in rows]
+
+    # -------------------------------------------------------------------------------------------- auth tokens
+
+    def add_auth_token(self, row: AuthTokenRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def get_auth_token(self, token_hash: str) -> AuthTokenRow | None:
+        with self.session() as s:
+            return s.get(AuthTokenRow, token_hash)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

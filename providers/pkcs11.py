@@ -1,0 +1,441 @@
+"""The pkcs11 provider: a PKCS#11 HSM (SoftHSM2 here) and the broker's root of trust.
+
+Key material is generated inside the HSM as session objects, immediately wrapped under the token's
+non-extractable root KEK (CKM_AES_KEY_WRAP_PAD, RFC 5649) and handed back in the ref: the store keeps only that
+wrapped blob, so any broker process on any host with the same token can serve the key (state lives in the store).
+On use, the blob is unwrapped into a session object and cached per process. All operations run inside the HSM.
+
+SoftHSM serialises nothing itself when initialised the way python-pkcs11 does (C_Initialize(NULL)), and one
+session per thread crashes it: this module uses one session per process behind a process-wide lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pkcs11
+from asn1crypto.algos import DigestInfo
+from asn1crypto.core import Null
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11._pkcs11 import DEFAULT
+from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.rsa import decode_rsa_public_key, encode_rsa_public_key
+
+from broker.model import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+from providers.base import (
+    Capabilities,
+    ImportParameters,
+    Provider,
+    ProviderError,
+    ProviderInvalidCiphertext,
+    ProviderInvalidInput,
+    ProviderKeyRef,
+    ProviderUnavailable,
+    ProviderUnsupported,
+)
+
+DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
+ROOT_KEK_LABEL = "kmsb-root-kek"
+AUDIT_HMAC_LABEL = "kmsb-audit-hmac"
+IMPORT_WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1")
+
+_CURVES = {KeySpec.ECC_NIST_P256: "secp256r1", KeySpec.ECC_NIST_P384: "secp384r1"}
+_HASH_MECH = {"sha1": Mechanism.SHA_1, "sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
+_MGF = {"sha1": MGF.SHA1, "sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
+_HMAC_MECH = {"sha256": Mechanism.SHA256_HMAC, "sha384": Mechanism.SHA384_HMAC, "sha512": Mechanism.SHA512_HMAC}
+_OAEP_SHA1 = (Mechanism.SHA_1, MGF.SHA1, None)
+
+# Templates. Material is extractable only so the root KEK can wrap it; it is always sensitive (never readable).
+_SECRET = {Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True, Attribute.TOKEN: False}
+_AES_USE = {**_SECRET, Attribute.ENCRYPT: True, Attribute.DECRYPT: True, Attribute.WRAP: True, Attribute.UNWRAP: True}
+_HMAC_USE = {**_SECRET, Attribute.SIGN: True, Attribute.VERIFY: True}
+# Private-key templates must not carry public-key attributes; DEFAULT drops them from python-pkcs11's template.
+_NOT_ON_PRIVATE = {Attribute.ENCRYPT: DEFAULT, Attribute.VERIFY: DEFAULT, Attribute.WRAP: DEFAULT}
+_RSA_PRIVATE = {**_SECRET, **_NOT_ON_PRIVATE, Attribute.SIGN: True, Attribute.DECRYPT: True, Attribute.UNWRAP: True}
+_EC_PRIVATE = {**_SECRET, **_NOT_ON_PRIVATE, Attribute.SIGN: True, Attribute.DECRYPT: DEFAULT,
+               Attribute.UNWRAP: DEFAULT, Attribute.DERIVE: DEFAULT}
+
+_MATERIAL_LENGTHS = {KeySpec.SYMMETRIC_DEFAULT: 32, KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
+
+
+def read_pin(config: Mapping[str, Any]) -> str:
+    """The user PIN from an environment variable or a file — never from argv, and never logged."""
+    env_name = config.get("pin_env", "KMSB_HSM_PIN")
+    if os.environ.get(env_name):
+        return os.environ[env_name]
+    pin_file = config.get("pin_file")
+    if pin_file and Path(pin_file).is_file():
+        return Path(pin_file).read_text().strip()
+    raise ProviderUnavailable(f"HSM PIN not available: set ${env_name} or pin_file")
+
+
+class _Session:
+    """One PKCS#11 session per process, opened lazily, re-opened after failures."""
+
+    def __init__(self, lib_path: str, token_label: str, config: Mapping[str, Any]) -> None:
+        self._lib_path = lib_path
+        self._token_label = token_label
+        self._config = config
+        self._session: Any = None
+        self._pid = 0
+        self.lock = threading.RLock()
+
+    def get(self) -> Any:
+        if self._session is not None and self._pid == os.getpid():
+            return self._session
+        try:
+            lib = pkcs11.lib(self._lib_path)
+            token = lib.get_token(token_label=self._token_label)
+            self._session = token.open(rw=True, user_pin=read_pin(self._config))
+            self._pid = os.getpid()
+        except ProviderUnavailable:
+            raise
+        except (pkcs11.PKCS11Error, OSError, RuntimeError) as exc:
+            self._session = None
+            raise ProviderUnavailable(f"HSM token {self._token_label!r} not available ({type(exc).__name__})") from None
+        return self._session
+
+    def reset(self) -> None:
+        try:
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+        except pkcs11.PKCS11Error:
+            pass
+        self._session = None
+
+
+class Pkcs11Provider(Provider):
+    kind = "pkcs11"
+
+    def __init__(self, name: str, *, lib_path: str, token_label: str, config: Mapping[str, Any],
+                 cache_size: int = 4096) -> None:
+        super().__init__(name)
+        if config.get("softhsm_conf"):
+            os.environ["SOFTHSM2_CONF"] = str(config["softhsm_conf"])
+        self._session = _Session(lib_path, token_label, config)
+        self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._cache_size = cache_size
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> Pkcs11Provider:
+        return cls(name, lib_path=config.get("lib", DEFAULT_LIB), token_label=config.get("token_label", "kms-broker"),
+                   config=config)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
+            import_material=True, random=True,
+        )
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _call(self, fn, *args):
+        """Run fn(session, *args) under the process lock, mapping PKCS#11 failures to provider errors."""
+        with self._session.lock:
+            session = self._session.get()
+            try:
+                return fn(session, *args)
+            except ProviderError:
+                raise
+            except (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.SessionClosed,
+                    pkcs11.exceptions.DeviceRemoved, pkcs11.exceptions.TokenNotPresent,
+                    pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceError) as exc:
+                self._session.reset()
+                self._cache.clear()
+                raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None
+
+    def _root(self, session: Any) -> Any:
+        try:
+            return session.get_key(label=ROOT_KEK_LABEL, key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY)
+        except pkcs11.NoSuchKey:
+            raise ProviderUnavailable("root KEK missing from the HSM token (run `kms-broker init`)") from None
+
+    def _wrap(self, session: Any, obj: Any) -> bytes:
+        return self._root(session).wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+
+    def _object(self, session: Any, ref: ProviderKeyRef) -> Any:
+        """The HSM object for a ref: from the per-process cache, else unwrapped from the stored blob."""
+        if not ref.material:
+            raise ProviderInvalidInput("key version has no material")
+        cache_key = hashlib.sha256(ref.material).digest()
+        obj = self._cache.get(cache_key)
+        if obj is not None:
+            self._cache.move_to_end(cache_key)
+            return obj
+        kind = ref.extra.get("kind")
+        root = self._root(session)
+        if kind == "aes":
+            obj = root.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, ref.material,
+                                  mechanism=Mechanism.AES_KEY_WRAP_PAD, template=_AES_USE)
+        elif kind == "hmac":
+            obj = root.unwrap_key(ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, ref.material,
+                                  mechanism=Mechanism.AES_KEY_WRAP_PAD, template=_HMAC_USE)
+        elif kind == "rsa":
+            obj = root.unwrap_key(ObjectClass.PRIVATE_KEY, KeyType.RSA, ref.material,
+                                  mechanism=Mechanism.AES_KEY_WRAP_PAD, template=_RSA_PRIVATE)
+        elif kind == "ec":
+            obj = root.unwrap_key(ObjectClass.PRIVATE_KEY, KeyType.EC, ref.material,
+                                  mechanism=Mechanism.AES_KEY_WRAP_PAD, template=_EC_PRIVATE)
+        else:
+            raise ProviderInvalidInput(f"unknown pkcs11 material kind {kind!r}")
+        self._cache[cache_key] = obj
+        if len(self._cache) > self._cache_size:
+            self._evict(self._cache.popitem(last=False)[1])
+        return obj
+
+    @staticmethod
+    def _evict(obj: Any) -> None:
+        try:
+            obj.destroy()
+        except pkcs11.PKCS11Error:
+            pass
+
+    def check_health(self) -> None:
+        self._call(self._root)
+
+    def close(self) -> None:
+        with self._session.lock:
+            self._cache.clear()
+            self._session.reset()
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    def _generate(self, session: Any, spec: KeySpec, label: str) -> ProviderKeyRef:
+        if spec is KeySpec.SYMMETRIC_DEFAULT:
+            obj = session.generate_key(KeyType.AES, 256, template=_AES_USE)
+            return self._remember(session, obj, label, {"kind": "aes"})
+        if spec.is_hmac:
+            obj = session.generate_key(KeyType.GENERIC_SECRET, spec.hmac_bits, template=_HMAC_USE)
+            return self._remember(session, obj, label, {"kind": "hmac"})
+        if spec.is_rsa:
+            pub, priv = session.generate_keypair(KeyType.RSA, spec.rsa_bits, store=False, private_template=_SECRET)
+            spki = _rsa_spki(encode_rsa_public_key(pub))
+            pub.destroy()
+            return self._remember(session, priv, label, {"kind": "rsa", "public_key": spki.hex()})
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(_CURVES[spec])}, local=True)
+        pub, priv = params.generate_keypair(store=False, private_template=_SECRET)
+        spki = encode_ec_public_key(pub)
+        pub.destroy()
+        return self._remember(session, priv, label, {"kind": "ec", "public_key": spki.hex()})
+
+    def _remember(self, session: Any, obj: Any, label: str, extra: dict[str, Any]) -> ProviderKeyRef:
+        material = self._wrap(session, obj)
+        self._cache[hashlib.sha256(material).digest()] = obj
+        return ProviderKeyRef(key_id=label, material=material, extra=extra)
+
+    def create_key(self, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
+        return self._call(self._generate, spec, label)
+
+    def create_version(self, ref: ProviderKeyRef, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
+        return self._call(self._generate, spec, label)
+
+    def destroy(self, ref: ProviderKeyRef) -> None:
+        """Drop the session object; the wrapped blob is deleted from the store by the service."""
+        if not ref.material:
+            return
+
+        def drop(_session: Any) -> None:
+            obj = self._cache.pop(hashlib.sha256(ref.material).digest(), None)
+            if obj is not None:
+                self._evict(obj)
+
+        self._call(drop)
+
+    # ------------------------------------------------------------------------------------------ crypto
+
+    def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
+        def run(session: Any) -> bytes:
+            iv = bytes(session.generate_random(96))
+            params = pkcs11.GCMParams(iv, aad, 128)
+            return iv + self._object(session, ref).encrypt(plaintext, mechanism=Mechanism.AES_GCM,
+                                                           mechanism_param=params)
+        return self._call(run)
+
+    def decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, aad: bytes) -> bytes:
+        if len(ciphertext) < 12 + 16:
+            raise ProviderInvalidCiphertext("ciphertext too short")
+
+        def run(session: Any) -> bytes:
+            params = pkcs11.GCMParams(ciphertext[:12], aad, 128)
+            try:
+                return self._object(session, ref).decrypt(ciphertext[12:], mechanism=Mechanism.AES_GCM,
+                                                          mechanism_param=params)
+            except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.EncryptedDataInvalid,
+                    pkcs11.exceptions.EncryptedDataLenRange):
+                # SoftHSM reports a failed GCM tag check as GeneralError.
+                raise ProviderInvalidCiphertext("authentication failed") from None
+        return self._call(run)
+
+    def get_public_key(self, ref: ProviderKeyRef) -> bytes:
+        public = ref.extra.get("public_key")
+        if not public:
+            raise ProviderUnsupported("get_public_key")
+        return bytes.fromhex(public)
+
+    def asymmetric_decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, algorithm: EncryptionAlgorithm) -> bytes:
+        if algorithm is not EncryptionAlgorithm.RSAES_OAEP_SHA_1:
+            # SoftHSM 2.6 implements OAEP with SHA-1 only (hashAlg must be CKM_SHA_1).
+            raise ProviderUnsupported(f"{algorithm.value} decryption (this HSM offers RSAES_OAEP_SHA_1)")
+
+        def run(session: Any) -> bytes:
+            try:
+                return self._object(session, ref).decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                                          mechanism_param=_OAEP_SHA1)
+            except (pkcs11.exceptions.EncryptedDataInvalid, pkcs11.exceptions.EncryptedDataLenRange,
+                    pkcs11.exceptions.GeneralError):
+                raise ProviderInvalidCiphertext("RSA decryption failed") from None
+        return self._call(run)
+
+    def sign(self, ref: ProviderKeyRef, digest: bytes, algorithm: SigningAlgorithm) -> bytes:
+        h = algorithm.hash_name
+
+        def run(session: Any) -> bytes:
+            key = self._object(session, ref)
+            if algorithm.is_ecdsa:
+                return encode_ecdsa_signature(key.sign(digest, mechanism=Mechanism.ECDSA))
+            if algorithm.is_pss:
+                return key.sign(digest, mechanism=Mechanism.RSA_PKCS_PSS,
+                                mechanism_param=(_HASH_MECH[h], _MGF[h], len(digest)))
+            info = DigestInfo({"digest_algorithm": {"algorithm": h, "parameters": Null()}, "digest": digest})
+            return key.sign(info.dump(), mechanism=Mechanism.RSA_PKCS)
+        return self._call(run)
+
+    def generate_mac(self, ref: ProviderKeyRef, message: bytes, algorithm: MacAlgorithm) -> bytes:
+        return self._call(lambda s: self._object(s, ref).sign(message, mechanism=_HMAC_MECH[algorithm.hash_name]))
+
+    def random(self, n: int) -> bytes:
+        return self._call(lambda s: bytes(s.generate_random(n * 8)))
+
+    # ------------------------------------------------------------------------------------------ import
+
+    def begin_import(self, spec: KeySpec) -> ImportParameters:
+        if spec not in _MATERIAL_LENGTHS:
+            raise ProviderUnsupported(f"importing {spec.value} material")
+
+        def run(session: Any) -> ImportParameters:
+            pub, priv = session.generate_keypair(KeyType.RSA, 2048, store=False, private_template=_SECRET)
+            spki = _rsa_spki(encode_rsa_public_key(pub))
+            pub.destroy()
+            ref = self._remember(session, priv, "import-wrapping-key", {"kind": "rsa"})
+            return ImportParameters(public_key_der=spki, wrapping_algorithms=IMPORT_WRAPPING_ALGORITHMS,
+                                    handle=ref.to_dict())
+        return self._call(run)
+
+    def finish_import(self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
+                      wrapping_algorithm: str, *, label: str) -> ProviderKeyRef:
+        """Unwrap the caller's material inside the HSM, check its length, and re-wrap it under the root KEK."""
+        if spec not in _MATERIAL_LENGTHS:
+            raise ProviderUnsupported(f"importing {spec.value} material")
+        if wrapping_algorithm not in IMPORT_WRAPPING_ALGORITHMS:
+            raise ProviderInvalidInput(f"wrapping algorithm must be one of {', '.join(IMPORT_WRAPPING_ALGORITHMS)}")
+        key_type, template, kind = ((KeyType.AES, _AES_USE, "aes") if spec is KeySpec.SYMMETRIC_DEFAULT
+                                    else (KeyType.GENERIC_SECRET, _HMAC_USE, "hmac"))
+
+        def run(session: Any) -> ProviderKeyRef:
+            wrapping = self._object(session, ProviderKeyRef.from_dict(handle))
+            try:
+                if wrapping_algorithm == "RSAES_OAEP_SHA_1":
+                    obj = wrapping.unwrap_key(ObjectClass.SECRET_KEY, key_type, wrapped_material,
+                                              mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1,
+                                              template=template)
+                else:
+                    obj = self._unwrap_rsa_aes(session, wrapping, wrapped_material, key_type, template)
+            except (pkcs11.exceptions.WrappedKeyInvalid, pkcs11.exceptions.WrappedKeyLenRange,
+                    pkcs11.exceptions.EncryptedDataInvalid, pkcs11.exceptions.EncryptedDataLenRange,
+                    pkcs11.exceptions.GeneralError, pkcs11.exceptions.TemplateInconsistent,
+                    pkcs11.exceptions.KeySizeRange, pkcs11.exceptions.AttributeValueInvalid):
+                raise ProviderInvalidCiphertext("the wrapped key material could not be unwrapped") from None
+            length = obj[Attribute.VALUE_LEN]
+            if length != _MATERIAL_LENGTHS[spec]:
+                obj.destroy()
+                raise ProviderInvalidInput(f"{spec.value} material must be {_MATERIAL_LENGTHS[spec]} bytes")
+            return self._remember(session, obj, label, {"kind": kind})
+        return self._call(run)
+
+    @staticmethod
+    def _unwrap_rsa_aes(session: Any, wrapping: Any, blob: bytes, key_type: KeyType, template: dict) -> Any:
+        """RSA_AES_KEY_WRAP composed in the HSM: OAEP-SHA-1 unwraps an ephemeral AES key, which unwraps (RFC 5649)."""
+        rsa_len = 256  # the import wrapping key is RSA-2048
+        ephemeral = wrapping.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, blob[:rsa_len],
+                                        mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1,
+                                        template={**_AES_USE, Attribute.EXTRACTABLE: False})
+        try:
+            return ephemeral.unwrap_key(ObjectClass.SECRET_KEY, key_type, blob[rsa_len:],
+                                        mechanism=Mechanism.AES_KEY_WRAP_PAD, template=template)
+        finally:
+            ephemeral.destroy()
+
+    def discard_import(self, handle: Mapping[str, Any]) -> None:
+        self.destroy(ProviderKeyRef.from_dict(handle))
+
+    # ------------------------------------------------------------------------------------------ root of trust
+
+    def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes:
+        """Wrap this HSM material for another backend's import API without it leaving the HSM in clear."""
+        from cryptography.hazmat.primitives import serialization
+
+        public = serialization.load_der_public_key(public_key_der)
+        pkcs1 = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+
+        def run(session: Any) -> bytes:
+            target = self._object(session, ref)
+            wrapper = session.create_object({**decode_rsa_public_key(pkcs1), Attribute.TOKEN: False,
+                                             Attribute.WRAP: True, Attribute.ENCRYPT: True})
+            try:
+                if algorithm == "RSAES_OAEP_SHA_1":
+                    return wrapper.wrap_key(target, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
+                if algorithm == "RSA_AES_KEY_WRAP_SHA_1":
+                    ephemeral = session.generate_key(KeyType.AES, 256, template=_AES_USE)
+                    try:
+                        return (wrapper.wrap_key(ephemeral, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                                 mechanism_param=_OAEP_SHA1)
+                                + ephemeral.wrap_key(target, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+                    finally:
+                        ephemeral.destroy()
+                raise ProviderUnsupported(f"wrapping for import with {algorithm}")
+            finally:
+                wrapper.destroy()
+        return self._call(run)
+
+    def seal(self, data: bytes, aad: bytes = b"") -> bytes:
+        """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
+        def run(session: Any) -> bytes:
+            iv = bytes(session.generate_random(96))
+            return iv + self._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
+                                                    mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+        return self._call(run)
+
+    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
+        def run(session: Any) -> bytes:
+            try:
+                return self._root(session).decrypt(blob[12:], mechanism=Mechanism.AES_GCM,
+                                                   mechanism_param=pkcs11.GCMParams(blob[:12], aad, 128))
+            except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.EncryptedDataInvalid,
+                    pkcs11.exceptions.EncryptedDataLenRange):
+                raise ProviderInvalidCiphertext("sealed data failed authentication") from None
+        return self._call(run)
+
+    def audit_hmac(self, data: bytes) -> bytes:
+        """HMAC-SHA-256 with the audit key that lives in the HSM (for values that must never be logged)."""
+        def run(session: Any) -> bytes:
+            try:
+                key = session.get_key(label=AUDIT_HMAC_LABEL, object_class=ObjectClass.SECRET_KEY)
+            except pkcs11.NoSuchKey:
+                raise ProviderUnavailable("audit HMAC key missing from the HSM token") from None
+            return key.sign(data, mechanism=Mechanism.SHA256_HMAC)
+        return self._call(run)
+
+
+def _rsa_spki(pkcs1_public: bytes) -> bytes:
+    """PKCS#1 RSAPublicKey -> SubjectPublicKeyInfo DER (the form GetPublicKey returns)."""
+    from asn1crypto.keys import PublicKeyInfo, RSAPublicKey
+
+    return PublicKeyInfo.wrap(RSAPublicKey.load(pkcs1_public), "rsa").dump()

@@ -1,0 +1,73 @@
+"""Create a SoftHSM2 token for the embedded default: its config, the token, the PINs, the root keys.
+
+softhsm2-util only takes PINs on its command line (it refuses a pipe), so the token is initialised with
+throwaway PINs that are replaced at once through PKCS#11 C_SetPIN: the real PINs never appear in argv or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pkcs11
+from pkcs11 import Attribute, KeyType
+
+from providers.pkcs11 import AUDIT_HMAC_LABEL, DEFAULT_LIB, ROOT_KEK_LABEL
+
+
+@dataclass(frozen=True)
+class TokenFiles:
+    conf: Path
+    pin_file: Path
+    so_pin_file: Path
+
+
+def token_files(hsm_dir: Path) -> TokenFiles:
+    return TokenFiles(hsm_dir / "softhsm2.conf", hsm_dir / "user.pin", hsm_dir / "so.pin")
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+
+
+def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAULT_LIB) -> TokenFiles:
+    """Initialise a fresh token under hsm_dir with a non-extractable root KEK and an audit HMAC key."""
+    files = token_files(hsm_dir)
+    tokens = hsm_dir / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    os.chmod(hsm_dir, 0o700)
+    files.conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    os.environ["SOFTHSM2_CONF"] = str(files.conf)
+
+    temp_so, temp_user = secrets.token_hex(8), secrets.token_hex(8)
+    subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", temp_so, "--pin", temp_user],
+        check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(files.conf)},
+    )
+    so_pin, user_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    token = pkcs11.lib(lib_path).get_token(token_label=label)
+    with token.open(rw=True, so_pin=temp_so) as session:
+        session.set_pin(temp_so, so_pin)
+    with token.open(rw=True, user_pin=temp_user) as session:
+        session.set_pin(temp_user, user_pin)
+        _create_root_keys(session)
+    _write_secret(files.pin_file, user_pin)
+    _write_secret(files.so_pin_file, so_pin)
+    return files
+
+
+def _create_root_keys(session) -> None:
+    session.generate_key(KeyType.AES, 256, label=ROOT_KEK_LABEL, store=True, template={
+        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
+        Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
+        Attribute.SIGN: False, Attribute.VERIFY: False,
+    })
+    session.generate_key(KeyType.GENERIC_SECRET, 256, label=AUDIT_HMAC_LABEL, store=True, template={
+        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
+        Attribute.SIGN: True, Attribute.VERIFY: True,
+    })
