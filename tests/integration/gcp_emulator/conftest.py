@@ -1,0 +1,76 @@
+"""Start the GCP KMS emulator as a real process once per session; clients are the official google-cloud-kms only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import kms_v1
+from google.cloud.kms_v1.services.key_management_service.transports import KeyManagementServiceGrpcTransport
+
+from tests.support.procs import Server, free_port, start_server
+
+from .helpers import PROJECT_LOCATION, uid
+
+ROOT = Path(__file__).resolve().parents[3]
+TRANSPORTS = ["grpc", "rest"]
+
+
+def _ready(server_log: Path) -> Callable[[], dict]:
+    def probe() -> dict:
+        for line in server_log.read_text().splitlines():
+            if line.startswith("READY "):
+                return json.loads(line[len("READY "):])
+        return {}
+    return probe
+
+
+def launch(name: str, log_dir: Path, *extra: str) -> tuple[Server, dict]:
+    """Run `python -m gcp_kms_emulator` on two free loopback ports and return it with its READY document."""
+    grpc_port, rest_port = free_port(), free_port()
+    while rest_port == grpc_port:
+        rest_port = free_port()
+    cmd = [sys.executable, "-m", "gcp_kms_emulator", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
+           "--rest-port", str(rest_port), *extra]
+    probe = _ready(log_dir / f"{name}.log")
+    server = start_server(name, cmd, log_dir=log_dir, ready=lambda: bool(probe()), cwd=ROOT,
+                          env={"PYTHONPATH": f"{ROOT / 'localstack'}:{ROOT}"})
+    return server, probe()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    log_dir = tmp_path_factory.mktemp("gcp-emulator")
+    server, ready = launch("gcp-kms-emulator", log_dir, "--min-destroy-seconds", "0")
+    yield ready
+    server.stop()
+
+
+def make_client(ready: dict, transport: str) -> kms_v1.KeyManagementServiceClient:
+    """The two documented ways to point the official client at a local endpoint (facts §B)."""
+    if transport == "grpc":
+        channel = grpc.insecure_channel(ready["grpc_target"])
+        return kms_v1.KeyManagementServiceClient(transport=KeyManagementServiceGrpcTransport(channel=channel))
+    return kms_v1.KeyManagementServiceClient(credentials=AnonymousCredentials(), transport="rest",
+                                             client_options={"api_endpoint": ready["rest_endpoint"]})
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def client(emulator: dict, transport: str) -> kms_v1.KeyManagementServiceClient:
+    return make_client(emulator, transport)
+
+
+@pytest.fixture
+def ring(client: kms_v1.KeyManagementServiceClient) -> str:
+    """A fresh key ring per test: the emulator's state is shared by every test in the session."""
+    return client.create_key_ring(request={"parent": PROJECT_LOCATION, "key_ring_id": uid("ring")}).name
