@@ -1,0 +1,33 @@
+"""Authorization: one engine decides every key operation. Default deny.
+
+The foundation ships the minimal rule set (the `root` policy allows everything, nothing else is allowed); the
+policy documents, key policies and grants plug in behind `PolicyEngine.authorize` without changing callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.auth import Principal
+from broker.errors import AccessDenied
+from broker.model import Key
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+
+
+class PolicyEngine:
+    def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None) -> Decision:
+        if principal.is_root:
+            return Decision(True, "policy root")
+        return Decision(False, "default deny")
+
+    def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None) -> Decision:
+        decision = self.decide(principal, action, key, context)
+        if not decision.allowed:
+            target = f" on {key.key_id}" if key else ""
+            raise AccessDenied(f"{principal.name} is not allowed to perform {action}{target}")
+        return decision
