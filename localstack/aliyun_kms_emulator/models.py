@@ -437,15 +437,14 @@ class KmsBackend:
                 raw = base64.b64decode(blob) if _is_b64(blob) else None
                 if raw is None:
                     raise err.invalid_ciphertext()
-                src, src_version, recovered = self._asym_decrypt(source_key_id, source_version_id,
+                _, _, recovered = self._asym_decrypt(source_key_id, source_version_id,
                                                                  source_algorithm, raw)
                 plaintext = base64.b64encode(recovered)
             else:
-                src, src_version, plaintext = self._unseal(blob, source_context)
+                _, _, plaintext = self._unseal(blob, source_context)
             dest = self._usable(destination_key_id, ENCRYPT_DECRYPT, symmetric=True)
             new_blob, dest_version = self._seal(dest, plaintext, destination_context)
-            return {"CiphertextBlob": new_blob, "KeyId": dest.key_id, "KeyVersionId": dest_version,
-                    "SourceKeyId": src.key_id, "SourceKeyVersionId": src_version.key_version_id}
+            return {"CiphertextBlob": new_blob, "KeyId": dest.key_id, "KeyVersionId": dest_version}
 
     def generate_data_key(self, key_id: str, key_spec: str | None, number_of_bytes: int | None,
                           context: dict | None) -> tuple[Key, str, str, bytes]:
