@@ -79,8 +79,9 @@ def localstack_python() -> Path:
 
 def localstack_env(port: int, data_dir: Path) -> dict[str, str]:
     """Host-mode settings that keep LocalStack on loopback, offline, and writing only under `data_dir`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONHOME"}
     env.update(
+        PYTHONPATH="",  # our 3.11 paths must not leak into LocalStack's 3.13 venv (empty, so a merge still clears it)
         SERVICES="kms",
         GATEWAY_LISTEN=f"{HOST}:{port}",
         LOCALSTACK_HOST=f"{HOST}:{port}",
