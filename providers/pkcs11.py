@@ -75,6 +75,10 @@ def read_pin(config: Mapping[str, Any]) -> str:
     raise ProviderUnavailable(f"HSM PIN not available: set ${env_name} or pin_file")
 
 
+# SoftHSM (C_Initialize(NULL)) serialises nothing: every provider instance in this process shares ONE lock.
+_PROCESS_LOCK = threading.RLock()
+
+
 class _Session:
     """One PKCS#11 session per process, opened lazily, re-opened after failures."""
 
@@ -84,7 +88,7 @@ class _Session:
         self._config = config
         self._session: Any = None
         self._pid = 0
-        self.lock = threading.RLock()
+        self.lock = _PROCESS_LOCK
 
     def get(self) -> Any:
         if self._session is not None and self._pid == os.getpid():
@@ -92,7 +96,13 @@ class _Session:
         try:
             lib = pkcs11.lib(self._lib_path)
             token = lib.get_token(token_label=self._token_label)
-            self._session = token.open(rw=True, user_pin=read_pin(self._config))
+            pin = read_pin(self._config)
+            try:
+                self._session = token.open(rw=True, user_pin=pin)
+            except pkcs11.exceptions.UserAlreadyLoggedIn:
+                # PKCS#11 login is per application: another provider instance of this process is logged in
+                # to the token already, and a new session shares that login.
+                self._session = token.open(rw=True)
             self._pid = os.getpid()
         except ProviderUnavailable:
             raise

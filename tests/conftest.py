@@ -1,0 +1,35 @@
+"""Session fixtures shared by the suites: one SoftHSM token, one PostgreSQL server (both real, started once)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from providers.pkcs11 import Pkcs11Provider
+from tests.support.hsm import TestToken, make_token
+from tests.support.postgres import start_postgres
+
+
+@pytest.fixture(scope="session")
+def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
+    """THE SoftHSM token of this test session (SoftHSM reads its config once per process)."""
+    return make_token(tmp_path_factory.mktemp("softhsm"))
+
+
+@pytest.fixture(scope="session")
+def hsm_provider(hsm_token: TestToken) -> Iterator[Pkcs11Provider]:
+    provider = hsm_token.provider()
+    provider.check_health()
+    yield provider
+    provider.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh database on a real PostgreSQL server started for this session."""
+    server = start_postgres(tmp_path_factory.mktemp("postgres-log"))
+    try:
+        yield server.create_database("kmsb_test")
+    finally:
+        server.stop()
