@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import kms_v1
 from google.cloud.kms_v1.services.key_management_service.transports import KeyManagementServiceGrpcTransport
 
@@ -51,12 +51,49 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     server.stop()
 
 
-def make_client(ready: dict, transport: str) -> kms_v1.KeyManagementServiceClient:
+class StaticToken(Credentials):
+    """A fixed bearer token (or none). Unlike AnonymousCredentials it survives the REST session's refresh-on-401."""
+
+    def __init__(self, value: str | None) -> None:
+        super().__init__()
+        self.token = value
+
+    def refresh(self, request: object) -> None:
+        return None
+
+    @property
+    def expired(self) -> bool:
+        return False
+
+    @property
+    def valid(self) -> bool:
+        return True
+
+    def apply(self, headers: dict, token: str | None = None) -> None:
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+
+
+class _BearerMetadata(grpc.UnaryUnaryClientInterceptor):
+    """Adds `authorization: Bearer T` to every call on an insecure channel (call credentials need TLS)."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201 - grpc API
+        metadata = [*(details.metadata or []), ("authorization", f"Bearer {self.value}")]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def make_client(ready: dict, transport: str, token: str | None = None) -> kms_v1.KeyManagementServiceClient:
     """The two documented ways to point the official client at a local endpoint (facts §B)."""
     if transport == "grpc":
         channel = grpc.insecure_channel(ready["grpc_target"])
+        if token is not None:
+            channel = grpc.intercept_channel(channel, _BearerMetadata(token))
         return kms_v1.KeyManagementServiceClient(transport=KeyManagementServiceGrpcTransport(channel=channel))
-    return kms_v1.KeyManagementServiceClient(credentials=AnonymousCredentials(), transport="rest",
+    credentials = AnonymousCredentials() if token is None else StaticToken(token)
+    return kms_v1.KeyManagementServiceClient(credentials=credentials, transport="rest",
                                              client_options={"api_endpoint": ready["rest_endpoint"]})
 
 
