@@ -70,6 +70,7 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     source_ip: str = ""
     front_door: str = "rest"
+    audited: bool = False
 
 
 @dataclass
@@ -167,6 +168,11 @@ class KeyService:
             **entry.extra,
         }
         self.audit.write(record)
+        ctx.audited = True
+
+    def audit_rejected(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
+        """Audit a request a front door refused before it reached an operation (bad token, bad body, …)."""
+        self._write_audit(ctx, _Audit(action), "denied" if denied else "error", code, 0.0)
 
     def _authorize(self, ctx: RequestContext, entry: _Audit, action: str, key: Key | None,
                    context: Mapping[str, str] | None = None) -> None:

@@ -1,0 +1,137 @@
+"""Request bodies of the native API, validated by pydantic (unknown fields are refused). Bytes travel as base64."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+
+def _b64(value: object) -> bytes:
+    if not isinstance(value, str):
+        raise ValueError("must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
+
+
+B64 = Annotated[bytes, BeforeValidator(_b64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+Context = dict[str, str]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateKey(Body):
+    KeySpec: str = "SYMMETRIC_DEFAULT"
+    KeyUsage: str | None = None
+    Description: str = ""
+    Tags: dict[str, str] | list[dict[str, str]] | None = None
+    Origin: Literal["AWS_KMS", "EXTERNAL"] = "AWS_KMS"
+    Provider: str | None = None
+
+
+class UpdateKey(Body):
+    Description: str
+
+
+class ScheduleDeletion(Body):
+    PendingWindowInDays: int = 30
+
+
+class Encrypt(Body):
+    Plaintext: B64
+    EncryptionContext: Context | None = None
+    EncryptionAlgorithm: str = "SYMMETRIC_DEFAULT"
+
+
+class Decrypt(Body):
+    CiphertextBlob: B64
+    EncryptionContext: Context | None = None
+    KeyId: str | None = None
+    EncryptionAlgorithm: str = "SYMMETRIC_DEFAULT"
+
+
+class ReEncrypt(Body):
+    CiphertextBlob: B64
+    DestinationKeyId: str
+    SourceEncryptionContext: Context | None = None
+    DestinationEncryptionContext: Context | None = None
+    SourceKeyId: str | None = None
+
+
+class GenerateDataKey(Body):
+    KeySpec: str | None = None
+    NumberOfBytes: int | None = None
+    EncryptionContext: Context | None = None
+
+
+class GenerateDataKeyPair(Body):
+    KeyPairSpec: str
+    EncryptionContext: Context | None = None
+
+
+class GenerateRandom(Body):
+    NumberOfBytes: int
+    Provider: str | None = None
+
+
+class Sign(Body):
+    Message: B64
+    SigningAlgorithm: str
+    MessageType: Literal["RAW", "DIGEST"] = "RAW"
+
+
+class Verify(Sign):
+    Signature: B64
+
+
+class GenerateMac(Body):
+    Message: B64
+    MacAlgorithm: str
+
+
+class VerifyMac(GenerateMac):
+    Mac: B64
+
+
+class CreateAlias(Body):
+    AliasName: str
+    TargetKeyId: str
+
+
+class UpdateAlias(Body):
+    TargetKeyId: str
+
+
+class TagKey(Body):
+    Tags: dict[str, str] | list[dict[str, str]]
+
+
+class UntagKey(Body):
+    TagKeys: list[str]
+
+
+class EnableRotation(Body):
+    RotationPeriodInDays: int = 365
+
+
+class ImportParameters(Body):
+    WrappingAlgorithm: str = "RSAES_OAEP_SHA_1"
+    WrappingKeySpec: str = "RSA_2048"
+
+
+class ImportMaterial(Body):
+    ImportToken: B64
+    EncryptedKeyMaterial: B64
+    ExpirationModel: Literal["KEY_MATERIAL_DOES_NOT_EXPIRE"] = "KEY_MATERIAL_DOES_NOT_EXPIRE"
+
+
+class ListQuery(Body):
+    model_config = ConfigDict(extra="forbid", strict=False)
+    limit: int = Field(default=100, ge=1, le=1000)
+    marker: str | None = None

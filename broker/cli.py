@@ -1,0 +1,284 @@
+"""`kms-broker`: set up and run the broker (init, serve) and talk to it over HTTP (key, alias, encrypt, …)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from broker.client import BrokerClient, BrokerClientError
+
+OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
+                      help="text for people, json for scripts")
+DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                        help="data folder (default: $KMSB_DATA_DIR or ./var)")
+
+
+def _data_dir(value: Path | None) -> Path:
+    return Path(value or os.environ.get("KMSB_DATA_DIR") or "./var")
+
+
+def _emit(output: str, data: Any, text: str | None = None) -> None:
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(text if text is not None else _as_text(data))
+
+
+def _as_text(data: Any) -> str:
+    if isinstance(data, dict):
+        return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in data.items())
+    return str(data)
+
+
+def _client() -> BrokerClient:
+    return BrokerClient()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _ClientErrors(click.Group):
+    """Turn client errors into one clean line on stderr and exit 1 (no traceback)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokerClientError as exc:
+            _fail(f"{exc.code}: {exc.message}")
+
+
+@click.group(cls=_ClientErrors)
+@click.version_option(package_name="kms-broker")
+def main() -> None:
+    """kms-broker: one KMS API over a PKCS#11 HSM and four clouds."""
+
+
+# ------------------------------------------------------------------------------------------------ init / serve
+
+
+@main.command()
+@DATA_DIR
+@OUTPUT
+def init(data_dir: Path | None, output: str) -> None:
+    """Create the SoftHSM token, root KEK, store and settings in the data folder; print the root token once."""
+    from broker.auth import TokenAuth
+    from broker.settings import CONFIG_NAME, embedded_defaults, write_settings
+    from broker.store import Store
+    from providers.softhsm_token import create_token
+
+    folder = _data_dir(data_dir).resolve()
+    if (folder / CONFIG_NAME).exists() or (folder / "hsm").exists():
+        _fail(f"{folder} is already initialised; nothing was changed")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    try:
+        create_token(folder / "hsm")
+    except (OSError, RuntimeError) as exc:
+        _fail(f"cannot create the SoftHSM token ({type(exc).__name__}: is softhsm2 installed?)")
+    raw = embedded_defaults(folder)
+    store = Store(raw["store_url"])
+    store.migrate()
+    token, accessor = TokenAuth(store).create("root", ["root"])
+    store.dispose()
+    write_settings(folder / CONFIG_NAME, raw)
+    _emit(output, {"root_token": token, "accessor": accessor, "data_dir": str(folder)},
+          f"Initialised {folder}\nRoot token (shown once, store it safely): {token}")
+
+
+@main.command()
+@DATA_DIR
+@click.option("--bind", default="127.0.0.1:8200", show_default=True, help="HOST:PORT to listen on")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
+def serve(data_dir: Path | None, bind: str, workers: int, threads: int) -> None:
+    """Serve the API with gunicorn (never Flask's development server)."""
+    from broker.settings import SettingsError, load_settings
+    from broker.wsgi import serve_forever
+
+    try:
+        settings = load_settings(_data_dir(data_dir))
+    except SettingsError as exc:
+        _fail(str(exc))
+    serve_forever(settings, bind=bind, workers=workers, threads=threads)
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+
+@main.group()
+def key() -> None:
+    """Create and manage keys (reads KMSB_ADDR and KMSB_TOKEN)."""
+
+
+@key.command("create")
+@click.option("--spec", default="SYMMETRIC_DEFAULT", show_default=True)
+@click.option("--usage", default=None, help="ENCRYPT_DECRYPT | SIGN_VERIFY | GENERATE_VERIFY_MAC")
+@click.option("--provider", default=None, help="provider instance name (default: the pkcs11 one)")
+@click.option("--description", default="")
+@click.option("--origin", type=click.Choice(["AWS_KMS", "EXTERNAL"]), default="AWS_KMS", show_default=True)
+@OUTPUT
+def key_create(spec: str, usage: str | None, provider: str | None, description: str, origin: str,
+               output: str) -> None:
+    meta = _client().create_key(spec, usage, description=description, provider=provider, origin=origin)
+    _emit(output, meta, meta["KeyId"])
+
+
+@key.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@OUTPUT
+def key_list(limit: int, output: str) -> None:
+    client, keys, marker = _client(), [], None
+    while True:
+        page = client.list_keys(limit, marker)
+        keys.extend(page["Keys"])
+        marker = page.get("NextMarker")
+        if not page.get("Truncated"):
+            break
+    _emit(output, keys, "\n".join(f"{k['KeyId']}  {k['Provider']}" for k in keys))
+
+
+@key.command("describe")
+@click.argument("key_ref")
+@OUTPUT
+def key_describe(key_ref: str, output: str) -> None:
+    _emit(output, _client().describe_key(key_ref))
+
+
+@key.command("enable")
+@click.argument("key_ref")
+@OUTPUT
+def key_enable(key_ref: str, output: str) -> None:
+    _client().enable_key(key_ref)
+    _emit(output, {"KeyId": key_ref, "KeyState": "Enabled"}, "enabled")
+
+
+@key.command("disable")
+@click.argument("key_ref")
+@OUTPUT
+def key_disable(key_ref: str, output: str) -> None:
+    _client().disable_key(key_ref)
+    _emit(output, {"KeyId": key_ref, "KeyState": "Disabled"}, "disabled")
+
+
+@key.command("schedule-deletion")
+@click.argument("key_ref")
+@click.option("--days", default=30, show_default=True, type=int, help="waiting period, 7 to 30 days")
+@OUTPUT
+def key_schedule_deletion(key_ref: str, days: int, output: str) -> None:
+    out = _client().schedule_key_deletion(key_ref, days)
+    _emit(output, out, f"deletion scheduled for {out['DeletionDate']}")
+
+
+@key.command("cancel-deletion")
+@click.argument("key_ref")
+@OUTPUT
+def key_cancel_deletion(key_ref: str, output: str) -> None:
+    _emit(output, _client().cancel_key_deletion(key_ref), "deletion cancelled; the key is disabled")
+
+
+@key.command("rotate")
+@click.argument("key_ref")
+@OUTPUT
+def key_rotate(key_ref: str, output: str) -> None:
+    out = _client().rotate_key(key_ref)
+    _emit(output, out, f"rotated: version {out['KeyVersion']} is now primary")
+
+
+@key.command("versions")
+@click.argument("key_ref")
+@OUTPUT
+def key_versions(key_ref: str, output: str) -> None:
+    out = _client().list_key_versions(key_ref)
+    _emit(output, out, "\n".join(f"v{v['KeyVersion']}  {v['State']}  {v['CreationDate']}" for v in out["Versions"]))
+
+
+# ------------------------------------------------------------------------------------------------ aliases
+
+
+@main.group()
+def alias() -> None:
+    """Aliases (alias/NAME) that point at keys."""
+
+
+@alias.command("create")
+@click.argument("name")
+@click.argument("key_ref")
+@OUTPUT
+def alias_create(name: str, key_ref: str, output: str) -> None:
+    name = name if name.startswith("alias/") else f"alias/{name}"
+    _client().create_alias(name, key_ref)
+    _emit(output, {"AliasName": name, "TargetKeyId": key_ref}, name)
+
+
+@alias.command("list")
+@click.option("--key", "key_ref", default=None)
+@OUTPUT
+def alias_list(key_ref: str | None, output: str) -> None:
+    out = _client().list_aliases(key_ref)["Aliases"]
+    _emit(output, out, "\n".join(f"{a['AliasName']}  {a['TargetKeyId']}" for a in out))
+
+
+# ------------------------------------------------------------------------------------------------ crypto
+
+
+def _context(pairs: tuple[str, ...]) -> dict[str, str]:
+    context = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not k=v", param_hint="--context")
+        context[name] = value
+    return context
+
+
+CONTEXT = click.option("--context", "context", multiple=True, help="encryption context entry k=v (repeatable)")
+
+
+@main.command()
+@click.option("--key", "key_ref", required=True, help="key id or alias/name")
+@CONTEXT
+@OUTPUT
+def encrypt(key_ref: str, context: tuple[str, ...], output: str) -> None:
+    """Encrypt stdin (at most 4096 bytes); print the ciphertext as base64."""
+    plaintext = sys.stdin.buffer.read()
+    blob = _client().encrypt(key_ref, plaintext, _context(context))
+    encoded = base64.b64encode(blob).decode()
+    _emit(output, {"CiphertextBlob": encoded}, encoded)
+
+
+@main.command()
+@CONTEXT
+@OUTPUT
+def decrypt(context: tuple[str, ...], output: str) -> None:
+    """Decrypt a base64 ciphertext from stdin; write the plaintext to stdout."""
+    try:
+        blob = base64.b64decode(sys.stdin.read().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        _fail("stdin is not base64", 2)
+    plaintext = _client().decrypt(blob, _context(context))
+    if output == "json":
+        _emit(output, {"Plaintext": base64.b64encode(plaintext).decode()})
+    else:
+        sys.stdout.buffer.write(plaintext)
+
+
+def _mount_optional_groups() -> None:
+    """Command groups that live in other packages (the local cloud stack)."""
+    import importlib.util
+
+    if importlib.util.find_spec("kms_stack") is not None:
+        from kms_stack.cli import stack
+
+        main.add_command(stack)
+
+
+_mount_optional_groups()

@@ -1,0 +1,122 @@
+"""HTTP client for the native API: what apps and the CLI use. Bytes in, bytes out; errors raise BrokerClientError."""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+
+class BrokerClientError(Exception):
+    def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.status, self.code, self.message, self.request_id = status, code, message, request_id
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+class BrokerClient:
+    def __init__(self, addr: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 verify: bool | str = True) -> None:
+        self.addr = (addr or os.environ.get("KMSB_ADDR") or "http://127.0.0.1:8200").rstrip("/")
+        token = token or os.environ.get("KMSB_TOKEN")
+        self._session = requests.Session()
+        self._session.verify = verify
+        if token:
+            self._session.headers["X-KMSB-Token"] = token
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"BrokerClient({self.addr!r})"
+
+    def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> dict[str, Any]:
+        try:
+            response = self._session.request(method, f"{self.addr}/v1{path}", json=body, params=params,
+                                             timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise BrokerClientError(0, "ConnectionError", f"cannot reach {self.addr}: {type(exc).__name__}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            raise BrokerClientError(response.status_code, err.get("code", "HTTPError"),
+                                    err.get("message", response.reason), err.get("request_id", ""))
+        return data
+
+    @staticmethod
+    def _key(key: str) -> str:
+        return quote(key, safe="/")
+
+    # keys
+    def create_key(self, spec: str = "SYMMETRIC_DEFAULT", usage: str | None = None, *, description: str = "",
+                   provider: str | None = None, origin: str = "AWS_KMS", tags: dict | None = None) -> dict:
+        body = {"KeySpec": spec, "Description": description, "Origin": origin}
+        if usage:
+            body["KeyUsage"] = usage
+        if provider:
+            body["Provider"] = provider
+        if tags:
+            body["Tags"] = tags
+        return self.call("POST", "/keys", body)["KeyMetadata"]
+
+    def list_keys(self, limit: int = 100, marker: str | None = None) -> dict:
+        params: dict[str, Any] = {"limit": limit}
+        if marker:
+            params["marker"] = marker
+        return self.call("GET", "/keys", params=params)
+
+    def describe_key(self, key: str) -> dict:
+        return self.call("GET", f"/keys/{self._key(key)}")["KeyMetadata"]
+
+    def enable_key(self, key: str) -> None:
+        self.call("POST", f"/keys/{self._key(key)}/enable")
+
+    def disable_key(self, key: str) -> None:
+        self.call("POST", f"/keys/{self._key(key)}/disable")
+
+    def schedule_key_deletion(self, key: str, days: int = 30) -> dict:
+        return self.call("POST", f"/keys/{self._key(key)}/schedule-deletion", {"PendingWindowInDays": days})
+
+    def cancel_key_deletion(self, key: str) -> dict:
+        return self.call("POST", f"/keys/{self._key(key)}/cancel-deletion")
+
+    def rotate_key(self, key: str) -> dict:
+        return self.call("POST", f"/keys/{self._key(key)}/rotate")
+
+    def list_key_versions(self, key: str) -> dict:
+        return self.call("GET", f"/keys/{self._key(key)}/versions")
+
+    # crypto
+    def encrypt(self, key: str, plaintext: bytes, context: dict[str, str] | None = None) -> bytes:
+        body: dict[str, Any] = {"Plaintext": _b64(plaintext)}
+        if context:
+            body["EncryptionContext"] = context
+        return base64.b64decode(self.call("POST", f"/keys/{self._key(key)}/encrypt", body)["CiphertextBlob"])
+
+    def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> bytes:
+        body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext)}
+        if context:
+            body["EncryptionContext"] = context
+        return base64.b64decode(self.call("POST", "/decrypt", body)["Plaintext"])
+
+    def generate_data_key(self, key: str, key_spec: str = "AES_256",
+                          context: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+        body: dict[str, Any] = {"KeySpec": key_spec}
+        if context:
+            body["EncryptionContext"] = context
+        out = self.call("POST", f"/keys/{self._key(key)}/generate-data-key", body)
+        return base64.b64decode(out["Plaintext"]), base64.b64decode(out["CiphertextBlob"])
+
+    # aliases
+    def create_alias(self, name: str, key: str) -> None:
+        self.call("POST", "/aliases", {"AliasName": name, "TargetKeyId": key})
+
+    def list_aliases(self, key: str | None = None) -> dict:
+        return self.call("GET", "/aliases", params={"key": key} if key else None)

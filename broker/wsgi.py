@@ -1,0 +1,42 @@
+"""gunicorn in-process: the app is built in each worker after fork (a PKCS#11 session must not cross a fork)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from broker.settings import Settings
+
+
+class BrokerServer(BaseApplication):
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self._settings = settings
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._options.items():
+            self.cfg.set(name, value)
+
+    def load(self):
+        from broker.app import create_app
+
+        return create_app(self._settings, run_jobs=True)
+
+
+def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
+    BrokerServer(settings, {
+        "bind": bind,
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "preload_app": False,
+        "accesslog": None,  # the audit log is the request record; access logs could leak ids into syslog
+        "errorlog": "-",
+        "loglevel": "info",
+        "keepalive": 30,
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "proc_name": "kms-broker",
+    }).run()
