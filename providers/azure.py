@@ -308,11 +308,12 @@ class AzureProvider(Provider):
             self._crypto.pop(self._kid(ref), None)
 
     # ------------------------------------------------------------------ symmetric
-    def _managed_hsm_op(self, ref: ProviderKeyRef, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _remote_op(self, ref: ProviderKeyRef, op: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a crypto op to the service with the KeyClient pipeline (auth, retries, TLS settings).
 
-        Not CryptographyClient: for oct-HSM keys it would invent a random local key when the service's GET has
-        no `k` (azure-keyvault-keys 4.11), so native AES must always be a remote call.
+        Not CryptographyClient, which does public-key ops locally after a GET (so a disabled or expired version
+        would still wrap) and, for oct-HSM keys whose GET has no `k`, invents a random local key
+        (azure-keyvault-keys 4.11). Private-key ops (unwrap, decrypt, sign) always go remote there, so they use it.
         """
         import base64
 
@@ -338,7 +339,7 @@ class AzureProvider(Provider):
         body: dict[str, Any] = {"alg": "A256GCM", "value": plaintext}
         if aad:
             body["aad"] = aad
-        out = self._managed_hsm_op(ref, "encrypt", body)
+        out = self._remote_op(ref, "encrypt", body)
         return out["iv"] + out["value"] + out["tag"]
 
     def decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, aad: bytes) -> bytes:
@@ -350,19 +351,18 @@ class AzureProvider(Provider):
                                 "tag": ciphertext[-_GCM_TAG:]}
         if aad:
             body["aad"] = aad
-        return self._managed_hsm_op(ref, "decrypt", body)["value"]
+        return self._remote_op(ref, "decrypt", body)["value"]
 
     def wrap_data_key(self, ref: ProviderKeyRef, data_key: bytes) -> bytes:
         if self._is_oct(ref):
-            return self._managed_hsm_op(ref, "wrapkey", {"alg": "A256KW", "value": data_key})["value"]
-        cc = self._crypto_client(ref)
-        return self._call(lambda: cc.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, data_key).encrypted_key)
+            return self._remote_op(ref, "wrapkey", {"alg": "A256KW", "value": data_key})["value"]
+        return self._remote_op(ref, "wrapkey", {"alg": KeyWrapAlgorithm.rsa_oaep_256.value, "value": data_key})["value"]
 
     def unwrap_data_key(self, ref: ProviderKeyRef, wrapped: bytes) -> bytes:
         if self._is_oct(ref):
             body = {"alg": "A256KW", "value": wrapped}
             try:
-                return self._managed_hsm_op(ref, "unwrapkey", body)["value"]
+                return self._remote_op(ref, "unwrapkey", body)["value"]
             except ProviderInvalidInput as err:
                 raise ProviderInvalidCiphertext(str(err)) from None
         cc = self._crypto_client(ref)

@@ -60,7 +60,8 @@ def _ready_line(server_log: Path) -> dict[str, Any] | None:
 
 
 def start_emulator(work: Path, *, name: str = "azure-kv", token: str | None = None,
-                   state_file: Path | None = None, port: int | None = None) -> Emulator:
+                   state_file: Path | None = None, port: int | None = None,
+                   extra_args: tuple[str, ...] = ()) -> Emulator:
     """Run `python -m azure_keyvault_emulator` on 127.0.0.1 and wait for its READY line."""
     port = port or free_port()
     data_dir = work / f"{name}-data"
@@ -70,6 +71,7 @@ def start_emulator(work: Path, *, name: str = "azure-kv", token: str | None = No
         cmd += ["--token", token]
     if state_file:
         cmd += ["--state-file", str(state_file)]
+    cmd += list(extra_args)
     log_path = work / "logs" / f"{name}.log"
     if log_path.exists():
         log_path.unlink()

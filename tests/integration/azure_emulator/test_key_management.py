@@ -179,3 +179,18 @@ def test_list_rejects_bad_maxresults(client: KeyClient) -> None:
 
 def test_list_versions_of_missing_key(client: KeyClient, name: str) -> None:
     expect_error(404, "KeyNotFound", lambda: list(client.list_properties_of_key_versions(name)))
+
+
+def test_get_omits_key_ops_unless_asked(client: KeyClient, name: str, work) -> None:
+    """Default: GET leaves key_ops out (the SDK then sends crypto to the service); --key-ops-on-get restores them."""
+    from .emulator import start_emulator
+
+    client.create_rsa_key(name, key_operations=["sign", "verify"])
+    assert client.get_key(name).key_operations in (None, [])
+    faithful = start_emulator(work, name="kv-faithful", extra_args=("--key-ops-on-get",))
+    try:
+        fc = faithful.key_client()
+        fc.create_rsa_key(name, key_operations=["sign", "verify"])
+        assert sorted(fc.get_key(name).key_operations) == ["sign", "verify"]
+    finally:
+        faithful.server.stop()

@@ -200,3 +200,28 @@ def test_vault_down_is_unavailable(emulator: Emulator) -> None:
         p.check_health()
     with pytest.raises(ProviderUnavailable):
         p.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="down")
+
+
+def test_provider_goes_remote_even_when_get_returns_key_ops(tmp_path) -> None:
+    """Against an Azure-faithful GET (key_ops present) the SDK would wrap locally; the provider must not."""
+    from tests.integration.azure_emulator.emulator import start_emulator
+
+    emu = start_emulator(tmp_path, name="kv-faithful-provider", extra_args=("--key-ops-on-get",))
+    try:
+        p = AzureProvider.from_config("faithful", {"vault_url": emu.vault_url, "token": "t",
+                                                   "ca_bundle": emu.ca_bundle, "managed_hsm": True, "retries": 0})
+        rsa_ref = p.create_key(KeySpec.RSA_2048, KeyUsage.SIGN_VERIFY, label="f")
+        sym_vault = AzureProvider.from_config("faithful-std", {"vault_url": emu.vault_url, "token": "t",
+                                                               "ca_bundle": emu.ca_bundle, "retries": 0})
+        wrap_ref = sym_vault.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="f")
+        sym_vault.set_enabled(wrap_ref, False)
+        with pytest.raises(ProviderInvalidState):
+            sym_vault.wrap_data_key(wrap_ref, b"x" * 32)
+        hsm_ref = p.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="f")
+        blob = p.encrypt(hsm_ref, b"remote", b"")
+        fresh = AzureProvider.from_config("fresh", {"vault_url": emu.vault_url, "token": "t",
+                                                    "ca_bundle": emu.ca_bundle, "managed_hsm": True})
+        assert fresh.decrypt(hsm_ref, blob, b"") == b"remote"
+        assert p.get_public_key(rsa_ref)
+    finally:
+        emu.server.stop()
