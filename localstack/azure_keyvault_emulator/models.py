@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import algorithms as algs
+from . import byok
 from .errors import BadParameter, Conflict, Forbidden, KeyNotFound
 from .jwk import CURVES, EC_TYPES, OCT_TYPES, RSA_TYPES, b64d, b64e, load_key, private_jwk, public_fields
 from .rotation import default_policy, duration_seconds, validate_policy
@@ -282,7 +283,11 @@ class Vault:
             kty = "oct-HSM"
         else:
             raise BadParameter(f"Invalid or unsupported key type '{kty}'.")
-        material = private_jwk(load_key(kty, jwk))
+        if jwk.get("key_hsm"):
+            kty = kty if kty.endswith("HSM") else kty + "-HSM"
+            material = self._unwrap_transfer_blob(jwk["key_hsm"], kty)
+        else:
+            material = private_jwk(load_key(kty, jwk))
         if kty == "oct-HSM" and len(b64d(material["k"])) * 8 not in OCT_SIZES:
             raise BadParameter("An oct-HSM key must be 128, 192 or 256 bits.")
         ops = self._check_ops(jwk["key_ops"]) if jwk.get("key_ops") else DEFAULT_OPS[_family(kty)]
@@ -292,6 +297,20 @@ class Vault:
             kv = self._add_version(name, kty, material, ops, body.get("attributes"), tags)
             self._save()
             return self.bundle(name, kv)
+
+    def _unwrap_transfer_blob(self, blob: Any, kty: str) -> dict[str, str]:
+        """BYOK: the blob names an import-only KEK in this vault; its private key opens the blob."""
+        kid, scheme, ciphertext = byok.parse(blob)
+        prefix = f"{self.vault_url}/keys/"
+        if not kid.startswith(prefix):
+            raise BadParameter("The key exchange key must be a key of this vault.")
+        kek_name, _, kek_version = kid[len(prefix):].partition("/")
+        with self._lock:
+            kek = self._version(kek_name, kek_version or None)
+            if "import" not in kek.key_ops:
+                raise BadParameter("The key exchange key must be created with key_ops ['import'].")
+            kek_key = self._key_object(kek_name, kek)
+        return byok.unwrap(kek_key, scheme, ciphertext, kty)
 
     def get_key(self, name: str, version: str | None, *, with_key_ops: bool = True) -> dict[str, Any]:
         with self._lock:
