@@ -156,4 +156,12 @@ def create_app(backend: KmsBackend, token: str | None = None) -> Flask:
             log.exception("internal error on %s %s", request.method, request.path)
             return _json(KmsError("INTERNAL", "Internal error in the emulator.").rest_body(), 500)
 
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    def unrouted(err: Exception) -> Response:
+        code = getattr(err, "code", 404)
+        status = "NOT_FOUND" if code == 404 else "UNIMPLEMENTED"
+        return _json(KmsError(status, f"{request.method} {request.path} is not part of the API.").rest_body(),
+                     404 if code == 404 else 501)
+
     return app
