@@ -14,6 +14,8 @@ DefaultAzureCredential), `ca_bundle`, `managed_hsm`, `timeout` (seconds), `retri
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import re
 import threading
@@ -33,7 +35,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.rest import HttpRequest
-from azure.keyvault.keys import KeyClient, KeyType
+from azure.keyvault.keys import JsonWebKey, KeyClient, KeyType
 from azure.keyvault.keys.crypto import (
     CryptographyClient,
     KeyWrapAlgorithm,
@@ -62,6 +64,7 @@ from providers.base import (
     ProviderThrottled,
     ProviderUnavailable,
     ProviderUnsupported,
+    WrapForImport,
 )
 
 T = TypeVar("T")
@@ -149,6 +152,10 @@ def _map_error(err: AzureError, *, decrypting: bool = False) -> ProviderError:
     return ProviderError(text)
 
 
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
 def _int(b: bytes) -> int:
     return int.from_bytes(b, "big")
 
@@ -193,7 +200,7 @@ class AzureProvider(Provider):
         return Capabilities(
             key_specs=frozenset({KeySpec.SYMMETRIC_DEFAULT, *_ASYMMETRIC}),
             native_symmetric=self.managed_hsm, wrap_data_key=True, asymmetric_decrypt=True, sign=True,
-            random=True, inventory=True,
+            random=True, inventory=True, byok_import=True,
         )
 
     # ------------------------------------------------------------------ plumbing
@@ -315,12 +322,7 @@ class AzureProvider(Provider):
         would still wrap) and, for oct-HSM keys whose GET has no `k`, invents a random local key
         (azure-keyvault-keys 4.11). Private-key ops (unwrap, decrypt, sign) always go remote there, so they use it.
         """
-        import base64
-
-        def b64(b: bytes) -> str:
-            return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-        payload = {k: (b64(v) if isinstance(v, bytes) else v) for k, v in body.items()}
+        payload = {k: (_b64(v) if isinstance(v, bytes) else v) for k, v in body.items()}
         request = HttpRequest("POST", f"{self.vault_url}/keys/{ref.key_id}/{ref.version or ''}/{op}",
                               params={"api-version": self._keys.api_version}, json=payload)
 
@@ -397,6 +399,49 @@ class AzureProvider(Provider):
             half = len(signature) // 2
             return utils.encode_dss_signature(_int(signature[:half]), _int(signature[half:]))
         return signature
+
+    # ------------------------------------------------------------------ BYOK
+    def byok_import(
+        self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str, ref: ProviderKeyRef | None = None,
+    ) -> ProviderKeyRef:
+        """Azure BYOK: a throwaway import-only RSA-HSM KEK, material wrapped for it by the broker's HSM
+        (OAEP-SHA-1 of an ephemeral AES key ‖ RFC 5649: CKM_RSA_AES_KEY_WRAP), sent as a `key_hsm` blob.
+        `ref` imports a new version of that key. The KEK is deleted and purged afterwards."""
+        if spec is KeySpec.SYMMETRIC_DEFAULT and self.managed_hsm:
+            kty, ops = KeyType.oct_hsm, ["encrypt", "decrypt", "wrapKey", "unwrapKey"]
+        elif spec.is_rsa:
+            kty = KeyType.rsa_hsm
+            ops = ["sign", "verify"] if usage is KeyUsage.SIGN_VERIFY else ["encrypt", "decrypt"]
+        elif spec in _ASYMMETRIC:
+            kty, ops = KeyType.ec_hsm, ["sign", "verify"]
+        else:
+            raise ProviderUnsupported(f"byok_import of {spec.value} on this vault")
+        name = ref.key_id if ref else self._name(label)
+        kek_name = f"{name[:110]}-kek-{uuid.uuid4().hex[:8]}"
+        kek = self._call(lambda: self._keys.create_rsa_key(kek_name, size=_WRAPPING_RSA_BITS, hardware_protected=True,
+                                                           key_operations=["import"]))
+        try:
+            kek_der = rsa.RSAPublicNumbers(_int(kek.key.e), _int(kek.key.n)).public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            wrapped = wrap(kek_der, "RSA_AES_KEY_WRAP_SHA_1")
+            blob = json.dumps({"schema_version": "1.0.0", "generator": "kms-broker",
+                               "header": {"kid": kek.id, "alg": "dir", "enc": "CKM_RSA_AES_KEY_WRAP"},
+                               "ciphertext": _b64(wrapped)}).encode()
+            tags = {_TAG_LABEL: label[:256], _TAG_SPEC: spec.value, _TAG_USAGE: usage.value}
+            jwk = JsonWebKey(kty=kty, key_ops=ops, t=blob)
+            if kty == KeyType.ec_hsm:
+                jwk.crv = _ASYMMETRIC[spec]["curve"]
+            key = self._call(lambda: self._keys.import_key(name, jwk, hardware_protected=True, tags=tags))
+        finally:
+            self._discard_kek(kek_name)
+        return self._ref(key, spec)
+
+    def _discard_kek(self, kek_name: str) -> None:
+        try:
+            self._keys.begin_delete_key(kek_name).result()
+            self._keys.purge_deleted_key(kek_name)
+        except AzureError:
+            logging.getLogger(__name__).warning("could not remove BYOK key exchange key %s", kek_name)
 
     # ------------------------------------------------------------------ misc
     def random(self, n: int) -> bytes:
