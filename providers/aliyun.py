@@ -86,11 +86,13 @@ def _map_error(exc: Exception, *, decrypting: bool = False) -> ProviderError:
         return ProviderUnavailable(f"aliyun kms unreachable: {type(exc).__name__}")
     code, status = exc.code or "error", exc.status_code or 0
     text = f"aliyun kms: {code} ({status})"
+    if code in _DENIED:
+        return ProviderAccessDenied(text)
     if code in _NOT_FOUND or status == 404:
         return ProviderNotFound(text)
     if code in _STATE:
         return ProviderInvalidState(text)
-    if code in _DENIED or status in (401, 403):
+    if status in (401, 403):
         return ProviderAccessDenied(text)
     if code.startswith("Throttling") or status == 429:
         return ProviderThrottled(text, float(exc.retry_after) if getattr(exc, "retry_after", None) else None)
