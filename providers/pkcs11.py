@@ -130,6 +130,7 @@ class Pkcs11Provider(Provider):
             os.environ["SOFTHSM2_CONF"] = str(config["softhsm_conf"])
         self._session = _Session(lib_path, token_label, config)
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._handles: dict[str, Any] = {}
         self._cache_size = cache_size
 
     @classmethod
@@ -161,11 +162,21 @@ class Pkcs11Provider(Provider):
                 self._cache.clear()
                 raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None
 
+    def _token_key(self, session: Any, label: str) -> Any:
+        """A long-lived token key by label; found once per session (C_FindObjects is slow in SoftHSM)."""
+        handles = self._handles
+        if handles.get("__session__") is not session:
+            handles.clear()
+            handles["__session__"] = session
+        if label not in handles:
+            try:
+                handles[label] = session.get_key(label=label, object_class=ObjectClass.SECRET_KEY)
+            except pkcs11.NoSuchKey:
+                raise ProviderUnavailable(f"{label} missing from the HSM token (run `kms-broker init`)") from None
+        return handles[label]
+
     def _root(self, session: Any) -> Any:
-        try:
-            return session.get_key(label=ROOT_KEK_LABEL, key_type=KeyType.AES, object_class=ObjectClass.SECRET_KEY)
-        except pkcs11.NoSuchKey:
-            raise ProviderUnavailable("root KEK missing from the HSM token (run `kms-broker init`)") from None
+        return self._token_key(session, ROOT_KEK_LABEL)
 
     def _wrap(self, session: Any, obj: Any) -> bytes:
         return self._root(session).wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP_PAD)
@@ -363,12 +374,25 @@ class Pkcs11Provider(Provider):
                     pkcs11.exceptions.GeneralError, pkcs11.exceptions.TemplateInconsistent,
                     pkcs11.exceptions.KeySizeRange, pkcs11.exceptions.AttributeValueInvalid):
                 raise ProviderInvalidCiphertext("the wrapped key material could not be unwrapped") from None
-            length = obj[Attribute.VALUE_LEN]
+            length = obj[Attribute.VALUE_LEN] or self._value_len(session, obj)
             if length != _MATERIAL_LENGTHS[spec]:
                 obj.destroy()
                 raise ProviderInvalidInput(f"{spec.value} material must be {_MATERIAL_LENGTHS[spec]} bytes")
             return self._remember(session, obj, label, {"kind": kind})
         return self._call(run)
+
+    @staticmethod
+    def _value_len(session: Any, obj: Any) -> int:
+        """SoftHSM leaves CKA_VALUE_LEN at 0 on unwrapped keys: measure it by an exact RFC 3394 wrap (output = length
+        + 8) under a throwaway session key, inside the HSM. SoftHSM zero-pads values to a multiple of 8 first, so this
+        is the length rounded up to 8 bytes; -1 when it cannot be wrapped."""
+        probe = session.generate_key(KeyType.AES, 256, template={**_AES_USE, Attribute.EXTRACTABLE: False})
+        try:
+            return len(probe.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP)) - 8
+        except pkcs11.PKCS11Error:
+            return -1
+        finally:
+            probe.destroy()
 
     @staticmethod
     def _unwrap_rsa_aes(session: Any, wrapping: Any, blob: bytes, key_type: KeyType, template: dict) -> Any:
@@ -435,13 +459,8 @@ class Pkcs11Provider(Provider):
 
     def audit_hmac(self, data: bytes) -> bytes:
         """HMAC-SHA-256 with the audit key that lives in the HSM (for values that must never be logged)."""
-        def run(session: Any) -> bytes:
-            try:
-                key = session.get_key(label=AUDIT_HMAC_LABEL, object_class=ObjectClass.SECRET_KEY)
-            except pkcs11.NoSuchKey:
-                raise ProviderUnavailable("audit HMAC key missing from the HSM token") from None
-            return key.sign(data, mechanism=Mechanism.SHA256_HMAC)
-        return self._call(run)
+        return self._call(lambda session: self._token_key(session, AUDIT_HMAC_LABEL).sign(
+            data, mechanism=Mechanism.SHA256_HMAC))
 
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from broker.audit import AuditLog
+from broker.auth import Principal
+from broker.policy import PolicyEngine
+from broker.service import KeyService, RequestContext
+from broker.store import Store
 from providers.pkcs11 import Pkcs11Provider
 from tests.support.hsm import TestToken, make_token
 from tests.support.postgres import start_postgres
@@ -33,3 +39,20 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.create_database("kmsb_test")
     finally:
         server.stop()
+
+
+@pytest.fixture
+def root_ctx() -> RequestContext:
+    return RequestContext(Principal("root", "token", ("root",)), front_door="test")
+
+
+@pytest.fixture
+def key_service(tmp_path: Path, hsm_provider: Pkcs11Provider) -> Iterator[KeyService]:
+    """A KeyService on a fresh SQLite store under tmp_path/data, the session HSM, root-only policy, a JSONL audit."""
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(f"sqlite:///{data / 'broker.db'}")
+    store.migrate()
+    audit = AuditLog(data / "audit.jsonl", hsm_provider.audit_hmac)
+    yield KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    store.dispose()
