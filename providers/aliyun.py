@@ -7,9 +7,9 @@ algorithms only: that is all Aliyun offers). Rotation of a symmetric key is an A
 spec and label. Disable / scheduled deletion are mirrored; Aliyun keeps the deletion window itself, so `destroy`
 only makes sure a deletion is scheduled (or deletes imported material).
 
-Settings: `endpoint` (default kms.<region>.aliyuncs.com; an `http://` prefix selects plain HTTP, as for the local
-emulator), `region`, `protocol`, `access_key_id` / `access_key_secret` (else ALIBABA_CLOUD_ACCESS_KEY_ID /
-ALIBABA_CLOUD_ACCESS_KEY_SECRET, else the Alibaba credentials file: `credentials_file` or
+Settings: `endpoint` (default kms.<region>.aliyuncs.com; an `http://` prefix, or a bare loopback host:port as
+the local emulator prints, selects plain HTTP), `region`, `protocol`, `access_key_id` / `access_key_secret`
+(else ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET, else the Alibaba credentials file: `credentials_file` or
 ALIBABA_CLOUD_CREDENTIALS_FILE or ~/.alibabacloud/credentials, section `profile`), `signature_algorithm`
 ("v2" for the legacy HMAC-SHA1 scheme), `timeout` (seconds). Credentials are never logged or shown in a repr.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import configparser
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -67,7 +68,8 @@ _DECRYPT = {EncryptionAlgorithm.RSAES_OAEP_SHA_1: "RSAES_OAEP_SHA_1",
 # with (base.WrapForImport) and the pkcs11 provider offers, so callers see one rule everywhere.
 _IMPORT_WRAPPING = "RSAES_OAEP_SHA_1"
 _LABEL_TAG = "kms-broker-label"
-_AAD_FIELD = "kms-broker-aad"
+_AAD_FIELD, _AAD_HASH_FIELD = "kmsb-aad", "kmsb-aad-sha256"  # same context keys as the aws provider
+_MAX_INLINE_AAD = 3072  # longer AAD is bound through its SHA-256, keeping the EncryptionContext small
 _MIN_WINDOW_DAYS = 7
 
 _NOT_FOUND = {"Forbidden.KeyNotFound", "Forbidden.AliasNotFound", "Forbidden.ResourceNotFound",
@@ -166,17 +168,20 @@ class AliyunProvider(Provider):
     def from_config(cls, name: str, config: Mapping[str, Any]) -> AliyunProvider:
         region = str(config.get("region") or "cn-hangzhou")
         endpoint = str(config.get("endpoint") or f"kms.{region}.aliyuncs.com")
-        protocol = str(config.get("protocol") or "https")
+        protocol = config.get("protocol")
         for scheme in ("http", "https"):
             if endpoint.startswith(f"{scheme}://"):
                 protocol, endpoint = scheme, endpoint[len(scheme) + 3:]
+        if not protocol:  # the local emulator serves plain HTTP on loopback; Aliyun itself is HTTPS only
+            protocol = "http" if _is_loopback(endpoint) else "https"
         return cls(name, endpoint=endpoint.rstrip("/"), region=region, access_key=AccessKey.resolve(config),
-                   protocol=protocol, signature_algorithm=config.get("signature_algorithm"),
+                   protocol=str(protocol), signature_algorithm=config.get("signature_algorithm"),
                    timeout=float(config.get("timeout", 10.0)))
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(key_specs=frozenset(_SPECS), native_symmetric=True, asymmetric_decrypt=True, sign=True,
+        return Capabilities(key_specs=frozenset(_SPECS), native_symmetric=True, wrap_data_key=True,
+                            asymmetric_decrypt=True, sign=True,
                             import_material=True, byok_import=True, inventory=True)
 
     # ------------------------------------------------------------------ plumbing
@@ -202,7 +207,11 @@ class AliyunProvider(Provider):
 
     @staticmethod
     def _context(aad: bytes) -> dict[str, str] | None:
-        return {_AAD_FIELD: base64.b64encode(aad).decode()} if aad else None
+        if not aad:
+            return None
+        if len(aad) <= _MAX_INLINE_AAD:
+            return {_AAD_FIELD: base64.b64encode(aad).decode()}
+        return {_AAD_HASH_FIELD: hashlib.sha256(aad).hexdigest()}
 
     def check_health(self) -> None:
         self._call("list_keys", page_size=1)
@@ -281,10 +290,18 @@ class AliyunProvider(Provider):
     def decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, aad: bytes) -> bytes:
         out = self._call("decrypt", decrypting=True, ciphertext_blob=base64.b64encode(ciphertext).decode(),
                          encryption_context=self._context(aad))
+        if out.get("KeyId") != ref.key_id:  # Aliyun decrypts with whatever key the blob names
+            raise ProviderInvalidCiphertext("aliyun kms: the ciphertext belongs to another key")
         try:
             return base64.b64decode(out["Plaintext"], validate=True)
         except (binascii.Error, ValueError):
             raise ProviderInvalidCiphertext("aliyun kms: the ciphertext was not made by this provider") from None
+
+    def wrap_data_key(self, ref: ProviderKeyRef, data_key: bytes) -> bytes:
+        return self.encrypt(ref, data_key, b"")
+
+    def unwrap_data_key(self, ref: ProviderKeyRef, wrapped: bytes) -> bytes:
+        return self.decrypt(ref, wrapped, b"")
 
     # ------------------------------------------------------------------ asymmetric
     def get_public_key(self, ref: ProviderKeyRef) -> bytes:
@@ -374,6 +391,11 @@ class AliyunProvider(Provider):
             if page * 100 >= int(body.get("TotalCount", 0)):
                 return items
             page += 1
+
+
+def _is_loopback(endpoint: str) -> bool:
+    host = endpoint.split("/", 1)[0].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
 
 
 def _parse_time(value: str | None) -> datetime | None:

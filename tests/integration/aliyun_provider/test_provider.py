@@ -41,7 +41,7 @@ def _oaep_sha1(public_der: bytes, material: bytes) -> bytes:
 def test_capabilities(provider):
     caps = provider.capabilities
     assert caps.key_specs == {KeySpec.SYMMETRIC_DEFAULT, KeySpec.RSA_2048, KeySpec.RSA_3072, KeySpec.ECC_NIST_P256}
-    assert caps.native_symmetric and caps.sign and caps.asymmetric_decrypt and caps.byok_import
+    assert caps.native_symmetric and caps.wrap_data_key and caps.sign and caps.asymmetric_decrypt and caps.byok_import
     assert not caps.mac and not caps.random
     assert caps.missing_for(KeySpec.RSA_4096) == "key spec RSA_4096"
 
@@ -50,6 +50,9 @@ def test_registry_builds_it(aliyun):
     p = build_provider("ali", aliyun.config())
     assert isinstance(p, AliyunProvider) and p.protocol == "http" and p.endpoint == aliyun.endpoint
     p.check_health()
+    bare = build_provider("ali-bare", {**aliyun.config(), "endpoint": aliyun.endpoint})  # as the stack prints it
+    assert bare.protocol == "http"
+    bare.check_health()
 
 
 def test_symmetric_round_trip_binds_aad(provider):
@@ -67,6 +70,35 @@ def test_symmetric_round_trip_binds_aad(provider):
         provider.decrypt(ref, bytes(tampered), b"header|context")
     with pytest.raises(ProviderInvalidInput):  # Aliyun has no empty Plaintext (MissingPlaintext)
         provider.encrypt(ref, b"", b"")
+
+
+def test_long_aad_is_bound_through_its_digest(provider):
+    ref = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="long-aad")
+    aad = os.urandom(5000)
+    ct = provider.encrypt(ref, b"p", aad)
+    assert provider.decrypt(ref, ct, aad) == b"p"
+    with pytest.raises(ProviderInvalidCiphertext):
+        provider.decrypt(ref, ct, aad[:-1] + bytes([aad[-1] ^ 1]))
+
+
+def test_decrypt_with_another_keys_ref_fails(provider):
+    a = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="k-a")
+    b = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="k-b")
+    with pytest.raises(ProviderInvalidCiphertext):
+        provider.decrypt(b, provider.encrypt(a, b"x", b"aad"), b"aad")
+
+
+def test_wrap_unwrap_data_key(provider):
+    ref = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="wrap")
+    dk = os.urandom(32)
+    wrapped = provider.wrap_data_key(ref, dk)
+    assert dk not in wrapped and provider.unwrap_data_key(ref, wrapped) == dk
+
+
+def test_stored_ref_round_trips(provider):
+    ref = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="stored")
+    ct = provider.encrypt(ref, b"x", b"a")
+    assert provider.decrypt(ProviderKeyRef.from_dict(ref.to_dict()), ct, b"a") == b"x"
 
 
 def test_symmetric_rotation_is_an_aliyun_key_version(provider, aliyun):
