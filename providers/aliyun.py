@@ -252,9 +252,14 @@ class AliyunProvider(Provider):
         self._call("schedule_key_deletion", key_id=ref.key_id, pending_window_in_days=max(days, _MIN_WINDOW_DAYS))
 
     def cancel_destruction(self, ref: ProviderKeyRef) -> None:
-        if self._state(ref) != "PendingDeletion":
-            return
-        self._call("cancel_key_deletion", key_id=ref.key_id)
+        """The broker brings a cancelled key back Disabled (AWS semantics); Aliyun restores the earlier state,
+        so the key is disabled here too and the two agree until the broker enables it."""
+        state = self._state(ref)
+        if state == "PendingDeletion":
+            self._call("cancel_key_deletion", key_id=ref.key_id)
+            state = self._state(ref)
+        if state == "Enabled":
+            self._call("disable_key", key_id=ref.key_id)
 
     def destroy(self, ref: ProviderKeyRef) -> None:
         """Aliyun deletes a key only at the end of its own (mirrored) window and never one version of a key.

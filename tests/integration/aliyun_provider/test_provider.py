@@ -178,7 +178,9 @@ def test_schedule_and_cancel_are_idempotent_across_versions(provider, aliyun):
         provider.encrypt(v2, b"x", b"")
     for ref in (v1, v2):
         provider.cancel_destruction(ref)
-    assert _meta(aliyun, v1.key_id)["KeyState"] == "Enabled"
+    assert _meta(aliyun, v1.key_id)["KeyState"] == "Disabled"  # as the broker's cancelled key is
+    provider.set_enabled(v2, True)
+    assert provider.decrypt(v1, provider.encrypt(v2, b"back", b""), b"") == b"back"
 
 
 def test_destroy_after_the_window_and_of_a_losing_asymmetric_version(provider, aliyun):
