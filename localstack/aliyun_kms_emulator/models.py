@@ -167,10 +167,12 @@ class KmsBackend:
     def sweep(self) -> None:
         """Apply time-driven rules: purge keys past their deletion date, expire material, auto-rotate."""
         now = self.clock()
+        changed = False
         for key in list(self.keys.values()):
             if key.state == "PendingDeletion" and key.delete_date is not None and now >= key.delete_date:
                 del self.keys[key.key_id]
                 self.aliases = {a: k for a, k in self.aliases.items() if k != key.key_id}
+                changed = True
                 continue
             if key.material_expire is not None and now >= key.material_expire:
                 for v in key.versions:
@@ -179,10 +181,14 @@ class KmsBackend:
                 key.material_expired = True
                 if key.state != "PendingDeletion":
                     key.state = "PendingImport"
+                changed = True
             if (key.auto_rotation and key.state == "Enabled" and key.next_rotation_date is not None
                     and now >= key.next_rotation_date and key.rotation_interval):
                 self._add_version(key, now)
                 key.next_rotation_date = now + key.rotation_interval
+                changed = True
+        if changed:
+            self._changed()
 
     def _arn(self, kind: str, name: str) -> str:
         return f"acs:kms:{self.region}:{self.account_id}:{kind}/{name}"

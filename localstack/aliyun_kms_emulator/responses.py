@@ -48,6 +48,10 @@ class Params:
             raise err.invalid_parameter(f"{name} must be between {lo} and {hi}.")
         return value
 
+    def required_integer(self, name: str, lo: int | None = None, hi: int | None = None) -> int:
+        self.req(name)
+        return self.integer(name, lo=lo, hi=hi)  # type: ignore[return-value]
+
     def flag(self, name: str, default: bool = False) -> bool:
         raw = self.get(name)
         if raw is None:
@@ -126,7 +130,7 @@ def disable_key(b: KmsBackend, p: Params) -> dict:
 
 
 def schedule_key_deletion(b: KmsBackend, p: Params) -> dict:
-    b.schedule_key_deletion(p.req("KeyId"), p.integer("PendingWindowInDays") or _raise(err.missing("PendingWindowInDays")))
+    b.schedule_key_deletion(p.req("KeyId"), p.required_integer("PendingWindowInDays"))
     return {}
 
 
@@ -306,10 +310,6 @@ def get_random_password(b: KmsBackend, p: Params) -> dict:
                                p.flag("ExcludeLowercase"), p.flag("ExcludeUppercase"), p.flag("ExcludeNumbers"),
                                p.flag("ExcludePunctuation"), p.flag("RequireEachIncludedType", True))
     return {"RandomPassword": password}
-
-
-def _raise(exc: Exception) -> int:
-    raise exc
 
 
 ACTIONS: dict[str, Callable[[KmsBackend, Params], dict]] = {

@@ -79,3 +79,13 @@ def test_invalid_tags_are_rejected(kms, tags):
     key_id = new_key(kms)["KeyId"]
     with aliyun_error("InvalidParameter", 400):
         call(kms, "tag_resource", key_id=key_id, tags=tags)
+
+
+def test_list_aliases_pages(kms):
+    key_id = new_key(kms)["KeyId"]
+    for _ in range(3):
+        call(kms, "create_alias", alias_name=_alias(), key_id=key_id)
+    total = call(kms, "list_aliases", page_size=1)["TotalCount"]
+    names = [call(kms, "list_aliases", page_number=n, page_size=1)["Aliases"]["Alias"][0]["AliasName"]
+             for n in range(1, total + 1)]
+    assert len(names) == len(set(names)) == total >= 3

@@ -114,3 +114,9 @@ def test_cancel_deletion_of_a_live_key_is_rejected(kms):
 def test_missing_required_parameter(kms):
     with aliyun_error("MissingKeyId", 400):
         call(kms, "describe_key")
+
+
+def test_missing_deletion_window(kms):
+    key_id = new_key(kms)["KeyId"]
+    with aliyun_error("MissingPendingWindowInDays", 400):
+        call(kms, "schedule_key_deletion", key_id=key_id)

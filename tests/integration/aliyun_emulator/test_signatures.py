@@ -146,3 +146,11 @@ def test_unknown_action_is_not_found(client_factory, algorithm):
                        auth_type="AK", style="RPC", req_body_type="formData", body_type="json")
     with aliyun_error("InvalidAction.NotFound", 404):
         client.call_api(params, um.OpenApiRequest(query={}), RuntimeOptions(autoretry=False))
+
+
+def test_wrong_api_version_is_rejected(client_factory):
+    client = client_factory()
+    params = um.Params(action="ListKeys", version="2099-01-01", protocol="HTTP", pathname="/", method="POST",
+                       auth_type="AK", style="RPC", req_body_type="formData", body_type="json")
+    with aliyun_error("InvalidVersion", 400):
+        client.call_api(params, um.OpenApiRequest(query={}), RuntimeOptions(autoretry=False))
