@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-file", type=Path, help="JSON file keeping keys across restarts")
     parser.add_argument("--import-token-ttl", type=float, default=86400.0,
                         help="seconds an ImportToken stays valid (Aliyun: 24 h)")
+    parser.add_argument("--clock-offset-file", type=Path,
+                        help="test hook: seconds in this file are added to the key lifecycle clock")
     args = parser.parse_args(argv)
     pairs = args.access_key or [(f"LTAI{secrets.token_hex(8)}", secrets.token_urlsafe(24))]
-    server = build_server(args.host, args.port, dict(pairs), args.region, args.state_file, args.import_token_ttl)
+    server = build_server(args.host, args.port, dict(pairs), args.region, args.state_file, args.import_token_ttl,
+                          args.clock_offset_file)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     key_id, secret = pairs[0]
     ready = {"endpoint": f"{args.host}:{args.port}", "region": args.region,
