@@ -31,7 +31,8 @@ def b64d(text: Any, field: str = "value") -> bytes:
     if not isinstance(text, str):
         raise BadParameter(f"Property '{field}' must be a base64url string.")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        std = text.rstrip("=").replace("-", "+").replace("_", "/")
+        return base64.b64decode(std + "=" * (-len(std) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise BadParameter(f"Property '{field}' is not valid base64url.") from None
 
