@@ -42,7 +42,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     service = service or build_service(settings)
     app.extensions["kms_service"] = service
     app.extensions["kms_settings"] = settings
-    tokens = TokenAuth(service.store)
+    tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}
 
     @app.before_request

@@ -123,6 +123,7 @@ class KeyService:
         self.default_provider = default_provider
         self.policy = policy
         self.audit = audit
+        self._refs: dict[tuple[str, int], ProviderKeyRef] = {}
 
     # =========================================================================================== choke point
 
@@ -188,7 +189,7 @@ class KeyService:
         except KeyError:
             raise errors.ValidationError(f"unknown provider {name!r}") from None
 
-    def _resolve(self, key_ref: str) -> Key:
+    def _resolve(self, key_ref: str, *, details: bool = False) -> Key:
         if not isinstance(key_ref, str) or not key_ref:
             raise errors.ValidationError("KeyId is required")
         key_id = key_ref
@@ -198,7 +199,7 @@ class KeyService:
                 raise errors.NotFound(f"alias {key_ref} not found")
         elif key_ref.startswith("arn:"):
             key_id = key_ref.rsplit("/", 1)[-1]
-        key = self.store.get_key(key_id) if len(key_id) <= 64 else None
+        key = self.store.get_key(key_id, details=details) if len(key_id) <= 64 else None
         if key is None or key.state is KeyState.DESTROYED:
             raise errors.NotFound(f"key {key_ref} not found")
         return key
@@ -217,10 +218,20 @@ class KeyService:
 
     def _version(self, key: Key, version: int | None = None) -> tuple[int, ProviderKeyRef]:
         number = version or key.primary_version
-        kv = self.store.get_version(key.key_id, number)
-        if kv is None or kv.state != "Enabled":
-            raise errors.InvalidCiphertext(f"key version {number} of {key.key_id} is not available")
-        return number, ProviderKeyRef.from_dict(kv.provider_ref)
+        cache_key = (key.key_id, number)
+        ref = self._refs.get(cache_key)
+        if ref is None:
+            kv = self.store.get_version(key.key_id, number)
+            if kv is None or kv.state != "Enabled":
+                raise errors.InvalidCiphertext(f"key version {number} of {key.key_id} is not available")
+            ref = ProviderKeyRef.from_dict(kv.provider_ref)
+            # Broker-born versions never change until destroyed, and a destroyed key is refused by its (always
+            # freshly read) state before we get here. Imported material can be replaced: never cached.
+            if key.origin is Origin.BROKER:
+                self._refs[cache_key] = ref
+                if len(self._refs) > 10_000:
+                    self._refs.pop(next(iter(self._refs)))
+        return number, ref
 
     @staticmethod
     def _check_context(context: Any) -> dict[str, str]:
@@ -335,7 +346,7 @@ class KeyService:
 
     def describe_key(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self._operation(ctx, "kms:DescribeKey") as entry:
-            key = self._resolve(key_ref)
+            key = self._resolve(key_ref, details=True)
             self._authorize(ctx, entry, "kms:DescribeKey", key)
             return self.describe(key)
 
@@ -468,6 +479,10 @@ class KeyService:
         self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Decrypt")
         _, ref = self._version(key, parsed.header.key_version)
         backend = self._provider(key.provider)
+        caps = backend.capabilities
+        if not (caps.native_symmetric if parsed.header.scheme is ct.Scheme.PROVIDER_AEAD else caps.wrap_data_key):
+            # a header naming a scheme this key's provider never produces: tampered, not an unsupported operation
+            raise errors.InvalidCiphertext("the ciphertext's scheme does not match its key")
         aad = parsed.aad(context)
         if parsed.header.scheme is ct.Scheme.PROVIDER_AEAD:
             return backend.decrypt(ref, parsed.body, aad), key
@@ -776,7 +791,7 @@ class KeyService:
     def tag_resource(self, ctx: RequestContext, key_ref: str, tags: Any) -> None:
         with self._operation(ctx, "kms:TagResource") as entry:
             tags = self._check_tags(tags)
-            key = self._resolve(key_ref)
+            key = self._resolve(key_ref, details=True)
             self._authorize(ctx, entry, "kms:TagResource", key)
             if len({**key.tags, **tags}) > 50:
                 raise errors.LimitExceeded("a key has at most 50 tags")
@@ -792,7 +807,7 @@ class KeyService:
 
     def list_resource_tags(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self._operation(ctx, "kms:ListResourceTags") as entry:
-            key = self._resolve(key_ref)
+            key = self._resolve(key_ref, details=True)
             self._authorize(ctx, entry, "kms:ListResourceTags", key)
             return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in sorted(key.tags.items())], "Truncated": False}
 

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     audit_file: Path | None = None
     audit_fsync: bool = False
     job_interval_seconds: int = Field(default=60, ge=1)
+    auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,8 +35,12 @@ def hash_token(token: str) -> str:
 
 
 class TokenAuth:
-    def __init__(self, store: Store) -> None:
+    """Token authentication. `cache_seconds` bounds how long a revocation may take to reach every process."""
+
+    def __init__(self, store: Store, cache_seconds: float = 1.0) -> None:
         self._store = store
+        self._cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal]] = {}
 
     def create(self, display_name: str, policies: list[str], *, ttl_seconds: int | None = None,
                parent_accessor: str | None = None) -> tuple[str, str]:
@@ -57,13 +62,31 @@ class TokenAuth:
     def authenticate(self, token: str | None) -> Principal:
         if not token:
             raise Unauthenticated("missing token")
-        row = self._store.get_auth_token(hash_token(token))
+        token_hash = hash_token(token)
+        cached = self._cache.get(token_hash)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        principal, seconds_left = self._lookup(token_hash)
+        ttl = min(self._cache_seconds, seconds_left)
+        if ttl > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[token_hash] = (time.monotonic() + ttl, principal)
+        return principal
+
+    def forget(self, token_hash: str) -> None:
+        self._cache.pop(token_hash, None)
+
+    def _lookup(self, token_hash: str) -> tuple[Principal, float]:
+        row = self._store.get_auth_token(token_hash)
         if row is None or row.revoked:
             raise Unauthenticated("invalid token")
-        expires = row.expires_at
-        if expires is not None:
-            expires = expires.replace(tzinfo=UTC) if expires.tzinfo is None else expires
-            if expires <= datetime.now(UTC):
+        seconds_left = float("inf")
+        if row.expires_at is not None:
+            expires = row.expires_at.replace(tzinfo=UTC) if row.expires_at.tzinfo is None else row.expires_at
+            seconds_left = (expires - datetime.now(UTC)).total_seconds()
+            if seconds_left <= 0:
                 raise Unauthenticated("token expired")
-        return Principal(name=row.display_name, auth_method="token", policies=tuple(json.loads(row.policies)),
-                         accessor=row.accessor)
+        principal = Principal(name=row.display_name, auth_method="token", policies=tuple(json.loads(row.policies)),
+                              accessor=row.accessor)
+        return principal, seconds_left

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -10,15 +11,48 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import bindparam, create_engine, delete, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from broker.store.tables import AliasRow, AuthTokenRow, ImportTokenRow, KeyRow, KeyVersionRow, TagRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_KEYS, _VERSIONS, _TOKENS = KeyRow.__table__, KeyVersionRow.__table__, AuthTokenRow.__table__
+_KEY_BY_ID = select(_KEYS).where(_KEYS.c.key_id == bindparam("key_id"))
+_VERSION_BY_ID = select(_VERSIONS).where(_VERSIONS.c.key_id == bindparam("key_id"),
+                                         _VERSIONS.c.version == bindparam("version"))
+_TOKEN_BY_HASH = select(_TOKENS).where(_TOKENS.c.token_hash == bindparam("token_hash"))
+
+
+class _Reader:
+    """The hot read path: one autocommit connection per thread, prebuilt statements.
+
+    Checking a connection out of the pool and building a statement cost ~10x the query itself; autocommit makes
+    every read see the latest committed state (a held connection inside a transaction would read a stale snapshot).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._local = threading.local()
+
+    def first(self, statement, params: dict):
+        for attempt in range(2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._engine.connect()
+            try:
+                return conn.execute(statement, params).first()
+            except DBAPIError:
+                self._local.conn = None
+                conn.invalidate()
+                if attempt:
+                    raise
+        return None
 
 
 class Conflict(Exception):
@@ -53,12 +87,14 @@ class Store:
         kwargs: dict = {"future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            kwargs.update(pool_size=20, max_overflow=20)
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=10)
+            kwargs.update(pool_pre_ping=True, pool_size=20, max_overflow=20)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reader = _Reader(self.engine)
 
     def migrate(self) -> None:
         """Bring the schema to the latest Alembic revision (idempotent)."""
@@ -93,13 +129,18 @@ class Store:
                                     provider_ref=json.dumps(first_version.provider_ref),
                                     created_at=first_version.created_at, state=first_version.state))
 
-    def get_key(self, key_id: str) -> Key | None:
-        with self.session() as s:
-            row = s.get(KeyRow, key_id)
-            if row is None:
-                return None
-            tags = {t.tag_key: t.tag_value for t in s.scalars(select(TagRow).where(TagRow.key_id == key_id))}
-            aliases = list(s.scalars(select(AliasRow.name).where(AliasRow.key_id == key_id).order_by(AliasRow.name)))
+    def get_key(self, key_id: str, *, details: bool = True) -> Key | None:
+        """One key; `details=False` skips tags and aliases (the hot path of every crypto call)."""
+        row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
+        if row is None:
+            return None
+        if not details:
+            return _to_key(row, {}, [])
+        tags_t, aliases_t = TagRow.__table__, AliasRow.__table__
+        with self.engine.connect() as conn:
+            tags = dict(conn.execute(select(tags_t.c.tag_key, tags_t.c.tag_value).where(tags_t.c.key_id == key_id)).all())
+            aliases = list(conn.scalars(select(aliases_t.c.name).where(aliases_t.c.key_id == key_id)
+                                        .order_by(aliases_t.c.name)))
             return _to_key(row, tags, aliases)
 
     def list_keys(self, limit: int, after: str | None) -> list[Key]:
@@ -148,9 +189,8 @@ class Store:
             return True
 
     def get_version(self, key_id: str, version: int) -> KeyVersion | None:
-        with self.session() as s:
-            row = s.get(KeyVersionRow, (key_id, version))
-            return _to_version(row) if row else None
+        row = self._reader.first(_VERSION_BY_ID, {"key_id": key_id, "version": version})
+        return _to_version(row) if row else None
 
     def list_versions(self, key_id: str) -> list[KeyVersion]:
         with self.session() as s:
@@ -232,9 +272,9 @@ class Store:
         with self.session() as s:
             s.add(row)
 
-    def get_auth_token(self, token_hash: str) -> AuthTokenRow | None:
-        with self.session() as s:
-            return s.get(AuthTokenRow, token_hash)
+    def get_auth_token(self, token_hash: str):
+        """The token's row (attribute access like AuthTokenRow), or None. Core query: called on every request."""
+        return self._reader.first(_TOKEN_BY_HASH, {"token_hash": token_hash})
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
