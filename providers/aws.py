@@ -165,7 +165,8 @@ class AwsProvider(Provider):
         session = boto3.session.Session(profile_name=config.get("profile"))
         boto_config = Config(
             region_name=config.get("region") or session.region_name or "us-east-1",
-            retries={"mode": config.get("retry_mode", "standard"), "max_attempts": int(config.get("max_attempts", 5))},
+            retries={"mode": config.get("retry_mode", "standard"),
+                     "total_max_attempts": int(config.get("max_attempts", 5))},  # attempts, first one included
             connect_timeout=float(config.get("connect_timeout", 5)),
             read_timeout=float(config.get("read_timeout", 30)),
         )
