@@ -97,12 +97,12 @@ class Store:
         self._reader = _Reader(self.engine)
 
     def migrate(self) -> None:
-        """Bring the schema to the latest Alembic revision (idempotent)."""
+        """Bring the schema to every Alembic head (idempotent). Features add branches off 0001, so work in parallel never has to chain migrations."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
             cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, "heads")
 
     def dispose(self) -> None:
         self.engine.dispose()
