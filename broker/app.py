@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 
-from flask import Flask, g, request
+from flask import Flask, Request, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
@@ -44,17 +45,23 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     app.extensions["kms_settings"] = settings
     tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}
+    app.extensions["kms_tokens"] = tokens
+    # Front doors with their own credentials (e.g. SigV4) register `blueprint name -> fn(request) -> Principal`.
+    authenticators: dict[str, Callable[[Request], Principal]] = app.extensions.setdefault("kms_authenticators", {})
+
+    def token_principal(req: Request) -> Principal:
+        header = req.headers.get("Authorization", "")
+        token = req.headers.get("X-KMSB-Token") or (header[7:] if header.startswith("Bearer ") else None)
+        return tokens.authenticate(token)
 
     @app.before_request
     def authenticate() -> None:
         g.request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
         g.ctx = RequestContext(ANONYMOUS, request_id=g.request_id, source_ip=request.remote_addr or "")
         endpoint = (request.endpoint or "").split(".")[-1]
-        if endpoint in public:
+        if request.blueprint == "native" and endpoint in public:
             return
-        header = request.headers.get("Authorization", "")
-        token = request.headers.get("X-KMSB-Token") or (header[7:] if header.startswith("Bearer ") else None)
-        g.ctx.principal = tokens.authenticate(token)
+        g.ctx.principal = authenticators.get(request.blueprint or "", token_principal)(request)
 
     @app.after_request
     def stamp(response):
@@ -62,14 +69,8 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
         return response
 
     def refuse(exc: errors.BrokerError):
-        ctx: RequestContext | None = getattr(g, "ctx", None)
-        if ctx is not None and not ctx.audited and (request.endpoint or "").split(".")[-1] not in public:
-            action = "kms:" + getattr(g, "operation", (request.endpoint or "unknown").split(".")[-1])
-            denied = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
-            try:
-                service.audit_rejected(ctx, action, exc.code, denied)
-            except errors.NotReady as audit_failure:
-                exc = audit_failure
+        if not (request.blueprint == "native" and (request.endpoint or "").split(".")[-1] in public):
+            exc = audit_refusal(service, exc)
         return exc.to_dict(getattr(g, "request_id", "")), exc.status
 
     @app.errorhandler(errors.BrokerError)
@@ -92,6 +93,24 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     if run_jobs:
         _start_jobs(service, settings.job_interval_seconds)
     return app
+
+
+def audit_refusal(service: KeyService, exc: errors.BrokerError) -> errors.BrokerError:
+    """Audit a request refused before it reached an operation; returns the error to answer with.
+
+    Every front door's error handler calls this, so rejected requests (bad credentials, malformed bodies, unknown
+    operations) are audited too. If the audit record cannot be written, the answer becomes 503 (fail closed).
+    """
+    ctx: RequestContext | None = getattr(g, "ctx", None)
+    if ctx is None or ctx.audited:
+        return exc
+    action = "kms:" + getattr(g, "operation", (request.endpoint or "unknown").split(".")[-1])
+    denied = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
+    try:
+        service.audit_rejected(ctx, action, exc.code, denied)
+    except errors.NotReady as audit_failure:
+        return audit_failure
+    return exc
 
 
 def _start_jobs(service: KeyService, interval: int) -> None:

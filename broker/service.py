@@ -1,6 +1,6 @@
 """KeyService: the KMS semantics, provider-agnostic, and the one choke point every front door goes through.
 
-Every public operation runs inside `_operation`: resolve key → authorize (broker.policy) → provider op →
+Every public operation runs inside `operation`: resolve key → authorize (broker.policy) → provider op →
 audit (broker.audit). No front door talks to a provider or the store directly.
 """
 
@@ -74,7 +74,7 @@ class RequestContext:
 
 
 @dataclass
-class _Audit:
+class AuditEntry:
     """What the audit record of one operation will say; filled as the operation proceeds."""
 
     action: str
@@ -128,9 +128,9 @@ class KeyService:
     # =========================================================================================== choke point
 
     @contextmanager
-    def _operation(self, ctx: RequestContext, action: str) -> Iterator[_Audit]:
+    def operation(self, ctx: RequestContext, action: str) -> Iterator[AuditEntry]:
         """Audit exactly once, after the outcome is known and before anything is returned to the caller."""
-        entry = _Audit(action)
+        entry = AuditEntry(action)
         started = time.perf_counter()
         outcome, code = "allowed", None
         try:
@@ -148,7 +148,7 @@ class KeyService:
         finally:
             self._write_audit(ctx, entry, outcome, code, time.perf_counter() - started)
 
-    def _write_audit(self, ctx: RequestContext, entry: _Audit, outcome: str, code: str | None,
+    def _write_audit(self, ctx: RequestContext, entry: AuditEntry, outcome: str, code: str | None,
                      latency: float) -> None:
         context = entry.context or {}
         record = {
@@ -173,13 +173,17 @@ class KeyService:
 
     def audit_rejected(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
         """Audit a request a front door refused before it reached an operation (bad token, bad body, …)."""
-        self._write_audit(ctx, _Audit(action), "denied" if denied else "error", code, 0.0)
+        self._write_audit(ctx, AuditEntry(action), "denied" if denied else "error", code, 0.0)
 
-    def _authorize(self, ctx: RequestContext, entry: _Audit, action: str, key: Key | None,
-                   context: Mapping[str, str] | None = None) -> None:
+    def authorize(self, ctx: RequestContext, entry: AuditEntry, action: str, key: Key | None,
+                  context: Mapping[str, str] | None = None, *, resource: str | None = None) -> None:
+        """Ask the one policy engine. `resource` names non-key resources (e.g. "keyring/<mount>/<id>")."""
         if key is not None:
             entry.key_id, entry.provider = key.key_id, key.provider
-        self.policy.authorize(ctx.principal, action, key, dict(context or {}))
+        elif resource is not None:
+            entry.extra.setdefault("resource", resource)
+        self.policy.authorize(ctx.principal, action, key, dict(context or {}), resource=resource,
+                              source_ip=ctx.source_ip)
 
     # =========================================================================================== helpers
 
@@ -286,7 +290,7 @@ class KeyService:
     def create_key(self, ctx: RequestContext, *, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", tags: Mapping[str, str] | None = None, origin: str = "AWS_KMS",
                    provider: str | None = None) -> dict[str, Any]:
-        with self._operation(ctx, "kms:CreateKey") as entry:
+        with self.operation(ctx, "kms:CreateKey") as entry:
             try:
                 spec = KeySpec(key_spec)
             except ValueError:
@@ -308,7 +312,7 @@ class KeyService:
             provider_name = provider or self.default_provider
             backend = self._provider(provider_name)
             entry.provider = provider_name
-            self._authorize(ctx, entry, "kms:CreateKey", None)
+            self.authorize(ctx, entry, "kms:CreateKey", None)
             missing = backend.capabilities.missing_for(spec)
             if missing:
                 raise errors.Unsupported(f"provider {provider_name!r} lacks {missing}; cannot create this key there")
@@ -345,16 +349,16 @@ class KeyService:
         return dict(tags)
 
     def describe_key(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:DescribeKey") as entry:
+        with self.operation(ctx, "kms:DescribeKey") as entry:
             key = self._resolve(key_ref, details=True)
-            self._authorize(ctx, entry, "kms:DescribeKey", key)
+            self.authorize(ctx, entry, "kms:DescribeKey", key)
             return self.describe(key)
 
     def list_keys(self, ctx: RequestContext, *, limit: int = 100, marker: str | None = None) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ListKeys") as entry:
+        with self.operation(ctx, "kms:ListKeys") as entry:
             if not isinstance(limit, int) or not 1 <= limit <= 1000:
                 raise errors.ValidationError("Limit must be 1 to 1000")
-            self._authorize(ctx, entry, "kms:ListKeys", None)
+            self.authorize(ctx, entry, "kms:ListKeys", None)
             keys = [k for k in self.store.list_keys(limit + 1, marker) if k.state is not KeyState.DESTROYED]
             page = keys[:limit]
             out: dict[str, Any] = {
@@ -366,18 +370,18 @@ class KeyService:
             return out
 
     def update_key_description(self, ctx: RequestContext, key_ref: str, description: str) -> None:
-        with self._operation(ctx, "kms:UpdateKeyDescription") as entry:
+        with self.operation(ctx, "kms:UpdateKeyDescription") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:UpdateKeyDescription", key)
+            self.authorize(ctx, entry, "kms:UpdateKeyDescription", key)
             if not isinstance(description, str) or len(description) > 8192:
                 raise errors.ValidationError("Description must be a string of at most 8192 characters")
             self.store.update_key(key.key_id, description=description)
 
     def _set_enabled(self, ctx: RequestContext, key_ref: str, enabled: bool) -> None:
         action = "kms:EnableKey" if enabled else "kms:DisableKey"
-        with self._operation(ctx, action) as entry:
+        with self.operation(ctx, action) as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, action, key)
+            self.authorize(ctx, entry, action, key)
             check_transition(key.state, "enable" if enabled else "disable")
             backend = self._provider(key.provider)
             for kv in self.store.list_versions(key.key_id):
@@ -392,9 +396,9 @@ class KeyService:
         self._set_enabled(ctx, key_ref, False)
 
     def schedule_key_deletion(self, ctx: RequestContext, key_ref: str, pending_days: int = 30) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ScheduleKeyDeletion") as entry:
+        with self.operation(ctx, "kms:ScheduleKeyDeletion") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:ScheduleKeyDeletion", key)
+            self.authorize(ctx, entry, "kms:ScheduleKeyDeletion", key)
             if not isinstance(pending_days, int) or isinstance(pending_days, bool) or not 7 <= pending_days <= 30:
                 raise errors.ValidationError("PendingWindowInDays must be 7 to 30")
             check_transition(key.state, "schedule_deletion")
@@ -408,9 +412,9 @@ class KeyService:
                     "PendingWindowInDays": pending_days}
 
     def cancel_key_deletion(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:CancelKeyDeletion") as entry:
+        with self.operation(ctx, "kms:CancelKeyDeletion") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:CancelKeyDeletion", key)
+            self.authorize(ctx, entry, "kms:CancelKeyDeletion", key)
             check_transition(key.state, "cancel_deletion")
             backend = self._provider(key.provider)
             versions = self.store.list_versions(key.key_id)
@@ -426,12 +430,12 @@ class KeyService:
 
     def encrypt(self, ctx: RequestContext, key_ref: str, plaintext: bytes, *, context: Any = None,
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
-        with self._operation(ctx, "kms:Encrypt") as entry:
+        with self.operation(ctx, "kms:Encrypt") as entry:
             plaintext = self._check_bytes(plaintext, "Plaintext")
             context = self._check_context(context)
             entry.context = context
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:Encrypt", key, context)
+            self.authorize(ctx, entry, "kms:Encrypt", key, context)
             self._require_usable(key)
             self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Encrypt")
             if key.spec.is_rsa:
@@ -461,7 +465,7 @@ class KeyService:
         return header_bytes + body, version
 
     def _open(self, blob: bytes, context: Mapping[str, str], expected_key: Key | None,
-              entry: _Audit, ctx: RequestContext, action: str) -> tuple[bytes, Key]:
+              entry: AuditEntry, ctx: RequestContext, action: str) -> tuple[bytes, Key]:
         """Decrypt a broker ciphertext: the header names key and version; AAD = header ‖ context."""
         try:
             parsed = ct.unpack(blob)
@@ -474,7 +478,7 @@ class KeyService:
         if expected_key is not None and expected_key.key_id != key.key_id:
             raise errors.IncorrectKey("the ciphertext was not encrypted under the key you named")
         entry.key_version = parsed.header.key_version
-        self._authorize(ctx, entry, action, key, context)
+        self.authorize(ctx, entry, action, key, context)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Decrypt")
         _, ref = self._version(key, parsed.header.key_version)
@@ -498,7 +502,7 @@ class KeyService:
 
     def decrypt(self, ctx: RequestContext, blob: bytes, *, key_ref: str | None = None, context: Any = None,
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
-        with self._operation(ctx, "kms:Decrypt") as entry:
+        with self.operation(ctx, "kms:Decrypt") as entry:
             blob = self._check_bytes(blob, "CiphertextBlob", high=MAX_CIPHERTEXT)
             context = self._check_context(context)
             entry.context = context
@@ -506,7 +510,7 @@ class KeyService:
             if expected is not None:
                 entry.key_id, entry.provider = expected.key_id, expected.provider
             if expected is not None and expected.spec.is_rsa:
-                self._authorize(ctx, entry, "kms:Decrypt", expected, context)
+                self.authorize(ctx, entry, "kms:Decrypt", expected, context)
                 return self._rsa_decrypt(expected, entry, blob, algorithm)
             plaintext, key = self._open(blob, context, expected, entry, ctx, "kms:Decrypt")
             return {"Plaintext": plaintext, "KeyId": key.key_id, "KeyVersion": entry.key_version,
@@ -515,7 +519,7 @@ class KeyService:
     def re_encrypt(self, ctx: RequestContext, blob: bytes, destination_key_ref: str, *, source_context: Any = None,
                    destination_context: Any = None, source_key_ref: str | None = None) -> dict[str, Any]:
         """Decrypt and re-encrypt inside the broker; the plaintext never leaves this function."""
-        with self._operation(ctx, "kms:ReEncrypt") as entry:
+        with self.operation(ctx, "kms:ReEncrypt") as entry:
             blob = self._check_bytes(blob, "CiphertextBlob", high=MAX_CIPHERTEXT)
             source_context = self._check_context(source_context)
             destination_context = self._check_context(destination_context)
@@ -524,7 +528,7 @@ class KeyService:
             plaintext, source = self._open(blob, source_context, expected, entry, ctx, "kms:ReEncryptFrom")
             source_version = entry.key_version
             destination = self._resolve(destination_key_ref)
-            self._authorize(ctx, entry, "kms:ReEncryptTo", destination, destination_context)
+            self.authorize(ctx, entry, "kms:ReEncryptTo", destination, destination_context)
             self._require_usable(destination)
             self._require_usage(destination, KeyUsage.ENCRYPT_DECRYPT, "ReEncrypt")
             if destination.spec is not KeySpec.SYMMETRIC_DEFAULT:
@@ -541,12 +545,12 @@ class KeyService:
                           number_of_bytes: int | None = None, context: Any = None,
                           include_plaintext: bool = True) -> dict[str, Any]:
         action = "kms:GenerateDataKey" if include_plaintext else "kms:GenerateDataKeyWithoutPlaintext"
-        with self._operation(ctx, action) as entry:
+        with self.operation(ctx, action) as entry:
             size = self._data_key_size(key_spec, number_of_bytes)
             context = self._check_context(context)
             entry.context = context
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, action, key, context)
+            self.authorize(ctx, entry, action, key, context)
             self._require_usable(key)
             self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "GenerateDataKey")
             if key.spec is not KeySpec.SYMMETRIC_DEFAULT:
@@ -574,13 +578,13 @@ class KeyService:
     def generate_data_key_pair(self, ctx: RequestContext, key_ref: str, key_pair_spec: str, *, context: Any = None,
                                include_plaintext: bool = True) -> dict[str, Any]:
         action = "kms:GenerateDataKeyPair" if include_plaintext else "kms:GenerateDataKeyPairWithoutPlaintext"
-        with self._operation(ctx, action) as entry:
+        with self.operation(ctx, action) as entry:
             if key_pair_spec not in _KEY_PAIR_SPECS:
                 raise errors.ValidationError(f"KeyPairSpec must be one of {sorted(_KEY_PAIR_SPECS)}")
             context = self._check_context(context)
             entry.context = context
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, action, key, context)
+            self.authorize(ctx, entry, action, key, context)
             self._require_usable(key)
             if key.spec is not KeySpec.SYMMETRIC_DEFAULT:
                 raise errors.InvalidKeyUsage("GenerateDataKeyPair needs a symmetric encryption key")
@@ -598,13 +602,13 @@ class KeyService:
             return out
 
     def generate_random(self, ctx: RequestContext, number_of_bytes: int, *, provider: str | None = None) -> dict:
-        with self._operation(ctx, "kms:GenerateRandom") as entry:
+        with self.operation(ctx, "kms:GenerateRandom") as entry:
             if not isinstance(number_of_bytes, int) or isinstance(number_of_bytes, bool) or not 1 <= number_of_bytes <= 1024:
                 raise errors.ValidationError("NumberOfBytes must be 1 to 1024")
             name = provider or self.default_provider
             backend = self._provider(name)
             entry.provider = name
-            self._authorize(ctx, entry, "kms:GenerateRandom", None)
+            self.authorize(ctx, entry, "kms:GenerateRandom", None)
             if not backend.capabilities.random:
                 raise errors.Unsupported(f"provider {name!r} lacks random generation")
             return {"Plaintext": backend.random(number_of_bytes)}
@@ -615,7 +619,7 @@ class KeyService:
         _, ref = self._version(key, version)
         return serialization.load_der_public_key(self._provider(key.provider).get_public_key(ref))
 
-    def _rsa_encrypt(self, key: Key, entry: _Audit, plaintext: bytes, algorithm: str) -> dict[str, Any]:
+    def _rsa_encrypt(self, key: Key, entry: AuditEntry, plaintext: bytes, algorithm: str) -> dict[str, Any]:
         alg = self._rsa_algorithm(algorithm)
         public = self._public_key(key)
         max_len = public.key_size // 8 - 2 * _HASHES[_oaep_hash(alg)].digest_size - 2
@@ -625,7 +629,7 @@ class KeyService:
         blob = public.encrypt(plaintext, _oaep(alg))
         return {"CiphertextBlob": blob, "KeyId": key.key_id, "EncryptionAlgorithm": alg.value}
 
-    def _rsa_decrypt(self, key: Key, entry: _Audit, blob: bytes, algorithm: str) -> dict[str, Any]:
+    def _rsa_decrypt(self, key: Key, entry: AuditEntry, blob: bytes, algorithm: str) -> dict[str, Any]:
         alg = self._rsa_algorithm(algorithm)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Decrypt")
@@ -650,11 +654,11 @@ class KeyService:
             raise errors.ValidationError("MessageType must be RAW or DIGEST")
         return hashlib.new(algorithm.hash_name, message).digest()
 
-    def _signing_setup(self, ctx: RequestContext, entry: _Audit, action: str, key_ref: str, message: Any,
+    def _signing_setup(self, ctx: RequestContext, entry: AuditEntry, action: str, key_ref: str, message: Any,
                        message_type: str, algorithm: str) -> tuple[Key, SigningAlgorithm, bytes]:
         message = self._check_bytes(message, "Message")
         key = self._resolve(key_ref)
-        self._authorize(ctx, entry, action, key)
+        self.authorize(ctx, entry, action, key)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.SIGN_VERIFY, action.split(":")[1])
         try:
@@ -668,7 +672,7 @@ class KeyService:
 
     def sign(self, ctx: RequestContext, key_ref: str, message: bytes, algorithm: str,
              message_type: str = "RAW") -> dict[str, Any]:
-        with self._operation(ctx, "kms:Sign") as entry:
+        with self.operation(ctx, "kms:Sign") as entry:
             key, alg, digest = self._signing_setup(ctx, entry, "kms:Sign", key_ref, message, message_type, algorithm)
             _, ref = self._version(key)
             signature = self._provider(key.provider).sign(ref, digest, alg)
@@ -676,7 +680,7 @@ class KeyService:
 
     def verify(self, ctx: RequestContext, key_ref: str, message: bytes, signature: bytes, algorithm: str,
                message_type: str = "RAW") -> dict[str, Any]:
-        with self._operation(ctx, "kms:Verify") as entry:
+        with self.operation(ctx, "kms:Verify") as entry:
             key, alg, digest = self._signing_setup(ctx, entry, "kms:Verify", key_ref, message, message_type,
                                                    algorithm)
             signature = self._check_bytes(signature, "Signature", high=1024)
@@ -694,9 +698,9 @@ class KeyService:
             return {"SignatureValid": True, "KeyId": key.key_id, "SigningAlgorithm": alg.value}
 
     def get_public_key(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:GetPublicKey") as entry:
+        with self.operation(ctx, "kms:GetPublicKey") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:GetPublicKey", key)
+            self.authorize(ctx, entry, "kms:GetPublicKey", key)
             self._require_usable(key)
             if not key.spec.is_asymmetric:
                 raise errors.Unsupported("GetPublicKey needs an asymmetric key")
@@ -712,11 +716,11 @@ class KeyService:
 
     # =========================================================================================== MAC
 
-    def _mac_setup(self, ctx: RequestContext, entry: _Audit, action: str, key_ref: str, message: Any,
+    def _mac_setup(self, ctx: RequestContext, entry: AuditEntry, action: str, key_ref: str, message: Any,
                    algorithm: str) -> tuple[Key, MacAlgorithm, bytes, ProviderKeyRef]:
         message = self._check_bytes(message, "Message")
         key = self._resolve(key_ref)
-        self._authorize(ctx, entry, action, key)
+        self.authorize(ctx, entry, action, key)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.GENERATE_VERIFY_MAC, action.split(":")[1])
         try:
@@ -730,14 +734,14 @@ class KeyService:
         return key, alg, message, ref
 
     def generate_mac(self, ctx: RequestContext, key_ref: str, message: bytes, algorithm: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:GenerateMac") as entry:
+        with self.operation(ctx, "kms:GenerateMac") as entry:
             key, alg, message, ref = self._mac_setup(ctx, entry, "kms:GenerateMac", key_ref, message, algorithm)
             return {"Mac": self._provider(key.provider).generate_mac(ref, message, alg), "KeyId": key.key_id,
                     "MacAlgorithm": alg.value}
 
     def verify_mac(self, ctx: RequestContext, key_ref: str, message: bytes, mac: bytes,
                    algorithm: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:VerifyMac") as entry:
+        with self.operation(ctx, "kms:VerifyMac") as entry:
             key, alg, message, ref = self._mac_setup(ctx, entry, "kms:VerifyMac", key_ref, message, algorithm)
             mac = self._check_bytes(mac, "Mac", high=64)
             expected = self._provider(key.provider).generate_mac(ref, message, alg)
@@ -748,36 +752,36 @@ class KeyService:
     # =========================================================================================== aliases, tags
 
     def create_alias(self, ctx: RequestContext, alias: str, target_key_ref: str) -> None:
-        with self._operation(ctx, "kms:CreateAlias") as entry:
+        with self.operation(ctx, "kms:CreateAlias") as entry:
             self._check_alias(alias)
             key = self._resolve(target_key_ref)
-            self._authorize(ctx, entry, "kms:CreateAlias", key)
+            self.authorize(ctx, entry, "kms:CreateAlias", key)
             try:
                 self.store.create_alias(alias, key.key_id, _now())
             except Conflict:
                 raise errors.AlreadyExists(f"alias {alias} already exists") from None
 
     def update_alias(self, ctx: RequestContext, alias: str, target_key_ref: str) -> None:
-        with self._operation(ctx, "kms:UpdateAlias") as entry:
+        with self.operation(ctx, "kms:UpdateAlias") as entry:
             self._check_alias(alias)
             key = self._resolve(target_key_ref)
-            self._authorize(ctx, entry, "kms:UpdateAlias", key)
+            self.authorize(ctx, entry, "kms:UpdateAlias", key)
             if not self.store.update_alias(alias, key.key_id, _now()):
                 raise errors.NotFound(f"alias {alias} not found")
 
     def delete_alias(self, ctx: RequestContext, alias: str) -> None:
-        with self._operation(ctx, "kms:DeleteAlias") as entry:
+        with self.operation(ctx, "kms:DeleteAlias") as entry:
             self._check_alias(alias)
             key_id = self.store.resolve_alias(alias)
             if key_id is None:
                 raise errors.NotFound(f"alias {alias} not found")
-            self._authorize(ctx, entry, "kms:DeleteAlias", self.store.get_key(key_id))
+            self.authorize(ctx, entry, "kms:DeleteAlias", self.store.get_key(key_id))
             self.store.delete_alias(alias)
 
     def list_aliases(self, ctx: RequestContext, key_ref: str | None = None) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ListAliases") as entry:
+        with self.operation(ctx, "kms:ListAliases") as entry:
             key = self._resolve(key_ref) if key_ref else None
-            self._authorize(ctx, entry, "kms:ListAliases", key)
+            self.authorize(ctx, entry, "kms:ListAliases", key)
             rows = self.store.list_aliases(key.key_id if key else None)
             return {"Aliases": [{"AliasName": name, "TargetKeyId": kid, "CreationDate": created.isoformat(),
                                  "AliasArn": f"arn:kms-broker:kms:local:000000000000:{name}"}
@@ -789,26 +793,26 @@ class KeyService:
             raise errors.ValidationError("AliasName must match alias/[a-zA-Z0-9/_-]+ and not start with alias/aws/")
 
     def tag_resource(self, ctx: RequestContext, key_ref: str, tags: Any) -> None:
-        with self._operation(ctx, "kms:TagResource") as entry:
+        with self.operation(ctx, "kms:TagResource") as entry:
             tags = self._check_tags(tags)
             key = self._resolve(key_ref, details=True)
-            self._authorize(ctx, entry, "kms:TagResource", key)
+            self.authorize(ctx, entry, "kms:TagResource", key)
             if len({**key.tags, **tags}) > 50:
                 raise errors.LimitExceeded("a key has at most 50 tags")
             self.store.set_tags(key.key_id, tags)
 
     def untag_resource(self, ctx: RequestContext, key_ref: str, tag_keys: Any) -> None:
-        with self._operation(ctx, "kms:UntagResource") as entry:
+        with self.operation(ctx, "kms:UntagResource") as entry:
             if not isinstance(tag_keys, list) or not all(isinstance(k, str) for k in tag_keys):
                 raise errors.ValidationError("TagKeys must be a list of strings")
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:UntagResource", key)
+            self.authorize(ctx, entry, "kms:UntagResource", key)
             self.store.remove_tags(key.key_id, tag_keys)
 
     def list_resource_tags(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ListResourceTags") as entry:
+        with self.operation(ctx, "kms:ListResourceTags") as entry:
             key = self._resolve(key_ref, details=True)
-            self._authorize(ctx, entry, "kms:ListResourceTags", key)
+            self.authorize(ctx, entry, "kms:ListResourceTags", key)
             return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in sorted(key.tags.items())], "Truncated": False}
 
     # =========================================================================================== rotation
@@ -820,9 +824,9 @@ class KeyService:
             raise errors.Unsupported("keys with imported material do not rotate automatically")
 
     def enable_key_rotation(self, ctx: RequestContext, key_ref: str, period_days: int = 365) -> None:
-        with self._operation(ctx, "kms:EnableKeyRotation") as entry:
+        with self.operation(ctx, "kms:EnableKeyRotation") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:EnableKeyRotation", key)
+            self.authorize(ctx, entry, "kms:EnableKeyRotation", key)
             if not isinstance(period_days, int) or isinstance(period_days, bool) or not 90 <= period_days <= 2560:
                 raise errors.ValidationError("RotationPeriodInDays must be 90 to 2560")
             self._check_rotatable(key)
@@ -831,16 +835,16 @@ class KeyService:
                                   next_rotation_at=_now() + timedelta(days=period_days))
 
     def disable_key_rotation(self, ctx: RequestContext, key_ref: str) -> None:
-        with self._operation(ctx, "kms:DisableKeyRotation") as entry:
+        with self.operation(ctx, "kms:DisableKeyRotation") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:DisableKeyRotation", key)
+            self.authorize(ctx, entry, "kms:DisableKeyRotation", key)
             self._check_rotatable(key)
             self.store.update_key(key.key_id, rotation_period_days=None, next_rotation_at=None)
 
     def get_key_rotation_status(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:GetKeyRotationStatus") as entry:
+        with self.operation(ctx, "kms:GetKeyRotationStatus") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:GetKeyRotationStatus", key)
+            self.authorize(ctx, entry, "kms:GetKeyRotationStatus", key)
             out: dict[str, Any] = {"KeyId": key.key_id, "KeyRotationEnabled": key.rotation_period_days is not None}
             if key.rotation_period_days:
                 out["RotationPeriodInDays"] = key.rotation_period_days
@@ -848,9 +852,9 @@ class KeyService:
             return out
 
     def rotate_key_on_demand(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:RotateKeyOnDemand") as entry:
+        with self.operation(ctx, "kms:RotateKeyOnDemand") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:RotateKeyOnDemand", key)
+            self.authorize(ctx, entry, "kms:RotateKeyOnDemand", key)
             self._check_rotatable(key)
             self._require_usable(key)
             entry.key_version = self._add_version(key)
@@ -873,17 +877,17 @@ class KeyService:
         return number
 
     def list_key_rotations(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ListKeyRotations") as entry:
+        with self.operation(ctx, "kms:ListKeyRotations") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:ListKeyRotations", key)
+            self.authorize(ctx, entry, "kms:ListKeyRotations", key)
             versions = self.store.list_versions(key.key_id)
             return {"Rotations": [{"KeyId": key.key_id, "KeyVersion": v.version, "RotationDate": v.created_at.isoformat()}
                                   for v in versions if v.version > 1], "Truncated": False}
 
     def list_key_versions(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ListKeyVersions") as entry:
+        with self.operation(ctx, "kms:ListKeyVersions") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:ListKeyVersions", key)
+            self.authorize(ctx, entry, "kms:ListKeyVersions", key)
             return {"KeyId": key.key_id, "PrimaryVersion": key.primary_version,
                     "Versions": [{"KeyVersion": v.version, "CreationDate": v.created_at.isoformat(), "State": v.state}
                                  for v in self.store.list_versions(key.key_id)]}
@@ -892,9 +896,9 @@ class KeyService:
 
     def get_parameters_for_import(self, ctx: RequestContext, key_ref: str, wrapping_algorithm: str,
                                   wrapping_key_spec: str = "RSA_2048") -> dict[str, Any]:
-        with self._operation(ctx, "kms:GetParametersForImport") as entry:
+        with self.operation(ctx, "kms:GetParametersForImport") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:GetParametersForImport", key)
+            self.authorize(ctx, entry, "kms:GetParametersForImport", key)
             if key.origin is not Origin.EXTERNAL:
                 raise errors.Unsupported("the key's Origin is not EXTERNAL")
             if key.state not in (KeyState.PENDING_IMPORT, KeyState.ENABLED, KeyState.DISABLED):
@@ -915,9 +919,9 @@ class KeyService:
 
     def import_key_material(self, ctx: RequestContext, key_ref: str, import_token: bytes,
                             encrypted_key_material: bytes) -> dict[str, Any]:
-        with self._operation(ctx, "kms:ImportKeyMaterial") as entry:
+        with self.operation(ctx, "kms:ImportKeyMaterial") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:ImportKeyMaterial", key)
+            self.authorize(ctx, entry, "kms:ImportKeyMaterial", key)
             check_transition(key.state, "import")
             token = self.store.get_import_token(bytes(import_token or b"").decode(errors="replace"))
             if token is None or token[0] != key.key_id:
@@ -946,9 +950,9 @@ class KeyService:
             return {"KeyId": key.key_id}
 
     def delete_imported_key_material(self, ctx: RequestContext, key_ref: str) -> None:
-        with self._operation(ctx, "kms:DeleteImportedKeyMaterial") as entry:
+        with self.operation(ctx, "kms:DeleteImportedKeyMaterial") as entry:
             key = self._resolve(key_ref)
-            self._authorize(ctx, entry, "kms:DeleteImportedKeyMaterial", key)
+            self.authorize(ctx, entry, "kms:DeleteImportedKeyMaterial", key)
             if key.origin is not Origin.EXTERNAL:
                 raise errors.Unsupported("the key's Origin is not EXTERNAL")
             check_transition(key.state, "delete_imported")
@@ -971,7 +975,7 @@ class KeyService:
         now = now or _now()
         destroyed, rotated = [], []
         for key_id in self.store.keys_due_for_deletion(now):
-            with self._operation(ctx, "broker:DestroyKey") as entry:
+            with self.operation(ctx, "broker:DestroyKey") as entry:
                 key = self.store.get_key(key_id)
                 if key is None or key.state is not KeyState.PENDING_DELETION:
                     continue
@@ -982,7 +986,7 @@ class KeyService:
                 self.store.update_key(key.key_id, state=KeyState.DESTROYED)
                 destroyed.append(key_id)
         for key_id in self.store.keys_due_for_rotation(now):
-            with self._operation(ctx, "broker:RotateKey") as entry:
+            with self.operation(ctx, "broker:RotateKey") as entry:
                 key = self.store.get_key(key_id)
                 if key is None or key.rotation_period_days is None or key.next_rotation_at > now:
                     continue

@@ -20,14 +20,16 @@ class Decision:
 
 
 class PolicyEngine:
-    def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None) -> Decision:
+    def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
+               resource: str | None = None, source_ip: str = "") -> Decision:
         if principal.is_root:
             return Decision(True, "policy root")
         return Decision(False, "default deny")
 
-    def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None) -> Decision:
-        decision = self.decide(principal, action, key, context)
+    def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
+                  resource: str | None = None, source_ip: str = "") -> Decision:
+        decision = self.decide(principal, action, key, context, resource=resource, source_ip=source_ip)
         if not decision.allowed:
-            target = f" on {key.key_id}" if key else ""
+            target = f" on {key.key_id}" if key else (f" on {resource}" if resource else "")
             raise AccessDenied(f"{principal.name} is not allowed to perform {action}{target}")
         return decision
