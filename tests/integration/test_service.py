@@ -648,3 +648,39 @@ def test_every_call_writes_exactly_one_record(h: Harness, call: Callable) -> Non
     before = len(h.records())
     call(h, key)
     assert len(h.records()) == before + 1
+
+
+# ============================================================================================ state in the store
+
+
+def test_state_is_shared_between_service_instances(h: Harness, hsm_token) -> None:
+    """Two brokers (own Store engine, own provider instance and caches) over one store see each other's changes."""
+    from broker.audit import AuditLog
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+
+    store_b = Store(h.svc.store.url)
+    provider_b = hsm_token.provider("hsm")
+    svc_b = KeyService(store_b, {"hsm": provider_b}, "hsm", PolicyEngine(),
+                       AuditLog(h.svc.audit.path, provider_b.audit_hmac))
+    b = Harness(svc_b, h.ctx)
+    try:
+        key = h.key()
+        blob = h.ok("encrypt", key, b"shared", context={"c": "d"})["CiphertextBlob"]
+        assert b.ok("decrypt", blob, context={"c": "d"})["Plaintext"] == b"shared"
+        b.ok("disable_key", key)
+        h.fails(errors.Disabled, "encrypt", key, b"x")
+        b.ok("enable_key", key)
+        assert b.ok("rotate_key_on_demand", key)["KeyVersion"] == 2
+        assert h.ok("encrypt", key, b"x")["KeyVersion"] == 2
+        b.ok("create_alias", "alias/shared", key)
+        assert h.ok("describe_key", "alias/shared")["KeyId"] == key
+        b.ok("schedule_key_deletion", key, 7)
+        h.fails(errors.InvalidState, "decrypt", blob, context={"c": "d"})
+        assert svc_b.run_due_jobs(h.ctx, now=later(8))["destroyed"] == [key]
+        h.fails(errors.InvalidCiphertext, "decrypt", blob, context={"c": "d"})
+        h.fails(errors.NotFound, "describe_key", key)
+        assert h.verify_audit() == len(h.records())  # two writers, one intact chain
+    finally:
+        store_b.dispose()
+        provider_b.close()
