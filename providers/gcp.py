@@ -281,7 +281,11 @@ class GcpProvider(Provider):
             self._ring_ready = True
 
     def check_health(self) -> None:
-        self._ensure_ring()
+        """One real round trip every time (a cached ring must not hide an outage)."""
+        if self._ring_ready:
+            self._rpc("get_key_ring", {"name": self.key_ring_name})
+        else:
+            self._ensure_ring()
 
     def close(self) -> None:
         self._client.transport.close()

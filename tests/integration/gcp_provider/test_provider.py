@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +27,10 @@ from providers.base import (
     ProviderUnsupported,
 )
 from providers.gcp import GcpProvider
+from tests.integration.gcp_emulator.conftest import launch
 from tests.support.procs import free_port
+
+from .conftest import TOKEN, config
 
 State = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 
@@ -237,6 +241,22 @@ def test_unknown_key_is_not_found(provider: GcpProvider) -> None:
 def test_wrong_token_is_access_denied(make_provider: Callable[..., GcpProvider]) -> None:
     with pytest.raises(ProviderAccessDenied):
         make_provider(token="not-the-token").check_health()
+
+
+def test_outage_after_start_is_unavailable(tmp_path: Path, transport: str) -> None:
+    server, ready = launch("gcp-kms-outage", tmp_path, "--token", TOKEN)
+    provider = GcpProvider.from_config("gcp-outage", config(ready, transport, timeout=3))
+    try:
+        ref = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="outage")
+        provider.check_health()
+        server.stop()
+        with pytest.raises(ProviderUnavailable):
+            provider.check_health()
+        with pytest.raises(ProviderUnavailable):
+            provider.encrypt(ref, b"x", b"")
+    finally:
+        server.stop()
+        provider.close()
 
 
 def test_emulator_down_is_unavailable(make_provider: Callable[..., GcpProvider]) -> None:
