@@ -271,14 +271,29 @@ def decrypt(context: tuple[str, ...], output: str) -> None:
         sys.stdout.buffer.write(plaintext)
 
 
+# Command groups that live beside the core: (module, click group attribute).
+_GROUPS = [
+    ("kms_stack.cli", "stack"),                    # the local cloud stack
+    ("broker.cli_aws", "aws_credentials"),         # SigV4 credentials of the AWS-compatible front door
+    ("keyring_bridge.cli", "keyring"),             # the MySQL keyring bridge
+    ("broker.cli_admin", "admin_groups"),          # tokens, policies, audit (a list of groups)
+]
+
+
 def _mount_optional_groups() -> None:
-    """Command groups that live in other packages (the local cloud stack)."""
+    import importlib
     import importlib.util
 
-    if importlib.util.find_spec("kms_stack") is not None:
-        from kms_stack.cli import stack
-
-        main.add_command(stack)
+    for module_name, attribute in _GROUPS:
+        try:
+            found = importlib.util.find_spec(module_name) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            continue
+        group = getattr(importlib.import_module(module_name), attribute)
+        for command in group if isinstance(group, list) else [group]:
+            main.add_command(command)
 
 
 _mount_optional_groups()

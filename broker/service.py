@@ -938,6 +938,12 @@ class KeyService:
             except pb.ProviderInvalidInput as exc:
                 raise errors.IncorrectKeyMaterial(str(exc)) from None
             existing = self.store.get_version(key.key_id, 1)
+            held = existing.provider_ref.get("material") if existing is not None else None
+            if held is not None and held != ref.to_dict().get("material"):
+                # The key still has material (AES key wrap under the root KEK is deterministic, so the same
+                # material gives the same blob): replacing it would make every existing ciphertext undecryptable.
+                backend.destroy(ref)
+                raise errors.IncorrectKeyMaterial("the key already has different key material; import the same material")
             if existing is None:
                 self.store.add_version(key.key_id, KeyVersion(1, ref.to_dict(), _now()))
             else:

@@ -24,6 +24,11 @@ class PolicyEngine:
                resource: str | None = None, source_ip: str = "") -> Decision:
         if principal.is_root:
             return Decision(True, "policy root")
+        for name in principal.policies:
+            # Built-in family "keyring:<mount>": a database's token reads and writes its own keyring mount only.
+            if name.startswith("keyring:") and action.startswith("keyring:") and resource is not None:
+                if resource.startswith(f"keyring/{name[len('keyring:'):]}/"):
+                    return Decision(True, f"policy {name}")
         return Decision(False, "default deny")
 
     def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
