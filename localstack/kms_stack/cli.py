@@ -19,7 +19,7 @@ _output_option = click.option("--output", type=click.Choice(["text", "json"]), d
 
 def _print_settings(settings: dict[str, dict], output: str) -> None:
     if output == "json":
-        click.echo(json.dumps(settings, indent=2, sort_keys=True))
+        click.echo(json.dumps(settings, indent=2))
         return
     if not settings:
         click.echo("nothing is up")
@@ -50,6 +50,8 @@ def up(only: str | None, aws_backend: str, output: str, state_dir: Path | None) 
     """Start the emulators (detached, on free 127.0.0.1 ports) and print their settings."""
     st = Stack(state_dir or default_state_dir())
     settings = _run(lambda: st.up(only, aws_backend=aws_backend))
+    for cloud, why in st.skipped.items():
+        click.echo(f"skipped {cloud}: {why}", err=True)
     _print_settings(settings, output)  # type: ignore[arg-type]
 
 

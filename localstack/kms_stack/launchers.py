@@ -31,6 +31,10 @@ class LaunchError(RuntimeError):
     """An emulator cannot be launched here (missing package or interpreter); the message says why."""
 
 
+class EmulatorMissing(LaunchError):
+    """The emulator package is not there (yet): `up` with no --only skips the cloud, `--only` fails."""
+
+
 @dataclass
 class Launch:
     """Everything needed to start one emulator and recognise that it is ready."""
@@ -198,7 +202,7 @@ def emulator(cloud: str, data_dir: Path) -> Launch:
     spec = EMULATORS[cloud]
     reason = _runnable(spec.package)
     if reason:
-        raise LaunchError(f"cannot start the {cloud} emulator: {reason}")
+        raise EmulatorMissing(f"cannot start the {cloud} emulator: {reason}")
     data_dir.mkdir(parents=True, exist_ok=True)
     ports = {flag: free_port() for flag in spec.port_flags}
     cmd = [sys.executable, "-m", spec.package, "--host", HOST]

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import procs, state
-from .launchers import Launch, LaunchError, launch_for
+from .launchers import EmulatorMissing, Launch, LaunchError, launch_for
 
 CLOUDS: tuple[str, ...] = ("aws", "azure", "gcp", "aliyun")
 DEFAULT_STATE_DIR = Path("var/stack")
@@ -20,6 +20,10 @@ DEFAULT_STATE_DIR = Path("var/stack")
 
 class StackError(RuntimeError):
     """The stack could not do what was asked; the message says why (and includes the emulator's log)."""
+
+
+class _Missing(StackError):
+    """Internal: the cloud's emulator package is absent (skippable when no --only was given)."""
 
 
 def default_state_dir() -> Path:
@@ -51,6 +55,7 @@ class Stack:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.state_dir = self.state_dir.resolve()
         self._children: dict[int, subprocess.Popen] = {}  # ours to reap when stopped in-process
+        self.skipped: dict[str, str] = {}  # cloud -> why, from the last up() without `only`
 
     # -- queries ------------------------------------------------------------------------------------------
     def services(self) -> dict[str, state.Service]:
@@ -67,10 +72,14 @@ class Stack:
 
     # -- up / down ----------------------------------------------------------------------------------------
     def up(self, only: str | Iterable[str] | None = None, *, aws_backend: str = "localstack") -> dict[str, dict]:
-        """Start every requested cloud that is not already running; on any failure stop what this call started."""
+        """Start every requested cloud that is not already running; on any failure stop what this call started.
+
+        With `only=None` (all clouds) an emulator package that does not exist yet is skipped (see `skipped`);
+        a cloud named in `only` must start."""
         wanted = parse_only(only)
         running = self.services()
         started: list[str] = []
+        self.skipped = {}
         try:
             for cloud in wanted:
                 if cloud in running:
@@ -78,7 +87,13 @@ class Stack:
                         raise StackError(f"aws is already up with backend {running[cloud].backend!r}; "
                                          f"run `stack down` before switching to {aws_backend!r}")
                     continue
-                running[cloud] = self._start(cloud, aws_backend)
+                try:
+                    running[cloud] = self._start(cloud, aws_backend)
+                except _Missing as e:
+                    if only is not None:
+                        raise StackError(str(e)) from None
+                    self.skipped[cloud] = str(e)
+                    continue
                 started.append(cloud)
                 state.save(self.state_dir, running)
         except BaseException:
@@ -110,6 +125,8 @@ class Stack:
     def _start(self, cloud: str, aws_backend: str) -> state.Service:
         try:
             launch = launch_for(cloud, self.state_dir / cloud, aws_backend=aws_backend)
+        except EmulatorMissing as e:
+            raise _Missing(str(e)) from None
         except LaunchError as e:
             raise StackError(str(e)) from None
         log = self.state_dir / "logs" / f"{cloud}.log"

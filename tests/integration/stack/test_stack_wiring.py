@@ -88,3 +88,22 @@ def test_setup_venv_is_quiet_when_up_to_date() -> None:
     assert first.returncode == 0, first.stderr
     again = subprocess.run(["bash", str(STACK_ROOT / "setup-venv.sh")], capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout == "" and again.stderr == ""
+
+
+def test_up_without_only_skips_missing_emulators_but_only_fails(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for cloud in ("azure", "gcp", "aliyun"):
+        monkeypatch.setitem(launchers.EMULATORS, cloud,
+                            launchers.EmulatorSpec(f"missing_{cloud}_pkg", ("--port",), (), lambda p: {}))
+    stack = Stack(tmp_path)
+    try:
+        settings = stack.up(aws_backend="moto")
+        assert list(settings) == ["aws"]
+        assert set(stack.skipped) == {"azure", "gcp", "aliyun"}
+        assert "missing_gcp_pkg" in stack.skipped["gcp"]
+        with pytest.raises(StackError, match="missing_gcp_pkg"):
+            stack.up("aws,gcp", aws_backend="moto")
+        assert list(stack.env()) == ["aws"]  # the failed --only did not stop what was already up
+    finally:
+        stack.down()
+    assert stack.env() == {}
