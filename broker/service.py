@@ -359,7 +359,14 @@ class KeyService:
             if not isinstance(limit, int) or not 1 <= limit <= 1000:
                 raise errors.ValidationError("Limit must be 1 to 1000")
             self.authorize(ctx, entry, "kms:ListKeys", None)
-            keys = [k for k in self.store.list_keys(limit + 1, marker) if k.state is not KeyState.DESTROYED]
+            keys: list[Key] = []
+            after = marker
+            while len(keys) <= limit:  # destroyed keys are skipped, so a page may take more than one read
+                batch = self.store.list_keys(limit + 1, after)
+                keys += [k for k in batch if k.state is not KeyState.DESTROYED]
+                if len(batch) <= limit:
+                    break
+                after = batch[-1].key_id
             page = keys[:limit]
             out: dict[str, Any] = {
                 "Keys": [{"KeyId": k.key_id, "KeyArn": self.describe(k)["Arn"], "Provider": k.provider} for k in page],
@@ -422,7 +429,8 @@ class KeyService:
                 if kv.state == "Enabled":
                     backend.cancel_destruction(ProviderKeyRef.from_dict(kv.provider_ref))
             # AWS semantics: a cancelled key comes back disabled (or pending import if it never had material).
-            state = KeyState.DISABLED if versions else KeyState.PENDING_IMPORT
+            has_material = any(kv.state == "Enabled" for kv in versions)
+            state = KeyState.DISABLED if has_material else KeyState.PENDING_IMPORT
             self.store.update_key(key.key_id, state=state, deletion_date=None)
             return {"KeyId": key.key_id}
 

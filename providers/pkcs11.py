@@ -12,6 +12,7 @@ session per thread crashes it: this module uses one session per process behind a
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 from collections import OrderedDict
@@ -302,16 +303,20 @@ class Pkcs11Provider(Provider):
         return bytes.fromhex(public)
 
     def asymmetric_decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, algorithm: EncryptionAlgorithm) -> bytes:
-        if algorithm is not EncryptionAlgorithm.RSAES_OAEP_SHA_1:
-            # SoftHSM 2.6 implements OAEP with SHA-1 only (hashAlg must be CKM_SHA_1).
-            raise ProviderUnsupported(f"{algorithm.value} decryption (this HSM offers RSAES_OAEP_SHA_1)")
+        if algorithm not in (EncryptionAlgorithm.RSAES_OAEP_SHA_1, EncryptionAlgorithm.RSAES_OAEP_SHA_256):
+            raise ProviderUnsupported(f"{algorithm.value} decryption")
 
         def run(session: Any) -> bytes:
+            key = self._object(session, ref)
             try:
-                return self._object(session, ref).decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
-                                                          mechanism_param=_OAEP_SHA1)
+                if algorithm is EncryptionAlgorithm.RSAES_OAEP_SHA_1:
+                    return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
+                # SoftHSM 2.6 implements OAEP with SHA-1 only (hashAlg must be CKM_SHA_1): the private-key operation
+                # runs in the HSM (raw RSA), the OAEP-SHA-256 decoding of its output here.
+                raw = bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509))
+                return _oaep_decode(raw, len(ciphertext), "sha256")
             except (pkcs11.exceptions.EncryptedDataInvalid, pkcs11.exceptions.EncryptedDataLenRange,
-                    pkcs11.exceptions.GeneralError):
+                    pkcs11.exceptions.GeneralError, pkcs11.exceptions.DataLenRange, pkcs11.exceptions.DataInvalid):
                 raise ProviderInvalidCiphertext("RSA decryption failed") from None
         return self._call(run)
 
@@ -461,6 +466,30 @@ class Pkcs11Provider(Provider):
         """HMAC-SHA-256 with the audit key that lives in the HSM (for values that must never be logged)."""
         return self._call(lambda session: self._token_key(session, AUDIT_HMAC_LABEL).sign(
             data, mechanism=Mechanism.SHA256_HMAC))
+
+
+def _mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
+    out = b"".join(hashlib.new(hash_name, seed + i.to_bytes(4, "big")).digest()
+                   for i in range(-(-length // hashlib.new(hash_name).digest_size)))
+    return out[:length]
+
+
+def _oaep_decode(em: bytes, k: int, hash_name: str) -> bytes:
+    """EME-OAEP decoding (RFC 8017 §7.1.2; empty label, MGF1 with the same hash) of a raw RSA output of k bytes."""
+    h_len = hashlib.new(hash_name).digest_size
+    em = em.rjust(k, b"\0")
+    if len(em) != k or k < 2 * h_len + 2:
+        raise ProviderInvalidCiphertext("RSA decryption failed")
+    masked_seed, masked_db = em[1:1 + h_len], em[1 + h_len:]
+    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1(masked_db, h_len, hash_name), strict=True))
+    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1(seed, k - h_len - 1, hash_name), strict=True))
+    rest = db[h_len:].lstrip(b"\0")
+    ok = hmac.compare_digest(db[:h_len], hashlib.new(hash_name).digest())
+    ok &= em[0] == 0
+    ok &= rest[:1] == b"\x01"
+    if not ok:  # one error for every failure: no padding oracle in the messages
+        raise ProviderInvalidCiphertext("RSA decryption failed")
+    return rest[1:]
 
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:

@@ -150,6 +150,21 @@ def test_list_keys_paginates(h: Harness) -> None:
         h.fails(errors.ValidationError, "list_keys", limit=limit)
 
 
+def test_list_keys_pages_past_destroyed_keys(h: Harness) -> None:
+    ids = sorted(h.key() for _ in range(6))
+    for doomed in ids[1:4]:
+        h.ok("schedule_key_deletion", doomed, 7)
+    assert sorted(h.svc.run_due_jobs(h.ctx, now=later(8))["destroyed"]) == ids[1:4]
+    seen, marker = [], None
+    while True:
+        page = h.ok("list_keys", limit=2, marker=marker)
+        seen += [k["KeyId"] for k in page["Keys"]]
+        if not page["Truncated"]:
+            break
+        marker = page["NextMarker"]
+    assert seen == [ids[0], *ids[4:]]
+
+
 def test_unknown_key_is_not_found(h: Harness) -> None:
     for method, args in [("describe_key", ("00000000-0000-0000-0000-000000000000",)),
                          ("encrypt", ("alias/none", b"x")), ("disable_key", ("nope",)),
@@ -416,6 +431,17 @@ def test_rsa_encrypt_decrypt(h: Harness) -> None:
             algorithm="RSAES_OAEP_SHA_1")
 
 
+@pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"])
+def test_every_advertised_rsa_encryption_algorithm_decrypts(h: Harness, algorithm: str) -> None:
+    """What Encrypt accepts (and DescribeKey advertises), Decrypt must be able to undo."""
+    key = h.key("RSA_2048", "ENCRYPT_DECRYPT")
+    assert algorithm in h.ok("describe_key", key)["EncryptionAlgorithms"]
+    blob = h.ok("encrypt", key, b"x" * 190, algorithm=algorithm)["CiphertextBlob"]
+    assert h.ok("decrypt", blob, key_ref=key, algorithm=algorithm)["Plaintext"] == b"x" * 190
+    other = "RSAES_OAEP_SHA_256" if algorithm == "RSAES_OAEP_SHA_1" else "RSAES_OAEP_SHA_1"
+    h.fails(errors.InvalidCiphertext, "decrypt", blob, key_ref=key, algorithm=other)
+
+
 def test_get_public_key_of_a_symmetric_key(h: Harness) -> None:
     h.fails(errors.Unsupported, "get_public_key", h.key())
 
@@ -596,6 +622,18 @@ def test_reimport_into_a_key_with_material_needs_the_same_material(h: Harness) -
     h.ok("import_key_material", key, params["ImportToken"],
          _wrap(params["PublicKey"], known, "RSA_AES_KEY_WRAP_SHA_1"))
     assert h.ok("decrypt", blob)["Plaintext"] == b"keep me"
+
+
+def test_cancelled_deletion_of_a_key_without_material_is_pending_import(h: Harness) -> None:
+    key = h.key(origin="EXTERNAL")
+    params = h.ok("get_parameters_for_import", key, "RSAES_OAEP_SHA_1")
+    h.ok("import_key_material", key, params["ImportToken"], _wrap(params["PublicKey"], os.urandom(32),
+                                                                  "RSAES_OAEP_SHA_1"))
+    h.ok("delete_imported_key_material", key)
+    h.ok("schedule_key_deletion", key, 7)
+    h.ok("cancel_key_deletion", key)
+    assert h.ok("describe_key", key)["KeyState"] == "PendingImport"
+    h.fails(errors.InvalidState, "enable_key", key)
 
 
 def test_expired_import_token(h: Harness) -> None:
