@@ -68,10 +68,11 @@ LABEL_TAG = "kmsb:key-id"
 INSTANCE_TAG = "kmsb:instance"
 PREVIOUS_TAG = "kmsb:previous-version"
 
-# Wrapping algorithms: byok uses the SHA-1 variants, the only OAEP the broker's HSM (SoftHSM) can do;
-# begin_import (caller wraps in software) uses SHA-256, which AWS recommends.
+# Wrapping algorithms: the SHA-1 variants, the only OAEP the broker's HSM (SoftHSM) can do, and the broker API's
+# default. AWS binds one algorithm to each GetParametersForImport, and begin_import is not told which one the
+# caller asked for, so caller-wrapped imports use the same ones (symmetric/HMAC: OAEP; private keys: OAEP + KWP).
 BYOK_WRAP = {"small": "RSAES_OAEP_SHA_1", "asymmetric": "RSA_AES_KEY_WRAP_SHA_1"}
-CALLER_WRAP = {"small": "RSAES_OAEP_SHA_256", "asymmetric": "RSA_AES_KEY_WRAP_SHA_256"}
+CALLER_WRAP = BYOK_WRAP
 
 
 class KeyDisabled(ProviderInvalidState):
@@ -294,7 +295,8 @@ class AwsProvider(Provider):
 
     def begin_import(self, spec: KeySpec) -> ImportParameters:
         """Creates the EXTERNAL AWS key now (AWS needs one to issue a wrapping key). The protocol gives no usage
-        here, so RSA keys are created for ENCRYPT_DECRYPT; finish_import refuses any other usage."""
+        here, so RSA keys are created for ENCRYPT_DECRYPT; finish_import refuses any other usage. Nor does it give
+        the existing ref, so a re-import through this path lands in a new AWS key (byok_import(ref=...) does not)."""
         usage = _default_usage(spec)
         meta = self._create(spec, usage, "pending-import", origin="EXTERNAL")
         algorithm = CALLER_WRAP[_wrap_kind(spec)]

@@ -94,13 +94,16 @@ def test_byok_hmac_matches_the_material(ls_provider: AwsProvider) -> None:
 
 def test_caller_wrapped_import(ls_provider: AwsProvider) -> None:
     params = ls_provider.begin_import(KeySpec.SYMMETRIC_DEFAULT)
-    assert params.wrapping_algorithms == ("RSAES_OAEP_SHA_256",)
-    wrapped = software_wrap(os.urandom(32), [])(params.public_key_der, "RSAES_OAEP_SHA_256")
+    assert params.wrapping_algorithms == ("RSAES_OAEP_SHA_1",)
+    wrapped = software_wrap(os.urandom(32), [])(params.public_key_der, "RSAES_OAEP_SHA_1")
     with pytest.raises(ProviderInvalidInput):
         ls_provider.finish_import(params.handle, KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, wrapped,
+                                  "RSAES_OAEP_SHA_256", label="k-imp")
+    with pytest.raises(ProviderInvalidInput):
+        ls_provider.finish_import(params.handle, KeySpec.SYMMETRIC_DEFAULT, KeyUsage.SIGN_VERIFY, wrapped,
                                   "RSAES_OAEP_SHA_1", label="k-imp")
     ref = ls_provider.finish_import(params.handle, KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, wrapped,
-                                    "RSAES_OAEP_SHA_256", label="k-imp")
+                                    "RSAES_OAEP_SHA_1", label="k-imp")
     assert ls_provider.decrypt(ref, ls_provider.encrypt(ref, b"x", AAD), AAD) == b"x"
 
 
