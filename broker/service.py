@@ -280,7 +280,6 @@ class KeyService:
             meta["MacAlgorithms"] = [a.value for a in mac_algorithms_for(key.spec)]
         if key.deletion_date:
             meta["DeletionDate"] = key.deletion_date.isoformat()
-            meta["PendingDeletionWindowInDays"] = max(1, (key.deletion_date - key.created_at).days)
         if key.aliases:
             meta["Aliases"] = key.aliases
         return meta

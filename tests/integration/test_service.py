@@ -202,6 +202,30 @@ def test_schedule_and_cancel_deletion(h: Harness) -> None:
     h.fails(errors.InvalidState, "cancel_key_deletion", key)
 
 
+def test_describe_of_an_old_key_pending_deletion(h: Harness) -> None:
+    """DescribeKey reports the deletion date; it must not invent a window from the key's age."""
+    from broker.store.tables import KeyRow
+
+    key = h.key()
+    with h.svc.store.session() as s:
+        s.execute(update(KeyRow).where(KeyRow.key_id == key).values(created_at=datetime.now(UTC) - timedelta(days=100)))
+    scheduled = h.ok("schedule_key_deletion", key, 7)
+    meta = h.ok("describe_key", key)
+    assert meta["DeletionDate"] == scheduled["DeletionDate"]
+    assert meta.get("PendingDeletionWindowInDays", 7) == 7
+
+
+def test_hsm_unavailable_is_a_dependency_error_and_changes_nothing(h: Harness, hsm_token) -> None:
+    key = h.key()
+    blob = h.ok("encrypt", key, b"x")["CiphertextBlob"]
+    h.svc.providers["hsm"] = hsm_token.provider("hsm", token_label="unplugged")  # a fresh process' view
+    h.fails(errors.DependencyTimeout, "create_key")
+    h.fails(errors.DependencyTimeout, "encrypt", key, b"x")
+    h.fails(errors.DependencyTimeout, "decrypt", blob)
+    h.fails(errors.DependencyTimeout, "rotate_key_on_demand", key)
+    assert set(h.svc.readiness()) == {"hsm"} and h.svc.readiness()["hsm"].startswith("unavailable")
+
+
 # ============================================================================================ symmetric
 
 
