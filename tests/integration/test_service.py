@@ -762,3 +762,42 @@ def test_state_is_shared_between_service_instances(h: Harness, hsm_token) -> Non
     finally:
         store_b.dispose()
         provider_b.close()
+
+
+def test_service_over_postgresql(postgres_url: str, hsm_provider, root_ctx: RequestContext, tmp_path) -> None:
+    """The same semantics with the store on a real PostgreSQL server, two broker instances sharing it."""
+    from sqlalchemy import create_engine
+
+    from broker.audit import AuditLog
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    stores = [Store(postgres_url), Store(postgres_url)]
+    stores[0].migrate()
+    audit_path = tmp_path / "audit.jsonl"
+    a, b = (Harness(KeyService(s, {"hsm": hsm_provider}, "hsm", PolicyEngine(),
+                               AuditLog(audit_path, hsm_provider.audit_hmac)), root_ctx) for s in stores)
+    try:
+        key = a.key(tags={"db": "pg"})
+        blob = a.ok("encrypt", key, b"on postgres", context={"x": "y"})["CiphertextBlob"]
+        assert b.ok("rotate_key_on_demand", key)["KeyVersion"] == 2
+        assert a.ok("encrypt", key, b"v2")["KeyVersion"] == 2
+        assert a.ok("decrypt", blob, context={"x": "y"})["Plaintext"] == b"on postgres"
+        a.fails(errors.InvalidCiphertext, "decrypt", blob, context={"x": "z"})
+        b.ok("create_alias", "alias/pg", key)
+        assert a.ok("describe_key", "alias/pg")["KeyId"] == key
+        b.ok("disable_key", key)
+        a.fails(errors.Disabled, "encrypt", key, b"x")
+        b.ok("schedule_key_deletion", key, 7)
+        assert a.svc.run_due_jobs(root_ctx, now=later(8))["destroyed"] == [key]
+        b.fails(errors.NotFound, "describe_key", key)
+        assert a.ok("list_keys")["Keys"] == []
+        assert a.verify_audit() == len(a.records())
+    finally:
+        for s in stores:
+            s.dispose()
