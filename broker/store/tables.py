@@ -71,3 +71,121 @@ class AuthTokenRow(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     parent_accessor: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+# ------------------------------------------------------------------------------------------------ keyring bridge
+# Owned by keyring_bridge/ (migration 0003_keyring, branch "keyring"). Secret columns hold only sealed material.
+
+
+class KeyringMountRow(Base):
+    __tablename__ = "keyring_mounts"
+    mount: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kv_version: Mapped[int] = mapped_column(Integer, default=2)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeyringEntryRow(Base):
+    __tablename__ = "keyring_entries"
+    mount: Mapped[str] = mapped_column(String(255), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    latest_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    custom_metadata: Mapped[str] = mapped_column(Text, default="{}")  # JSON, never secret
+    rotation_period_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    next_rotation_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+class KeyringVersionRow(Base):
+    __tablename__ = "keyring_versions"
+    mount: Mapped[str] = mapped_column(String(255), primary_key=True)
+    entry_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)  # base64 of the root-KEK seal of the secret's JSON
+    origin: Mapped[str] = mapped_column(String(16))  # hsm | written | imported
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeyringAppRoleRow(Base):
+    __tablename__ = "keyring_approles"
+    role_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role_id: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_id_hash: Mapped[str] = mapped_column(String(64))  # SHA-256 of the secret_id
+    policies: Mapped[str] = mapped_column(Text, default="[]")
+    token_ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PolicyRow(Base):
+    """A named identity policy (JSON document); principals carry policy names."""
+
+    __tablename__ = "policies"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class KeyPolicyRow(Base):
+    __tablename__ = "key_policies"
+    key_id: Mapped[str] = mapped_column(String(64), ForeignKey("keys.key_id"), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GrantRow(Base):
+    __tablename__ = "grants"
+    grant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(64), ForeignKey("keys.key_id"), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    grantee: Mapped[str] = mapped_column(String(256))
+    retiring: Mapped[str] = mapped_column(String(256), default="")
+    operations: Mapped[str] = mapped_column(Text)  # JSON list
+    constraints: Mapped[str] = mapped_column(Text, default="{}")  # JSON
+    token_hash: Mapped[str] = mapped_column(String(64), index=True)  # SHA-256 of the grant token
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ------------------------------------------------------------------------------------------------ identity (0005)
+
+
+class IdentityTokenRow(Base):
+    """What a token carries beyond auth_tokens: how it was issued, renewal bounds, metadata (→ Principal.attributes)."""
+
+    __tablename__ = "identity_tokens"
+    accessor: Mapped[str] = mapped_column(String(64), primary_key=True)
+    auth_method: Mapped[str] = mapped_column(String(32), default="token")
+    renewable: Mapped[bool] = mapped_column(Boolean, default=True)
+    ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    meta: Mapped[str] = mapped_column(Text, default="{}")  # JSON object of str -> str
+
+
+class JwtRoleRow(Base):
+    """A JWT/OIDC login role written through the API (roles may also come from settings)."""
+
+    __tablename__ = "auth_jwt_roles"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    config: Mapped[str] = mapped_column(Text)  # JSON of broker.auth.jwt_auth.JwtRole
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AppRoleRow(Base):
+    __tablename__ = "auth_approle_roles"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role_id: Mapped[str] = mapped_column(String(64), unique=True)
+    config: Mapped[str] = mapped_column(Text)  # JSON of broker.auth.approle.AppRole
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AppRoleSecretRow(Base):
+    """A secret id: stored as its SHA-256 only; uses_left None means unlimited."""
+
+    __tablename__ = "auth_approle_secret_ids"
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    accessor: Mapped[str] = mapped_column(String(64), unique=True)
+    role_name: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cidrs: Mapped[str] = mapped_column(Text, default="[]")
+    meta: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,322 @@
+"""The HashiCorp-Vault-KV-compatible front door for MySQL-family keyring plugins (its own Flask app and listener).
+
+Wire contract (see docs/keyring-bridge.md and ../shared/protocols/mariadb-hashicorp-plugin.md):
+- `GET /v1/sys/mounts/<mount>/tune` → `{"options": {"version": "2"}, ...}` as Vault answers (KV v1 mounts: "1").
+- KV v2: `GET /v1/<mount>/data/<id>[?version=N]` → `data.data` (the secret) + `data.metadata.version` (a number);
+  `POST|PUT /v1/<mount>/data/<id>` writes the next version (`options.cas` honoured); `GET /v1/<mount>/metadata/<id>`;
+  `LIST /v1/<mount>/metadata/<prefix>` (or `GET …?list=true`).
+- KV v1 (mounts registered as version 1): `GET|PUT|POST|LIST /v1/<mount>/<id>`.
+- `POST /v1/auth/approle/login` → `auth.client_token`.
+- `X-Vault-Token` (or `Authorization: Bearer`) is a broker token; a bad one is 403 `{"errors":["permission denied"]}`.
+
+Never crash the database: a non-2xx answer or malformed body for a key mariadbd already uses makes it abort, whereas a
+dropped connection is survived from its cache. So the bridge answers only 2xx, 400 (malformed request), 403 (bad
+token / policy), 404 (unknown key or version) and 405; every failure of the bridge itself (store, HSM, audit sink,
+bug) shuts the client socket down and sends nothing at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+from werkzeug.exceptions import HTTPException
+
+from broker import errors
+from broker.auth import TokenAuth
+from broker.service import KeyService, RequestContext
+from broker.settings import Settings
+from keyring_bridge.approle import AppRoles
+from keyring_bridge.keyring import KeyringService, Secret, check_id, check_mount, iso
+
+log = logging.getLogger("kms_broker.keyring")
+DROP = "kmsb.keyring.drop"
+FRONT_DOOR = "keyring"
+LEASE = 2764800  # Vault's default 768h, what KV v1 reads report
+_ANSWERED = (errors.NotFound, errors.Unauthenticated, errors.AccessDenied, errors.ValidationError,
+             errors.AlreadyExists, errors.Unsupported)
+
+
+class DropConnection(Exception):
+    """Raised (or mapped to) when the bridge cannot answer truthfully: the client sees a dropped connection."""
+
+
+class _Dropper:
+    """WSGI wrapper: when a request is marked DROP, shut the client socket down and send nothing.
+
+    gunicorn hands the client socket in `environ["gunicorn.socket"]`. We set SO_LINGER 0 (the final close sends an
+    RST) and `shutdown(SHUT_RDWR)`; gunicorn's later attempt to write the (unsent) status line fails with EPIPE,
+    which its gthread worker ignores at debug level. Without a gunicorn socket (unit tests) the answer is a 503
+    marked `X-Kmsb-Dropped: 1`, which nothing but a test should ever see.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        captured: list[tuple] = []
+
+        def capture(status, headers, exc_info=None):
+            captured[:] = [(status, headers, exc_info)]
+            return lambda _data: None
+
+        body = self.app(environ, capture)
+        if not environ.get(DROP):
+            status, headers, exc_info = captured[0]
+            start_response(status, headers, exc_info)
+            return body
+        if hasattr(body, "close"):
+            body.close()
+        sock = environ.get("gunicorn.socket")
+        if sock is None:
+            start_response("503 Service Unavailable", [("X-Kmsb-Dropped", "1"), ("Content-Length", "0")])
+            return [b""]
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return []
+
+
+def _vault(body: dict[str, Any] | None = None, *, data: Any = None, auth: Any = None) -> dict[str, Any]:
+    out = {"request_id": getattr(g, "request_id", ""), "lease_id": "", "renewable": False, "lease_duration": 0,
+           "data": data, "wrap_info": None, "warnings": None, "auth": auth}
+    out.update(body or {})
+    return out
+
+
+def _errors(status: int, *messages: str):
+    return {"errors": list(messages)}, status
+
+
+def _version_metadata(secret: Secret) -> dict[str, Any]:
+    return {"created_time": iso(secret.created_at), "custom_metadata": secret.custom_metadata or None,
+            "deletion_time": "", "destroyed": False, "version": secret.version}
+
+
+class _Mounts:
+    """Registered mounts (KV version), re-read every few seconds; a store outage keeps the last known view."""
+
+    def __init__(self, keyring: KeyringService, ttl: float = 5.0) -> None:
+        self._keyring, self._ttl = keyring, ttl
+        self._value: dict[str, int] = {}
+        self._until = 0.0
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, int]:
+        if time.monotonic() >= self._until:
+            with self._lock:
+                if time.monotonic() >= self._until:
+                    try:
+                        self._value = self._keyring.mounts()
+                    except errors.BrokerError:
+                        pass
+                    self._until = time.monotonic() + self._ttl
+        return self._value
+
+
+def _parse(rest: str, mounts: dict[str, int]) -> tuple[str, str, str]:
+    """`<mount>/data/<id>` → (mount, "data", id); KV v1 mounts: `<mount>/<id>` → (mount, "v1", id)."""
+    for mount, version in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        if version == 1 and (rest == mount or rest.startswith(mount + "/")):
+            return mount, "v1", rest[len(mount) + 1:]
+    parts = rest.split("/")
+    for i in range(1, len(parts)):
+        if parts[i] in ("data", "metadata"):
+            return "/".join(parts[:i]), parts[i], "/".join(parts[i + 1:])
+    raise errors.NotFound("no handler for route")
+
+
+def create_bridge_app(settings: Settings, *, service: KeyService | None = None, run_jobs: bool = False) -> Flask:
+    from broker.app import SYSTEM, build_service
+
+    app = Flask("kms_broker_keyring")
+    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
+    app.url_map.merge_slashes = False
+    app.json.sort_keys = False
+    service = service or build_service(settings)
+    keyring = KeyringService(service, settings.root_of_trust)
+    tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
+    approles = AppRoles(service, tokens)
+    mounts = _Mounts(keyring)
+    app.extensions.update(kms_service=service, kms_settings=settings, kms_keyring=keyring, kms_tokens=tokens)
+
+    def ctx() -> RequestContext:
+        if g.ctx.principal.auth_method == "none":
+            header = request.headers.get("Authorization", "")
+            token = request.headers.get("X-Vault-Token") or (header[7:] if header.startswith("Bearer ") else None)
+            g.ctx.principal = tokens.authenticate(token)
+        return g.ctx
+
+    @app.before_request
+    def start() -> None:
+        from broker.app import ANONYMOUS
+
+        g.request_id = str(uuid.uuid4())
+        g.action = "keyring:Request"
+        g.ctx = RequestContext(ANONYMOUS, request_id=g.request_id, source_ip=request.remote_addr or "",
+                               front_door=FRONT_DOOR)
+
+    def refuse(exc: Exception):
+        c: RequestContext | None = getattr(g, "ctx", None)
+        if isinstance(exc, _ANSWERED) and c is not None and not c.audited:
+            try:
+                service.audit_rejected(c, g.action, exc.code, isinstance(exc, errors.Unauthenticated |
+                                                                           errors.AccessDenied))
+            except errors.BrokerError:
+                exc = DropConnection()
+        if isinstance(exc, errors.NotFound):
+            return _errors(404)
+        if isinstance(exc, errors.Unauthenticated | errors.AccessDenied):
+            if g.action == "keyring:AppRoleLogin" and isinstance(exc, errors.Unauthenticated):
+                return _errors(400, "invalid role or secret ID")
+            return _errors(403, "permission denied")
+        if isinstance(exc, errors.Unsupported):
+            return _errors(405, exc.message)
+        if isinstance(exc, _ANSWERED):
+            return _errors(400, exc.message)
+        # The bridge itself failed (store, HSM, audit, a bug): drop the connection, never a 5xx.
+        code = getattr(exc, "code", type(exc).__name__)
+        log.warning("keyring bridge dropped a connection (request %s): %s", getattr(g, "request_id", "?"), code)
+        request.environ[DROP] = True
+        return "", 503
+
+    @app.errorhandler(Exception)
+    def any_error(exc: Exception):
+        if isinstance(exc, HTTPException):
+            if exc.code == 404:
+                return refuse(errors.NotFound("no handler"))
+            if exc.code in (400, 405, 413, 415):
+                return _errors(exc.code or 400, exc.description or "bad request")
+        if not isinstance(exc, errors.BrokerError | DropConnection):
+            log.error("keyring bridge error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__)
+        return refuse(exc)
+
+    @app.after_request
+    def stamp(response):
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def version_arg() -> int | None:
+        raw = request.args.get("version")
+        if raw in (None, "", "0"):
+            return None
+        if not raw.isdigit() or len(raw) > 10:
+            raise errors.ValidationError("version must be a positive integer")
+        return int(raw)
+
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True, force=True) if request.content_length else {}
+        if not isinstance(data, dict):
+            raise errors.ValidationError("request body must be a JSON object")
+        return data
+
+    def listing(mount: str, prefix: str):
+        g.action = "keyring:List"
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        infos = keyring.list_entries(ctx(), mount, prefix)
+        keys = sorted({i.entry_id[len(prefix):].split("/")[0] + ("/" if "/" in i.entry_id[len(prefix):] else "")
+                       for i in infos})
+        if not keys:
+            raise errors.NotFound("nothing listed")
+        return _vault(data={"keys": keys})
+
+    @app.route("/v1/sys/health", methods=["GET", "HEAD"])
+    def health():
+        now = int(time.time())
+        return {"initialized": True, "sealed": False, "standby": False, "server_time_utc": now,
+                "version": "kms-broker-keyring", "cluster_name": "kms-broker"}
+
+    @app.route("/v1/auth/approle/login", methods=["POST", "PUT"])
+    def approle_login():
+        g.action = "keyring:AppRoleLogin"
+        b = body()
+        result = approles.login(g.ctx, b.get("role_id"), b.get("secret_id"))
+        return _vault(auth={"client_token": result.token, "accessor": result.accessor, "policies": result.policies,
+                            "token_policies": result.policies, "metadata": {"role_name": result.role_name},
+                            "lease_duration": result.ttl_seconds, "renewable": bool(result.ttl_seconds),
+                            "entity_id": "", "token_type": "service", "orphan": True})
+
+    @app.route("/v1/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "LIST"], strict_slashes=False)
+    def kv(rest: str):
+        if rest.startswith("sys/mounts/") and rest.endswith("/tune"):
+            g.action = "keyring:DescribeMount"
+            mount = check_mount(rest[len("sys/mounts/"):-len("/tune")])
+            if request.method != "GET":
+                raise errors.Unsupported("mount tuning is managed by the broker")
+            version = keyring.tune(ctx(), mount)
+            tune = {"default_lease_ttl": LEASE, "max_lease_ttl": LEASE, "force_no_cache": False,
+                    "description": "kms-broker keyring bridge", "options": {"version": str(version)}}
+            return _vault(tune, data=tune)
+        mount, kind, entry_id = _parse(rest.rstrip("/") if request.method != "LIST" else rest, mounts.get())
+        mount = check_mount(mount)
+        is_list = request.method == "LIST" or request.args.get("list") == "true"
+        if is_list and kind in ("metadata", "v1"):
+            return listing(mount, entry_id)
+        entry_id = check_id(entry_id)
+        if request.method == "DELETE":
+            g.action = "keyring:Delete"
+            ctx()
+            raise errors.Unsupported("the keyring bridge never deletes key versions")
+        if kind == "metadata":
+            if request.method != "GET":
+                raise errors.Unsupported("metadata is managed by the broker")
+            g.action = "keyring:ReadMetadata"
+            info = keyring.describe(ctx(), mount, entry_id)
+            versions = {str(v): {"created_time": iso(c), "deletion_time": "", "destroyed": False}
+                        for v, _o, c in info.versions}
+            return _vault(data={"cas_required": False, "created_time": iso(info.created_at),
+                                "current_version": info.latest_version, "custom_metadata": info.custom_metadata or None,
+                                "delete_version_after": "0s", "max_versions": 0,
+                                "oldest_version": info.versions[0][0] if info.versions else 0,
+                                "updated_time": iso(info.updated_at), "versions": versions})
+        if request.method in ("POST", "PUT"):
+            g.action = "keyring:Write"
+            b = body()
+            if kind == "data":
+                options = b.get("options") or {}
+                cas = options.get("cas") if isinstance(options, dict) else None
+                if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
+                    raise errors.ValidationError("cas must be a non-negative integer")
+                version = keyring.write(ctx(), mount, entry_id, b.get("data"), cas=cas)
+                secret = keyring_written(version)
+                return _vault(data=secret)
+            keyring.write(ctx(), mount, entry_id, b)
+            return "", 204
+        g.action = "keyring:Read"
+        if kind == "v1":
+            secret = keyring.read(ctx(), mount, entry_id)
+            return _vault({"lease_duration": LEASE}, data=secret.data)
+        secret = keyring.read(ctx(), mount, entry_id, version_arg())
+        return _vault(data={"data": secret.data, "metadata": _version_metadata(secret)})
+
+    def keyring_written(version: int) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        return {"created_time": iso(datetime.now(UTC)), "custom_metadata": None, "deletion_time": "",
+                "destroyed": False, "version": version}
+
+    app.wsgi_app = _Dropper(app.wsgi_app)
+    if run_jobs:
+        _start_rotation_loop(keyring, SYSTEM, settings.job_interval_seconds)
+    return app
+
+
+def _start_rotation_loop(keyring: KeyringService, system, interval: int) -> None:
+    """Scheduled rotations in every bridge worker: safe concurrently (compare-and-set on the latest version)."""
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval):
+            try:
+                keyring.rotate_due(RequestContext(system, front_door="jobs"))
+            except Exception as exc:  # noqa: BLE001 - a failed round must not kill the loop
+                log.warning("keyring rotation job failed: %s", type(exc).__name__)
+
+    threading.Thread(target=loop, name="kmsb-keyring-jobs", daemon=True).start()
