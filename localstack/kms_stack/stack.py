@@ -137,7 +137,8 @@ class Stack:
         svc = state.Service(cloud=cloud, backend=launch.backend, pid=proc.pid, start_time=procs.start_time(proc.pid),
                             cmd=launch.cmd, log=str(log), settings={}, ports=launch.ports)
         try:
-            svc.settings = self._wait_ready(cloud, launch, proc, log)
+            # "kind" makes each block a provider table as is: KMSB_PROVIDERS_JSON="$(kms-broker stack env --output json)"
+            svc.settings = {"kind": cloud, **self._wait_ready(cloud, launch, proc, log)}
         except BaseException:
             procs.stop(proc.pid, svc.start_time)
             self._children.pop(proc.pid, None)
