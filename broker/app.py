@@ -17,6 +17,7 @@ from broker.policy import PolicyEngine
 from broker.service import KeyService, RequestContext
 from broker.settings import Settings
 from broker.store import Store
+from broker.store.policies import PolicyRepository
 from providers.registry import build_provider
 
 log = logging.getLogger("kms_broker")
@@ -31,17 +32,21 @@ def build_service(settings: Settings) -> KeyService:
     providers = {name: build_provider(name, cfg) for name, cfg in settings.providers.items()}
     root = providers[settings.root_of_trust]
     audit = AuditLog(settings.audit_file, hmac=root.audit_hmac, fsync=settings.audit_fsync)
-    return KeyService(store, providers, settings.default_provider, PolicyEngine(), audit)
+    engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=settings.auth_cache_seconds)
+    return KeyService(store, providers, settings.default_provider, engine, audit)
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:
+    import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     from broker.api.native import ROUTES, bp
+    from broker.policy_admin import PolicyAdmin
 
     app = Flask("kms_broker")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
     app.json.sort_keys = False
     service = service or build_service(settings)
     app.extensions["kms_service"] = service
+    app.extensions["kms_policy_admin"] = PolicyAdmin(service, service.policy, service.policy.repository)
     app.extensions["kms_settings"] = settings
     tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}

@@ -193,7 +193,7 @@ class KeyService:
         except KeyError:
             raise errors.ValidationError(f"unknown provider {name!r}") from None
 
-    def _resolve(self, key_ref: str, *, details: bool = False) -> Key:
+    def resolve_key(self, key_ref: str, *, details: bool = False) -> Key:
         if not isinstance(key_ref, str) or not key_ref:
             raise errors.ValidationError("KeyId is required")
         key_id = key_ref
@@ -238,7 +238,7 @@ class KeyService:
         return number, ref
 
     @staticmethod
-    def _check_context(context: Any) -> dict[str, str]:
+    def check_context(context: Any) -> dict[str, str]:
         if context is None:
             return {}
         if not isinstance(context, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
@@ -311,7 +311,7 @@ class KeyService:
             provider_name = provider or self.default_provider
             backend = self._provider(provider_name)
             entry.provider = provider_name
-            self.authorize(ctx, entry, "kms:CreateKey", None)
+            self.authorize(ctx, entry, "kms:CreateKey", None, resource=f"provider/{provider_name}")
             missing = backend.capabilities.missing_for(spec)
             if missing:
                 raise errors.Unsupported(f"provider {provider_name!r} lacks {missing}; cannot create this key there")
@@ -349,7 +349,7 @@ class KeyService:
 
     def describe_key(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:DescribeKey") as entry:
-            key = self._resolve(key_ref, details=True)
+            key = self.resolve_key(key_ref, details=True)
             self.authorize(ctx, entry, "kms:DescribeKey", key)
             return self.describe(key)
 
@@ -377,7 +377,7 @@ class KeyService:
 
     def update_key_description(self, ctx: RequestContext, key_ref: str, description: str) -> None:
         with self.operation(ctx, "kms:UpdateKeyDescription") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:UpdateKeyDescription", key)
             if not isinstance(description, str) or len(description) > 8192:
                 raise errors.ValidationError("Description must be a string of at most 8192 characters")
@@ -386,7 +386,7 @@ class KeyService:
     def _set_enabled(self, ctx: RequestContext, key_ref: str, enabled: bool) -> None:
         action = "kms:EnableKey" if enabled else "kms:DisableKey"
         with self.operation(ctx, action) as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, action, key)
             check_transition(key.state, "enable" if enabled else "disable")
             backend = self._provider(key.provider)
@@ -403,7 +403,7 @@ class KeyService:
 
     def schedule_key_deletion(self, ctx: RequestContext, key_ref: str, pending_days: int = 30) -> dict[str, Any]:
         with self.operation(ctx, "kms:ScheduleKeyDeletion") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:ScheduleKeyDeletion", key)
             if not isinstance(pending_days, int) or isinstance(pending_days, bool) or not 7 <= pending_days <= 30:
                 raise errors.ValidationError("PendingWindowInDays must be 7 to 30")
@@ -419,7 +419,7 @@ class KeyService:
 
     def cancel_key_deletion(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:CancelKeyDeletion") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:CancelKeyDeletion", key)
             check_transition(key.state, "cancel_deletion")
             backend = self._provider(key.provider)
@@ -439,9 +439,9 @@ class KeyService:
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
         with self.operation(ctx, "kms:Encrypt") as entry:
             plaintext = self._check_bytes(plaintext, "Plaintext")
-            context = self._check_context(context)
+            context = self.check_context(context)
             entry.context = context
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:Encrypt", key, context)
             self._require_usable(key)
             self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Encrypt")
@@ -479,7 +479,7 @@ class KeyService:
         except ct.MalformedCiphertext as exc:
             raise errors.InvalidCiphertext(str(exc)) from None
         try:
-            key = self._resolve(parsed.header.key_id)
+            key = self.resolve_key(parsed.header.key_id)
         except errors.NotFound:
             raise errors.InvalidCiphertext("the ciphertext refers to a key that does not exist") from None
         if expected_key is not None and expected_key.key_id != key.key_id:
@@ -511,9 +511,9 @@ class KeyService:
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
         with self.operation(ctx, "kms:Decrypt") as entry:
             blob = self._check_bytes(blob, "CiphertextBlob", high=MAX_CIPHERTEXT)
-            context = self._check_context(context)
+            context = self.check_context(context)
             entry.context = context
-            expected = self._resolve(key_ref) if key_ref else None
+            expected = self.resolve_key(key_ref) if key_ref else None
             if expected is not None:
                 entry.key_id, entry.provider = expected.key_id, expected.provider
             if expected is not None and expected.spec.is_rsa:
@@ -528,13 +528,13 @@ class KeyService:
         """Decrypt and re-encrypt inside the broker; the plaintext never leaves this function."""
         with self.operation(ctx, "kms:ReEncrypt") as entry:
             blob = self._check_bytes(blob, "CiphertextBlob", high=MAX_CIPHERTEXT)
-            source_context = self._check_context(source_context)
-            destination_context = self._check_context(destination_context)
+            source_context = self.check_context(source_context)
+            destination_context = self.check_context(destination_context)
             entry.context = destination_context
-            expected = self._resolve(source_key_ref) if source_key_ref else None
+            expected = self.resolve_key(source_key_ref) if source_key_ref else None
             plaintext, source = self._open(blob, source_context, expected, entry, ctx, "kms:ReEncryptFrom")
             source_version = entry.key_version
-            destination = self._resolve(destination_key_ref)
+            destination = self.resolve_key(destination_key_ref)
             self.authorize(ctx, entry, "kms:ReEncryptTo", destination, destination_context)
             self._require_usable(destination)
             self._require_usage(destination, KeyUsage.ENCRYPT_DECRYPT, "ReEncrypt")
@@ -554,9 +554,9 @@ class KeyService:
         action = "kms:GenerateDataKey" if include_plaintext else "kms:GenerateDataKeyWithoutPlaintext"
         with self.operation(ctx, action) as entry:
             size = self._data_key_size(key_spec, number_of_bytes)
-            context = self._check_context(context)
+            context = self.check_context(context)
             entry.context = context
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, action, key, context)
             self._require_usable(key)
             self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "GenerateDataKey")
@@ -588,9 +588,9 @@ class KeyService:
         with self.operation(ctx, action) as entry:
             if key_pair_spec not in _KEY_PAIR_SPECS:
                 raise errors.ValidationError(f"KeyPairSpec must be one of {sorted(_KEY_PAIR_SPECS)}")
-            context = self._check_context(context)
+            context = self.check_context(context)
             entry.context = context
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, action, key, context)
             self._require_usable(key)
             if key.spec is not KeySpec.SYMMETRIC_DEFAULT:
@@ -615,7 +615,7 @@ class KeyService:
             name = provider or self.default_provider
             backend = self._provider(name)
             entry.provider = name
-            self.authorize(ctx, entry, "kms:GenerateRandom", None)
+            self.authorize(ctx, entry, "kms:GenerateRandom", None, resource=f"provider/{name}")
             if not backend.capabilities.random:
                 raise errors.Unsupported(f"provider {name!r} lacks random generation")
             return {"Plaintext": backend.random(number_of_bytes)}
@@ -664,7 +664,7 @@ class KeyService:
     def _signing_setup(self, ctx: RequestContext, entry: AuditEntry, action: str, key_ref: str, message: Any,
                        message_type: str, algorithm: str) -> tuple[Key, SigningAlgorithm, bytes]:
         message = self._check_bytes(message, "Message")
-        key = self._resolve(key_ref)
+        key = self.resolve_key(key_ref)
         self.authorize(ctx, entry, action, key)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.SIGN_VERIFY, action.split(":")[1])
@@ -706,7 +706,7 @@ class KeyService:
 
     def get_public_key(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:GetPublicKey") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:GetPublicKey", key)
             self._require_usable(key)
             if not key.spec.is_asymmetric:
@@ -726,7 +726,7 @@ class KeyService:
     def _mac_setup(self, ctx: RequestContext, entry: AuditEntry, action: str, key_ref: str, message: Any,
                    algorithm: str) -> tuple[Key, MacAlgorithm, bytes, ProviderKeyRef]:
         message = self._check_bytes(message, "Message")
-        key = self._resolve(key_ref)
+        key = self.resolve_key(key_ref)
         self.authorize(ctx, entry, action, key)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.GENERATE_VERIFY_MAC, action.split(":")[1])
@@ -761,7 +761,7 @@ class KeyService:
     def create_alias(self, ctx: RequestContext, alias: str, target_key_ref: str) -> None:
         with self.operation(ctx, "kms:CreateAlias") as entry:
             self._check_alias(alias)
-            key = self._resolve(target_key_ref)
+            key = self.resolve_key(target_key_ref)
             self.authorize(ctx, entry, "kms:CreateAlias", key)
             try:
                 self.store.create_alias(alias, key.key_id, _now())
@@ -771,7 +771,7 @@ class KeyService:
     def update_alias(self, ctx: RequestContext, alias: str, target_key_ref: str) -> None:
         with self.operation(ctx, "kms:UpdateAlias") as entry:
             self._check_alias(alias)
-            key = self._resolve(target_key_ref)
+            key = self.resolve_key(target_key_ref)
             self.authorize(ctx, entry, "kms:UpdateAlias", key)
             if not self.store.update_alias(alias, key.key_id, _now()):
                 raise errors.NotFound(f"alias {alias} not found")
@@ -787,7 +787,7 @@ class KeyService:
 
     def list_aliases(self, ctx: RequestContext, key_ref: str | None = None) -> dict[str, Any]:
         with self.operation(ctx, "kms:ListAliases") as entry:
-            key = self._resolve(key_ref) if key_ref else None
+            key = self.resolve_key(key_ref) if key_ref else None
             self.authorize(ctx, entry, "kms:ListAliases", key)
             rows = self.store.list_aliases(key.key_id if key else None)
             return {"Aliases": [{"AliasName": name, "TargetKeyId": kid, "CreationDate": created.isoformat(),
@@ -802,7 +802,7 @@ class KeyService:
     def tag_resource(self, ctx: RequestContext, key_ref: str, tags: Any) -> None:
         with self.operation(ctx, "kms:TagResource") as entry:
             tags = self._check_tags(tags)
-            key = self._resolve(key_ref, details=True)
+            key = self.resolve_key(key_ref, details=True)
             self.authorize(ctx, entry, "kms:TagResource", key)
             if len({**key.tags, **tags}) > 50:
                 raise errors.LimitExceeded("a key has at most 50 tags")
@@ -812,13 +812,13 @@ class KeyService:
         with self.operation(ctx, "kms:UntagResource") as entry:
             if not isinstance(tag_keys, list) or not all(isinstance(k, str) for k in tag_keys):
                 raise errors.ValidationError("TagKeys must be a list of strings")
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:UntagResource", key)
             self.store.remove_tags(key.key_id, tag_keys)
 
     def list_resource_tags(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:ListResourceTags") as entry:
-            key = self._resolve(key_ref, details=True)
+            key = self.resolve_key(key_ref, details=True)
             self.authorize(ctx, entry, "kms:ListResourceTags", key)
             return {"Tags": [{"TagKey": k, "TagValue": v} for k, v in sorted(key.tags.items())], "Truncated": False}
 
@@ -832,7 +832,7 @@ class KeyService:
 
     def enable_key_rotation(self, ctx: RequestContext, key_ref: str, period_days: int = 365) -> None:
         with self.operation(ctx, "kms:EnableKeyRotation") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:EnableKeyRotation", key)
             if not isinstance(period_days, int) or isinstance(period_days, bool) or not 90 <= period_days <= 2560:
                 raise errors.ValidationError("RotationPeriodInDays must be 90 to 2560")
@@ -843,14 +843,14 @@ class KeyService:
 
     def disable_key_rotation(self, ctx: RequestContext, key_ref: str) -> None:
         with self.operation(ctx, "kms:DisableKeyRotation") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:DisableKeyRotation", key)
             self._check_rotatable(key)
             self.store.update_key(key.key_id, rotation_period_days=None, next_rotation_at=None)
 
     def get_key_rotation_status(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:GetKeyRotationStatus") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:GetKeyRotationStatus", key)
             out: dict[str, Any] = {"KeyId": key.key_id, "KeyRotationEnabled": key.rotation_period_days is not None}
             if key.rotation_period_days:
@@ -860,7 +860,7 @@ class KeyService:
 
     def rotate_key_on_demand(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:RotateKeyOnDemand") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:RotateKeyOnDemand", key)
             self._check_rotatable(key)
             self._require_usable(key)
@@ -885,7 +885,7 @@ class KeyService:
 
     def list_key_rotations(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:ListKeyRotations") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:ListKeyRotations", key)
             versions = self.store.list_versions(key.key_id)
             return {"Rotations": [{"KeyId": key.key_id, "KeyVersion": v.version, "RotationDate": v.created_at.isoformat()}
@@ -893,7 +893,7 @@ class KeyService:
 
     def list_key_versions(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.operation(ctx, "kms:ListKeyVersions") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:ListKeyVersions", key)
             return {"KeyId": key.key_id, "PrimaryVersion": key.primary_version,
                     "Versions": [{"KeyVersion": v.version, "CreationDate": v.created_at.isoformat(), "State": v.state}
@@ -904,7 +904,7 @@ class KeyService:
     def get_parameters_for_import(self, ctx: RequestContext, key_ref: str, wrapping_algorithm: str,
                                   wrapping_key_spec: str = "RSA_2048") -> dict[str, Any]:
         with self.operation(ctx, "kms:GetParametersForImport") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:GetParametersForImport", key)
             if key.origin is not Origin.EXTERNAL:
                 raise errors.Unsupported("the key's Origin is not EXTERNAL")
@@ -927,7 +927,7 @@ class KeyService:
     def import_key_material(self, ctx: RequestContext, key_ref: str, import_token: bytes,
                             encrypted_key_material: bytes) -> dict[str, Any]:
         with self.operation(ctx, "kms:ImportKeyMaterial") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:ImportKeyMaterial", key)
             check_transition(key.state, "import")
             token = self.store.get_import_token(bytes(import_token or b"").decode(errors="replace"))
@@ -964,7 +964,7 @@ class KeyService:
 
     def delete_imported_key_material(self, ctx: RequestContext, key_ref: str) -> None:
         with self.operation(ctx, "kms:DeleteImportedKeyMaterial") as entry:
-            key = self._resolve(key_ref)
+            key = self.resolve_key(key_ref)
             self.authorize(ctx, entry, "kms:DeleteImportedKeyMaterial", key)
             if key.origin is not Origin.EXTERNAL:
                 raise errors.Unsupported("the key's Origin is not EXTERNAL")

@@ -135,3 +135,43 @@ class ListQuery(Body):
     model_config = ConfigDict(extra="forbid", strict=False)
     limit: int = Field(default=100, ge=1, le=1000)
     marker: str | None = None
+
+
+class PutPolicy(Body):
+    Document: dict
+
+
+class PutKeyPolicy(Body):
+    Policy: dict
+    PolicyName: str = "default"
+
+
+class CreateGrant(Body):
+    GranteePrincipal: str
+    Operations: list[str]
+    RetiringPrincipal: str = ""
+    Constraints: dict[str, dict[str, str]] | None = None
+    Name: str = ""
+
+
+class RetireGrant(Body):
+    GrantToken: str | None = None
+    KeyId: str | None = None
+    GrantId: str | None = None
+
+
+class SimulatePrincipal(Body):
+    Name: str
+    Policies: list[str] = []
+    Attributes: dict[str, str] = {}
+    AuthMethod: str = "token"
+
+
+class Simulate(Body):
+    Principal: SimulatePrincipal
+    Action: str
+    KeyId: str | None = None
+    Resource: str | None = None
+    EncryptionContext: dict[str, str] | None = None
+    SourceIp: str = ""
+    Time: str | None = None

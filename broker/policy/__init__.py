@@ -1,35 +1,102 @@
-"""Authorization: one engine decides every key operation. Default deny.
+"""Authorization: one engine decides every operation of every front door. Default deny.
 
-The foundation ships the minimal rule set (the `root` policy allows everything, nothing else is allowed); the
-policy documents, key policies and grants plug in behind `PolicyEngine.authorize` without changing callers.
+Identity policies (named documents attached to principals), key policies and grants combine as
+`broker.policy.evaluate` documents. Root short-circuits before any I/O. Documents are read from the store through a
+short per-process cache (`cache_seconds`, the bound on how long a policy change takes to reach every process).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from broker.auth import Principal
 from broker.errors import AccessDenied
 from broker.model import Key
+from broker.policy.builtin import builtin
+from broker.policy.document import PolicyDocument, parse_document
+from broker.policy.evaluate import Decision, Facts, Grant, evaluate
+
+__all__ = ["Decision", "PolicyEngine"]
 
 
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str
+class _TTLCache:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        hit = self._items.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        if self.seconds > 0:
+            if len(self._items) > 20_000:
+                self._items.clear()
+            self._items[key] = (now + self.seconds, value)
+        return value
+
+    def forget(self, key: Any) -> None:
+        self._items.pop(key, None)
 
 
 class PolicyEngine:
-    def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
-               resource: str | None = None, source_ip: str = "") -> Decision:
-        if principal.is_root:
-            return Decision(True, "policy root")
+    def __init__(self, repository=None, store=None, cache_seconds: float = 1.0) -> None:
+        """repository: a broker.store.policies.PolicyRepository (None: only root and built-ins exist)."""
+        self.repository = repository
+        self._store = store
+        self._cache = _TTLCache(cache_seconds)
+
+    # -------------------------------------------------------------------------------------- documents
+
+    def identity_documents(self, principal: Principal) -> list[tuple[str, PolicyDocument]]:
+        docs = []
         for name in principal.policies:
-            # Built-in family "keyring:<mount>": a database's token reads and writes its own keyring mount only.
-            if name.startswith("keyring:") and action.startswith("keyring:") and resource is not None:
-                if resource.startswith(f"keyring/{name[len('keyring:'):]}/"):
-                    return Decision(True, f"policy {name}")
-        return Decision(False, "default deny")
+            doc = builtin(name) or self._cache.get(("policy", name), lambda n=name: self._load_policy(n))
+            if doc is not None:
+                docs.append((name, doc))
+        return docs
+
+    def _load_policy(self, name: str) -> PolicyDocument | None:
+        raw = self.repository.get_policy(name) if self.repository else None
+        return parse_document(raw) if raw else None
+
+    def key_policy(self, key_id: str) -> PolicyDocument | None:
+        def load() -> PolicyDocument | None:
+            raw = self.repository.get_key_policy(key_id) if self.repository else None
+            return parse_document(raw, key_policy=True) if raw else None
+        return self._cache.get(("key-policy", key_id), load)
+
+    def grants(self, key_id: str) -> list[Grant]:
+        def load() -> list[Grant]:
+            if not self.repository:
+                return []
+            return [Grant(g["GrantId"], g["KeyId"], g["GranteePrincipal"], tuple(g["Operations"]),
+                          g["Constraints"], g["Name"], g["RetiringPrincipal"]) for g in self.repository.grants_for_key(key_id)]
+        return self._cache.get(("grants", key_id), load)
+
+    def forget(self, *keys: tuple) -> None:
+        """Drop cached documents this process just changed (other processes see it within cache_seconds)."""
+        for key in keys:
+            self._cache.forget(key)
+
+    # -------------------------------------------------------------------------------------- decisions
+
+    def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
+               resource: str | None = None, source_ip: str = "", now: datetime | None = None) -> Decision:
+        if principal.is_root:
+            return Decision(True, "root")
+        facts = Facts(principal=principal, action=action, key=key, resource=resource, context=context or {},
+                      source_ip=source_ip, now=now or datetime.now(UTC),
+                      load_tags=(lambda: self._store.get_key(key.key_id).tags) if key and self._store else None,
+                      load_aliases=(lambda: self._store.get_key(key.key_id).aliases) if key and self._store else None)
+        on_key = key is not None
+        return evaluate(facts, self.identity_documents(principal),
+                        self.key_policy(key.key_id) if on_key else None,
+                        self.grants(key.key_id) if on_key else ())
 
     def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
                   resource: str | None = None, source_ip: str = "") -> Decision:

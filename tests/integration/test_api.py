@@ -202,11 +202,11 @@ def test_openapi_documents_every_route(broker):
     assert doc["openapi"].startswith("3.1")
     from flask import Flask
 
-    from broker.api.native import bp  # noqa: F401 - registers the routes
     from broker.api.openapi import openapi_path
+    from broker.app import create_app
+    from broker.settings import load_settings
 
-    app = Flask("probe")
-    app.register_blueprint(bp)
+    app = create_app(load_settings(broker.data_dir))  # the real app, with every route module it registers
     rules = {(openapi_path(r.rule[len("/v1"):]), m.lower()) for r in app.url_map.iter_rules()
              if r.rule.startswith("/v1") for m in r.methods - {"HEAD", "OPTIONS"}}
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}

@@ -1,0 +1,304 @@
+"""Policy evaluation: pure, no I/O. Answers allow/deny and names the statement that decided.
+
+Combination (as AWS KMS documents it for one account):
+  1. an explicit Deny in any applicable statement (identity policies or the key policy) denies;
+  2. the key policy allows the principal directly → allow;
+  3. the key policy allows `{"Account": "self"}` for the request and an identity policy allows it → allow
+     (the default key policy does exactly that, so identity policies work on keys without a key policy);
+  4. a grant on the key covers the operation and its encryption-context constraints → allow;
+  5. otherwise deny (default deny). Actions on no key (CreateKey, ListKeys, …) use identity policies only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+
+from broker.auth import Principal
+from broker.model import Key
+from broker.policy.document import MULTI_VALUED_KEYS, Condition, PolicyDocument, Statement, parse_document
+
+DEFAULT_KEY_POLICY = parse_document({
+    "Version": "2012-10-17",
+    "Statement": [{"Sid": "Enable identity policies", "Effect": "Allow", "Principal": {"Account": "self"},
+                   "Action": "kms:*", "Resource": "*"}],
+}, key_policy=True)
+
+_VARIABLE = re.compile(r"\$\{([^}]+)\}")
+_NO_MATCH = "\x00unresolved-variable\x00"
+
+
+@dataclass(frozen=True)
+class Grant:
+    grant_id: str
+    key_id: str
+    grantee: str
+    operations: tuple[str, ...]
+    constraints: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    name: str = ""
+    retiring: str = ""
+
+
+@dataclass
+class Facts:
+    """Everything a decision may look at. Tags and aliases load lazily: most decisions never need them."""
+
+    principal: Principal
+    action: str
+    key: Key | None = None
+    resource: str | None = None
+    context: Mapping[str, str] = field(default_factory=dict)
+    source_ip: str = ""
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    load_tags: Callable[[], Mapping[str, str]] | None = None
+    load_aliases: Callable[[], Sequence[str]] | None = None
+
+    def tags(self) -> Mapping[str, str]:
+        if self.key is None:
+            return {}
+        if self.key.tags or self.load_tags is None:
+            return self.key.tags
+        return self.load_tags()
+
+    def aliases(self) -> Sequence[str]:
+        if self.key is None:
+            return ()
+        if self.key.aliases or self.load_aliases is None:
+            return self.key.aliases
+        return self.load_aliases()
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    source: str  # "root" | "identity:<policy name>" | "key-policy" | "grant:<id>" | "default"
+    sid: str = ""
+    index: int | None = None
+
+    @property
+    def reason(self) -> str:
+        where = self.source if self.index is None else f"{self.source} Statement[{self.index}]"
+        sid = f" ({self.sid})" if self.sid else ""
+        verdict = "allowed" if self.allowed else "denied"
+        return f"{verdict} by {where}{sid}" if self.source != "default" else "denied by default (no statement allows)"
+
+    def to_dict(self) -> dict:
+        return {"Decision": "Allow" if self.allowed else "Deny", "Source": self.source, "Sid": self.sid,
+                "StatementIndex": self.index, "Reason": self.reason}
+
+
+# ------------------------------------------------------------------------------------------- condition values
+
+
+def condition_values(key: str, facts: Facts) -> list[str] | None:
+    """The request's value(s) for a condition key, or None when the key is absent."""
+    ctx, k, p = facts.context, facts.key, facts.principal
+    if key.startswith("kms:EncryptionContext:"):
+        name = key[len("kms:EncryptionContext:"):]
+        return [ctx[name]] if name in ctx else None
+    if key == "kms:EncryptionContextKeys":
+        return list(ctx) or None
+    if key.startswith("kms:ResourceTag/"):
+        tags = facts.tags()
+        name = key[len("kms:ResourceTag/"):]
+        return [tags[name]] if name in tags else None
+    if key.startswith("broker:PrincipalTag/"):
+        name = key[len("broker:PrincipalTag/"):]
+        return [p.attributes[name]] if name in p.attributes else None
+    simple = {
+        "kms:KeySpec": k.spec.value if k else None,
+        "kms:KeyUsage": k.usage.value if k else None,
+        "kms:KeyOrigin": k.origin.value if k else None,
+        "kms:Provider": k.provider if k else _provider_of(facts.resource),
+        "broker:SourceIp": facts.source_ip or None,
+        "broker:CurrentTime": facts.now.isoformat(),
+        "broker:TimeOfDay": facts.now.astimezone(UTC).strftime("%H:%M:%S"),
+        "broker:PrincipalName": p.name,
+        "broker:AuthMethod": p.auth_method,
+    }
+    value = simple.get(key)
+    return [value] if value is not None else None
+
+
+def _provider_of(resource: str | None) -> str | None:
+    if resource and resource.startswith("provider/"):
+        return resource.split("/", 2)[1]
+    return None
+
+
+def substitute(text: str, facts: Facts) -> str:
+    """${condition key} variables, e.g. ${broker:PrincipalName}; an unknown one makes the value match nothing."""
+    def repl(match: re.Match) -> str:
+        values = condition_values(match.group(1), facts)
+        return values[0] if values and len(values) == 1 else _NO_MATCH
+    return _VARIABLE.sub(repl, text) if "${" in text else text
+
+
+def parse_time_value(value: str) -> datetime | time | None:
+    """ISO 8601 date-time (naive = UTC) or a time of day HH:MM[:SS] (UTC)."""
+    if re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
+        try:
+            return time.fromisoformat(value)
+        except ValueError:
+            return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _compare(base: str, request_value: str, policy_value: str) -> bool:
+    if base in ("StringEquals", "StringNotEquals"):
+        return request_value == policy_value
+    if base in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
+        return request_value.lower() == policy_value.lower()
+    if base in ("StringLike", "StringNotLike"):
+        return fnmatch.fnmatchcase(request_value, policy_value)
+    if base == "Bool":
+        return request_value.lower() == policy_value.lower()
+    if base in ("IpAddress", "NotIpAddress"):
+        try:
+            return ipaddress.ip_address(request_value) in ipaddress.ip_network(policy_value, strict=False)
+        except ValueError:
+            return False
+    if base.startswith("Numeric"):
+        try:
+            a, b = float(request_value), float(policy_value)
+        except ValueError:
+            return False
+        return _ordered(base[len("Numeric"):], a, b)
+    if base.startswith("Date"):
+        b = parse_time_value(policy_value)
+        a = parse_time_value(request_value)
+        if isinstance(b, time):  # a time-of-day window: compare the request's time of day
+            a = a.astimezone(UTC).time().replace(tzinfo=None) if isinstance(a, datetime) else a
+        if a is None or b is None or type(a) is not type(b):
+            return False
+        return _ordered(base[len("Date"):], a, b)
+    return False
+
+
+def _ordered(relation: str, a, b) -> bool:
+    return {"Equals": a == b, "NotEquals": a != b, "LessThan": a < b, "LessThanEquals": a <= b,
+            "GreaterThan": a > b, "GreaterThanEquals": a >= b}[relation]
+
+
+_NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "NotIpAddress", "NumericNotEquals",
+            "DateNotEquals"}
+
+
+def condition_holds(cond: Condition, facts: Facts) -> bool:
+    request = condition_values(cond.key, facts)
+    policy = [substitute(v, facts) for v in cond.values]
+    if cond.base == "Null":
+        return (request is None) == (policy[0].lower() == "true")
+    if request is None:
+        if cond.qualifier == "ForAllValues":
+            return True
+        if cond.qualifier == "ForAnyValue":
+            return False
+        return cond.if_exists or cond.base in _NEGATED
+    negated = cond.base in _NEGATED
+    if cond.qualifier is None and cond.key not in MULTI_VALUED_KEYS:
+        hit = any(_compare(cond.base, request[0], p) for p in policy)
+        return not hit if negated else hit
+    per_value = [any(_compare(cond.base, r, p) for p in policy) for r in request]
+    if negated:
+        per_value = [not v for v in per_value]
+    return all(per_value) if cond.qualifier == "ForAllValues" else any(per_value)
+
+
+# ------------------------------------------------------------------------------------------- statements
+
+
+def _resource_names(facts: Facts) -> list[str]:
+    if facts.key is not None:
+        k = facts.key
+        names = [f"key/{k.key_id}", f"provider/{k.provider}"]
+        return names
+    return [facts.resource or "*"]
+
+
+def _resource_matches(statement: Statement, facts: Facts) -> bool:
+    names = None
+    for pattern in statement.resources:
+        pattern = substitute(pattern, facts)
+        if pattern == "*":
+            return True
+        if names is None:
+            names = _resource_names(facts)
+        if pattern.startswith("arn:") and "/" in pattern:
+            pattern = "key/" + pattern.rsplit("/", 1)[1] if ":key/" in pattern else pattern
+        if pattern.startswith("alias/") and facts.key is not None:
+            if any(fnmatch.fnmatchcase(a, pattern) for a in facts.aliases()):
+                return True
+            continue
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            return True
+    return False
+
+
+def statement_applies(statement: Statement, facts: Facts) -> bool:
+    return (statement.matches_action(facts.action) and _resource_matches(statement, facts)
+            and all(condition_holds(c, facts) for c in statement.conditions))
+
+
+def _principal_named(statement: Statement, principal: Principal) -> bool:
+    return any(p == "*" or fnmatch.fnmatchcase(principal.name, p) for p in statement.principals or ())
+
+
+def grant_allows(grant: Grant, facts: Facts) -> bool:
+    operation = facts.action.split(":", 1)[1]
+    if operation not in grant.operations or not fnmatch.fnmatchcase(facts.principal.name, grant.grantee):
+        return False
+    subset = grant.constraints.get("EncryptionContextSubset")
+    if subset and any(facts.context.get(k) != v for k, v in subset.items()):
+        return False
+    equals = grant.constraints.get("EncryptionContextEquals")
+    return not (equals is not None and dict(facts.context) != dict(equals))
+
+
+def evaluate(facts: Facts, identity: Sequence[tuple[str, PolicyDocument]], key_policy: PolicyDocument | None = None,
+             grants: Sequence[Grant] = ()) -> Decision:
+    if facts.principal.is_root:
+        return Decision(True, "root")
+    on_key = facts.key is not None
+    kp = (key_policy or DEFAULT_KEY_POLICY) if on_key else None
+
+    # 1. explicit deny anywhere
+    for name, doc in identity:
+        for st in doc.statements:
+            if st.effect == "Deny" and statement_applies(st, facts):
+                return Decision(False, f"identity:{name}", st.sid, st.index)
+    if kp is not None:
+        for st in kp.statements:
+            if st.effect == "Deny" and (_principal_named(st, facts.principal) or st.account_self) \
+                    and statement_applies(st, facts):
+                return Decision(False, "key-policy", st.sid, st.index)
+
+    # 2./3. allows
+    identity_enabled = not on_key
+    if kp is not None:
+        for st in kp.statements:
+            if st.effect != "Allow" or not statement_applies(st, facts):
+                continue
+            if _principal_named(st, facts.principal):
+                return Decision(True, "key-policy", st.sid, st.index)
+            if st.account_self:
+                identity_enabled = True
+    if identity_enabled:
+        for name, doc in identity:
+            for st in doc.statements:
+                if st.effect == "Allow" and statement_applies(st, facts):
+                    return Decision(True, f"identity:{name}", st.sid, st.index)
+
+    # 4. grants
+    for grant in grants:
+        if on_key and grant.key_id == facts.key.key_id and grant_allows(grant, facts):
+            return Decision(True, f"grant:{grant.grant_id}", grant.name)
+    return Decision(False, "default")
