@@ -39,12 +39,16 @@ class _Reader:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._local = threading.local()
+        self._open: list = []  # every thread's connection, so close() can return them all
+        self._lock = threading.Lock()
 
     def first(self, statement, params: dict):
         for attempt in range(2):
             conn = getattr(self._local, "conn", None)
-            if conn is None:
+            if conn is None or conn.closed:
                 conn = self._local.conn = self._engine.connect()
+                with self._lock:
+                    self._open = [c for c in self._open if not c.closed] + [conn]
             try:
                 return conn.execute(statement, params).first()
             except DBAPIError:
@@ -53,6 +57,15 @@ class _Reader:
                 if attempt:
                     raise
         return None
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing at shutdown: nothing useful to do with a failure
+                pass
 
 
 class Conflict(Exception):
@@ -105,6 +118,7 @@ class Store:
             command.upgrade(cfg, "heads")
 
     def dispose(self) -> None:
+        self._reader.close()
         self.engine.dispose()
 
     @contextmanager

@@ -8,11 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
-from broker.store import Conflict, Store
+from broker.store import MIGRATIONS, Conflict, Store
 from broker.store.tables import AuthTokenRow
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -65,11 +67,37 @@ def test_migrate_twice_is_idempotent(store: Store, store_url: str) -> None:
     try:
         assert TABLES <= set(inspect(again.engine).get_table_names())
         with again.engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            applied = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        assert sorted(applied) == sorted(_heads()) and len(applied) == len(set(applied))
         assert again.get_key("k1") is not None
         assert [v.version for v in again.list_versions("k1")] == [1]
     finally:
         again.dispose()
+
+
+def _heads() -> list[str]:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    heads = ScriptDirectory.from_config(config).get_heads()
+    assert "0001" in {r.revision for r in ScriptDirectory.from_config(config).walk_revisions()}
+    return heads
+
+
+def test_dispose_returns_every_connection(store: Store, store_url: str) -> None:
+    store.add_key(make_key("k1"), version(1))
+    assert store.get_key("k1") is not None and store.get_version("k1", 1) is not None  # the hot read path
+    store.dispose()
+    if store_url.startswith("sqlite"):
+        # the last connection to close checkpoints the WAL and removes it
+        assert not Path(store_url.removeprefix("sqlite:///") + "-wal").exists()
+    else:
+        engine = create_engine(store_url)
+        with engine.connect() as conn:
+            others = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                       "AND pid <> pg_backend_pid()")).scalar()
+        engine.dispose()
+        assert others == 0
+    assert store.get_key("k1") is not None  # and the store still works after dispose
 
 
 def test_the_backend_is_the_one_asked_for(store: Store, store_url: str) -> None:
