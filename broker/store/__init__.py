@@ -290,6 +290,38 @@ class Store:
         """The token's row (attribute access like AuthTokenRow), or None. Core query: called on every request."""
         return self._reader.first(_TOKEN_BY_HASH, {"token_hash": token_hash})
 
+    # -------------------------------------------------------------------------------------------- AWS credentials
+    # (the AWS-compatible front door's SigV4 credentials; secrets arrive already sealed under the root KEK)
+
+    def add_aws_credential(self, row) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def get_aws_credential(self, access_key_id: str):
+        """The credential's row (AwsCredentialRow, detached), or None."""
+        from broker.store.tables import AwsCredentialRow
+
+        with self.session() as s:
+            return s.get(AwsCredentialRow, access_key_id)
+
+    def list_aws_credentials(self) -> list:
+        from broker.store.tables import AwsCredentialRow
+
+        with self.session() as s:
+            return list(s.scalars(select(AwsCredentialRow).order_by(AwsCredentialRow.created_at,
+                                                                    AwsCredentialRow.access_key_id)))
+
+    def revoke_aws_credential(self, access_key_id: str, now: datetime) -> bool:
+        """Mark revoked and drop the sealed secret; False if unknown or already revoked."""
+        from broker.store.tables import AwsCredentialRow
+
+        with self.session() as s:
+            row = s.get(AwsCredentialRow, access_key_id, with_for_update=True)
+            if row is None or row.revoked_at is not None:
+                return False
+            row.revoked_at, row.sealed_secret = now, ""
+            return True
+
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()

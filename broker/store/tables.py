@@ -189,3 +189,19 @@ class AppRoleSecretRow(Base):
     uses_left: Mapped[int | None] = mapped_column(Integer, nullable=True)
     cidrs: Mapped[str] = mapped_column(Text, default="[]")
     meta: Mapped[str] = mapped_column(Text, default="{}")
+
+
+# ---------------------------------------------------------------------------------------------------- AWS front door
+
+
+class AwsCredentialRow(Base):
+    """SigV4 credentials of the AWS-compatible front door (migration 0002_aws_credentials)."""
+
+    __tablename__ = "aws_credentials"
+    access_key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sealed_secret: Mapped[str] = mapped_column(Text, default="")  # base64 of the secret sealed under the root KEK
+    display_name: Mapped[str] = mapped_column(String(256))
+    policies: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of policy names
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(String(256), default="")
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
