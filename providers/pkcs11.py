@@ -388,12 +388,25 @@ class Pkcs11Provider(Provider):
 
     @staticmethod
     def _value_len(session: Any, obj: Any) -> int:
-        """SoftHSM leaves CKA_VALUE_LEN at 0 on unwrapped keys: measure it by an exact RFC 3394 wrap (output = length
-        + 8) under a throwaway session key, inside the HSM. SoftHSM zero-pads values to a multiple of 8 first, so this
-        is the length rounded up to 8 bytes; -1 when it cannot be wrapped."""
+        """The exact length of an unwrapped secret, measured inside the HSM; -1 when it cannot be measured.
+
+        SoftHSM leaves CKA_VALUE_LEN at 0 on unwrapped keys. An exact RFC 3394 wrap under a throwaway key gives
+        the length rounded up to 8 bytes (SoftHSM zero-pads the value first); the value was not padded iff a
+        copy made from that wrap digests (C_DigestKey, in the HSM) to the same SHA-256 as the original.
+        """
         probe = session.generate_key(KeyType.AES, 256, template={**_AES_USE, Attribute.EXTRACTABLE: False})
         try:
-            return len(probe.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP)) - 8
+            wrapped = probe.wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP)
+            copy = probe.unwrap_key(ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, wrapped,
+                                    mechanism=Mechanism.AES_KEY_WRAP,
+                                    template={Attribute.TOKEN: False, Attribute.SENSITIVE: True,
+                                              Attribute.EXTRACTABLE: False})
+            try:
+                unpadded = session.digest(copy, mechanism=Mechanism.SHA256) == session.digest(
+                    obj, mechanism=Mechanism.SHA256)
+            finally:
+                copy.destroy()
+            return len(wrapped) - 8 if unpadded else -1
         except pkcs11.PKCS11Error:
             return -1
         finally:

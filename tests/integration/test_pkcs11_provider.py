@@ -294,8 +294,11 @@ def test_import_hmac_matches_python_hmac(hsm_provider: Pkcs11Provider, spec: Key
     assert hsm_provider.generate_mac(ref, b"the message", algorithm) == expected
 
 
-@pytest.mark.parametrize(("spec", "length"), [(KeySpec.SYMMETRIC_DEFAULT, 16), (KeySpec.SYMMETRIC_DEFAULT, 24),
-                                              (KeySpec.HMAC_256, 48), (KeySpec.HMAC_512, 32)], ids=str)
+@pytest.mark.parametrize(("spec", "length"), [
+    (KeySpec.SYMMETRIC_DEFAULT, 16), (KeySpec.SYMMETRIC_DEFAULT, 24), (KeySpec.SYMMETRIC_DEFAULT, 31),
+    (KeySpec.SYMMETRIC_DEFAULT, 25), (KeySpec.SYMMETRIC_DEFAULT, 33), (KeySpec.HMAC_256, 48),
+    (KeySpec.HMAC_256, 28), (KeySpec.HMAC_384, 47), (KeySpec.HMAC_512, 32), (KeySpec.HMAC_512, 63),
+], ids=str)
 @pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1"])
 def test_import_wrong_length_material_is_rejected(hsm_provider: Pkcs11Provider, spec: KeySpec, length: int,
                                                   algorithm: str) -> None:
