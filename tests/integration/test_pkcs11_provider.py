@@ -157,7 +157,8 @@ def test_create_version_gives_new_material_and_old_keeps_decrypting(hsm_provider
 
 def test_state_is_in_the_ref_not_the_process(hsm_token: TestToken, hsm_provider: Pkcs11Provider, refs) -> None:
     """A second provider instance (fresh cache) and the first with its cache cleared both use the stored ref."""
-    refs_in = {s: _stored(refs[s]) for s in (KeySpec.SYMMETRIC_DEFAULT, KeySpec.HMAC_256, KeySpec.ECC_NIST_P256)}
+    refs_in = {s: _stored(refs[s]) for s in (KeySpec.SYMMETRIC_DEFAULT, KeySpec.HMAC_256, KeySpec.ECC_NIST_P256,
+                                             KeySpec.RSA_2048, KeySpec.ECC_NIST_P384)}
     blob = hsm_provider.encrypt(refs[KeySpec.SYMMETRIC_DEFAULT], b"portable", b"ctx")
     mac = hsm_provider.generate_mac(refs[KeySpec.HMAC_256], b"msg", MacAlgorithm.HMAC_SHA_256)
     second = hsm_token.provider("hsm-2")
@@ -169,6 +170,13 @@ def test_state_is_in_the_ref_not_the_process(hsm_token: TestToken, hsm_provider:
         sig = second.sign(refs_in[KeySpec.ECC_NIST_P256], digest, SigningAlgorithm.ECDSA_SHA_256)
         public = serialization.load_der_public_key(hsm_provider.get_public_key(refs[KeySpec.ECC_NIST_P256]))
         public.verify(sig, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        sig = second.sign(refs_in[KeySpec.RSA_2048], digest, SigningAlgorithm.RSASSA_PSS_SHA_256)
+        public = serialization.load_der_public_key(hsm_provider.get_public_key(refs[KeySpec.RSA_2048]))
+        public.verify(sig, digest, padding.PSS(padding.MGF1(hashes.SHA256()), 32), Prehashed(hashes.SHA256()))
+        digest = hashlib.sha384(b"m").digest()
+        sig = second.sign(refs_in[KeySpec.ECC_NIST_P384], digest, SigningAlgorithm.ECDSA_SHA_384)
+        public = serialization.load_der_public_key(hsm_provider.get_public_key(refs[KeySpec.ECC_NIST_P384]))
+        public.verify(sig, digest, ec.ECDSA(Prehashed(hashes.SHA384())))
     finally:
         second.close()
     with hsm_provider._session.lock:
