@@ -37,6 +37,7 @@ def build_service(settings: Settings) -> KeyService:
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:
+    import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     from broker.api.native import ROUTES, bp
     from broker.policy_admin import PolicyAdmin

@@ -10,7 +10,7 @@
     kind = "pkcs11"
     ...
 Environment: KMSB_CONFIG (path of the TOML), KMSB_DATA_DIR, KMSB_STORE_URL, KMSB_DEFAULT_PROVIDER,
-KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
+KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
 output of `kms-broker stack env`).
 """
 
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.auth.config import AuthSettings
 
 CONFIG_NAME = "broker.toml"
 
@@ -43,6 +45,7 @@ class Settings(BaseModel):
     job_interval_seconds: int = Field(default=60, ge=1)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # [auth] table: tokens, jwt roles, ldap (broker/auth/config.py)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -76,7 +79,7 @@ def embedded_defaults(data_dir: Path) -> dict[str, Any]:
 
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
     env = os.environ
-    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds"):
+    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync"):
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value
