@@ -10,7 +10,7 @@
     kind = "pkcs11"
     ...
 Environment: KMSB_CONFIG (path of the TOML), KMSB_DATA_DIR, KMSB_STORE_URL, KMSB_DEFAULT_PROVIDER,
-KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
+KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
 output of `kms-broker stack env`).
 """
 
@@ -79,7 +79,7 @@ def embedded_defaults(data_dir: Path) -> dict[str, Any]:
 
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
     env = os.environ
-    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync"):
+    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds"):
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value
