@@ -569,3 +569,29 @@ def test_no_key_material_in_clear_at_rest(key_service: KeyService, root_ctx: Req
     assert any(wrapped_hex in p.read_bytes() for p in _files(data_dir))
     svc.store.dispose()  # checkpoint the WAL into the main file, then look again
     _assert_absent(secrets, roots)
+
+
+def test_threads_across_provider_instances(hsm_token: TestToken, hsm_provider: Pkcs11Provider, refs) -> None:
+    """Several threads on two provider instances of one process (SoftHSM crashes on unserialised sessions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    second = hsm_token.provider("hsm-threads")
+    ref = _stored(refs[KeySpec.SYMMETRIC_DEFAULT])
+    mac_ref = refs[KeySpec.HMAC_256]
+    expected_mac = hsm_provider.generate_mac(mac_ref, b"t", MacAlgorithm.HMAC_SHA_256)
+
+    def work(i: int) -> int:
+        provider = (hsm_provider, second)[i % 2]
+        done = 0
+        for n in range(150):
+            data = f"{i}-{n}".encode()
+            assert provider.decrypt(ref, provider.encrypt(ref, data, b"t"), b"t") == data
+            assert provider.generate_mac(mac_ref, b"t", MacAlgorithm.HMAC_SHA_256) == expected_mac
+            done += 1
+        return done
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(work, range(8))) == 8 * 150
+    finally:
+        second.close()

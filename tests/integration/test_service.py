@@ -801,3 +801,22 @@ def test_service_over_postgresql(postgres_url: str, hsm_provider, root_ctx: Requ
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_concurrent_calls_from_threads(h: Harness) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    key = h.key()
+    before = len(h.records())
+
+    def work(i: int) -> int:
+        for n in range(25):
+            data = f"{i}:{n}".encode()
+            blob = h.svc.encrypt(h.ctx, key, data, context={"t": str(i)})["CiphertextBlob"]
+            assert h.svc.decrypt(h.ctx, blob, context={"t": str(i)})["Plaintext"] == data
+        return 25
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(work, range(8))) == 200
+    assert len(h.records()) == before + 400  # one record per call, none lost or interleaved
+    assert h.verify_audit() == len(h.records())
