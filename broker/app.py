@@ -39,6 +39,7 @@ def build_service(settings: Settings) -> KeyService:
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
+    import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
     from broker.api.native import ROUTES, bp
     from broker.policy_admin import PolicyAdmin
 

@@ -99,7 +99,13 @@ def init(data_dir: Path | None, output: str) -> None:
 @click.option("--bind", default="127.0.0.1:8200", show_default=True, help="HOST:PORT to listen on")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256))
-def serve(data_dir: Path | None, bind: str, workers: int, threads: int) -> None:
+@click.option("--keyring-bind", default=None, help="HOST:PORT of the keyring bridge listener (Vault KV for MySQL/MariaDB)")
+@click.option("--keyring-cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TLS certificate (PEM) of the keyring listener")
+@click.option("--keyring-key", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TLS private key (PEM) of the keyring listener")
+def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_bind: str | None,
+          keyring_cert: str | None, keyring_key: str | None) -> None:
     """Serve the API with gunicorn (never Flask's development server)."""
     from broker.settings import SettingsError, load_settings
     from broker.wsgi import serve_forever
@@ -108,7 +114,15 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int) -> None:
         settings = load_settings(_data_dir(data_dir))
     except SettingsError as exc:
         _fail(str(exc))
-    serve_forever(settings, bind=bind, workers=workers, threads=threads)
+    if bool(keyring_cert) != bool(keyring_key):
+        _fail("--keyring-cert and --keyring-key go together")
+    if (keyring_cert or keyring_key) and not keyring_bind:
+        _fail("--keyring-cert/--keyring-key need --keyring-bind")
+    keyring = None
+    if keyring_bind:
+        keyring = {"bind": keyring_bind, "workers": workers, "threads": threads, "certfile": keyring_cert,
+                   "keyfile": keyring_key}
+    serve_forever(settings, bind=bind, workers=workers, threads=threads, keyring=keyring)
 
 
 # ------------------------------------------------------------------------------------------------ keys

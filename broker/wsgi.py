@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,7 +26,23 @@ class BrokerServer(BaseApplication):
         return create_app(self._settings, run_jobs=True)
 
 
-def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
+def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
+                  keyring: dict[str, Any] | None = None) -> None:
+    # The keyring bridge (keyring_bridge/server.py): its own arbiter and listener in a child process.
+    bridge, owner = None, os.getpid()
+    if keyring:
+        from keyring_bridge.server import bridge_options, start_bridge_process
+
+        bridge = start_bridge_process(settings, bridge_options(**keyring))
+    try:
+        _serve_api(settings, bind=bind, workers=workers, threads=threads)
+    finally:
+        if bridge is not None and os.getpid() == owner and bridge.is_alive():  # not in forked workers
+            bridge.terminate()
+            bridge.join(15)
+
+
+def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
     BrokerServer(settings, {
         "bind": bind,
         "workers": workers,

@@ -1,0 +1,73 @@
+"""The bridge's own listener: a second gunicorn arbiter in a child process (its own port and TLS settings).
+
+`kms-broker serve --keyring-bind HOST:PORT` forks this before the API arbiter starts. The child asks the kernel to
+SIGTERM it when the parent dies (PR_SET_PDEATHSIG), so it never outlives `serve`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from broker.settings import Settings
+
+
+class KeyringServer(BaseApplication):
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self._settings = settings
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for name, value in self._options.items():
+            self.cfg.set(name, value)
+
+    def load(self):
+        from keyring_bridge.vault_app import create_bridge_app
+
+        return create_bridge_app(self._settings, run_jobs=True)
+
+
+def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | None = None,
+                   keyfile: str | None = None) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread", "preload_app": False,
+        "accesslog": None, "errorlog": "-", "loglevel": "info",
+        # mariadbd opens a new connection per request; keep-alive only helps other clients
+        "keepalive": 5, "timeout": 60, "graceful_timeout": 10, "proc_name": "kms-broker-keyring",
+    }
+    if certfile:
+        options.update(certfile=certfile, keyfile=keyfile)
+    return options
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _run(settings: Settings, options: dict[str, Any], parent: int) -> None:
+    _die_with_parent()
+    if os.getppid() != parent:
+        os._exit(0)
+    KeyringServer(settings, options).run()
+
+
+def start_bridge_process(settings: Settings, options: dict[str, Any]) -> multiprocessing.Process:
+    """Migrate the store (the keyring branch), then fork the bridge's arbiter."""
+    from broker.store import Store
+
+    store = Store(settings.store_url)
+    store.migrate()
+    store.dispose()
+    proc = multiprocessing.get_context("fork").Process(target=_run, args=(settings, options, os.getpid()),
+                                                       name="kms-broker-keyring")
+    proc.start()
+    return proc
