@@ -987,8 +987,9 @@ class KeyService:
         """Destroy keys whose deletion window passed; rotate keys whose period passed. Safe in many processes."""
         now = now or _now()
         destroyed, rotated = [], []
+        # A key whose backend fails is audited as an error and retried on the next run; it must not stop the others.
         for key_id in self.store.keys_due_for_deletion(now):
-            with self.operation(ctx, "broker:DestroyKey") as entry:
+            with _job_step(), self.operation(ctx, "broker:DestroyKey") as entry:
                 key = self.store.get_key(key_id)
                 if key is None or key.state is not KeyState.PENDING_DELETION:
                     continue
@@ -999,7 +1000,7 @@ class KeyService:
                 self.store.update_key(key.key_id, state=KeyState.DESTROYED)
                 destroyed.append(key_id)
         for key_id in self.store.keys_due_for_rotation(now):
-            with self.operation(ctx, "broker:RotateKey") as entry:
+            with _job_step(), self.operation(ctx, "broker:RotateKey") as entry:
                 key = self.store.get_key(key_id)
                 if key is None or key.rotation_period_days is None or key.next_rotation_at > now:
                     continue
@@ -1022,6 +1023,18 @@ class KeyService:
             except pb.ProviderError as exc:
                 status[name] = f"unavailable: {exc}"
         return status
+
+
+@contextmanager
+def _job_step() -> Iterator[None]:
+    """One key of a background job: its failure is already audited and is retried on the next run. An audit log
+    that cannot be written (NotReady) still stops the job."""
+    try:
+        yield
+    except errors.NotReady:
+        raise
+    except errors.BrokerError:
+        pass
 
 
 def _oaep_hash(alg: EncryptionAlgorithm) -> str:

@@ -820,3 +820,25 @@ def test_concurrent_calls_from_threads(h: Harness) -> None:
         assert sum(pool.map(work, range(8))) == 200
     assert len(h.records()) == before + 400  # one record per call, none lost or interleaved
     assert h.verify_audit() == len(h.records())
+
+
+def test_due_jobs_go_on_past_a_key_whose_provider_is_down(h: Harness, hsm_token) -> None:
+    """One unavailable backend must not stop deletions and rotations of every other key; it is retried later."""
+    h.svc.providers["flaky"] = hsm_token.provider("flaky")
+    down_del = h.key(provider="flaky")
+    down_rot = h.key(provider="flaky")
+    up_del, up_rot = h.key(), h.key()
+    for key in (down_del, up_del):
+        h.ok("schedule_key_deletion", key, 7)
+    for key in (down_rot, up_rot):
+        h.ok("enable_key_rotation", key, 90)
+    h.svc.providers["flaky"] = hsm_token.provider("flaky", token_label="unplugged")
+    before = len(h.records())
+    assert h.svc.run_due_jobs(h.ctx, now=later(100)) == {"destroyed": [up_del], "rotated": [up_rot]}
+    failed = [(r["action"], r["key_id"], r["error_code"]) for r in h.records()[before:] if r["outcome"] != "allowed"]
+    assert sorted(failed) == [("broker:DestroyKey", down_del, "DependencyTimeoutException"),
+                              ("broker:RotateKey", down_rot, "DependencyTimeoutException")]
+    assert h.ok("describe_key", down_del)["KeyState"] == "PendingDeletion"
+    assert h.ok("describe_key", down_rot)["PrimaryVersion"] == 1
+    h.svc.providers["flaky"] = hsm_token.provider("flaky")  # back up: the next run finishes the work
+    assert h.svc.run_due_jobs(h.ctx, now=later(100)) == {"destroyed": [down_del], "rotated": [down_rot]}
