@@ -218,24 +218,24 @@ def token_revoke_self(svc: Svc, ctx: Ctx):
 
 @op("/auth/jwt/role/<name>", "POST", "WriteJwtRole", "Create or replace a JWT/OIDC login role", JwtRole, 204)
 def jwt_role_write(svc: Svc, ctx: Ctx, b: JwtRole, name: str):
-    with svc.operation(ctx, "broker:WriteAuthRole") as entry:
-        svc.authorize(ctx, entry, "broker:WriteAuthRole", None, resource=f"auth/jwt/role/{check_role_name(name)}")
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None, resource=f"auth/jwt/role/{check_role_name(name)}")
         _jwt().put_role(name, b)
         return "", 204
 
 
 @op("/auth/jwt/role/<name>", "GET", "ReadJwtRole", "Read a JWT/OIDC login role")
 def jwt_role_read(svc: Svc, ctx: Ctx, name: str):
-    with svc.operation(ctx, "broker:ReadAuthRole") as entry:
-        svc.authorize(ctx, entry, "broker:ReadAuthRole", None, resource=f"auth/jwt/role/{check_role_name(name)}")
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None, resource=f"auth/jwt/role/{check_role_name(name)}")
         return {"data": _jwt().role(name).model_dump()}
 
 
 @op("/auth/jwt/role/<name>", "DELETE", "DeleteJwtRole", "Delete a JWT/OIDC login role written through the API",
     status=204)
 def jwt_role_delete(svc: Svc, ctx: Ctx, name: str):
-    with svc.operation(ctx, "broker:DeleteAuthRole") as entry:
-        svc.authorize(ctx, entry, "broker:DeleteAuthRole", None, resource=f"auth/jwt/role/{check_role_name(name)}")
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None, resource=f"auth/jwt/role/{check_role_name(name)}")
         _jwt().delete_role(name)
         return "", 204
 
@@ -286,24 +286,24 @@ def ldap_login():
 
 @op("/auth/approle/role/<name>", "POST", "WriteAppRole", "Create or replace an AppRole role", AppRoleConfig, 204)
 def approle_write(svc: Svc, ctx: Ctx, b: AppRoleConfig, name: str):
-    with svc.operation(ctx, "broker:WriteAuthRole") as entry:
-        svc.authorize(ctx, entry, "broker:WriteAuthRole", None, resource=f"auth/approle/role/{check_role_name(name)}")
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None, resource=f"auth/approle/role/{check_role_name(name)}")
         _approle().put_role(name, b)
         return "", 204
 
 
 @op("/auth/approle/role/<name>/role-id", "GET", "ReadAppRoleId", "Read an AppRole role's role_id")
 def approle_role_id(svc: Svc, ctx: Ctx, name: str):
-    with svc.operation(ctx, "broker:ReadAuthRole") as entry:
-        svc.authorize(ctx, entry, "broker:ReadAuthRole", None, resource=f"auth/approle/role/{check_role_name(name)}")
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None, resource=f"auth/approle/role/{check_role_name(name)}")
         return {"data": {"role_id": _approle().role_id(name)}}
 
 
 @op("/auth/approle/role/<name>/secret-id", "POST", "CreateAppRoleSecretId",
     "Generate a secret_id for an AppRole role (shown once)", SecretIdCreate)
 def approle_secret_id(svc: Svc, ctx: Ctx, b: SecretIdCreate, name: str):
-    with svc.operation(ctx, "broker:CreateSecretId") as entry:
-        svc.authorize(ctx, entry, "broker:CreateSecretId", None,
+    with svc.operation(ctx, "broker:ManageAuth") as entry:
+        svc.authorize(ctx, entry, "broker:ManageAuth", None,
                       resource=f"auth/approle/role/{check_role_name(name)}")
         secret_id, accessor, ttl = _approle().create_secret_id(
             name, metadata=b.metadata, cidrs=b.cidr_list, ttl=_duration(b.ttl, "ttl"), num_uses=b.num_uses)
