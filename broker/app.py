@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
+    from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
     from broker.api.native import ROUTES, bp
     from broker.policy_admin import PolicyAdmin
 
@@ -96,6 +97,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
                   exc_info=exc)
         return refuse(errors.BrokerError("internal error"))
 
+    aws.init_app(app, service, settings)  # blueprint "aws" (POST /, SigV4) + kms_authenticators["aws"]
     app.register_blueprint(bp)
     if run_jobs:
         _start_jobs(service, settings.job_interval_seconds)
