@@ -81,6 +81,9 @@ class _Dropper:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        # gunicorn needs a status to finish the request; writing it to the shut-down socket fails with EPIPE,
+        # which its worker ignores (nothing reaches the client).
+        start_response("503 Service Unavailable", [("Content-Length", "0"), ("Connection", "close")])
         return []
 
 
