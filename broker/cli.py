@@ -104,14 +104,20 @@ def init(data_dir: Path | None, output: str) -> None:
               help="TLS certificate (PEM) of the keyring listener")
 @click.option("--keyring-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="TLS private key (PEM) of the keyring listener")
+@click.option("--with-stack", is_flag=True, help="add a provider for each cloud of the local stack that is up")
+@click.option("--stack-dir", type=click.Path(path_type=Path), default=None,
+              help="the local stack's state folder (default: $KMSB_STACK_DIR or ./var/stack)")
 def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_bind: str | None,
-          keyring_cert: str | None, keyring_key: str | None) -> None:
+          keyring_cert: str | None, keyring_key: str | None, with_stack: bool, stack_dir: Path | None) -> None:
     """Serve the API with gunicorn (never Flask's development server)."""
-    from broker.settings import SettingsError, load_settings
+    from broker.settings import SettingsError, load_settings, with_providers
     from broker.wsgi import serve_forever
 
     try:
         settings = load_settings(_data_dir(data_dir))
+        if with_stack:
+            settings = with_providers(settings, _stack_providers(stack_dir))
+        _check_providers(settings)
     except SettingsError as exc:
         _fail(str(exc))
     if bool(keyring_cert) != bool(keyring_key):
@@ -123,6 +129,29 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_
         keyring = {"bind": keyring_bind, "workers": workers, "threads": threads, "certfile": keyring_cert,
                    "keyfile": keyring_key}
     serve_forever(settings, bind=bind, workers=workers, threads=threads, keyring=keyring)
+
+
+def _check_providers(settings) -> None:
+    """Build every provider once before forking workers, so a bad provider table is one clear error."""
+    from broker.settings import SettingsError
+    from providers.registry import UnknownProviderKind, build_provider
+
+    for name, config in settings.providers.items():
+        try:
+            build_provider(name, config).close()
+        except (UnknownProviderKind, ValueError, TypeError, KeyError) as exc:
+            raise SettingsError(f"provider {name!r}: {exc}") from None
+
+
+def _stack_providers(stack_dir: Path | None) -> dict[str, dict]:
+    """One provider per cloud the local stack runs, named after the cloud (its settings are provider configs)."""
+    from kms_stack.stack import Stack
+
+    clouds = Stack(stack_dir).env()
+    if not clouds:
+        _fail("the local stack is not up: run `kms-broker stack up` first")
+    click.echo(f"providers from the local stack: {', '.join(sorted(clouds))}", err=True)
+    return {cloud: {"kind": cloud, **config} for cloud, config in clouds.items()}
 
 
 # ------------------------------------------------------------------------------------------------ keys

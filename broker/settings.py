@@ -77,6 +77,14 @@ def embedded_defaults(data_dir: Path) -> dict[str, Any]:
     }
 
 
+def with_providers(settings: Settings, extra: dict[str, dict[str, Any]]) -> Settings:
+    """The same settings with more provider instances (e.g. the local stack's clouds), validated again."""
+    try:
+        return Settings(**{**settings.model_dump(), "providers": {**settings.providers, **extra}})
+    except ValidationError as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
     env = os.environ
     for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds"):

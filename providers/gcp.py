@@ -236,13 +236,12 @@ class GcpProvider(Provider):
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> GcpProvider:
         transport = str(config.get("transport", "grpc"))
-        for required in ("project", "key_ring"):
-            if not config.get(required):
-                raise ValueError(f"provider {name!r}: {required!r} is required")
+        if not config.get("project"):
+            raise ValueError(f"provider {name!r}: 'project' is required")
         client = build_client(transport, grpc_target=config.get("grpc_target"),
                               rest_endpoint=config.get("rest_endpoint"), token=config.get("token"))
         return cls(name, client=client, project=str(config["project"]), location=str(config.get("location", "global")),
-                   key_ring=str(config["key_ring"]), protection_level=str(config.get("protection_level", "SOFTWARE")),
+                   key_ring=str(config.get("key_ring", "kms-broker")),  # created on first use protection_level=str(config.get("protection_level", "SOFTWARE")),
                    rsa_sign_padding=str(config.get("rsa_sign_padding", "PSS")),
                    rsa_sign_hash=str(config.get("rsa_sign_hash", "SHA256")),
                    rsa_decrypt_hash=str(config.get("rsa_decrypt_hash", "SHA256")),

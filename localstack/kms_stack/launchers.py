@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import subprocess
 import sys
 import urllib.error
@@ -165,17 +166,21 @@ EMULATORS: dict[str, EmulatorSpec] = {
     "azure": EmulatorSpec(
         "azure_keyvault_emulator", ("--port",), ("vault_url", "ca_bundle", "token"),
         lambda p: {"vault_url": f"https://{HOST}:{p['--port']}", "token": None},
-        lambda d: ["--data-dir", str(d)],
+        # a token of its own, so clients authenticate (and SDK code never falls back to a real Azure credential)
+        lambda d: ["--data-dir", str(d), "--token", secrets.token_urlsafe(24),
+                   "--state-file", str(d / "azure-keyvault.json")],
     ),
     "gcp": EmulatorSpec(
         "gcp_kms_emulator", ("--grpc-port", "--rest-port"), ("grpc_target", "rest_endpoint", "project", "location"),
         lambda p: {"grpc_target": f"{HOST}:{p['--grpc-port']}", "rest_endpoint": f"http://{HOST}:{p['--rest-port']}",
                    "project": "local-project", "location": "global"},
+        lambda d: ["--state-file", str(d / "gcp-kms.json")],
     ),
     "aliyun": EmulatorSpec(
         "aliyun_kms_emulator", ("--port",), ("endpoint", "region", "access_key_id", "access_key_secret"),
         lambda p: {"endpoint": f"http://{HOST}:{p['--port']}", "region": "cn-hangzhou",
                    "access_key_id": "test", "access_key_secret": "test"},
+        lambda d: ["--state-file", str(d / "aliyun-kms.json")],
     ),
 }
 
