@@ -3,7 +3,8 @@
     offset  size  field
     0       2     magic b"KB"
     2       1     format version (1)
-    3       1     scheme: 1 = provider AEAD, 2 = envelope (local AES-256-GCM, data key wrapped by the provider)
+    3       1     scheme: 1 = provider AEAD, 2 = envelope (local AES-256-GCM, data key wrapped by the provider),
+                  3 = multi-wrap (one data key wrapped under every member of a multi-key)
     4       2     key id length n (big-endian)
     6       n     key id (UTF-8)
     6+n     4     key version (big-endian)
@@ -33,6 +34,7 @@ MAX_KEY_ID = 256
 class Scheme(enum.IntEnum):
     PROVIDER_AEAD = 1
     ENVELOPE = 2
+    MULTI_WRAP = 3  # a multi-key (envelope keyring): one data key wrapped under every member (see below)
 
 
 class MalformedCiphertext(ValueError):
@@ -108,3 +110,50 @@ def unpack_envelope(body: bytes) -> tuple[bytes, bytes]:
     if len(body) < 2 + n + 12 + 16:
         raise MalformedCiphertext("envelope is truncated")
     return body[2:2 + n], body[2 + n:]
+
+
+# ------------------------------------------------------------------------------------ scheme 3: multi-wrap
+#
+# Header: the usual header with scheme 3, the multi-key's id and key version 1 (the multi-wrap body revision; it
+# stays fixed so a rewrap can replace the wraps without touching the authenticated data).
+# Body:   1 byte m (number of wraps, 1..32) ‖ m × (2-byte length w ‖ w bytes wrap) ‖ 32-byte key commitment
+#         ‖ 12-byte nonce ‖ AES-256-GCM ciphertext ‖ 16-byte tag.
+# Each wrap is itself a complete broker ciphertext (scheme 1 or 2) of the 32-byte data key under one member key.
+# The commitment is HMAC-SHA-256(data key, "kmsb-multiwrap-commit" ‖ header): an unwrapped data key that does not
+# match it is rejected before the AEAD is tried.
+
+MULTI_WRAP_MAX = 32
+COMMITMENT_LEN = 32
+MULTI_WRAP_BODY_VERSION = 1
+
+
+def pack_multi_wrap(wraps: list[bytes], commitment: bytes, nonce_and_ciphertext: bytes) -> bytes:
+    if not 1 <= len(wraps) <= MULTI_WRAP_MAX:
+        raise ValueError("a multi-wrap ciphertext carries 1..32 wraps")
+    if len(commitment) != COMMITMENT_LEN:
+        raise ValueError("commitment must be 32 bytes")
+    out = bytearray([len(wraps)])
+    for wrap in wraps:
+        out += struct.pack(">H", len(wrap)) + wrap
+    return bytes(out) + commitment + nonce_and_ciphertext
+
+
+def unpack_multi_wrap(body: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """-> (wraps, commitment, nonce ‖ ciphertext ‖ tag)."""
+    if not body:
+        raise MalformedCiphertext("multi-wrap body is truncated")
+    count, offset, wraps = body[0], 1, []
+    if not 1 <= count <= MULTI_WRAP_MAX:
+        raise MalformedCiphertext("multi-wrap body has a bad wrap count")
+    for _ in range(count):
+        if len(body) < offset + 2:
+            raise MalformedCiphertext("multi-wrap body is truncated")
+        (n,) = struct.unpack_from(">H", body, offset)
+        offset += 2
+        if n == 0 or len(body) < offset + n:
+            raise MalformedCiphertext("multi-wrap body is truncated")
+        wraps.append(body[offset:offset + n])
+        offset += n
+    if len(body) < offset + COMMITMENT_LEN + 12 + 16:
+        raise MalformedCiphertext("multi-wrap body is truncated")
+    return wraps, body[offset:offset + COMMITMENT_LEN], body[offset + COMMITMENT_LEN:]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -205,3 +205,69 @@ class AwsCredentialRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(256), default="")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# ---------------------------------------------------------------------------------------------------- audit
+
+
+class AuditEventRow(Base):
+    """The store copy of the audit chain (migration 0004_audit): one row per record, the JSON line as written."""
+
+    __tablename__ = "audit_events"
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    record_type: Mapped[str] = mapped_column(String(16), default="event")
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    principal: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
+    auth_method: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    source_ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    record: Mapped[str] = mapped_column(Text)
+
+
+# ---------------------------------------------------------------------------------------------------- replication
+
+
+class MultiKeyRow(Base):
+    """A multi-key (envelope keyring): member broker keys on several providers (migration 0007_replication)."""
+
+    __tablename__ = "multikeys"
+    multikey_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    members: Mapped[str] = mapped_column(Text)  # JSON list of broker key ids, in decrypt priority order
+    quorum: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: every member must wrap
+    generation: Mapped[int] = mapped_column(Integer, default=1)  # bumped on each membership change
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReplicaRow(Base):
+    """One cloud copy of a replicated key: HSM-born material imported through the cloud's own import protocol."""
+
+    __tablename__ = "key_replicas"
+    primary_key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target: Mapped[str] = mapped_column(String(64), primary_key=True)  # provider instance name
+    replica_key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SyncJournalRow(Base):
+    """Sync apply journal: an intent is written before every external create and closed after it."""
+
+    __tablename__ = "sync_journal"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    manifest: Mapped[str] = mapped_column(String(128), index=True)
+    entry: Mapped[str] = mapped_column(String(256))
+    target: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(64), index=True)  # the broker key id chosen before the create
+    action: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # intent | created | done | aborted
+    provider_ref: Mapped[str] = mapped_column(Text, default="")  # JSON ProviderKeyRef once the provider answered
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
