@@ -9,6 +9,7 @@ with a DN and no password is an *unauthenticated* bind that many servers accept 
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
 from broker.auth.config import LdapSettings
-from broker.errors import DependencyTimeout, Unauthenticated, ValidationError
+from broker.errors import DependencyFailure, DependencyTimeout, Unauthenticated, ValidationError
 
 MAX_USERNAME = 256
 MAX_PASSWORD = 1024
@@ -76,10 +77,11 @@ class LdapAuth:
         """A bound connection (StartTLS first when configured). Raises lx.LDAPBindError on bad credentials."""
         cfg = self._cfg
         conn = ldap3.Connection(self._server, user=dn, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
-                                receive_timeout=cfg.timeout, raise_exceptions=False, read_only=True,
+                                receive_timeout=max(1, math.ceil(cfg.timeout)), raise_exceptions=False, read_only=True,
                                 authentication=ldap3.SIMPLE if dn else ldap3.ANONYMOUS)
         try:
-            if not conn.open():
+            conn.open()  # returns None; raises on failure
+            if conn.closed:
                 raise lx.LDAPSocketOpenError("open failed")
             if cfg.starttls and not conn.start_tls():
                 raise lx.LDAPStartTLSError("StartTLS failed")
@@ -97,8 +99,8 @@ class LdapAuth:
             raise _refused()  # never attempt an unauthenticated (anonymous) bind
         if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             raise _refused()
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username):
-            raise _refused()
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username) or username != username.strip():
+            raise _refused()  # LDAP matching ignores insignificant spaces: " alice" would be an alias of alice
         cfg = self._cfg
         try:
             user_dn, user_attrs = self._find_user(username)
@@ -108,10 +110,14 @@ class LdapAuth:
         except (lx.LDAPSocketOpenError, lx.LDAPSocketReceiveError, lx.LDAPStartTLSError,
                 lx.LDAPCommunicationError, lx.LDAPSessionTerminatedByServerError, OSError) as exc:
             raise DependencyTimeout(f"ldap server unavailable ({type(exc).__name__})") from None
+        except lx.LDAPException as exc:
+            raise DependencyFailure(f"ldap error ({type(exc).__name__})") from None
         try:
             if user_attrs is None:
                 user_attrs = self._read_user(conn, user_dn)
             groups = self._groups(conn, user_dn, username, user_attrs)
+        except lx.LDAPException as exc:
+            raise DependencyFailure(f"ldap error while reading groups ({type(exc).__name__})") from None
         finally:
             conn.unbind()
         policies = list(cfg.policies)
@@ -119,6 +125,9 @@ class LdapAuth:
         for group, mapped in cfg.group_policies.items():
             if group.lower() in lowered:
                 policies.extend(p for p in mapped if p not in policies)
+        # The directory's own spelling (uid matching is case-insensitive: "ALICE" binds as alice).
+        canonical = [str(v) for v in user_attrs.get(cfg.user_attr, [])]
+        username = next((v for v in canonical if v.lower() == username.lower()), username)
         attributes = {"username": username}
         for ldap_attr, key in cfg.user_attributes.items():
             values = user_attrs.get(ldap_attr) or []
@@ -134,7 +143,7 @@ class LdapAuth:
         try:
             flt = f"(&{cfg.user_filter}({cfg.user_attr}={escape_filter_chars(username)}))"
             conn.search(cfg.user_search_base, flt, search_scope=ldap3.SUBTREE,
-                        attributes=[*cfg.user_attributes, "memberOf"], size_limit=2)
+                        attributes=[*cfg.user_attributes, cfg.user_attr, "memberOf"], size_limit=2)
             entries = list(conn.entries)
         finally:
             conn.unbind()
@@ -144,7 +153,7 @@ class LdapAuth:
         return entry.entry_dn, {a: list(entry[a].values) for a in entry.entry_attributes}
 
     def _read_user(self, conn: ldap3.Connection, user_dn: str) -> dict:
-        wanted = [*self._cfg.user_attributes, "memberOf"]
+        wanted = [*self._cfg.user_attributes, self._cfg.user_attr, "memberOf"]
         if not conn.search(user_dn, "(objectClass=*)", search_scope=ldap3.BASE, attributes=wanted):
             return {}
         entry = conn.entries[0]
