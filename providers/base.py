@@ -71,6 +71,8 @@ class Capabilities:
     byok_import:      `byok_import`: material born in the broker's HSM imported through the backend's import API
     random:           `random`
     inventory:        `inventory`: list keys that exist in the backend (adoption, drift detection)
+    encryption_algorithms, signing_algorithms: the asymmetric algorithms the backend offers; None = every one
+                      the key spec allows. The service neither advertises nor accepts the others.
     """
 
     key_specs: frozenset[KeySpec]
@@ -83,6 +85,8 @@ class Capabilities:
     byok_import: bool = False
     random: bool = False
     inventory: bool = False
+    encryption_algorithms: frozenset[EncryptionAlgorithm] | None = None
+    signing_algorithms: frozenset[SigningAlgorithm] | None = None
 
     def missing_for(self, spec: KeySpec) -> str | None:
         """The capability a key of `spec` needs that this backend lacks, or None."""

@@ -12,7 +12,6 @@ session per thread crashes it: this module uses one session per process behind a
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import threading
 from collections import OrderedDict
@@ -44,6 +43,7 @@ from providers.base import (
 DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
 ROOT_KEK_LABEL = "kmsb-root-kek"
 AUDIT_HMAC_LABEL = "kmsb-audit-hmac"
+AUDIT_SIGNING_LABEL = "kmsb-audit-signing"
 IMPORT_WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1")
 
 _CURVES = {KeySpec.ECC_NIST_P256: "secp256r1", KeySpec.ECC_NIST_P384: "secp384r1"}
@@ -144,6 +144,7 @@ class Pkcs11Provider(Provider):
         return Capabilities(
             key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
             import_material=True, random=True,
+            encryption_algorithms=frozenset({EncryptionAlgorithm.RSAES_OAEP_SHA_1}),
         )
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -303,18 +304,15 @@ class Pkcs11Provider(Provider):
         return bytes.fromhex(public)
 
     def asymmetric_decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, algorithm: EncryptionAlgorithm) -> bytes:
-        if algorithm not in (EncryptionAlgorithm.RSAES_OAEP_SHA_1, EncryptionAlgorithm.RSAES_OAEP_SHA_256):
-            raise ProviderUnsupported(f"{algorithm.value} decryption")
+        if algorithm is not EncryptionAlgorithm.RSAES_OAEP_SHA_1:
+            # SoftHSM 2.6 implements OAEP with SHA-1 only ("hashAlg must be CKM_SHA_1"); the capability says so, and
+            # the service refuses other algorithms before encrypting anything (no hand-made OAEP decoding here).
+            raise ProviderUnsupported(f"{algorithm.value} decryption (this HSM offers RSAES_OAEP_SHA_1)")
 
         def run(session: Any) -> bytes:
             key = self._object(session, ref)
             try:
-                if algorithm is EncryptionAlgorithm.RSAES_OAEP_SHA_1:
-                    return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
-                # SoftHSM 2.6 implements OAEP with SHA-1 only (hashAlg must be CKM_SHA_1): the private-key operation
-                # runs in the HSM (raw RSA), the OAEP-SHA-256 decoding of its output here.
-                raw = bytes(key.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509))
-                return _oaep_decode(raw, len(ciphertext), "sha256")
+                return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
             except (pkcs11.exceptions.EncryptedDataInvalid, pkcs11.exceptions.EncryptedDataLenRange,
                     pkcs11.exceptions.GeneralError, pkcs11.exceptions.DataLenRange, pkcs11.exceptions.DataInvalid):
                 raise ProviderInvalidCiphertext("RSA decryption failed") from None
@@ -480,29 +478,29 @@ class Pkcs11Provider(Provider):
         return self._call(lambda session: self._token_key(session, AUDIT_HMAC_LABEL).sign(
             data, mechanism=Mechanism.SHA256_HMAC))
 
+    def _audit_signing(self, session: Any, object_class: ObjectClass) -> Any:
+        """The audit signing key pair's half of `object_class`, found once per session like `_token_key`."""
+        self._token_key(session, ROOT_KEK_LABEL)  # resets the handle cache when the session changed
+        slot = f"{AUDIT_SIGNING_LABEL}/{object_class.name}"
+        if slot not in self._handles:
+            try:
+                self._handles[slot] = session.get_key(label=AUDIT_SIGNING_LABEL, object_class=object_class)
+            except pkcs11.NoSuchKey:
+                raise ProviderUnavailable(f"{AUDIT_SIGNING_LABEL} missing from the HSM token") from None
+        return self._handles[slot]
 
-def _mgf1(seed: bytes, length: int, hash_name: str) -> bytes:
-    out = b"".join(hashlib.new(hash_name, seed + i.to_bytes(4, "big")).digest()
-                   for i in range(-(-length // hashlib.new(hash_name).digest_size)))
-    return out[:length]
+    def audit_sign(self, data: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature (DER) of `data` with the HSM's non-extractable audit signing key.
 
+        SoftHSM lacks CKM_ECDSA_SHA256: the digest is computed here, the raw ECDSA runs in the HSM (as `sign`).
+        """
+        digest = hashlib.sha256(data).digest()
+        return self._call(lambda session: encode_ecdsa_signature(
+            self._audit_signing(session, ObjectClass.PRIVATE_KEY).sign(digest, mechanism=Mechanism.ECDSA)))
 
-def _oaep_decode(em: bytes, k: int, hash_name: str) -> bytes:
-    """EME-OAEP decoding (RFC 8017 §7.1.2; empty label, MGF1 with the same hash) of a raw RSA output of k bytes."""
-    h_len = hashlib.new(hash_name).digest_size
-    em = em.rjust(k, b"\0")
-    if len(em) != k or k < 2 * h_len + 2:
-        raise ProviderInvalidCiphertext("RSA decryption failed")
-    masked_seed, masked_db = em[1:1 + h_len], em[1 + h_len:]
-    seed = bytes(a ^ b for a, b in zip(masked_seed, _mgf1(masked_db, h_len, hash_name), strict=True))
-    db = bytes(a ^ b for a, b in zip(masked_db, _mgf1(seed, k - h_len - 1, hash_name), strict=True))
-    rest = db[h_len:].lstrip(b"\0")
-    ok = hmac.compare_digest(db[:h_len], hashlib.new(hash_name).digest())
-    ok &= em[0] == 0
-    ok &= rest[:1] == b"\x01"
-    if not ok:  # one error for every failure: no padding oracle in the messages
-        raise ProviderInvalidCiphertext("RSA decryption failed")
-    return rest[1:]
+    def audit_public_key(self) -> bytes:
+        """SubjectPublicKeyInfo (DER) of the audit signing key: all a verifier of checkpoints needs."""
+        return self._call(lambda session: encode_ec_public_key(self._audit_signing(session, ObjectClass.PUBLIC_KEY)))
 
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:

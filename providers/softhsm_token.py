@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pkcs11
 from pkcs11 import Attribute, KeyType
+from pkcs11.util.ec import encode_named_curve_parameters
 
-from providers.pkcs11 import AUDIT_HMAC_LABEL, DEFAULT_LIB, ROOT_KEK_LABEL
+from providers.pkcs11 import AUDIT_HMAC_LABEL, AUDIT_SIGNING_LABEL, DEFAULT_LIB, ROOT_KEK_LABEL
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def _write_secret(path: Path, value: str) -> None:
 
 
 def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAULT_LIB) -> TokenFiles:
-    """Initialise a fresh token under hsm_dir with a non-extractable root KEK and an audit HMAC key."""
+    """Initialise a fresh token under hsm_dir: non-extractable root KEK, audit HMAC key, audit signing key pair."""
     files = token_files(hsm_dir)
     tokens = hsm_dir / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
@@ -70,4 +71,13 @@ def _create_root_keys(session) -> None:
     session.generate_key(KeyType.GENERIC_SECRET, 256, label=AUDIT_HMAC_LABEL, store=True, template={
         Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
         Attribute.SIGN: True, Attribute.VERIFY: True,
+    })
+    # Audit checkpoints are signed by a non-extractable EC P-256 key pair (the public half is exported for verifiers).
+    params = session.create_domain_parameters(
+        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
+    params.generate_keypair(store=True, label=AUDIT_SIGNING_LABEL, public_template={
+        Attribute.TOKEN: True, Attribute.VERIFY: True,
+    }, private_template={
+        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
+        Attribute.SIGN: True,
     })
