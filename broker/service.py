@@ -254,6 +254,17 @@ class KeyService:
             raise errors.ValidationError(f"{name} must be {low} to {high} bytes")
         return bytes(value)
 
+    def _encryption_algorithms(self, key: Key) -> list[EncryptionAlgorithm]:
+        offered = self.providers[key.provider].capabilities.encryption_algorithms if key.provider in self.providers \
+            else None
+        return [a for a in encryption_algorithms_for(key.spec)
+                if a is EncryptionAlgorithm.SYMMETRIC_DEFAULT or offered is None or a in offered]
+
+    def _signing_algorithms(self, key: Key) -> list[SigningAlgorithm]:
+        offered = self.providers[key.provider].capabilities.signing_algorithms if key.provider in self.providers \
+            else None
+        return [a for a in signing_algorithms_for(key.spec) if offered is None or a in offered]
+
     def describe(self, key: Key) -> dict[str, Any]:
         """KeyMetadata in AWS's shape (plus the broker's Provider and PrimaryVersion)."""
         meta: dict[str, Any] = {
@@ -273,9 +284,9 @@ class KeyService:
             "PrimaryVersion": key.primary_version,
         }
         if key.usage is KeyUsage.ENCRYPT_DECRYPT:
-            meta["EncryptionAlgorithms"] = [a.value for a in encryption_algorithms_for(key.spec)]
+            meta["EncryptionAlgorithms"] = [a.value for a in self._encryption_algorithms(key)]
         if key.usage is KeyUsage.SIGN_VERIFY:
-            meta["SigningAlgorithms"] = [a.value for a in signing_algorithms_for(key.spec)]
+            meta["SigningAlgorithms"] = [a.value for a in self._signing_algorithms(key)]
         if key.usage is KeyUsage.GENERATE_VERIFY_MAC:
             meta["MacAlgorithms"] = [a.value for a in mac_algorithms_for(key.spec)]
         if key.deletion_date:
@@ -627,7 +638,7 @@ class KeyService:
         return serialization.load_der_public_key(self._provider(key.provider).get_public_key(ref))
 
     def _rsa_encrypt(self, key: Key, entry: AuditEntry, plaintext: bytes, algorithm: str) -> dict[str, Any]:
-        alg = self._rsa_algorithm(algorithm)
+        alg = self._rsa_algorithm(key, algorithm)
         public = self._public_key(key)
         max_len = public.key_size // 8 - 2 * _HASHES[_oaep_hash(alg)].digest_size - 2
         if len(plaintext) > max_len:
@@ -637,7 +648,7 @@ class KeyService:
         return {"CiphertextBlob": blob, "KeyId": key.key_id, "EncryptionAlgorithm": alg.value}
 
     def _rsa_decrypt(self, key: Key, entry: AuditEntry, blob: bytes, algorithm: str) -> dict[str, Any]:
-        alg = self._rsa_algorithm(algorithm)
+        alg = self._rsa_algorithm(key, algorithm)
         self._require_usable(key)
         self._require_usage(key, KeyUsage.ENCRYPT_DECRYPT, "Decrypt")
         number, ref = self._version(key)
@@ -645,11 +656,14 @@ class KeyService:
         plaintext = self._provider(key.provider).asymmetric_decrypt(ref, blob, alg)
         return {"Plaintext": plaintext, "KeyId": key.key_id, "EncryptionAlgorithm": alg.value}
 
-    @staticmethod
-    def _rsa_algorithm(algorithm: str) -> EncryptionAlgorithm:
+    def _rsa_algorithm(self, key: Key, algorithm: str) -> EncryptionAlgorithm:
         if algorithm not in (EncryptionAlgorithm.RSAES_OAEP_SHA_1, EncryptionAlgorithm.RSAES_OAEP_SHA_256):
             raise errors.ValidationError("EncryptionAlgorithm must be RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256")
-        return EncryptionAlgorithm(algorithm)
+        alg = EncryptionAlgorithm(algorithm)
+        if alg not in self._encryption_algorithms(key):
+            # refused before anything is encrypted: data must never be sealed in a form its provider cannot open
+            raise errors.Unsupported(f"provider {key.provider!r} does not offer {alg.value}")
+        return alg
 
     def _digest(self, message: bytes, message_type: str, algorithm: SigningAlgorithm) -> bytes:
         if message_type == "DIGEST":
@@ -674,6 +688,8 @@ class KeyService:
             raise errors.ValidationError(f"SigningAlgorithm {algorithm!r} is not valid") from None
         if alg not in signing_algorithms_for(key.spec):
             raise errors.InvalidKeyUsage(f"{alg.value} cannot be used with a {key.spec.value} key")
+        if alg not in self._signing_algorithms(key):
+            raise errors.Unsupported(f"provider {key.provider!r} does not offer {alg.value}")
         entry.key_version = key.primary_version
         return key, alg, self._digest(message, message_type, alg)
 
