@@ -43,6 +43,9 @@ class TokenRevoke(Body):
     token: str | None = None
     accessor: str | None = None
 
+    def __repr__(self) -> str:
+        return f"TokenRevoke(accessor={self.accessor!r})"
+
 
 class AccessorBody(Body):
     accessor: str

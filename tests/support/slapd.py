@@ -39,6 +39,8 @@ class RunningSlapd:
     admin_password: str
     server: Server
     folder: Path
+    ldaps_url: str = ""
+    ca_file: Path | None = None
 
     def stop(self) -> None:
         self.server.stop()
@@ -88,8 +90,47 @@ def _ldif(users: list[LdapUser], folder: Path) -> str:
     return "\n".join(parts)
 
 
-def _config(folder: Path, admin_hash: str) -> str:
+def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost: (ca.pem, server.pem, server.key)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kmsb test LDAP CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+def _config(folder: Path, admin_hash: str, tls: tuple[Path, Path, Path] | None = None) -> str:
+    tls_lines = [f"TLSCACertificateFile {tls[0]}", f"TLSCertificateFile {tls[1]}",
+                 f"TLSCertificateKeyFile {tls[2]}"] if tls else []
     return "\n".join([
+        *tls_lines,
         *(f"include {SCHEMA / s}.schema" for s in ("core", "cosine", "inetorgperson", "nis")),
         f"pidfile {folder / 'slapd.pid'}",
         f"argsfile {folder / 'slapd.args'}",
@@ -116,17 +157,27 @@ def _config(folder: Path, admin_hash: str) -> str:
     ])
 
 
-def start_slapd(folder: Path, users: list[LdapUser], *, admin_password: str = "admin-secret") -> RunningSlapd:
+def start_slapd(folder: Path, users: list[LdapUser], *, admin_password: str = "admin-secret",
+                tls: bool = False) -> RunningSlapd:
+    """slapd on ldap://127.0.0.1:<port> (StartTLS-capable when `tls`), plus ldaps://127.0.0.1:<port2> when `tls`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "db").mkdir(exist_ok=True)
     conf = folder / "slapd.conf"
-    conf.write_text(_config(folder, ssha(admin_password, folder)))
+    tls_files = make_tls_files(folder) if tls else None
+    conf.write_text(_config(folder, ssha(admin_password, folder), tls_files))
     ldif = folder / "data.ldif"
     ldif.write_text(_ldif(users, folder))
     subprocess.run([_binary("slapadd"), "-f", str(conf), "-l", str(ldif)], check=True, capture_output=True,
                    text=True)
     port = free_port()
     url = f"ldap://127.0.0.1:{port}"
-    server = start_server("slapd", [_binary("slapd"), "-f", str(conf), "-h", f"{url}/", "-d", "0"],
-                          log_dir=folder / "logs", ready=lambda: port_open(port), timeout=30)
-    return RunningSlapd(url, port, admin_password, server, folder)
+    listen = f"{url}/"
+    ldaps_url, ldaps_port = "", 0
+    if tls_files:
+        ldaps_port = free_port()
+        ldaps_url = f"ldaps://127.0.0.1:{ldaps_port}"
+        listen += f" {ldaps_url}/"
+    server = start_server("slapd", [_binary("slapd"), "-f", str(conf), "-h", listen, "-d", "0"],
+                          log_dir=folder / "logs", timeout=30,
+                          ready=lambda: port_open(port) and (not ldaps_port or port_open(ldaps_port)))
+    return RunningSlapd(url, port, admin_password, server, folder, ldaps_url, tls_files[0] if tls_files else None)
