@@ -31,15 +31,14 @@ def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
     # The keyring bridge (keyring_bridge/server.py): its own arbiter and listener in a child process.
     bridge, owner = None, os.getpid()
     if keyring:
-        from keyring_bridge.server import bridge_options, start_bridge_process
+        from keyring_bridge.server import bridge_options, start_bridge_process, stop_bridge_process
 
         bridge = start_bridge_process(settings, bridge_options(**keyring))
     try:
         _serve_api(settings, bind=bind, workers=workers, threads=threads)
     finally:
-        if bridge is not None and os.getpid() == owner and bridge.is_alive():  # not in forked workers
-            bridge.terminate()
-            bridge.join(15)
+        if bridge is not None and os.getpid() == owner:  # not in the workers gunicorn forks
+            stop_bridge_process(bridge)
 
 
 def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:

@@ -7,7 +7,6 @@ SIGTERM it when the parent dies (PR_SET_PDEATHSIG), so it never outlives `serve`
 from __future__ import annotations
 
 import ctypes
-import multiprocessing
 import os
 import signal
 from typing import Any
@@ -54,21 +53,46 @@ def _die_with_parent() -> None:
         pass
 
 
-def _run(settings: Settings, options: dict[str, Any], parent: int) -> None:
-    _die_with_parent()
-    if os.getppid() != parent:
-        os._exit(0)
-    KeyringServer(settings, options).run()
+def start_bridge_process(settings: Settings, options: dict[str, Any]) -> int:
+    """Migrate the store (the keyring branch), then fork the bridge's arbiter; returns its PID.
 
-
-def start_bridge_process(settings: Settings, options: dict[str, Any]) -> multiprocessing.Process:
-    """Migrate the store (the keyring branch), then fork the bridge's arbiter."""
+    A bare fork, not multiprocessing: multiprocessing would register the child with its atexit hook, which then
+    fails in every API worker gunicorn forks later ("can only join a child process").
+    """
     from broker.store import Store
 
     store = Store(settings.store_url)
     store.migrate()
     store.dispose()
-    proc = multiprocessing.get_context("fork").Process(target=_run, args=(settings, options, os.getpid()),
-                                                       name="kms-broker-keyring")
-    proc.start()
-    return proc
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        _die_with_parent()
+        if os.getppid() == parent:
+            KeyringServer(settings, options).run()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
+        code = 1
+    os._exit(code)
+
+
+def stop_bridge_process(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the bridge's arbiter (a graceful gunicorn shutdown), SIGKILL it if it does not exit in time."""
+    import time
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)

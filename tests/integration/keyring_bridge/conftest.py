@@ -1,10 +1,6 @@
 import pytest
 
-from tests.integration.keyring_bridge.support import Bridge, have_mariadb, start_bridge
-
-if not have_mariadb():
-    pytest.skip("mariadb-server + mariadb-plugin-hashicorp-key-management are not installed "
-                "(scripts/bootstrap.sh --test)", allow_module_level=True)
+from tests.integration.keyring_bridge.support import Bridge, start_bridge
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 import pytest
 import requests
 
-from tests.integration.keyring_bridge.support import Bridge, MariaDB, hashicorp_options
+from tests.integration.keyring_bridge.support import Bridge, MariaDB, hashicorp_options, have_mariadb
+
+pytestmark = pytest.mark.skipif(not have_mariadb(), reason="mariadb-server + mariadb-plugin-hashicorp-key-"
+                                "management are not installed (scripts/bootstrap.sh --test)")
 
 MOUNT = "kv/mdb"
 MARKER = "PLAINTEXT_MARKER_9f3c"

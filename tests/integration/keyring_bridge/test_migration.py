@@ -6,8 +6,13 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from keyring_bridge.formats import mariadb_file
-from tests.integration.keyring_bridge.support import Bridge, MariaDB, hashicorp_options
+from tests.integration.keyring_bridge.support import Bridge, MariaDB, hashicorp_options, have_mariadb
+
+pytestmark = pytest.mark.skipif(not have_mariadb(), reason="mariadb-server + mariadb-plugin-hashicorp-key-"
+                                "management are not installed (scripts/bootstrap.sh --test)")
 
 MOUNT = "kv/migrated"
 
