@@ -72,13 +72,21 @@ def _child_env(**extra: str) -> dict[str, str]:
 # --- AWS: LocalStack ---------------------------------------------------------------------------------
 
 def localstack_python() -> Path:
-    """Build (or reuse) localstack/.venv via setup-venv.sh and return its interpreter; fail with the reason."""
+    """Build (or reuse) localstack/.venv via setup-venv.sh and return its interpreter; fail with the reason.
+
+    The script's progress lines are echoed to our stderr as they come (a build takes a minute or two) and
+    kept for the error message."""
     script = STACK_ROOT / "setup-venv.sh"
     if not script.is_file():
         raise LaunchError(f"{script} not found: LocalStack runs from the repository's localstack/ folder")
-    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise LaunchError(f"cannot prepare LocalStack's Python 3.13 venv:\n{proc.stderr.strip()}")
+    proc = subprocess.Popen(["bash", str(script)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        lines.append(line)
+    if proc.wait() != 0:
+        raise LaunchError("cannot prepare LocalStack's Python 3.13 venv:\n" + "".join(lines).strip())
     return STACK_ROOT / ".venv" / "bin" / "python"
 
 

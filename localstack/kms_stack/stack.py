@@ -5,10 +5,12 @@ The CLI and the test fixtures use this same class, so tests exercise exactly wha
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import procs, state
@@ -70,6 +72,17 @@ class Stack:
         """Settings for each cloud that is up, in the documented shape."""
         return {cloud: svc.settings for cloud, svc in sorted(self.services().items(), key=lambda i: CLOUDS.index(i[0]))}
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `up`/`down` at a time per state dir (two concurrent `up`s would each start the same cloud)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     # -- up / down ----------------------------------------------------------------------------------------
     def up(self, only: str | Iterable[str] | None = None, *, aws_backend: str = "localstack") -> dict[str, dict]:
         """Start every requested cloud that is not already running; on any failure stop what this call started.
@@ -77,6 +90,10 @@ class Stack:
         With `only=None` (all clouds) an emulator package that does not exist yet is skipped (see `skipped`);
         a cloud named in `only` must start."""
         wanted = parse_only(only)
+        with self._locked():
+            return self._up(wanted, only is not None, aws_backend)
+
+    def _up(self, wanted: list[str], strict: bool, aws_backend: str) -> dict[str, dict]:
         running = self.services()
         started: list[str] = []
         self.skipped = {}
@@ -90,7 +107,7 @@ class Stack:
                 try:
                     running[cloud] = self._start(cloud, aws_backend)
                 except _Missing as e:
-                    if only is not None:
+                    if strict:
                         raise StackError(str(e)) from None
                     self.skipped[cloud] = str(e)
                     continue
@@ -107,6 +124,10 @@ class Stack:
     def down(self, only: str | Iterable[str] | None = None) -> list[str]:
         """Stop the recorded processes by PID (only those still carrying their recorded start time)."""
         wanted = parse_only(only)
+        with self._locked():
+            return self._down(wanted)
+
+    def _down(self, wanted: list[str]) -> list[str]:
         recorded = state.load(self.state_dir)
         stopped = []
         for cloud in wanted:
