@@ -2,7 +2,8 @@
 
 The secret access key is returned once, by the create call, and stored only sealed under the root KEK. Every call
 goes through KeyService's choke point (authorized as broker:*AwsCredentials, audited once). A caller that is not
-root may bind only policies it holds itself, so issuing credentials never widens anyone's rights.
+root may bind only policies it holds itself, and only under its own principal name (grants name principals), so
+issuing credentials never widens anyone's rights.
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def create(svc: Svc, ctx: Ctx, b: CreateAwsCredentials):
         beyond = sorted(set(policies) - set(ctx.principal.policies))
         if beyond and not ctx.principal.is_root:
             raise errors.AccessDenied(f"{ctx.principal.name} may bind only policies it holds; not {beyond}")
-        issued = _credentials().issue(b.Name.strip(), policies, created_by=ctx.principal.name)
+        name = b.Name.strip()
+        if not ctx.principal.is_root:
+            if name and name != ctx.principal.name:
+                raise errors.AccessDenied(f"{ctx.principal.name} may issue credentials only under its own name")
+            name = ctx.principal.name
+        issued = _credentials().issue(name, policies, created_by=ctx.principal.name)
         entry.extra["access_key_id"] = issued.access_key_id
         entry.extra["policies"] = list(issued.policies)
         return {"access_key_id": issued.access_key_id, "secret_access_key": issued.secret_access_key}

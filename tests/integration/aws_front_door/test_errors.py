@@ -193,3 +193,29 @@ def test_issuing_credentials_needs_a_token_with_the_right(aws_broker):
     assert r.status_code == 401
     r = aws_broker.session().post(aws_broker.url("/aws-credentials"), json={"Policies": "root"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "ValidationException"
+
+
+def test_a_non_root_issuer_cannot_widen_rights(aws_broker, kms):
+    root = aws_broker.session()
+    document = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["broker:CreateAwsCredentials", "kms:ListKeys"], "Resource": "*"}]}
+    assert root.put(aws_broker.url("/policies/aws-issuer"), json={"Document": document}).status_code in (200, 201)
+    r = root.post(aws_broker.url("/auth/token/create"), json={"policies": ["aws-issuer"], "display_name": "bob"})
+    assert r.status_code == 200, r.text
+    bob = aws_broker.session(token=r.json()["auth"]["client_token"])
+    wider = bob.post(aws_broker.url("/aws-credentials"), json={"Policies": ["root"]})
+    assert wider.status_code == 403 and wider.json()["error"]["code"] == "AccessDeniedException"
+    other_name = bob.post(aws_broker.url("/aws-credentials"), json={"Policies": ["aws-issuer"], "Name": "alice"})
+    assert other_name.status_code == 403
+    own = bob.post(aws_broker.url("/aws-credentials"), json={"Policies": ["aws-issuer"]})
+    assert own.status_code == 201, own.text
+    creds = Creds(**own.json())
+    listed = root.get(aws_broker.url("/aws-credentials")).json()["Credentials"]
+    entry = next(c for c in listed if c["AccessKeyId"] == creds.access_key_id)
+    assert (entry["Policies"], entry["CreatedBy"], entry["Name"]) == (["aws-issuer"], entry["Name"], entry["Name"])
+    client = kms_client(aws_broker, creds)
+    assert "Keys" in client.list_keys(Limit=1)
+    with pytest.raises(ClientError) as denied:
+        client.create_key()
+    assert code(denied) == "AccessDeniedException"
+    assert bob.get(aws_broker.url("/aws-credentials")).status_code == 403  # listing is another right
