@@ -11,7 +11,7 @@ from flask import Flask, Request, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
-from broker.audit import AuditLog
+from broker.audit.setup import build_audit_log
 from broker.auth import Principal, TokenAuth
 from broker.policy import PolicyEngine
 from broker.service import KeyService, RequestContext
@@ -31,7 +31,7 @@ def build_service(settings: Settings) -> KeyService:
     store = Store(settings.store_url)
     providers = {name: build_provider(name, cfg) for name, cfg in settings.providers.items()}
     root = providers[settings.root_of_trust]
-    audit = AuditLog(settings.audit_file, hmac=root.audit_hmac, fsync=settings.audit_fsync)
+    audit = build_audit_log(settings, root, store.engine)  # sinks, group commit, HSM-signed checkpoints
     engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=settings.auth_cache_seconds)
     return KeyService(store, providers, settings.default_provider, engine, audit)
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
+    import broker.api.audit_routes  # noqa: F401 - the auditor's /v1/audit/events
     from broker.api.native import ROUTES, bp
     from broker.policy_admin import PolicyAdmin
 

@@ -5,6 +5,7 @@ Each owner appends its groups: identity (`token`, `login`) from broker.cli_auth;
 
 from __future__ import annotations
 
+from broker.cli_audit import audit
 from broker.cli_auth import GROUPS as _AUTH_GROUPS
 
-admin_groups = [*_AUTH_GROUPS]
+admin_groups = [*_AUTH_GROUPS, audit]

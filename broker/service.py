@@ -109,6 +109,19 @@ def _provider_errors(exc: pb.ProviderError) -> errors.BrokerError:
     return errors.DependencyFailure(f"provider: {msg}")
 
 
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "plaintext", "ciphertext", "pin", "private")
+
+
+def _audit_safe(audit: AuditLog, name: str, value: Any) -> Any:
+    """Extras named like a secret are HMAC'd unless the caller did it already: they never reach a record in clear."""
+    if isinstance(value, bytes | bytearray):
+        return audit.hmac_value(bytes(value))
+    if any(word in name.lower() for word in _SECRET_WORDS) and not (
+            isinstance(value, str) and value.startswith("hmac-sha256:")):
+        return audit.hmac_value(str(value))
+    return value
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -129,11 +142,20 @@ class KeyService:
 
     @contextmanager
     def operation(self, ctx: RequestContext, action: str) -> Iterator[AuditEntry]:
-        """Audit exactly once, after the outcome is known and before anything is returned to the caller."""
+        """Audit exactly once, after the outcome is known and before anything is returned to the caller.
+
+        Fail closed, in two steps. (1) Before the body runs, `audit.precheck()` asks every durable audit sink whether
+        it can take a record now; if one cannot (file unwritable, store failing), the body never runs: no key is
+        resolved, no provider is called, nothing is stored, and the caller gets NotReady (503). (2) The record itself
+        is written in `finally` and `audit.write` blocks until it is durable (group commit); if that fails, the
+        caller gets 503 too. Only a sink that starts failing between (1) and (2) can leave a performed operation
+        answered with 503 (its record is then in no durable sink: a batch lands in all of them or is undone).
+        """
         entry = AuditEntry(action)
         started = time.perf_counter()
         outcome, code = "allowed", None
         try:
+            self.audit.precheck()
             yield entry
         except errors.BrokerError as exc:
             outcome, code = ("denied" if isinstance(exc, errors.AccessDenied) else "error"), exc.code
@@ -152,6 +174,7 @@ class KeyService:
                      latency: float) -> None:
         context = entry.context or {}
         record = {
+            **{k: _audit_safe(self.audit, k, v) for k, v in entry.extra.items()},
             "time": _now().isoformat(timespec="microseconds"),
             "request_id": ctx.request_id,
             "principal": ctx.principal.name,
@@ -166,7 +189,6 @@ class KeyService:
             "outcome": outcome,
             "error_code": code,
             "latency_ms": round(latency * 1000, 3),
-            **entry.extra,
         }
         self.audit.write(record)
         ctx.audited = True

@@ -5,12 +5,16 @@
     default_provider = "hsm"
     root_of_trust = "hsm"                          # the pkcs11 provider whose root KEK wraps what the broker keeps
     audit_file = "./var/audit/audit.jsonl"
-    audit_fsync = false
+    audit_fsync = true                             # group commit: one fsync per batch
+    audit_sinks = ["file", "store"]                # + "stdout", "syslog" (best-effort copies)
+    audit_checkpoint_records = 1000
+    audit_checkpoint_seconds = 60
     [providers.hsm]
     kind = "pkcs11"
     ...
 Environment: KMSB_CONFIG (path of the TOML), KMSB_DATA_DIR, KMSB_STORE_URL, KMSB_DEFAULT_PROVIDER,
-KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
+KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUDIT_SINKS (comma-separated), KMSB_AUDIT_CHECKPOINT_RECORDS,
+KMSB_AUDIT_CHECKPOINT_SECONDS, KMSB_AUDIT_BATCH_MS, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
 output of `kms-broker stack env`).
 """
 
@@ -20,7 +24,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -41,7 +45,14 @@ class Settings(BaseModel):
     default_provider: str = "hsm"
     root_of_trust: str = "hsm"
     audit_file: Path | None = None
-    audit_fsync: bool = False
+    audit_fsync: bool = True
+    # Audit (broker/audit): durable sinks "file" and "store" must all persist a record or the request is refused
+    # (503); "stdout" and "syslog" are best-effort copies. Checkpoints signed by the HSM every N records / T seconds;
+    # records that arrive within audit_batch_ms of each other share one fsync (group commit).
+    audit_sinks: list[Literal["file", "store", "stdout", "syslog"]] = Field(default_factory=lambda: ["file", "store"])
+    audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)
+    audit_checkpoint_seconds: float = Field(default=60.0, gt=0, le=86400)
+    audit_batch_ms: float = Field(default=1.0, ge=0, le=100)
     job_interval_seconds: int = Field(default=60, ge=1)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -91,6 +102,11 @@ def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value
+    for key in ("audit_checkpoint_records", "audit_checkpoint_seconds", "audit_batch_ms"):
+        if env.get(f"KMSB_{key.upper()}") is not None:
+            raw[key] = env[f"KMSB_{key.upper()}"]
+    if env.get("KMSB_AUDIT_SINKS") is not None:
+        raw["audit_sinks"] = [s.strip() for s in env["KMSB_AUDIT_SINKS"].split(",") if s.strip()]
     if env.get("KMSB_PROVIDERS_JSON"):
         try:
             extra = json.loads(env["KMSB_PROVIDERS_JSON"])

@@ -1,0 +1,388 @@
+"""AuditLog: the writer every KeyService call goes through.
+
+* One chain per audit file, shared by every process on the host: a writer holds an exclusive flock on
+  `<file>.lock`, which also keeps the chain head (seq, hash, last checkpoint) so a writer never re-reads the log.
+  If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
+* Group commit: `write()` queues the record and blocks until a per-process writer thread has made it durable in
+  every durable sink. The thread takes whatever is queued (after a short window when callers arrive together) and
+  commits it as one batch: one append + one fsync for the file, one transaction for the store.
+* Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
+  NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
+* Checkpoints: with a signer (the HSM's audit signing key), after every `checkpoint_records` events, and after the
+  batch in which an event is `checkpoint_seconds` younger than the first event not yet covered, the writer appends
+  a signed checkpoint record (see chain.py). An idle writer also covers an uncovered tail after that time.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from broker.audit.chain import GENESIS, checkpoint_message, key_fingerprint, public_key_pem, seal_record
+from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, encode
+from broker.errors import NotReady, Unsupported
+
+log = logging.getLogger("kms_broker.audit")
+PUBLIC_KEY_NAME = "audit-signing.pub.pem"
+_WAIT_SECONDS = 60.0
+_MAX_BATCH = 1000
+
+
+def _epoch(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+@dataclass
+class _Head:
+    seq: int = 0
+    hash: str = GENESIS
+    cp_seq: int = 0                       # seq of the last checkpoint (0: none yet)
+    uncovered_since: float | None = None  # time of the first event after it
+    size: int = -1                        # file size after the last batch (-1: no file sink / unknown)
+
+    def dump(self) -> bytes:
+        return json.dumps(self.__dict__).encode()
+
+    @classmethod
+    def load(cls, raw: bytes) -> _Head | None:
+        try:
+            return cls(**json.loads(raw)) if raw else None
+        except (ValueError, TypeError):
+            return None
+
+
+class _Pending:
+    __slots__ = ("body", "done", "record", "error")
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+        self.done = threading.Event()
+        self.record: dict | None = None
+        self.error: BaseException | None = None
+
+
+class AuditLog:
+    def __init__(self, path: Path, hmac: Callable[[bytes], bytes], fsync: bool = False, *,
+                 sinks: Sequence[str] = ("file",), engine=None, signer: Callable[[bytes], bytes] | None = None,
+                 public_key: bytes | None = None, checkpoint_records: int = 1000,
+                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._hmac = hmac
+        self.counters = {"records": 0, "batches": 0, "fsyncs": 0, "checkpoints": 0, "failures": 0}
+        self.file: FileSink | None = None
+        self.store: StoreSink | None = None
+        self._durable: list[Sink] = []
+        self._copies: list[Sink] = []
+        for name in sinks:
+            if name == "file":
+                self.file = FileSink(self.path, fsync, self.counters)
+                self._durable.append(self.file)
+            elif name == "store":
+                if engine is None:
+                    raise ValueError("the store audit sink needs the store's engine")
+                self.store = StoreSink(engine)
+                self._durable.append(self.store)
+            elif name == "stdout":
+                self._copies.append(StdoutSink())
+            elif name == "syslog":
+                self._copies.append(SyslogSink())
+            else:
+                raise ValueError(f"unknown audit sink {name!r}")
+        if not self._durable:
+            raise ValueError("at least one durable audit sink (file or store) is required")
+        self._signer = signer
+        self._key_id = key_fingerprint(public_key) if public_key else None
+        if signer is not None and public_key is None:
+            raise ValueError("a checkpoint signer needs its public key")
+        self.checkpoint_records = checkpoint_records
+        self.checkpoint_seconds = checkpoint_seconds
+        self._batch_window = batch_ms / 1000.0
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd = -1
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._start_lock = threading.Lock()
+        self._failing_since: float | None = None
+        self._closed = False
+        if public_key is not None:
+            self._publish_public_key(public_key)
+
+    # ------------------------------------------------------------------------------------------ public
+
+    def hmac_value(self, value: str | bytes) -> str:
+        data = value.encode() if isinstance(value, str) else value
+        return "hmac-sha256:" + self._hmac(data).hex()
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.path.parent / PUBLIC_KEY_NAME
+
+    def precheck(self) -> None:
+        """Raise NotReady if a durable sink cannot take a record now (called before any key operation)."""
+        if self._closed:
+            raise NotReady("audit log is closed; request refused")
+        try:
+            for sink in self._durable:
+                sink.check()
+            if self._failing_since is not None:  # the last batch failed: probe before letting work start
+                if self.store is not None:
+                    self.store.probe()
+                self._failing_since = None
+        except Exception:  # noqa: BLE001 - any failure of a sink means: refuse
+            raise NotReady("audit log cannot be written; request refused") from None
+
+    def write(self, body: dict) -> dict:
+        """Append one record and return it (with seq and hashes) once it is durable; NotReady (503) if it is not."""
+        if self._closed:
+            raise NotReady("audit log is closed; request refused")
+        self._ensure_writer()
+        pending = _Pending(body)
+        self._queue.put(pending)
+        if not pending.done.wait(_WAIT_SECONDS):
+            raise NotReady("audit log did not persist the record in time; request refused")
+        if pending.error is not None:
+            raise NotReady("audit log cannot be written; request refused") from None
+        return pending.record  # type: ignore[return-value]
+
+    def query(self, flt, *, limit: int = 100, after: int = 0, descending: bool = False) -> dict:
+        """A page of the store copy (broker.audit.query); the caller has authorized broker:ReadAudit."""
+        from broker.audit.query import query_events
+
+        if self.store is None:
+            raise Unsupported("audit queries need the store audit sink (audit_sinks = [..., \"store\"])")
+        return query_events(self.store.engine, flt, limit=limit, after=after, descending=descending)
+
+    def checkpoint_now(self) -> dict | None:
+        """Cover the chain head with a signed checkpoint now (e.g. at shutdown); None if it is covered already."""
+        if self._signer is None:
+            return None
+        with self._locked() as head:
+            if head.seq == head.cp_seq:
+                return None
+            records = [self._checkpoint(head)]
+            self._persist(head, records)
+            return records[0]
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            self._queue.put(None)
+            self._thread.join(10)
+        self._closed = True
+        if self._lock_fd >= 0 and self._pid == os.getpid():
+            os.close(self._lock_fd)
+        self._lock_fd = -1
+
+    # ------------------------------------------------------------------------------------------ writer thread
+
+    def _ensure_writer(self) -> None:
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        with self._start_lock:
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            if self._pid != os.getpid():  # after a fork: nothing of the parent's writer is ours
+                self._queue = queue.SimpleQueue()
+                self._lock_fd = -1
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="kmsb-audit-writer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        last_size = 1
+        idle = min(max(self.checkpoint_seconds / 2, 0.2), 5.0)
+        while True:
+            try:
+                first = self._queue.get(timeout=idle)
+            except queue.Empty:
+                self._idle_checkpoint()
+                continue
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + (self._batch_window if last_size > 1 else 0.0)
+            while len(batch) < _MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = self._queue.get(timeout=remaining)
+                    except queue.Empty:
+                        break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            last_size = len(batch)
+            try:
+                records = self._commit([p.body for p in batch])
+            except BaseException as exc:  # noqa: BLE001 - every caller must be released, with the failure
+                self.counters["failures"] += 1
+                self._failing_since = time.monotonic()
+                log.error("audit batch of %d record(s) not persisted: %s", len(batch), type(exc).__name__)
+                for p in batch:
+                    p.error = exc
+                    p.done.set()
+                continue
+            for p, record in zip(batch, records, strict=True):
+                p.record = record
+                p.done.set()
+
+    def _idle_checkpoint(self) -> None:
+        if self._signer is None or self._closed:
+            return
+        try:
+            with self._locked() as head:
+                if head.uncovered_since is not None and time.time() - head.uncovered_since >= self.checkpoint_seconds:
+                    self._persist(head, [self._checkpoint(head)])
+        except Exception as exc:  # noqa: BLE001 - the next batch will fail and refuse if the sinks are broken
+            log.warning("idle audit checkpoint failed: %s", type(exc).__name__)
+
+    # ------------------------------------------------------------------------------------------ chain
+
+    def _commit(self, bodies: list[dict]) -> list[dict]:
+        """Chain, checkpoint and persist one batch under the cross-process lock; returns the event records."""
+        events: list[dict] = []
+        with self._locked() as head:
+            records: list[dict] = []
+            due = False
+            for body in bodies:
+                record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
+                head.seq, head.hash = record["seq"], record["hash"]
+                records.append(record)
+                events.append(record)
+                if self._signer is None:
+                    continue
+                at = _epoch(record.get("time", ""))
+                if head.uncovered_since is None:
+                    head.uncovered_since = at
+                elif at - head.uncovered_since >= self.checkpoint_seconds:
+                    due = True
+                if head.seq - head.cp_seq >= self.checkpoint_records:
+                    records.append(self._checkpoint(head))
+                    due = False
+            if due and head.seq != head.cp_seq:
+                records.append(self._checkpoint(head))
+            self._persist(head, records)
+        self.counters["records"] += len(events)
+        self.counters["batches"] += 1
+        return events
+
+    def _checkpoint(self, head: _Head) -> dict:
+        assert self._signer is not None
+        checkpoint = {
+            "type": "checkpoint", "seq": head.seq + 1, "count": head.seq, "head_hash": head.hash,
+            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "every_records": self.checkpoint_records, "every_seconds": self.checkpoint_seconds, "key_id": self._key_id,
+        }
+        checkpoint["signature"] = base64.b64encode(self._signer(checkpoint_message(checkpoint))).decode()
+        seal_record(checkpoint, head.hash)
+        head.seq, head.hash, head.cp_seq, head.uncovered_since = checkpoint["seq"], checkpoint["hash"], checkpoint["seq"], None
+        self.counters["checkpoints"] += 1
+        return checkpoint
+
+    def _persist(self, head: _Head, records: list[dict]) -> None:
+        lines = [encode(r) for r in records]
+        undos: list[Callable[[], None]] = []
+        try:
+            for sink in self._durable:
+                undos.append(sink.write(records, lines))
+        except BaseException:
+            for undo in reversed(undos):
+                try:
+                    undo()
+                except Exception as exc:  # noqa: BLE001 - the head check will notice and recover
+                    log.error("undoing a partial audit batch failed: %s", type(exc).__name__)
+            raise
+        if self.file is not None:
+            head.size = self.file.size()
+        for sink in self._copies:
+            try:
+                sink.write(records, lines)
+            except Exception as exc:  # noqa: BLE001 - copies are best effort
+                log.warning("audit copy to %s failed: %s", sink.name, type(exc).__name__)
+
+    @contextmanager
+    def _locked(self) -> Iterator[_Head]:
+        """Exclusive across processes: yields the chain head, saves it if the block succeeds."""
+        if self._lock_fd < 0 or self._pid != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        fd = self._lock_fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            head = _Head.load(os.pread(fd, 4096, 0))
+            if head is None or (self.file is not None and head.size != self.file.size()):
+                head = self._recover()
+            yield head
+            data = head.dump()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _recover(self) -> _Head:
+        """Rebuild the head from the log itself (the file if there is one, else the store)."""
+        head = _Head()
+        if self.file is not None:
+            if not self.path.exists():
+                head.size = 0
+                return head
+            with open(self.path, "r+b") as f:
+                data = f.read()
+                if data and not data.endswith(b"\n"):  # a torn, never acknowledged last write
+                    cut = data.rfind(b"\n") + 1
+                    log.error("audit file ends in a partial record; cutting it at byte %d", cut)
+                    f.truncate(cut)
+                    data = data[:cut]
+            for number, line in enumerate(data.splitlines(), 1):
+                record = json.loads(line)
+                self._advance(head, record, number)
+            head.size = len(data)
+            return head
+        assert self.store is not None
+        from sqlalchemy import select
+
+        table = self.store.table
+        with self.store.engine.connect() as conn:
+            for row in conn.execute(select(table.c.record).order_by(table.c.seq)):
+                self._advance(head, json.loads(row.record), head.seq + 1)
+        return head
+
+    @staticmethod
+    def _advance(head: _Head, record: dict, number: int) -> None:
+        head.seq, head.hash = record.get("seq", number), record["hash"]
+        if record.get("type") == "checkpoint":
+            head.cp_seq, head.uncovered_since = head.seq, None
+        elif head.uncovered_since is None:
+            head.uncovered_since = _epoch(record.get("time", ""))
+
+    def _publish_public_key(self, spki_der: bytes) -> None:
+        """Write the checkpoint verification key beside the log (once; an existing different key is reported)."""
+        pem = public_key_pem(spki_der)
+        path = self.public_key_path
+        if path.exists():
+            if path.read_bytes() != pem:
+                log.error("%s does not match the HSM's audit signing key; not overwritten", path)
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_bytes(pem)
+        os.replace(tmp, path)

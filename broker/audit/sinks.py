@@ -1,0 +1,179 @@
+"""Where audit records go. Durable sinks (file, store) must all persist a batch or the batch fails (fail closed);
+best-effort sinks (stdout, syslog) are copies for log shippers and never block or refuse a request.
+
+A durable sink's write is two-phase so a batch lands in all of them or in none: `begin(records)` does the work
+and returns an undo, then `commit()`; if a later sink fails, earlier ones are undone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("kms_broker.audit")
+
+
+class Sink:
+    name = "sink"
+    durable = True
+
+    def check(self) -> None:
+        """Cheap test that the sink can take a record now; raises OSError (or any error) if not."""
+
+    def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        """Persist the batch; return an undo that removes it again (used when a later durable sink fails)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class FileSink(Sink):
+    """JSON lines, appended under the writer's lock, fsync'd once per batch when `fsync` is on."""
+
+    name = "file"
+
+    def __init__(self, path: Path, fsync: bool, counters: dict[str, int]) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.counters = counters
+
+    def check(self) -> None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            if not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"audit folder {self.path.parent} is not writable") from None
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise IsADirectoryError(f"audit file {self.path} is not a regular file")
+        if not os.access(self.path, os.W_OK):
+            raise PermissionError(f"audit file {self.path} is not writable")
+
+    def size(self) -> int:
+        try:
+            return os.stat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                data = b"".join(lines)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+                    self.counters["fsyncs"] += 1
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
+
+        def undo() -> None:
+            with open(self.path, "r+b") as f:
+                f.truncate(start)
+                if self.fsync:
+                    os.fsync(f.fileno())
+        return undo
+
+
+class StoreSink(Sink):
+    """Rows of `audit_events` (migration 0004): the queryable copy, and the head `audit verify` compares with."""
+
+    name = "store"
+
+    def __init__(self, engine: Engine) -> None:
+        from broker.store.tables import AuditEventRow
+
+        self.engine = engine
+        self.table = AuditEventRow.__table__
+
+    def check(self) -> None:
+        pass  # a failing store shows on the batch that tries it; the writer then refuses until a probe succeeds
+
+    def probe(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(self.table.c.seq).limit(1)).first()
+
+    def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        rows = [row_of(r, line) for r, line in zip(records, lines, strict=True)]
+        with self.engine.begin() as conn:
+            conn.execute(insert(self.table), rows)
+        seqs = [r["seq"] for r in records]
+
+        def undo() -> None:
+            with self.engine.begin() as conn:
+                conn.execute(delete(self.table).where(self.table.c.seq.in_(seqs)))
+        return undo
+
+    def head(self) -> tuple[int, str] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(self.table.c.seq, self.table.c.hash).order_by(self.table.c.seq.desc())
+                               .limit(1)).first()
+        return (row.seq, row.hash) if row else None
+
+
+def row_of(record: dict, line: bytes) -> dict[str, Any]:
+    return {
+        "seq": record["seq"],
+        "time": datetime.fromisoformat(record["time"]),
+        "record_type": record.get("type", "event"),
+        "request_id": record.get("request_id"),
+        "principal": record.get("principal"),
+        "auth_method": record.get("auth_method"),
+        "source_ip": record.get("source_ip"),
+        "action": record.get("action"),
+        "key_id": record.get("key_id"),
+        "outcome": record.get("outcome"),
+        "error_code": record.get("error_code"),
+        "prev_hash": record["prev_hash"],
+        "hash": record["hash"],
+        "record": line.decode().rstrip("\n"),
+    }
+
+
+class StdoutSink(Sink):
+    name = "stdout"
+    durable = False
+
+    def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        out = sys.stdout
+        for line in lines:
+            out.write(line.decode())
+        out.flush()
+        return lambda: None
+
+
+class SyslogSink(Sink):
+    name = "syslog"
+    durable = False
+
+    def __init__(self) -> None:
+        import syslog
+
+        self._syslog = syslog
+        syslog.openlog("kms-broker-audit", 0, syslog.LOG_AUTHPRIV)
+
+    def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        for line in lines:
+            self._syslog.syslog(self._syslog.LOG_INFO, line.decode().rstrip("\n"))
+        return lambda: None
+
+
+def encode(record: dict) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
