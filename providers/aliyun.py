@@ -182,7 +182,8 @@ class AliyunProvider(Provider):
     def capabilities(self) -> Capabilities:
         return Capabilities(key_specs=frozenset(_SPECS), native_symmetric=True, wrap_data_key=True,
                             asymmetric_decrypt=True, sign=True,
-                            import_material=True, byok_import=True, inventory=True)
+                            import_material=True, byok_import=True, inventory=True,
+                            encryption_algorithms=frozenset(_DECRYPT), signing_algorithms=frozenset(_SIGN))
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, operation: str, *, decrypting: bool = False, **fields: Any) -> dict[str, Any]:

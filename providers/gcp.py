@@ -252,7 +252,21 @@ class GcpProvider(Provider):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(key_specs=_SPECS, native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
-                            import_material=True, byok_import=True, random=True, inventory=True)
+                            import_material=True, byok_import=True, random=True, inventory=True,
+                            encryption_algorithms=self._offered_decryption(), signing_algorithms=self._offered_signing())
+
+    def _offered_decryption(self) -> frozenset[EncryptionAlgorithm]:
+        """A GCP version decrypts with one OAEP hash, the one configured (SHA-512 has no AWS-style name)."""
+        return frozenset({"SHA1": {EncryptionAlgorithm.RSAES_OAEP_SHA_1},
+                          "SHA256": {EncryptionAlgorithm.RSAES_OAEP_SHA_256}}.get(self.rsa_decrypt_hash, set()))
+
+    def _offered_signing(self) -> frozenset[SigningAlgorithm]:
+        """The configured RSA padding with SHA-256 (and SHA-512 for RSA-4096 when configured), ECDSA per curve."""
+        padding = "PSS" if self.rsa_sign_padding == "PSS" else "PKCS1_V1_5"
+        rsa = {SigningAlgorithm(f"RSASSA_{padding}_SHA_256")}
+        if self.rsa_sign_hash == "SHA512":
+            rsa.add(SigningAlgorithm(f"RSASSA_{padding}_SHA_512"))
+        return frozenset(rsa | {SigningAlgorithm.ECDSA_SHA_256, SigningAlgorithm.ECDSA_SHA_384})
 
     # ------------------------------------------------------------------ plumbing
     def _rpc(self, method: str, request: Mapping[str, Any], *, decrypting: bool = False) -> Any:
