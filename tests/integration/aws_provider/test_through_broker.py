@@ -119,6 +119,32 @@ def test_rotation_adds_an_aws_key_and_keeps_old_ciphertexts(broker, api, kms) ->
         assert out.status_code == 200 and base64.b64decode(out.json()["Plaintext"]) == expected
 
 
+def test_data_keys_and_reencrypt_between_aws_keys(broker, api) -> None:
+    a, b = _key(broker, api), _key(broker, api)
+    gdk = api.post(broker.url(f"/keys/{a}/generate-data-key"), json={"KeySpec": "AES_256",
+                                                                     "EncryptionContext": {"f": "1"}})
+    assert gdk.status_code == 200, gdk.text
+    plain = base64.b64decode(gdk.json()["Plaintext"])
+    assert len(plain) == 32
+    out = _decrypt(broker, api, gdk.json()["CiphertextBlob"], {"f": "1"})
+    assert base64.b64decode(out.json()["Plaintext"]) == plain
+    wp = api.post(broker.url(f"/keys/{a}/generate-data-key-without-plaintext"), json={"NumberOfBytes": 16})
+    assert wp.status_code == 200 and "Plaintext" not in wp.json()
+    assert len(base64.b64decode(_decrypt(broker, api, wp.json()["CiphertextBlob"]).json()["Plaintext"])) == 16
+    re = api.post(broker.url("/re-encrypt"), json={"CiphertextBlob": gdk.json()["CiphertextBlob"],
+                                                   "SourceEncryptionContext": {"f": "1"}, "DestinationKeyId": b,
+                                                   "DestinationEncryptionContext": {"f": "2"}})
+    assert re.status_code == 200, re.text
+    moved = _decrypt(broker, api, re.json()["CiphertextBlob"], {"f": "2"})
+    assert moved.status_code == 200 and base64.b64decode(moved.json()["Plaintext"]) == plain
+
+
+def test_random_from_the_aws_provider(broker, api) -> None:
+    r = api.post(broker.url("/random"), json={"NumberOfBytes": 24, "Provider": "aws"})
+    assert r.status_code == 200, r.text
+    assert len(base64.b64decode(r.json()["Plaintext"])) == 24
+
+
 @pytest.mark.parametrize(("spec", "algorithm"), [("RSA_2048", "RSASSA_PSS_SHA_256"), ("ECC_NIST_P256", "ECDSA_SHA_256"),
                                                  ("ECC_NIST_P384", "ECDSA_SHA_384")])
 def test_sign_verify(broker, api, backend, request, spec: str, algorithm: str) -> None:
