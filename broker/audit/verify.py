@@ -122,6 +122,9 @@ def verify_lines(data: bytes, public_key: ec.EllipticCurvePublicKey | None = Non
         report.head = (seq, prev_hash)
     if cut_last:
         return report.fail(len(records), f"line {len(records)}: the last record has no line end (truncated file)")
+    if expect_checkpoints and run_events >= every_records:
+        return report.fail(len(records) + 1, f"line {len(records) + 1}: the checkpoint due after {every_records} "
+                           "records is missing at the end of the file (truncated tail)", prev_seq + 1)
     if expect_checkpoints and run_events:
         # A checkpoint follows every batch with an event `every_seconds` younger than the run's first: a tail that
         # long without one lost its checkpoint (and whatever followed it).

@@ -1,0 +1,194 @@
+"""The writer in-process: group commit under concurrency, fail closed with no key operation, no secret in a record."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from broker import errors
+from broker.audit import verify_lines
+from broker.audit.chain import load_public_key
+from broker.service import KeyService, RequestContext
+from providers.base import Provider
+
+
+def records(svc: KeyService) -> list[dict]:
+    return [json.loads(line) for line in svc.audit.path.read_text().splitlines()]
+
+
+def verify(svc: KeyService):
+    key = load_public_key(svc.audit.public_key_path.read_bytes())
+    report = verify_lines(svc.audit.path.read_bytes(), key)
+    assert report.ok, report.problem
+    return report
+
+
+def test_group_commit_under_concurrent_load(audited: KeyService, root_ctx: RequestContext, monkeypatch):
+    key = audited.create_key(root_ctx)["KeyId"]
+    real_fsync, fsyncs = os.fsync, []
+
+    def counting_fsync(fd):
+        fsyncs.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    threads, per_thread = 16, 25
+    contexts = [[RequestContext(root_ctx.principal, front_door="test") for _ in range(per_thread)]
+                for _ in range(threads)]
+    failures: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def worker(ctxs):
+        start.wait()
+        for ctx in ctxs:
+            try:
+                audited.encrypt(ctx, key, b"payload", context={"tenant": "t"})
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                failures.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(c,)) for c in contexts]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures
+    events = [r for r in records(audited) if r["type"] == "event" and r["action"] == "kms:Encrypt"]
+    ids = [r["request_id"] for r in events]
+    expected = {c.request_id for cs in contexts for c in cs}
+    assert len(ids) == len(expected) == threads * per_thread and set(ids) == expected  # each once
+    report = verify(audited)
+    written = threads * per_thread + report.checkpoints
+    assert len(fsyncs) < written, f"{len(fsyncs)} fsyncs for {written} records: no group commit"
+    assert len(fsyncs) <= written // 2
+    print(f"\n{written} records, {len(fsyncs)} fsyncs, {audited.audit.counters['batches']} batches")
+    with audited.store.engine.connect() as conn:
+        assert conn.execute(text("select count(*) from audit_events")).scalar() == len(records(audited))
+
+
+class SpyProvider:
+    """Wraps the HSM provider and counts every call that reaches it."""
+
+    def __init__(self, inner: Provider) -> None:
+        self._inner, self.calls = inner, []
+
+    def __getattr__(self, name):
+        value = getattr(self._inner, name)
+        if callable(value) and not name.startswith("audit_"):
+            def spy(*args, **kwargs):
+                self.calls.append(name)
+                return value(*args, **kwargs)
+            return spy
+        return value
+
+
+def snapshot(svc: KeyService) -> dict:
+    with svc.store.engine.connect() as conn:
+        names = [r[0] for r in conn.execute(text("select name from sqlite_master where type='table'"))]
+        return {n: sorted(map(tuple, conn.execute(text(f'select * from "{n}"')).fetchall()), key=repr) for n in names}
+
+
+def test_unwritable_file_sink_refuses_before_any_key_operation(audited: KeyService, root_ctx: RequestContext):
+    key = audited.create_key(root_ctx)["KeyId"]
+    spy = SpyProvider(audited.providers["hsm"])
+    audited.providers["hsm"] = spy
+    path = audited.audit.path
+    before_file, before_rows = path.read_bytes(), snapshot(audited)
+    path.rename(path.with_name("moved.jsonl"))
+    path.mkdir()  # the audit file is now a directory: no sink can append to it
+    try:
+        for call in (lambda: audited.create_key(root_ctx), lambda: audited.encrypt(root_ctx, key, b"x"),
+                     lambda: audited.schedule_key_deletion(root_ctx, key, 7),
+                     lambda: audited.generate_data_key(root_ctx, key, key_spec="AES_256")):
+            with pytest.raises(errors.NotReady):
+                call()
+        assert spy.calls == [], f"key operations ran although the audit sink was failing: {spy.calls}"
+        assert snapshot(audited) == before_rows  # no key, no state change, no audit row
+    finally:
+        path.rmdir()
+        path.with_name("moved.jsonl").rename(path)
+    assert path.read_bytes() == before_file
+    audited.encrypt(root_ctx, key, b"x")  # the sink is back: requests go through, the chain continues
+    assert spy.calls == ["encrypt"]
+    verify(audited)
+
+
+def test_failing_store_sink_undoes_the_file_and_refuses(audited: KeyService, root_ctx: RequestContext):
+    key = audited.create_key(root_ctx)["KeyId"]
+    path = audited.audit.path
+    with audited.store.engine.begin() as conn:
+        conn.execute(text("alter table audit_events rename to audit_events_away"))
+    before = path.read_bytes()
+    try:
+        with pytest.raises(errors.NotReady):
+            audited.encrypt(root_ctx, key, b"x")
+        assert path.read_bytes() == before  # the batch is in no sink
+        with pytest.raises(errors.NotReady):  # the pre-check now probes the store and refuses up front
+            audited.describe_key(root_ctx, key)
+    finally:
+        with audited.store.engine.begin() as conn:
+            conn.execute(text("alter table audit_events_away rename to audit_events"))
+    audited.encrypt(root_ctx, key, b"x")
+    verify(audited)
+
+
+def test_torn_last_write_is_cut_on_recovery(audited: KeyService, root_ctx: RequestContext, tmp_path: Path):
+    key = audited.create_key(root_ctx)["KeyId"]
+    audited.encrypt(root_ctx, key, b"x")
+    audited.audit.close()
+    with open(audited.audit.path, "ab") as f:
+        f.write(b'{"action":"kms:Encr')  # a crash in the middle of an append
+    from tests.integration.audit.conftest import make_audit
+
+    audited.audit = make_audit(audited.audit.path.parent.parent, audited.providers["hsm"], audited.store)
+    audited.encrypt(root_ctx, key, b"y")
+    verify(audited)
+
+
+def test_time_checkpoint_covers_an_idle_tail(tmp_path: Path, hsm_provider, root_ctx: RequestContext):
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    store = Store(f"sqlite:///{tmp_path / 'b.db'}")
+    store.migrate()
+    audit = make_audit(tmp_path, hsm_provider, store, checkpoint_seconds=0.3)
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        svc.create_key(root_ctx)
+        deadline = threading.Event()
+        for _ in range(30):
+            if records(svc)[-1]["type"] == "checkpoint":
+                break
+            deadline.wait(0.1)
+        assert records(svc)[-1]["type"] == "checkpoint" and records(svc)[-1]["count"] == 1
+        verify(svc)
+    finally:
+        audit.close()
+        store.dispose()
+
+
+def test_file_only_and_store_only_configurations(tmp_path: Path, hsm_provider, root_ctx: RequestContext):
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    store.migrate()
+    for sinks in (("file",), ("store",)):
+        folder = tmp_path / sinks[0]
+        audit = make_audit(folder, hsm_provider, store, sinks=sinks)
+        svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+        svc.create_key(root_ctx)
+        svc.list_keys(root_ctx)
+        assert audit.path.exists() == (sinks == ("file",))
+        audit.close()
+    with store.engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("select seq from audit_events order by seq"))] == [1, 2]
+    store.dispose()
+    shutil.rmtree(tmp_path / "store", ignore_errors=True)
