@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
+    import broker.api.multikey_routes  # noqa: F401 - multi-keys and replicated keys (/v1/multikeys, /v1/replicated-keys)
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
     import broker.api.audit_routes  # noqa: F401 - the auditor's /v1/audit/events
     from broker.api.native import ROUTES, bp
