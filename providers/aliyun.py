@@ -294,8 +294,12 @@ class AliyunProvider(Provider):
         return base64.b64decode(out["CiphertextBlob"])
 
     def decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, aad: bytes) -> bytes:
-        out = self._call("decrypt", decrypting=True, ciphertext_blob=base64.b64encode(ciphertext).decode(),
-                         encryption_context=self._context(aad))
+        try:
+            out = self._call("decrypt", decrypting=True, ciphertext_blob=base64.b64encode(ciphertext).decode(),
+                             encryption_context=self._context(aad))
+        except ProviderNotFound:
+            # Aliyun's Decrypt takes no key id: the key it cannot find is the one the blob names, so the blob is bad
+            raise ProviderInvalidCiphertext("aliyun kms: the ciphertext names a key that does not exist") from None
         if out.get("KeyId") != ref.key_id:  # Aliyun decrypts with whatever key the blob names
             raise ProviderInvalidCiphertext("aliyun kms: the ciphertext belongs to another key")
         try:

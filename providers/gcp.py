@@ -241,7 +241,8 @@ class GcpProvider(Provider):
         client = build_client(transport, grpc_target=config.get("grpc_target"),
                               rest_endpoint=config.get("rest_endpoint"), token=config.get("token"))
         return cls(name, client=client, project=str(config["project"]), location=str(config.get("location", "global")),
-                   key_ring=str(config.get("key_ring", "kms-broker")),  # created on first use protection_level=str(config.get("protection_level", "SOFTWARE")),
+                   key_ring=str(config.get("key_ring", "kms-broker")),  # created on first use
+                   protection_level=str(config.get("protection_level", "SOFTWARE")),
                    rsa_sign_padding=str(config.get("rsa_sign_padding", "PSS")),
                    rsa_sign_hash=str(config.get("rsa_sign_hash", "SHA256")),
                    rsa_decrypt_hash=str(config.get("rsa_decrypt_hash", "SHA256")),
