@@ -90,6 +90,8 @@ GAPS: dict[tuple[str, str], str] = {
     ("aws-moto", "rsa-decrypt"): "moto cannot RSA-OAEP-decrypt ciphertext made with the real public key",
     ("aws", "rsa-decrypt-RSAES_OAEP_SHA_1"): "LocalStack decrypts RSAES_OAEP_SHA_1 with OAEP-SHA-256 (HTTP 500)",
     ("aws-moto", "import"): "moto answers GetParametersForImport with HTTP 500",
+    ("aws", "rsa-tamper"): "LocalStack answers HTTP 500 InternalError (not InvalidCiphertextException) for an RSA "
+                           "ciphertext that does not decrypt",
     ("aws-moto", "tamper"): "moto answers AccessDeniedException (not IncorrectKeyException/InvalidCiphertextException) "
                             "when a blob's embedded key id does not match the KeyId",
 }
