@@ -41,6 +41,8 @@ class Bridge:
     root_token: str
     server: Server | None = None
     starts: int = 0
+    server_env: dict[str, str] | None = None
+    workers: int = 2
 
     @property
     def addr(self) -> str:
@@ -55,8 +57,8 @@ class Bridge:
         self.server = start_server(
             f"broker-{self.starts}",
             [*CLI, "serve", "--data-dir", str(self.data_dir), "--bind", f"127.0.0.1:{self.api_port}",
-             "--keyring-bind", f"127.0.0.1:{self.bridge_port}", "--workers", "2", "--threads", "4"],
-            log_dir=self.log_dir,
+             "--keyring-bind", f"127.0.0.1:{self.bridge_port}", "--workers", str(self.workers), "--threads", "4"],
+            log_dir=self.log_dir, env=self.server_env,
             ready=lambda: requests.get(f"{self.addr}/v1/health", timeout=1).ok
             and requests.get(f"{self.vault}/v1/sys/health", timeout=1).ok)
 
@@ -85,10 +87,10 @@ class Bridge:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def start_bridge(base: Path) -> Bridge:
+def start_bridge(base: Path, env: dict[str, str] | None = None, workers: int = 2) -> Bridge:
     data_dir = base / "data"
     token = init_data_dir(data_dir)
-    bridge = Bridge(data_dir, base / "logs", free_port(), free_port(), token)
+    bridge = Bridge(data_dir, base / "logs", free_port(), free_port(), token, server_env=env, workers=workers)
     bridge.start()
     return bridge
 
