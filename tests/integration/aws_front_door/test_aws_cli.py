@@ -112,3 +112,30 @@ def test_broker_cli_lists_and_revokes(aws_broker, tmp_path):
     assert refused.returncode != 0 and b"UnrecognizedClientException" in refused.stderr
     twice = broker_cli(aws_broker, "aws-credentials", "revoke", creds.access_key_id)
     assert twice.returncode == 1 and b"NotFoundException" in twice.stderr and b"Traceback" not in twice.stderr
+
+
+@pytest.mark.parametrize("store", ["hsm", "aliyun"])
+def test_cli_import_key_material(aws_broker, cli_creds, tmp_path, store):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    key_id = ok(aws(aws_broker, cli_creds, tmp_path, "create-key", "--custom-key-store-id", store, "--origin",
+                    "EXTERNAL"))["KeyMetadata"]["KeyId"]
+    params = ok(aws(aws_broker, cli_creds, tmp_path, "get-parameters-for-import", "--key-id", key_id,
+                    "--wrapping-algorithm", "RSAES_OAEP_SHA_1", "--wrapping-key-spec", "RSA_2048"))
+    public = serialization.load_der_public_key(base64.b64decode(params["PublicKey"]))
+    material = os.urandom(32)
+    (tmp_path / "wrapped.bin").write_bytes(
+        public.encrypt(material, padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None)))
+    (tmp_path / "token.bin").write_bytes(base64.b64decode(params["ImportToken"]))
+    ok(aws(aws_broker, cli_creds, tmp_path, "import-key-material", "--key-id", key_id, "--encrypted-key-material",
+           f"fileb://{tmp_path / 'wrapped.bin'}", "--import-token", f"fileb://{tmp_path / 'token.bin'}",
+           "--expiration-model", "KEY_MATERIAL_DOES_NOT_EXPIRE"))
+    assert ok(aws(aws_broker, cli_creds, tmp_path, "describe-key", "--key-id", key_id))["KeyMetadata"]["KeyState"] \
+        == "Enabled"
+    (tmp_path / "p.txt").write_bytes(b"under imported material")
+    blob = ok(aws(aws_broker, cli_creds, tmp_path, "encrypt", "--key-id", key_id, "--plaintext",
+                  f"fileb://{tmp_path / 'p.txt'}"))["CiphertextBlob"]
+    (tmp_path / "c.bin").write_bytes(base64.b64decode(blob))
+    out = ok(aws(aws_broker, cli_creds, tmp_path, "decrypt", "--ciphertext-blob", f"fileb://{tmp_path / 'c.bin'}"))
+    assert base64.b64decode(out["Plaintext"]) == b"under imported material"

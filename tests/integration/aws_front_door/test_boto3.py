@@ -347,3 +347,33 @@ def test_epoch_dates_on_the_wire(aws_broker, root_creds):
     assert isinstance(created, float) and abs(created - time.time()) < 60
     assert base64.b64decode(signed_post(aws_broker, root_creds, "GenerateRandom",
                                         {"NumberOfBytes": 4}).json()["Plaintext"]).__len__() == 4
+
+
+def test_a_grant_lets_another_principal_use_the_key(aws_broker, kms, issue):
+    from tests.integration.aws_front_door.conftest import kms_client
+    key = new_key(kms, "hsm")
+    suffix = os.urandom(3).hex()
+    grantee = kms_client(aws_broker, issue(name=f"grantee-{suffix}"))  # no policies at all
+    retirer = kms_client(aws_broker, issue(name=f"retirer-{suffix}"))
+    with pytest.raises(ClientError) as before:
+        grantee.encrypt(KeyId=key["Arn"], Plaintext=b"x")
+    assert code(before) == "AccessDeniedException"
+    grant = kms.create_grant(KeyId=key["KeyId"], GranteePrincipal=f"grantee-{suffix}", Operations=["Encrypt"],
+                             RetiringPrincipal=f"retirer-{suffix}",
+                             Constraints={"EncryptionContextSubset": {"app": "granted"}})
+    time.sleep(1.5)  # grants reach every process within auth_cache_seconds (grant tokens do not shortcut it yet)
+    assert grantee.encrypt(KeyId=key["Arn"], Plaintext=b"x", EncryptionContext={"app": "granted"},
+                           GrantTokens=[grant["GrantToken"]])["KeyId"] == key["Arn"]
+    with pytest.raises(ClientError) as outside_constraint:
+        grantee.encrypt(KeyId=key["Arn"], Plaintext=b"x", EncryptionContext={"app": "other"})
+    assert code(outside_constraint) == "AccessDeniedException"
+    with pytest.raises(ClientError) as not_granted:
+        grantee.generate_data_key(KeyId=key["Arn"], KeySpec="AES_256", EncryptionContext={"app": "granted"})
+    assert code(not_granted) == "AccessDeniedException"
+    retirable = kms.list_retirable_grants(RetiringPrincipal=f"retirer-{suffix}")["Grants"]
+    assert [g["GrantId"] for g in retirable] == [grant["GrantId"]]
+    retirer.retire_grant(GrantToken=grant["GrantToken"])
+    time.sleep(1.5)  # the policy engine's grant cache (auth_cache_seconds)
+    with pytest.raises(ClientError) as after:
+        grantee.encrypt(KeyId=key["Arn"], Plaintext=b"x", EncryptionContext={"app": "granted"})
+    assert code(after) == "AccessDeniedException"

@@ -70,3 +70,22 @@ def test_rotated_and_aliased_keys(session, kms, sdk):
     # KMS answers GenerateDataKey with the key ARN, so the message names the key, not the alias
     assert [edk.key_provider.key_info.decode() for edk in header.encrypted_data_keys] == [meta["Arn"]]
     assert sdk.decrypt(source=message, key_provider=provider)[0] == b"via alias"
+
+
+@pytest.mark.parametrize("store", ["hsm", "aliyun"])
+def test_a_key_with_imported_material(session, kms, sdk, store):
+    import os
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    meta = kms.create_key(CustomKeyStoreId=store, Origin="EXTERNAL")["KeyMetadata"]
+    params = kms.get_parameters_for_import(KeyId=meta["Arn"], WrappingAlgorithm="RSAES_OAEP_SHA_1",
+                                           WrappingKeySpec="RSA_2048")
+    wrapped = serialization.load_der_public_key(params["PublicKey"]).encrypt(
+        os.urandom(32), padding.OAEP(padding.MGF1(hashes.SHA1()), hashes.SHA1(), None))
+    kms.import_key_material(KeyId=meta["Arn"], ImportToken=params["ImportToken"], EncryptedKeyMaterial=wrapped,
+                            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
+    provider = StrictAwsKmsMasterKeyProvider(key_ids=[meta["Arn"]], botocore_session=session)
+    message, _ = sdk.encrypt(source=b"imported-material message", key_provider=provider)
+    assert sdk.decrypt(source=message, key_provider=provider)[0] == b"imported-material message"
