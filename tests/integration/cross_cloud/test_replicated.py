@@ -1,0 +1,91 @@
+"""Replicated keys: HSM-born material imported into all four clouds through their own import protocols, an
+HSM-wrapped escrow copy in the store, and rotation of every copy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+
+import boto3
+import pytest
+
+from .conftest import World, b64
+
+pytestmark = pytest.mark.integration
+TARGETS = ["aws", "azure-mhsm", "gcp", "aliyun"]
+
+
+def _enc_dec(world: World, key_id: str, data: bytes) -> str:
+    enc = world.api.post(world.broker.url(f"/keys/{key_id}/encrypt"), json={"Plaintext": b64(data)})
+    assert enc.status_code == 200, enc.text
+    dec = world.api.post(world.broker.url("/decrypt"), json={"CiphertextBlob": enc.json()["CiphertextBlob"]})
+    assert dec.status_code == 200 and base64.b64decode(dec.json()["Plaintext"]) == data, dec.text
+    return enc.json()["CiphertextBlob"]
+
+
+def test_replicate_into_all_four_clouds_then_rotate_every_copy(world: World) -> None:
+    r = world.api.post(world.broker.url("/replicated-keys"),
+                       json={"Targets": TARGETS, "Description": "payments master", "Tags": {"team": "pay"}})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    primary = body["KeyMetadata"]["KeyId"]
+    assert body["KeyMetadata"]["Provider"] == "hsm"
+    copies = {c["Target"]: c["KeyId"] for c in body["Replicas"]}
+    assert sorted(copies) == sorted(TARGETS)
+
+    # escrow: the primary's version holds the material only wrapped under the root KEK (RFC 5649: 32 -> 40 bytes)
+    con = sqlite3.connect(f"file:{world.broker.data_dir / 'broker.db'}?mode=ro", uri=True)
+    try:
+        ref = json.loads(con.execute("select provider_ref from key_versions where key_id=? and version=1",
+                                     (primary,)).fetchone()[0])
+        origins = dict(con.execute(f"select key_id, origin from keys where key_id in ({','.join('?' * 4)})",
+                                   list(copies.values())).fetchall())
+    finally:
+        con.close()
+    assert len(bytes.fromhex(ref["material"])) == 40
+    assert set(origins.values()) == {"EXTERNAL"}
+
+    old = {t: _enc_dec(world, kid, f"v1 {t}".encode()) for t, kid in copies.items()}
+    for kid in copies.values():
+        meta = world.api.get(world.broker.url(f"/keys/{kid}")).json()["KeyMetadata"]
+        assert meta["KeyState"] == "Enabled" and meta["Origin"] == "EXTERNAL"
+
+    # the AWS copy really is an AWS key with imported (EXTERNAL) material
+    aws_cfg = world.env["aws"]
+    kms = boto3.client("kms", endpoint_url=aws_cfg["endpoint_url"], region_name=aws_cfg["region"],
+                       aws_access_key_id=aws_cfg["access_key_id"], aws_secret_access_key=aws_cfg["secret_access_key"])
+    aws_ref = world.api.get(world.broker.url(f"/keys/{copies['aws']}")).json()
+    aws_keys = [k["KeyId"] for k in kms.list_keys()["Keys"]]
+    tagged = [k for k in aws_keys if {"TagKey": "kmsb:key-id", "TagValue": copies["aws"]}
+              in kms.list_resource_tags(KeyId=k)["Tags"]]
+    assert len(tagged) == 1 and kms.describe_key(KeyId=tagged[0])["KeyMetadata"]["Origin"] == "EXTERNAL", aws_ref
+
+    rot = world.api.post(world.broker.url(f"/replicated-keys/{primary}/rotate"))
+    assert rot.status_code == 200, rot.text
+    assert rot.json()["KeyVersion"] == 2
+    assert {c["Target"]: c["KeyVersion"] for c in rot.json()["Replicas"]} == {t: 2 for t in TARGETS}
+    for t, kid in copies.items():
+        versions = world.api.get(world.broker.url(f"/keys/{kid}/versions"))
+        assert versions.status_code == 200 and versions.json()["PrimaryVersion"] == 2, versions.text
+        new_blob = _enc_dec(world, kid, b"after rotation")
+        from broker import ciphertext as ct
+        assert ct.unpack(base64.b64decode(new_blob)).header.key_version == 2
+        dec = world.api.post(world.broker.url("/decrypt"), json={"CiphertextBlob": old[t]})
+        assert dec.status_code == 200 and base64.b64decode(dec.json()["Plaintext"]) == f"v1 {t}".encode()
+    described = world.api.get(world.broker.url(f"/replicated-keys/{primary}")).json()
+    assert {c["Target"]: c["PrimaryVersion"] for c in described["Replicas"]} == {t: 2 for t in TARGETS}
+
+
+def test_asymmetric_replication_is_refused_with_the_reason(world: World) -> None:
+    r = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws"], "KeySpec": "RSA_2048"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "UnsupportedOperationException"
+    assert "SoftHSM" in r.json()["error"]["message"]
+
+
+def test_target_without_import_is_refused_and_nothing_is_left(world: World) -> None:
+    before = world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]
+    r = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["gcp", "azure"]})
+    assert r.status_code == 400, r.text  # a standard vault has no symmetric BYOK
+    after = world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]
+    assert len(after) == len(before)
