@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, inspect, null, select, update
+from sqlalchemy.exc import DBAPIError
 
 from broker.errors import NotFound, Unauthenticated, ValidationError
 from broker.store import Store
@@ -35,6 +36,12 @@ _LOOKUP = (
 )
 _BY_HASH = _LOOKUP.where(_T.c.token_hash == bindparam("token_hash"))
 _BY_ACCESSOR = _LOOKUP.where(_T.c.accessor == bindparam("accessor"))
+# A store not yet migrated to the identity branch (serve does not migrate): core columns only, so tokens keep
+# working until `migrate()` adds identity_tokens.
+_CORE = select(_T, null().label("auth_method"), null().label("renewable"), null().label("ttl_seconds"),
+               null().label("max_expires_at"), null().label("meta"))
+_CORE_BY_HASH = _CORE.where(_T.c.token_hash == bindparam("token_hash"))
+_CORE_BY_ACCESSOR = _CORE.where(_T.c.accessor == bindparam("accessor"))
 MAX_POLICIES = 64
 MAX_META = 32
 
@@ -129,6 +136,7 @@ class TokenAuth:
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, object]] = {}
         self._lock = threading.Lock()
+        self._identity_missing = False
 
     def __repr__(self) -> str:
         return f"TokenAuth(cache_seconds={self._cache_seconds})"
@@ -197,6 +205,16 @@ class TokenAuth:
                 self._cache[token_hash] = (time.monotonic() + ttl, principal)
         return principal
 
+    def _first(self, statement, core_statement, params: dict):
+        if not self._identity_missing:
+            try:
+                return self._store._reader.first(statement, params)
+            except DBAPIError:
+                if inspect(self._store.engine).has_table(_I.name):
+                    raise
+                self._identity_missing = True
+        return self._store._reader.first(core_statement, params)
+
     def forget(self, token_hash: str) -> None:
         with self._lock:
             self._cache.pop(token_hash, None)
@@ -204,7 +222,7 @@ class TokenAuth:
     def _lookup(self, token_hash: str):
         from broker.auth import Principal
 
-        row = self._store._reader.first(_BY_HASH, {"token_hash": token_hash})
+        row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": token_hash})
         if row is None or row.revoked:
             raise Unauthenticated("invalid token")
         info = _info(row)
@@ -220,7 +238,7 @@ class TokenAuth:
     def lookup(self, token: str) -> TokenInfo:
         from broker.auth import hash_token
 
-        row = self._store._reader.first(_BY_HASH, {"token_hash": hash_token(token)})
+        row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": hash_token(token)})
         if row is None or row.revoked or _info(row).seconds_left() <= 0:
             raise NotFound("no such token")
         return _info(row)
@@ -228,7 +246,7 @@ class TokenAuth:
     def by_accessor(self, accessor: str) -> TokenInfo:
         if not isinstance(accessor, str) or not accessor or len(accessor) > 64:
             raise ValidationError("accessor is required")
-        row = self._store._reader.first(_BY_ACCESSOR, {"accessor": accessor})
+        row = self._first(_BY_ACCESSOR, _CORE_BY_ACCESSOR, {"accessor": accessor})
         if row is None:
             raise NotFound("no token with that accessor")
         return _info(row)
@@ -288,7 +306,7 @@ class TokenAuth:
     def revoke_token(self, token: str) -> int:
         from broker.auth import hash_token
 
-        row = self._store._reader.first(_BY_HASH, {"token_hash": hash_token(token)})
+        row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": hash_token(token)})
         if row is None:
             raise NotFound("no such token")
         return self.revoke_accessor(row.accessor)
@@ -298,7 +316,7 @@ def _lookup_any(self: TokenAuth, token: str) -> TokenInfo:
     """The token's record even if revoked or expired (revoking twice answers 0, not an error)."""
     from broker.auth import hash_token
 
-    row = self._store._reader.first(_BY_HASH, {"token_hash": hash_token(token)})
+    row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": hash_token(token)})
     if row is None:
         raise NotFound("no such token")
     return _info(row)
