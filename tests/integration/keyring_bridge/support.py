@@ -43,6 +43,11 @@ class Bridge:
     starts: int = 0
     server_env: dict[str, str] | None = None
     workers: int = 2
+    tls: tuple[Path, Path, Path] | None = None  # (cert, key, CA) for the bridge listener
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def addr(self) -> str:
@@ -50,17 +55,20 @@ class Bridge:
 
     @property
     def vault(self) -> str:
-        return f"http://127.0.0.1:{self.bridge_port}"
+        return f"{self.scheme}://127.0.0.1:{self.bridge_port}"
 
     def start(self) -> None:
         self.starts += 1
+        tls = ["--keyring-cert", str(self.tls[0]), "--keyring-key", str(self.tls[1])] if self.tls else []
+        verify = str(self.tls[2]) if self.tls else True
         self.server = start_server(
             f"broker-{self.starts}",
             [*CLI, "serve", "--data-dir", str(self.data_dir), "--bind", f"127.0.0.1:{self.api_port}",
-             "--keyring-bind", f"127.0.0.1:{self.bridge_port}", "--workers", str(self.workers), "--threads", "4"],
+             "--keyring-bind", f"127.0.0.1:{self.bridge_port}", "--workers", str(self.workers), "--threads", "4",
+             *tls],
             log_dir=self.log_dir, env=self.server_env,
             ready=lambda: requests.get(f"{self.addr}/v1/health", timeout=1).ok
-            and requests.get(f"{self.vault}/v1/sys/health", timeout=1).ok)
+            and requests.get(f"{self.vault}/v1/sys/health", timeout=1, verify=verify).ok)
 
     def stop(self) -> None:
         if self.server is not None:
@@ -87,10 +95,12 @@ class Bridge:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def start_bridge(base: Path, env: dict[str, str] | None = None, workers: int = 2) -> Bridge:
+def start_bridge(base: Path, env: dict[str, str] | None = None, workers: int = 2,
+                 tls: tuple[Path, Path, Path] | None = None) -> Bridge:
     data_dir = base / "data"
     token = init_data_dir(data_dir)
-    bridge = Bridge(data_dir, base / "logs", free_port(), free_port(), token, server_env=env, workers=workers)
+    bridge = Bridge(data_dir, base / "logs", free_port(), free_port(), token, server_env=env, workers=workers,
+                    tls=tls)
     bridge.start()
     return bridge
 
@@ -211,3 +221,38 @@ def hashicorp_options(bridge: Bridge, mount: str, token: str, **extra: str) -> d
     }
     options.update(extra)
     return options
+
+
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost: (cert, key, ca)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kms-broker test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                        x509.DNSName("localhost")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = (folder / "bridge.pem", folder / "bridge.key", folder / "ca.pem")
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[1].chmod(0o600)
+    paths[2].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return paths
