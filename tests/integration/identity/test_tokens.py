@@ -204,3 +204,12 @@ def test_openapi_lists_the_auth_routes(ib):
               "/v1/auth/token/revoke-self", "/v1/auth/token/lookup-self", "/v1/auth/jwt/login",
               "/v1/auth/ldap/login", "/v1/auth/approle/login"):
         assert any(k.rstrip("/") == p for k in paths), p
+
+
+def test_openapi_documents_login_bodies(ib):
+    doc = anon().get(ib.url("/openapi.json")).json()
+    for path, model in (("/v1/auth/jwt/login", "JwtLogin"), ("/v1/auth/ldap/login", "LdapLogin"),
+                        ("/v1/auth/approle/login", "AppRoleLogin")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith(model)
+        assert doc["components"]["schemas"][model]["required"]
