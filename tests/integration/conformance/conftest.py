@@ -51,7 +51,9 @@ def provider_tables(main: dict[str, dict], moto: dict[str, dict]) -> dict[str, d
         "azure": {**main["azure"], "retries": 1, "timeout": 10},
         "azure-hsm": {**main["azure"], "managed_hsm": True, "retries": 1, "timeout": 10},
         "gcp-grpc": {**gcp, "transport": "grpc", "key_ring": "conformance-grpc"},
-        "gcp-rest": {**gcp, "transport": "rest", "key_ring": "conformance-rest"},
+        # the REST instance takes the other algorithm choices a GCP key version can have, and HSM protection
+        "gcp-rest": {**gcp, "transport": "rest", "key_ring": "conformance-rest", "rsa_sign_padding": "PKCS1",
+                     "rsa_decrypt_hash": "SHA1", "protection_level": "HSM"},
         "aliyun": {**main["aliyun"], "timeout": 5},
     }
 

@@ -82,20 +82,31 @@ def describe(world: World, key_id: str) -> dict[str, Any]:
     return ok(world.api.get(world.url(f"/keys/{key_id}")))["KeyMetadata"]
 
 
-# Behaviours a provider declares but an emulator does not emulate. Each is asserted explicitly where it applies
-# (the test checks the emulator's documented wrong answer and that the broker turns it into a clean error), so the
-# test fails the day the emulator catches up. README.md lists them.
-GAPS: dict[tuple[str, str], str] = {
-    ("aws-moto", "sign"): "moto hashes a MessageType=DIGEST message again, so its signatures never verify",
-    ("aws-moto", "rsa-decrypt"): "moto cannot RSA-OAEP-decrypt ciphertext made with the real public key",
-    ("aws", "rsa-decrypt-RSAES_OAEP_SHA_1"): "LocalStack decrypts RSAES_OAEP_SHA_1 with OAEP-SHA-256 (HTTP 500)",
-    ("aws-moto", "import"): "moto answers GetParametersForImport with HTTP 500",
-    ("aws", "rsa-tamper"): "LocalStack answers HTTP 500 InternalError (not InvalidCiphertextException) for an RSA "
-                           "ciphertext that does not decrypt",
-    ("aws-moto", "tamper"): "moto answers AccessDeniedException (not IncorrectKeyException/InvalidCiphertextException) "
-                            "when a blob's embedded key id does not match the KeyId",
+# Behaviours a provider declares but an emulator does not emulate: (provider, operation) -> (why, the broker's answer
+# there as (HTTP status, error code)). Each is asserted explicitly where it applies — the emulator's documented wrong
+# answer reaches the caller as that clean error in the broker's model — so the test fails the day the emulator
+# catches up (or the broker's mapping changes). README.md lists them.
+GAPS: dict[tuple[str, str], tuple[str, int, str]] = {
+    ("aws-moto", "sign"): ("moto hashes a MessageType=DIGEST message again, so its signatures never verify "
+                           "(the broker's own verification refuses them)", 400, "KMSInvalidSignatureException"),
+    ("aws-moto", "rsa-decrypt"): ("moto cannot RSA-OAEP-decrypt ciphertext made with the real public key",
+                                  400, "InvalidCiphertextException"),
+    ("aws", "rsa-decrypt-RSAES_OAEP_SHA_1"): ("LocalStack decrypts RSAES_OAEP_SHA_1 with OAEP-SHA-256 and answers "
+                                              "HTTP 500", 503, "DependencyTimeoutException"),
+    ("aws", "rsa-tamper"): ("LocalStack answers HTTP 500 InternalError (not InvalidCiphertextException) for an RSA "
+                            "ciphertext that does not decrypt", 503, "DependencyTimeoutException"),
+    ("aws-moto", "import"): ("moto answers GetParametersForImport with HTTP 500", 503, "DependencyTimeoutException"),
+    ("aws-moto", "tamper"): ("moto answers AccessDeniedException (not IncorrectKeyException) when a blob's embedded "
+                             "key id does not match the KeyId", 403, "AccessDeniedException"),
 }
 
 
-def gap(provider: str, operation: str) -> str | None:
+def gap(provider: str, operation: str) -> tuple[str, int, str] | None:
     return GAPS.get((provider, operation))
+
+
+def gap_answer(r: requests.Response, provider: str, operation: str) -> None:
+    """Assert the broker's documented answer for an emulator gap."""
+    why, status, code = GAPS[(provider, operation)]
+    assert r.status_code == status and r.json()["error"]["code"] == code, f"{provider} {operation} ({why}): {r.text}"
+    assert r.json()["error"]["request_id"]
