@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 from flask import Flask, g, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
@@ -185,7 +186,17 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         if isinstance(exc, _ANSWERED):
             return _errors(400, exc.message)
         # The bridge itself failed (store, HSM, audit, a bug): drop the connection, never a 5xx.
-        code = getattr(exc, "code", type(exc).__name__)
+        if isinstance(exc, errors.BrokerError):
+            code = exc.code
+        elif isinstance(exc, SQLAlchemyError):
+            code = errors.DependencyTimeout.code
+        else:
+            code = errors.BrokerError.code
+        if c is not None and not c.audited and not isinstance(exc, DropConnection):
+            try:  # best effort: record the failure if the audit sink still works
+                service.audit_rejected(c, g.action, code, False)
+            except Exception:  # noqa: BLE001 - the connection is dropped either way
+                pass
         log.warning("keyring bridge dropped a connection (request %s): %s", getattr(g, "request_id", "?"), code)
         request.environ[DROP] = True
         return "", 503
