@@ -63,14 +63,16 @@ def token() -> None:
 @click.option("--policy", "policies", multiple=True, help="policy name (repeat); default: the caller's policies")
 @click.option("--ttl", default=None, help="e.g. 30m, 1h, 7d")
 @click.option("--explicit-max-ttl", default=None, help="renewals never go past this")
-@click.option("--display-name", default="token", show_default=True)
+@click.option("--display-name", default=None, help="root only; a child keeps its parent's name")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeat); becomes principal attributes")
 @click.option("--no-renew", is_flag=True, help="the token cannot be renewed")
 @click.option("--orphan", is_flag=True, help="no parent (root only)")
 @OUTPUT
-def token_create(policies: tuple[str, ...], ttl: str | None, explicit_max_ttl: str | None, display_name: str,
+def token_create(policies: tuple[str, ...], ttl: str | None, explicit_max_ttl: str | None, display_name: str | None,
                  meta: tuple[str, ...], no_renew: bool, orphan: bool, output: str) -> None:
-    body: dict = {"display_name": display_name, "renewable": not no_renew, "no_parent": orphan}
+    body: dict = {"renewable": not no_renew, "no_parent": orphan}
+    if display_name:
+        body["display_name"] = display_name
     if policies:
         body["policies"] = list(policies)
     if ttl:
@@ -83,7 +85,8 @@ def token_create(policies: tuple[str, ...], ttl: str | None, explicit_max_ttl: s
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--meta")
         k, v = item.split("=", 1)
         pairs[k] = v
-    body["meta"] = pairs
+    if pairs:
+        body["meta"] = pairs
     _emit_auth(output, _call(BrokerClient(), "POST", "/auth/token/create", body))
 
 

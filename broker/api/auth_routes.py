@@ -32,7 +32,7 @@ class TokenCreate(Body):
     ttl: Duration = None
     explicit_max_ttl: Duration = None
     renewable: bool = True
-    display_name: str = Field(default="token", max_length=200)
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
     meta: dict[str, str] = Field(default_factory=dict)
     no_parent: bool = False
 
@@ -161,21 +161,30 @@ def token_create(svc: Svc, ctx: Ctx, b: TokenCreate):
         svc.authorize(ctx, entry, "broker:CreateToken", None, resource="auth/token")
         parent = ctx.principal
         policies = list(parent.policies) if b.policies is None else list(b.policies)
+        name, meta = b.display_name or "token", dict(b.meta)
         if not parent.is_root:
+            # Names and attributes are identity: key policies and grants match principal names, and policy
+            # conditions read broker:PrincipalTag/<k>. A non-root child inherits both and can only narrow policies.
             extra = sorted(set(policies) - set(parent.policies))
             if extra:
                 raise AccessDenied(f"a child token's policies must be a subset of the parent's (not: {extra})")
             if b.no_parent:
                 raise AccessDenied("only a root token can create an orphan token")
+            if b.display_name is not None and b.display_name != parent.name:
+                raise AccessDenied("only a root token can name a token (a child keeps its parent's name)")
+            if any(parent.attributes.get(k) != v for k, v in meta.items()):
+                raise AccessDenied("a child token's metadata can only repeat the parent's (it inherits them)")
+            name, meta = parent.name, {**parent.attributes}
         ttl, max_ttl = token_bounds(_settings(), _duration(b.ttl, "ttl"), _duration(b.explicit_max_ttl,
                                                                                    "explicit_max_ttl"))
         parent_accessor = None if b.no_parent or not parent.accessor else parent.accessor
-        token, accessor = _tokens().create(b.display_name, policies, ttl_seconds=ttl, max_ttl_seconds=max_ttl,
-                                           renewable=b.renewable, meta=b.meta, parent_accessor=parent_accessor)
+        token, accessor = _tokens().create(name, policies, ttl_seconds=ttl, max_ttl_seconds=max_ttl,
+                                           renewable=b.renewable, meta=meta, parent_accessor=parent_accessor,
+                                           auth_method=parent.auth_method if not parent.is_root else "token")
         entry.extra["token_accessor"] = svc.audit.hmac_value(accessor)
         info = _tokens().by_accessor(accessor)
         left = int(info.seconds_left()) if info.expires_at else 0
-        return auth_response(token, accessor, policies, b.meta, left, b.renewable,
+        return auth_response(token, accessor, policies, meta, left, b.renewable,
                              orphan=parent_accessor is None), 200
 
 

@@ -213,3 +213,18 @@ def test_openapi_documents_login_bodies(ib):
         body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["$ref"].endswith(model)
         assert doc["components"]["schemas"][model]["required"]
+
+
+def test_a_child_cannot_choose_its_name_or_attributes(ib):
+    """Key policies and grants match principal names, conditions read principal tags: a child inherits both."""
+    parent = ok_create(ib, policies=["token-maker"], display_name="svc-a", meta={"repo": "org/a"})
+    tok = parent["client_token"]
+    for body in ({"display_name": "ldap-alice"}, {"display_name": "root"}, {"meta": {"repo": "org/b"}},
+                 {"meta": {"team": "blue"}}):
+        r = create(ib, tok, **body)
+        assert r.status_code == 403, (body, r.text)
+    child = ok_create(ib, tok, display_name="svc-a", meta={"repo": "org/a"})
+    assert child["metadata"] == {"repo": "org/a"}
+    me = lookup_self(ib, ok_create(ib, tok)["client_token"]).json()["data"]
+    assert me["display_name"] == "svc-a" and me["meta"] == {"repo": "org/a"}
+    assert me["parent_accessor"] == parent["accessor"]
