@@ -116,10 +116,23 @@ def test_sign_verify_and_public_key(kms, store, spec, algorithm):
 
 def test_rsa_encrypt_decrypt(kms, store):
     key = new_key(kms, store, KeySpec="RSA_2048", KeyUsage="ENCRYPT_DECRYPT")
-    public = serialization.load_der_public_key(kms.get_public_key(KeyId=key["KeyId"])["PublicKey"])
-    blob = public.encrypt(b"to the key", padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
-    out = kms.decrypt(KeyId=key["Arn"], CiphertextBlob=blob, EncryptionAlgorithm="RSAES_OAEP_SHA_256")
-    assert out["Plaintext"] == b"to the key" and out["EncryptionAlgorithm"] == "RSAES_OAEP_SHA_256"
+    offered = key["EncryptionAlgorithms"]  # what the key's provider can open, and nothing else
+    assert offered and set(offered) <= {"RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"}
+    public = kms.get_public_key(KeyId=key["KeyId"])
+    assert public["EncryptionAlgorithms"] == offered
+    loaded = serialization.load_der_public_key(public["PublicKey"])
+    for algorithm in offered:
+        h = hashes.SHA1() if algorithm.endswith("SHA_1") else hashes.SHA256()
+        blob = loaded.encrypt(b"to the key", padding.OAEP(padding.MGF1(h), h, None))
+        out = kms.decrypt(KeyId=key["Arn"], CiphertextBlob=blob, EncryptionAlgorithm=algorithm)
+        assert out["Plaintext"] == b"to the key" and out["EncryptionAlgorithm"] == algorithm
+        by_kms = kms.encrypt(KeyId=key["KeyId"], Plaintext=b"from kms", EncryptionAlgorithm=algorithm)
+        assert kms.decrypt(KeyId=key["KeyId"], CiphertextBlob=by_kms["CiphertextBlob"],
+                           EncryptionAlgorithm=algorithm)["Plaintext"] == b"from kms"
+    for algorithm in {"RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"} - set(offered):
+        with pytest.raises(ClientError) as refused:
+            kms.encrypt(KeyId=key["KeyId"], Plaintext=b"x", EncryptionAlgorithm=algorithm)
+        assert code(refused) == "UnsupportedOperationException"
 
 
 def test_mac_on_the_hsm(kms):
