@@ -320,6 +320,7 @@ _GROUPS = [
     ("broker.cli_aws", "aws_credentials"),         # SigV4 credentials of the AWS-compatible front door
     ("keyring_bridge.cli", "keyring"),             # the MySQL keyring bridge
     ("broker.cli_admin", "admin_groups"),          # tokens, policies, audit (a list of groups)
+    ("broker.cli_sync", "sync"),                   # declarative keys across providers (docs/sync.md)
 ]
 
 
