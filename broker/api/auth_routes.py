@@ -272,11 +272,11 @@ def jwt_login():
         ident = _jwt().login(b.role, b.jwt)
         role = _jwt().role(b.role)
         meta = dict(ident.attributes)
-        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"jwt-{ident.subject}",
+        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"jwt/{ident.role}/{ident.subject}",
                                            policies=ident.policies, auth_method="jwt", meta=meta,
                                            ttl=role.token_ttl, max_ttl=role.token_max_ttl)
         entry.extra["token_accessor"] = svc.audit.hmac_value(accessor)
-        _logged_in(ctx, f"jwt-{ident.subject}", "jwt", ident.policies, accessor, meta)
+        _logged_in(ctx, f"jwt/{ident.role}/{ident.subject}", "jwt", ident.policies, accessor, meta)
         return resp
 
 
@@ -294,11 +294,11 @@ def ldap_login():
         ldap = _ldap()
         ident = ldap.login(b.username, b.password)
         meta = dict(ident.attributes)
-        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"ldap-{ident.username}",
+        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"ldap/{ident.username}",
                                            policies=ident.policies, auth_method="ldap", meta=meta,
                                            ttl=_settings().ldap.token_ttl)
         entry.extra["token_accessor"] = svc.audit.hmac_value(accessor)
-        _logged_in(ctx, f"ldap-{ident.username}", "ldap", ident.policies, accessor, meta)
+        _logged_in(ctx, f"ldap/{ident.username}", "ldap", ident.policies, accessor, meta)
         return resp
 
 
@@ -343,11 +343,11 @@ def approle_login():
         ident = _approle().login(b.role_id, b.secret_id, ctx.source_ip)
         entry.extra["login_role"] = ident.role
         meta = dict(ident.attributes)
-        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"approle-{ident.role}",
+        resp, accessor = issue_login_token(_tokens(), _settings(), display_name=f"approle/{ident.role}",
                                            policies=ident.policies, auth_method="approle", meta=meta,
                                            ttl=ident.token_ttl, max_ttl=ident.token_max_ttl)
         entry.extra["token_accessor"] = svc.audit.hmac_value(accessor)
-        _logged_in(ctx, f"approle-{ident.role}", "approle", ident.policies, accessor, meta)
+        _logged_in(ctx, f"approle/{ident.role}", "approle", ident.policies, accessor, meta)
         return resp
 
 

@@ -119,6 +119,14 @@ class JwtRole(_Strict):
 class JwtSettings(_Strict):
     roles: dict[str, JwtRole] = Field(default_factory=dict)
 
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, v: dict[str, JwtRole]) -> dict[str, JwtRole]:
+        for name in v:  # role names are part of principal names (jwt/<role>/<sub>): no '/' or odd characters
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,128}", name):
+                raise ValueError(f"role name {name!r}: 1-128 letters, digits, '.', '_', '-'")
+        return v
+
 
 class LdapSettings(_Strict):
     url: str

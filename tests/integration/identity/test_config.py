@@ -53,3 +53,8 @@ def test_settings_carry_the_auth_table():
     assert "hunter2-bind" not in repr(s) and "hunter2-bind" not in str(s)
     with pytest.raises(ValidationError):
         Settings.model_validate({"providers": {"hsm": {"kind": "pkcs11"}}, "auth": {"ldpa": {}}})
+
+
+def test_jwt_role_names_in_settings_cannot_make_principal_names_ambiguous():
+    with pytest.raises(ValidationError):
+        AuthSettings.model_validate({"jwt": {"roles": {"a/b": {"jwks_url": "https://idp.example/jwks"}}}})

@@ -41,10 +41,10 @@ def test_rsa_token_via_jwks_file_maps_claims_to_policies_and_attributes(ib, keys
     assert auth["metadata"] == {"role": "ci", "repo": "org/app"}
     assert 590 <= auth["lease_duration"] <= 600
     me = ib.session(auth["client_token"]).get(ib.url("/auth/token/lookup-self")).json()["data"]
-    assert me["auth_method"] == "jwt" and me["display_name"] == "jwt-ci-runner-7"
+    assert me["auth_method"] == "jwt" and me["display_name"] == "jwt/ci/ci-runner-7"
     assert me["meta"]["repo"] == "org/app"
     rec = [x for x in audit_records(ib) if x["action"] == "broker:Login" and x["outcome"] == "allowed"][-1]
-    assert rec["principal"] == "jwt-ci-runner-7" and rec["auth_method"] == "jwt"
+    assert rec["principal"] == "jwt/ci/ci-runner-7" and rec["auth_method"] == "jwt"
     assert token not in audit_text(ib) and auth["client_token"] not in audit_text(ib)
 
 

@@ -41,7 +41,7 @@ def test_user_in_two_groups_gets_both_policies(ib):
     assert auth["metadata"] == {"username": "alice", "email": "alice@example.org"}
     assert 890 <= auth["lease_duration"] <= 900
     me = ib.session(auth["client_token"]).get(ib.url("/auth/token/lookup-self")).json()["data"]
-    assert me["auth_method"] == "ldap" and me["display_name"] == "ldap-alice"
+    assert me["auth_method"] == "ldap" and me["display_name"] == "ldap/alice"
     assert "alice-pw" not in audit_text(ib)
 
 
@@ -162,4 +162,4 @@ def test_username_case_is_normalised_to_the_directory_spelling(ib):
     assert r.status_code == 200
     assert r.json()["auth"]["metadata"]["username"] == "alice"
     me = ib.session(r.json()["auth"]["client_token"]).get(ib.url("/auth/token/lookup-self")).json()["data"]
-    assert me["display_name"] == "ldap-alice"
+    assert me["display_name"] == "ldap/alice"

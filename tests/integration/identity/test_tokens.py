@@ -219,7 +219,7 @@ def test_a_child_cannot_choose_its_name_or_attributes(ib):
     """Key policies and grants match principal names, conditions read principal tags: a child inherits both."""
     parent = ok_create(ib, policies=["token-maker"], display_name="svc-a", meta={"repo": "org/a"})
     tok = parent["client_token"]
-    for body in ({"display_name": "ldap-alice"}, {"display_name": "root"}, {"meta": {"repo": "org/b"}},
+    for body in ({"display_name": "ldap/alice"}, {"display_name": "root"}, {"meta": {"repo": "org/b"}},
                  {"meta": {"team": "blue"}}):
         r = create(ib, tok, **body)
         assert r.status_code == 403, (body, r.text)
