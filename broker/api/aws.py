@@ -7,6 +7,8 @@ path that authorizes and audits, answer in AWS's response shape (base64 blobs, A
 Truncated pagination, errors as {"__type", "message"}). Nothing here talks to a provider or the store.
 
 Broker providers appear as custom key stores: CustomKeyStoreId = provider instance name (docs/aws-compat.md).
+Cross-cloud multi-keys are addressable as KeyId "multikey/<name or id>" (Encrypt, GenerateDataKey*, and Decrypt of
+their scheme-3 ciphertexts), through the multi-key manager, which runs inside KeyService's choke point too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from flask import Blueprint, Flask, Request, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
+from broker import ciphertext as ct
 from broker import errors
 from broker.auth import Principal
 from broker.auth.sigv4 import AwsCredentials, SigV4Verifier
@@ -279,6 +282,28 @@ def _page(items: list[Any], body: Body, marker_of: Callable[[Any], str], field: 
     return out
 
 
+MULTIKEY = "multikey/"  # KeyId "multikey/<name or id>" (or key ARN ".../key/multikey/<…>"): a cross-cloud multi-key
+
+
+def _multikeys(svc: KeyService) -> Any:
+    try:
+        from broker.api.multikey_routes import multikeys
+    except ImportError:  # the cross-cloud multi-keys are not part of this broker
+        raise errors.NotFound("multi-keys are not available in this broker") from None
+    return multikeys(svc)
+
+
+def _multi_ref(ref: str | None) -> str | None:
+    return ref[len(MULTIKEY):] if ref and ref.startswith(MULTIKEY) else None
+
+
+def _is_multi_blob(blob: bytes | None) -> bool:
+    try:
+        return blob is not None and ct.unpack(blob).header.scheme is ct.Scheme.MULTI_WRAP
+    except ct.MalformedCiphertext:
+        return False  # KeyService answers for malformed ciphertexts
+
+
 def _provider_for(service: KeyService, custom_key_store_id: str | None) -> str | None:
     if custom_key_store_id is None:
         return None
@@ -399,6 +424,14 @@ def cancel_key_deletion(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 
 @operation("Encrypt")
 def encrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
+    multi = _multi_ref(b.key())
+    if multi is not None:
+        if (b.str("EncryptionAlgorithm") or "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
+            raise errors.ValidationError("a multi-key encrypts with SYMMETRIC_DEFAULT only")
+        out = _multikeys(svc).encrypt(ctx, multi, b.blob("Plaintext", required=True),
+                                      context=b.map("EncryptionContext"))
+        return {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(MULTIKEY + out["MultiKeyId"]),
+                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
     out = svc.encrypt(ctx, b.key(), b.blob("Plaintext", required=True), context=b.map("EncryptionContext"),
                       algorithm=b.str("EncryptionAlgorithm") or "SYMMETRIC_DEFAULT")
     return {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(out["KeyId"]),
@@ -409,7 +442,15 @@ def encrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 def decrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     if b.data.get("Recipient") is not None:
         raise errors.Unsupported("Recipient (Nitro Enclaves attestation) is not supported by the broker")
-    out = svc.decrypt(ctx, b.blob("CiphertextBlob", required=True), key_ref=b.key(required=False),
+    blob, named = b.blob("CiphertextBlob", required=True), b.key(required=False)
+    if _is_multi_blob(blob):
+        out = _multikeys(svc).decrypt(ctx, blob, context=b.map("EncryptionContext"))
+        if named is not None and _multi_ref(named) is None:
+            raise errors.IncorrectKey("the ciphertext was encrypted under a multi-key, not the key you named")
+        return {"KeyId": key_arn(MULTIKEY + out["MultiKeyId"]), "Plaintext": _b64(out["Plaintext"]), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+    if _multi_ref(named) is not None:
+        raise errors.IncorrectKey("the ciphertext was not encrypted under the multi-key you named")
+    out = svc.decrypt(ctx, blob, key_ref=named,
                       context=b.map("EncryptionContext"), algorithm=b.str("EncryptionAlgorithm") or "SYMMETRIC_DEFAULT")
     return {"KeyId": key_arn(out["KeyId"]), "Plaintext": _b64(out["Plaintext"]),
             "EncryptionAlgorithm": out["EncryptionAlgorithm"]}
@@ -428,6 +469,15 @@ def re_encrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 
 
 def _data_key(svc: KeyService, ctx: RequestContext, b: Body, include_plaintext: bool) -> dict:
+    multi = _multi_ref(b.key())
+    if multi is not None:
+        out = _multikeys(svc).generate_data_key(ctx, multi, key_spec=b.str("KeySpec"),
+                                                number_of_bytes=b.int("NumberOfBytes"),
+                                                context=b.map("EncryptionContext"), include_plaintext=include_plaintext)
+        answer = {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(MULTIKEY + out["MultiKeyId"])}
+        if include_plaintext:
+            answer["Plaintext"] = _b64(out["Plaintext"])
+        return answer
     out = svc.generate_data_key(ctx, b.key(), key_spec=b.str("KeySpec"), number_of_bytes=b.int("NumberOfBytes"),
                                 context=b.map("EncryptionContext"), include_plaintext=include_plaintext)
     answer = {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(out["KeyId"])}

@@ -89,3 +89,26 @@ def test_a_key_with_imported_material(session, kms, sdk, store):
     provider = StrictAwsKmsMasterKeyProvider(key_ids=[meta["Arn"]], botocore_session=session)
     message, _ = sdk.encrypt(source=b"imported-material message", key_provider=provider)
     assert sdk.decrypt(source=message, key_provider=provider)[0] == b"imported-material message"
+
+
+def test_a_cross_cloud_multi_key(aws_broker, session, kms, sdk):
+    """A multi-key (one data key wrapped under an hsm key and an aliyun key) behind one KMS key ARN."""
+    from tests.integration.aws_front_door.conftest import ACCOUNT
+
+    members = [kms.create_key(CustomKeyStoreId=s)["KeyMetadata"]["KeyId"] for s in ("hsm", "aliyun")]
+    r = aws_broker.session().post(aws_broker.url("/multikeys"), json={"Name": f"mk-{members[0][:8]}",
+                                                                      "Members": members})
+    assert r.status_code == 201, r.text
+    multi_id = r.json()["MultiKey"]["MultiKeyId"]
+    arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/multikey/{multi_id}"
+    by_name = kms.encrypt(KeyId=f"multikey/mk-{members[0][:8]}", Plaintext=b"everywhere", EncryptionContext={"a": "b"})
+    assert by_name["KeyId"] == arn
+    out = kms.decrypt(CiphertextBlob=by_name["CiphertextBlob"], EncryptionContext={"a": "b"})
+    assert out["Plaintext"] == b"everywhere" and out["KeyId"] == arn
+    with pytest.raises(Exception) as wrong:
+        kms.decrypt(CiphertextBlob=by_name["CiphertextBlob"], EncryptionContext={"a": "b"}, KeyId=members[0])
+    assert wrong.value.response["Error"]["Code"] == "IncorrectKeyException"
+    provider = StrictAwsKmsMasterKeyProvider(key_ids=[arn], botocore_session=session)
+    message, header = sdk.encrypt(source=b"one message, two clouds", key_provider=provider)
+    assert [edk.key_provider.key_info.decode() for edk in header.encrypted_data_keys] == [arn]
+    assert sdk.decrypt(source=message, key_provider=provider)[0] == b"one message, two clouds"
