@@ -186,11 +186,12 @@ class JwtAuth:
                 for pattern, mapped in mapping.items():
                     if fnmatch.fnmatchcase(value, pattern):
                         policies.extend(p for p in mapped if p not in policies)
-        attributes = {"role": role_name}
+        attributes: dict[str, str] = {}
         for claim_name, attr in role.claim_attributes.items():
             values = _values(_claim(claims, claim_name))
             if values:
                 attributes[attr] = ",".join(values)[:512]
+        attributes["role"] = role_name  # set last: a claim can never pose as another role
         return JwtIdentity(role_name, subject[0][:200], policies, attributes)
 
     def _decode(self, role: JwtRole, token: str, header: dict, alg: str) -> dict:

@@ -78,6 +78,7 @@ class LdapAuth:
         cfg = self._cfg
         conn = ldap3.Connection(self._server, user=dn, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
                                 receive_timeout=max(1, math.ceil(cfg.timeout)), raise_exceptions=False, read_only=True,
+                                auto_referrals=False,  # never replay the user's password to a server a referral names
                                 authentication=ldap3.SIMPLE if dn else ldap3.ANONYMOUS)
         try:
             conn.open()  # returns None; raises on failure
@@ -128,11 +129,12 @@ class LdapAuth:
         # The directory's own spelling (uid matching is case-insensitive: "ALICE" binds as alice).
         canonical = [str(v) for v in user_attrs.get(cfg.user_attr, [])]
         username = next((v for v in canonical if v.lower() == username.lower()), username)
-        attributes = {"username": username}
+        attributes: dict[str, str] = {}
         for ldap_attr, key in cfg.user_attributes.items():
             values = user_attrs.get(ldap_attr) or []
             if values:
                 attributes[key] = ",".join(str(v) for v in values)[:512]
+        attributes["username"] = username  # set last: a directory attribute never poses as another user
         return LdapIdentity(username, user_dn, sorted(groups), policies, attributes)
 
     def _find_user(self, username: str) -> tuple[str, dict | None]:
