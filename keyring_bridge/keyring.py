@@ -324,8 +324,11 @@ class KeyringService:
                 select(KeyringEntryRow).where(KeyringEntryRow.next_rotation_at <= now))]
         rotated = []
         for mount, entry_id, latest in due:
-            if self.rotate(ctx, mount, entry_id, expected_latest=latest):
-                rotated.append(f"{mount}/{entry_id}")
+            try:
+                if self.rotate(ctx, mount, entry_id, expected_latest=latest):
+                    rotated.append(f"{mount}/{entry_id}")
+            except errors.BrokerError:
+                continue  # audited by rotate(); one entry that cannot rotate must not block the others
         return rotated
 
     def describe(self, ctx: RequestContext, mount: str, entry_id: str) -> EntryInfo:
