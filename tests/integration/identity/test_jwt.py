@@ -217,3 +217,11 @@ def test_pyjwt_itself_refuses_hmac_with_a_pem_key(keys):
     token = keys.hs256_with_public_key(keys.claims())
     with pytest.raises(jwt.PyJWTError):
         jwt.decode(token, keys.rsa_public_pem, algorithms=["HS256"], audience=AUDIENCE)
+
+
+def test_jku_and_jwk_headers_are_never_trusted(ib, keys):
+    """A token naming its own key (jku URL or embedded jwk) signed by that key is still checked against the role's."""
+    attacker_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(keys.attacker.public_key()))
+    for header in ({"kid": "rsa1", "jku": "http://127.0.0.1:1/evil.json"}, {"kid": "rsa1", "jwk": attacker_jwk}):
+        token = jwt.encode(keys.claims(), keys.attacker, algorithm="RS256", headers=header)
+        refused(ib, "ci", token, "signature")
