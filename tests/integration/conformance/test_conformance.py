@@ -95,6 +95,23 @@ def test_encrypt_decrypt_with_encryption_context(world: World, name: str) -> Non
     assert (dec["KeyId"], dec["KeyVersion"]) == (key_id, 1)
     # naming the key is allowed, and must be the right one
     assert ok(decrypt(world, enc["CiphertextBlob"], CONTEXT, KeyId=key_id))["KeyId"] == key_id
+    other = shared_key(world, "hsm") if name != "hsm" else shared_key(world, "aws")
+    error(decrypt(world, enc["CiphertextBlob"], CONTEXT, KeyId=other), 400, "IncorrectKeyException")
+
+
+@each
+def test_largest_plaintext_with_a_large_context(world: World, name: str) -> None:
+    """4096 bytes (the API's limit) under ~6 KiB of encryption context (the aad travels hashed where a cloud
+    limits its context size)."""
+    key_id = shared_key(world, name)
+    plaintext = os.urandom(4096)
+    context = {f"k{i:02d}": "v" * 200 for i in range(30)}
+    blob = ok(encrypt(world, key_id, plaintext, context))["CiphertextBlob"]
+    assert unb64(ok(decrypt(world, blob, context))["Plaintext"]) == plaintext
+    error(decrypt(world, blob, {**context, "k29": "v" * 199 + "w"}), 400, "InvalidCiphertextException")
+    small = ok(encrypt(world, key_id, b"\x00", {"": ""}))["CiphertextBlob"]
+    assert unb64(ok(decrypt(world, small, {"": ""}))["Plaintext"]) == b"\x00"
+    error(encrypt(world, key_id, os.urandom(4097), None), 400, "ValidationException")
 
 
 @each
@@ -221,7 +238,7 @@ def test_scheduled_deletion_refuses_use_and_cancel_leaves_it_disabled(world: Wor
 # ------------------------------------------------------------------------------------------------ asymmetric
 
 SIGN_CASES = [("RSA_2048", "RSASSA_PSS_SHA_256"), ("RSA_2048", "RSASSA_PKCS1_V1_5_SHA_256"),
-              ("ECC_NIST_P256", "ECDSA_SHA_256")]
+              ("ECC_NIST_P256", "ECDSA_SHA_256"), ("ECC_NIST_P384", "ECDSA_SHA_384")]
 
 
 def _signing_declared(world: World, name: str, spec: str, algorithm: str) -> bool:
@@ -233,8 +250,8 @@ def _signing_declared(world: World, name: str, spec: str, algorithm: str) -> boo
 def _local_verify(public_der: bytes, signature: bytes, message: bytes, algorithm: str) -> None:
     public = serialization.load_der_public_key(public_der)
     alg = SigningAlgorithm(algorithm)
-    h = hashes.SHA256()
-    digest = hashlib.sha256(message).digest()
+    h = {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[alg.hash_name]
+    digest = hashlib.new(alg.hash_name, message).digest()
     if alg.is_ecdsa:
         public.verify(signature, digest, ec.ECDSA(utils.Prehashed(h)))
     elif alg.is_pss:
@@ -270,7 +287,7 @@ def test_sign_verify(world: World, name: str, spec: str, algorithm: str) -> None
                          json={**body, "Message": b64(b"another document"), "Signature": signature}),
           400, "KMSInvalidSignatureException")
     # a digest signed as such gives a signature over the same message
-    digest = hashlib.sha256(b"a document to sign").digest()
+    digest = hashlib.new(SigningAlgorithm(algorithm).hash_name, b"a document to sign").digest()
     by_digest = ok(world.api.post(world.url(f"/keys/{key_id}/sign"),
                                   json={**body, "Message": b64(digest), "MessageType": "DIGEST"}))["Signature"]
     _local_verify(unb64(public["PublicKey"]), unb64(by_digest), b"a document to sign", algorithm)
@@ -380,6 +397,30 @@ def _wrap(public_der: bytes, algorithm: str, material: bytes) -> bytes:
     return public.encrypt(ephemeral, oaep) + aes_key_wrap_with_padding(ephemeral, material)
 
 
+def _import(world: World, key_id: str, material: bytes, *, check_token: bool = False) -> str:
+    """GetParametersForImport + ImportKeyMaterial through the broker; returns the wrapping algorithm used.
+
+    OAEP-SHA-1 of the material itself first; a provider whose import protocol wraps an ephemeral AES key instead
+    (RSA_AES_KEY_WRAP_SHA_1) refuses it cleanly, naming what it takes."""
+    algorithm = "RSAES_OAEP_SHA_1"
+    params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
+    if params.status_code == 400:
+        msg = error(params, 400, "ValidationException", "RSA_AES_KEY_WRAP_SHA_1")
+        assert "RSAES_OAEP_SHA_1" not in msg.split("one of", 1)[-1], msg
+        algorithm = "RSA_AES_KEY_WRAP_SHA_1"
+        params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
+    p = ok(params)
+    assert p["KeyId"] == key_id and p["ImportToken"] and p["ParametersValidTo"]
+    wrapped = _wrap(unb64(p["PublicKey"]), algorithm, material)
+    if check_token:  # a wrong token is refused before anything reaches the provider
+        error(world.api.post(world.url(f"/keys/{key_id}/import"),
+                             json={"ImportToken": b64(b"not-a-token"), "EncryptedKeyMaterial": b64(wrapped)}),
+              400, "InvalidImportTokenException")
+    ok(world.api.post(world.url(f"/keys/{key_id}/import"),
+                      json={"ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(wrapped)}))
+    return algorithm
+
+
 @each
 def test_import_known_material(world: World, name: str) -> None:
     r = create(world, name, Origin="EXTERNAL")
@@ -389,35 +430,57 @@ def test_import_known_material(world: World, name: str) -> None:
     meta = ok(r, 201)["KeyMetadata"]
     key_id = meta["KeyId"]
     assert (meta["KeyState"], meta["Origin"], meta["Provider"]) == ("PendingImport", "EXTERNAL", name)
-    # OAEP-SHA-1 of the material itself; providers whose import protocol wraps an ephemeral AES key instead
-    # (RSA_AES_KEY_WRAP_SHA_1) refuse it cleanly and name what they take.
-    algorithm = "RSAES_OAEP_SHA_1"
-    params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
     if gap(name, "import"):
         # Documented emulator gap (moto: GetParametersForImport answers HTTP 500), asserted explicitly: the
         # backend's 5xx is the broker's 503 DependencyTimeoutException in its own error model (no crash, no hang),
         # the broker stays up, and the key stays PendingImport.
-        gap_answer(params, name, "import")
+        gap_answer(world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={}), name, "import")
         assert describe(world, key_id)["KeyState"] == "PendingImport"
         assert requests.get(world.url("/health"), timeout=10).status_code == 200
         return
-    if params.status_code == 400:
-        msg = error(params, 400, "ValidationException", "RSA_AES_KEY_WRAP_SHA_1")
-        assert "RSAES_OAEP_SHA_1" not in msg.split("one of", 1)[-1], msg
-        algorithm = "RSA_AES_KEY_WRAP_SHA_1"
-        params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
-    p = ok(params)
-    assert p["KeyId"] == key_id and p["ImportToken"] and p["ParametersValidTo"]
-    wrapped = _wrap(unb64(p["PublicKey"]), algorithm, KNOWN_MATERIAL)
-    # a wrong token is refused before anything reaches the provider
-    error(world.api.post(world.url(f"/keys/{key_id}/import"),
-                         json={"ImportToken": b64(b"not-a-token"), "EncryptedKeyMaterial": b64(wrapped)}),
-          400, "InvalidImportTokenException")
-    ok(world.api.post(world.url(f"/keys/{key_id}/import"),
-                      json={"ImportToken": p["ImportToken"], "EncryptedKeyMaterial": b64(wrapped)}))
+    _import(world, key_id, KNOWN_MATERIAL, check_token=True)
     meta = describe(world, key_id)
     assert (meta["KeyState"], meta["Origin"], meta["Provider"]) == ("Enabled", "EXTERNAL", name)
     enc = ok(encrypt(world, key_id, b"under imported material", CONTEXT))
     assert unb64(ok(decrypt(world, enc["CiphertextBlob"], CONTEXT))["Plaintext"]) == b"under imported material"
     error(decrypt(world, enc["CiphertextBlob"], {"tenant": "other"}), 400, "InvalidCiphertextException")
     refused(world.api.post(world.url(f"/keys/{key_id}/rotate")), "imported")
+
+
+# Known broker bugs this suite found and could not fix locally (see README.md): strict xfails on the instances
+# concerned, so they run, and fail loudly the day they are fixed.
+KNOWN_BUGS = {
+    ("aws", "reimport"): "Provider.begin_import gets no ref, so the aws provider imports into a NEW AWS key (and "
+                         "destroy() scheduled the old one for deletion): old ciphertexts fail (IncorrectKeyException)",
+    ("aliyun", "reimport"): "Provider.begin_import gets no ref, so the aliyun provider imports into a NEW Aliyun key; "
+                            "the old one stays PendingImport and old ciphertexts fail (Rejected.UnexpectedState)",
+}
+
+
+def known_bug(request: pytest.FixtureRequest, name: str, operation: str) -> None:
+    if (name, operation) in KNOWN_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[(name, operation)]))
+
+
+@each
+def test_reimport_of_the_same_material_keeps_old_ciphertexts(world: World, name: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    """AWS semantics: DeleteImportedKeyMaterial, then importing the SAME material again, brings the key back with
+    every ciphertext it ever made still decrypting."""
+    known_bug(request, name, "reimport")
+    if not world.caps[name].import_material:
+        refused(create(world, name, Origin="EXTERNAL"), "import", name)
+        return
+    if gap(name, "import"):
+        key_id = ok(create(world, name, Origin="EXTERNAL"), 201)["KeyMetadata"]["KeyId"]
+        gap_answer(world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={}), name, "import")
+        return
+    key_id = ok(create(world, name, Origin="EXTERNAL"), 201)["KeyMetadata"]["KeyId"]
+    _import(world, key_id, KNOWN_MATERIAL)
+    blob = ok(encrypt(world, key_id, b"survives re-import", CONTEXT))["CiphertextBlob"]
+    ok(world.api.delete(world.url(f"/keys/{key_id}/material")))
+    assert describe(world, key_id)["KeyState"] == "PendingImport"
+    error(decrypt(world, blob, CONTEXT), 409, "KMSInvalidStateException")
+    _import(world, key_id, KNOWN_MATERIAL)
+    assert describe(world, key_id)["KeyState"] == "Enabled"
+    assert unb64(ok(decrypt(world, blob, CONTEXT))["Plaintext"]) == b"survives re-import"
