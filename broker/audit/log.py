@@ -114,6 +114,8 @@ class AuditLog:
         self._batch_window = batch_ms / 1000.0
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_fd = -1
+        self._lock_pid = 0
+        self._thread_lock = threading.Lock()
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -184,7 +186,9 @@ class AuditLog:
             self._queue.put(None)
             self._thread.join(10)
         self._closed = True
-        if self._lock_fd >= 0 and self._pid == os.getpid():
+        for sink in self._durable + self._copies:
+            sink.close()
+        if self._lock_fd >= 0 and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
         self._lock_fd = -1
 
@@ -198,7 +202,7 @@ class AuditLog:
                 return
             if self._pid != os.getpid():  # after a fork: nothing of the parent's writer is ours
                 self._queue = queue.SimpleQueue()
-                self._lock_fd = -1
+                self._thread_lock = threading.Lock()
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="kmsb-audit-writer", daemon=True)
             self._thread.start()
@@ -323,11 +327,16 @@ class AuditLog:
     @contextmanager
     def _locked(self) -> Iterator[_Head]:
         """Exclusive across processes: yields the chain head, saves it if the block succeeds."""
-        if self._lock_fd < 0 or self._pid != os.getpid():
+        if self._lock_fd < 0 or self._lock_pid != os.getpid():
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            self._pid = os.getpid()
+            self._lock_pid = os.getpid()
+        self._thread_lock.acquire()  # flock serialises processes only: threads of this one (writer, checkpoint_now)
         fd = self._lock_fd
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
         try:
             head = _Head.load(os.pread(fd, 4096, 0))
             if head is None or (self.file is not None and head.size != self.file.size()):
@@ -338,6 +347,7 @@ class AuditLog:
             os.ftruncate(fd, len(data))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+            self._thread_lock.release()
 
     def _recover(self) -> _Head:
         """Rebuild the head from the log itself (the file if there is one, else the store)."""

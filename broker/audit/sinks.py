@@ -102,6 +102,9 @@ class StoreSink(Sink):
 
         self.engine = engine
         self.table = AuditEventRow.__table__
+        self._insert = insert(self.table)
+        self._conn = None
+        self._pid = 0
 
     def check(self) -> None:
         pass  # a failing store shows on the batch that tries it; the writer then refuses until a probe succeeds
@@ -110,16 +113,42 @@ class StoreSink(Sink):
         with self.engine.connect() as conn:
             conn.execute(select(self.table.c.seq).limit(1)).first()
 
+    def _connection(self):
+        """One connection kept by the writer (callers hold the audit lock): no pool checkout per batch."""
+        conn = self._conn
+        if conn is None or conn.closed or self._pid != os.getpid():
+            conn = self._conn = self.engine.connect()
+            self._pid = os.getpid()
+        return conn
+
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
         rows = [row_of(r, line) for r, line in zip(records, lines, strict=True)]
-        with self.engine.begin() as conn:
-            conn.execute(insert(self.table), rows)
+        conn = self._connection()
+        try:
+            with conn.begin():
+                conn.execute(self._insert, rows)
+        except Exception:
+            self._drop()
+            raise
         seqs = [r["seq"] for r in records]
 
         def undo() -> None:
-            with self.engine.begin() as conn:
-                conn.execute(delete(self.table).where(self.table.c.seq.in_(seqs)))
+            with self.engine.begin() as other:
+                other.execute(delete(self.table).where(self.table.c.seq.in_(seqs)))
         return undo
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+            except Exception:  # noqa: BLE001 - a broken connection is dropped either way
+                pass
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and self._pid == os.getpid():
+            conn.close()
 
     def head(self) -> tuple[int, str] | None:
         with self.engine.connect() as conn:
