@@ -309,6 +309,15 @@ class KeyringService:
             raise errors.ValidationError("the rotation period must be at least 60 seconds")
         with self.service.operation(ctx, "keyring:SetRotation") as entry:
             self._authorize(ctx, entry, "keyring:SetRotation", mount, entry_id)
+            if period_seconds:
+                with _store_guard():
+                    current = self._entry_row(mount, entry_id)
+                    vrow = current and self._reader.first(_VERSION, {"mount": mount, "entry_id": entry_id,
+                                                                     "version": current.latest_version})
+                if vrow:
+                    material = secret_material(self._unseal(mount, entry_id, current.latest_version, vrow.sealed))
+                    if len(material or b"") not in (16, 24, 32):
+                        raise errors.Unsupported("only entries holding a hex key in `data` can rotate on a schedule")
             with _store_guard(), self.store.session() as s:
                 row = s.get(KeyringEntryRow, (mount, entry_id))
                 if row is None:

@@ -113,6 +113,13 @@ class _Mounts:
         self._until = 0.0
         self._lock = threading.Lock()
 
+    def refresh(self, min_age: float = 0.5) -> dict[str, int]:
+        """Re-read now (a path that matches no mount may be a KV v1 mount registered since), at most every min_age s."""
+        with self._lock:
+            if self._until - self._ttl + min_age <= time.monotonic():
+                self._until = 0.0
+        return self.get()
+
     def get(self) -> dict[str, int]:
         if time.monotonic() >= self._until:
             with self._lock:
@@ -269,7 +276,11 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             tune = {"default_lease_ttl": LEASE, "max_lease_ttl": LEASE, "force_no_cache": False,
                     "description": "kms-broker keyring bridge", "options": {"version": str(version)}}
             return _vault(tune, data=tune)
-        mount, kind, entry_id = _parse(rest.rstrip("/") if request.method != "LIST" else rest, mounts.get())
+        path = rest.rstrip("/") if request.method != "LIST" else rest
+        try:
+            mount, kind, entry_id = _parse(path, mounts.get())
+        except errors.NotFound:
+            mount, kind, entry_id = _parse(path, mounts.refresh())
         mount = check_mount(mount)
         is_list = request.method == "LIST" or request.args.get("list") == "true"
         if is_list and kind in ("metadata", "v1"):
