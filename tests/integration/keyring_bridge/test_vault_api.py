@@ -153,3 +153,21 @@ def test_scheduled_rotation_is_due_only_after_its_period(bridge: Bridge, db_toke
     assert get(bridge, f"{MOUNT}/data/1", db_token).json()["data"]["metadata"]["version"] == 2
     # The next rotation is one period after this one.
     assert keyring.rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=30)) == []
+
+
+def test_admin_routes_are_in_the_openapi_document(bridge: Bridge):
+    doc = requests.get(f"{bridge.addr}/v1/openapi.json", headers={"X-KMSB-Token": bridge.root_token}, timeout=10)
+    paths = doc.json()["paths"]
+    for path in ("/v1/keyring/entries", "/v1/keyring/entries/rotate", "/v1/keyring/import", "/v1/keyring/export",
+                 "/v1/keyring/tokens", "/v1/keyring/approles", "/v1/keyring/rotate-due"):
+        assert path in paths, path
+
+
+def test_a_database_token_cannot_mint_tokens_or_list_other_mounts(bridge: Bridge, db_token: str):
+    s = requests.Session()
+    s.headers["X-KMSB-Token"] = db_token
+    assert s.post(f"{bridge.addr}/v1/keyring/tokens", json={"Mount": MOUNT}, timeout=10).status_code == 403
+    assert s.get(f"{bridge.addr}/v1/keyring/entries", timeout=10).status_code == 403
+    own = s.get(f"{bridge.addr}/v1/keyring/entries", params={"mount": MOUNT}, timeout=10)
+    assert own.status_code == 200 and {e["Mount"] for e in own.json()["Entries"]} == {MOUNT}
+    assert s.get(f"{bridge.addr}/v1/keyring/entries", params={"mount": "kv/other"}, timeout=10).status_code == 403
