@@ -262,12 +262,14 @@ def _b64(value: bytes) -> str:
     return base64.b64encode(value).decode()
 
 
-def _page(items: list[Any], body: Body, marker_of: Callable[[Any], str], field: str) -> dict[str, Any]:
-    """Limit/Marker/Truncated over a complete list (the marker is the last item's id)."""
+def _page(items: list[Any], body: Body, marker_of: Callable[[Any], str], field: str, *, high: int = 1000,
+          default: int = 100) -> dict[str, Any]:
+    """Limit/Marker/Truncated over a complete list (the marker is the last item's id); AWS's bounds per operation."""
     limit = body.int("Limit")
-    if limit is not None and not 1 <= limit <= 1000:
-        raise errors.ValidationError("Limit must be 1 to 1000")
-    limit = limit or 100
+    if limit is not None and not 1 <= limit <= high:
+        raise errors.ValidationError(f"1 validation error detected: Value '{limit}' at 'limit' failed to satisfy "
+                                     f"constraint: Member must be between 1 and {high}, inclusive")
+    limit = limit or default
     marker = body.str("Marker")
     start = 0
     if marker:
@@ -602,7 +604,7 @@ def list_aliases(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     out = svc.list_aliases(ctx, b.key(required=False))
     aliases = [{"AliasName": a["AliasName"], "AliasArn": alias_arn(a["AliasName"]), "TargetKeyId": a["TargetKeyId"],
                 "CreationDate": _epoch(a["CreationDate"])} for a in out["Aliases"]]
-    return _page(aliases, b, lambda a: a["AliasName"], "Aliases")
+    return _page(aliases, b, lambda a: a["AliasName"], "Aliases", high=100, default=50)
 
 
 @operation("TagResource")
@@ -620,7 +622,7 @@ def untag_resource(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 @operation("ListResourceTags")
 def list_resource_tags(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     tags = svc.list_resource_tags(ctx, b.key())["Tags"]
-    return _page(tags, b, lambda t: t["TagKey"], "Tags")
+    return _page(tags, b, lambda t: t["TagKey"], "Tags", high=50, default=50)
 
 
 # ============================================================================================== rotation
@@ -793,14 +795,14 @@ def list_grants(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     for field_, wanted in (("GrantId", b.str("GrantId")), ("GranteePrincipal", b.str("GranteePrincipal"))):
         if wanted is not None:
             grants = [x for x in grants if x.get(field_) == wanted]
-    return _page(grants, b, lambda x: x["GrantId"], "Grants")
+    return _page(grants, b, lambda x: x["GrantId"], "Grants", high=100, default=50)
 
 
 @operation("ListRetirableGrants")
 def list_retirable_grants(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     grants = [_grant_entry(g_) for g_ in
               _admin().list_retirable_grants(ctx, b.str("RetiringPrincipal", required=True))["Grants"]]
-    return _page(grants, b, lambda x: x["GrantId"], "Grants")
+    return _page(grants, b, lambda x: x["GrantId"], "Grants", high=100, default=50)
 
 
 @operation("RetireGrant")

@@ -191,6 +191,12 @@ def test_alias_pagination(kms):
                                                                                      PaginationConfig={"PageSize": 3})
                  for a in p["Aliases"]]
     assert paginated == names
+    with pytest.raises(ClientError) as too_many:  # AWS's bound for ListAliases is 100 (ListKeys: 1000)
+        kms.list_aliases(Limit=101)
+    assert code(too_many) == "ValidationException"
+    with pytest.raises(ClientError) as bad_marker:
+        kms.list_aliases(KeyId=key["KeyId"], Marker="alias/not-in-the-list")
+    assert code(bad_marker) == "InvalidMarkerException"
 
 
 def test_tags(kms, store):
