@@ -75,6 +75,47 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def breakdown(data_dir: Path, n: int) -> list[tuple[str, float, float]]:
+    """In-process cost of each step of a key read (same store and HSM, server stopped): where the time goes."""
+    from broker.app import build_service
+    from broker.auth import Principal
+    from broker.service import RequestContext
+    from broker.settings import load_settings
+    from keyring_bridge.keyring import _VERSION, KeyringService
+
+    settings = load_settings(data_dir)
+    service = build_service(settings)
+    keyring = KeyringService(service, settings.root_of_trust)
+    principal = Principal(f"keyring:{MOUNT}", "token", (f"keyring:{MOUNT}",))
+    ctx = RequestContext(principal, front_door="bench")
+    row = keyring._reader.first(_VERSION, {"mount": MOUNT, "entry_id": "1", "version": 1})
+
+    def audited_noop() -> None:
+        with service.operation(ctx, "keyring:BenchNoop"):
+            pass
+
+    steps = [
+        ("policy decision", lambda: service.policy.decide(principal, "keyring:Read", None, {},
+                                                          resource=f"keyring/{MOUNT}/1")),
+        ("store: entry + version rows", lambda: (keyring._entry_row(MOUNT, "1"), keyring._reader.first(
+            _VERSION, {"mount": MOUNT, "entry_id": "1", "version": 1}))),
+        ("HSM unseal", lambda: keyring._unseal(MOUNT, "1", 1, row.sealed)),
+        ("audit record (operation, no work)", audited_noop),
+        ("KeyringService.read (all of it)", lambda: keyring.read(ctx, MOUNT, "1", 1)),
+    ]
+    out = []
+    for name, fn in steps:
+        for _ in range(50):
+            fn()
+        samples = []
+        for _ in range(min(n, 1000)):
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1000)
+        out.append((name, statistics.median(samples), pct(samples, 0.99)))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
@@ -101,6 +142,8 @@ def main() -> None:
                 samples = latency(bridge.bridge_port, path, token, args.requests)
                 rate = throughput(bridge.bridge_port, path, token, args.threads, args.duration)
                 rows.append((name, statistics.median(samples), pct(samples, 0.99), rate))
+            bridge.stop()
+            parts = breakdown(bridge.data_dir, args.requests)
         finally:
             bridge.stop()
 
@@ -112,6 +155,10 @@ def main() -> None:
     print("-" * 66)
     for name, p50, p99, rate in rows:
         print(f"{name:<38} {p50:>8.3f} {p99:>8.3f} {rate:>9.0f}")
+    print(f"\nin process, per key read step (no HTTP)\n{'step':<38} {'p50 ms':>8} {'p99 ms':>8}")
+    print("-" * 56)
+    for name, p50, p99 in parts:
+        print(f"{name:<38} {p50:>8.3f} {p99:>8.3f}")
     worst = max(r[2] for r in rows[2:])
     print(f"\nkey read p99 {worst:.3f} ms: target <= 2 ms {'MET' if worst <= 2.0 else 'NOT MET'}")
 
