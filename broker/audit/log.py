@@ -5,7 +5,11 @@
   If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
 * Group commit: `write()` queues the record and blocks until a per-process writer thread has made it durable in
   every durable sink. The thread takes whatever is queued (after a short window when callers arrive together) and
-  commits it as one batch: one append + one fsync for the file, one transaction for the store.
+  commits it as one batch: one append + one fsync for the file, one transaction for the store. The chain lock is
+  held for the append and the store insert only; the fsync runs after it is released, so another process appends
+  its batch meanwhile (one fsync covers every append before it). Callers are released only after their fsync.
+  An fsync that fails (EIO) refuses its callers, but the records stay in the file: they describe operations
+  that did happen.
 * Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
   NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
 * Checkpoints: with a signer (the HSM's audit signing key), after every `checkpoint_records` events, and after the
@@ -179,7 +183,10 @@ class AuditLog:
                 return None
             records = [self._checkpoint(head)]
             self._persist(head, records)
-            return records[0]
+            unsynced = self.file.take_unsynced() if self.file is not None else []
+        if unsynced:
+            self.file.sync(unsynced)  # type: ignore[union-attr]
+        return records[0]
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
@@ -257,6 +264,9 @@ class AuditLog:
             with self._locked() as head:
                 if head.uncovered_since is not None and time.time() - head.uncovered_since >= self.checkpoint_seconds:
                     self._persist(head, [self._checkpoint(head)])
+                unsynced = self.file.take_unsynced() if self.file is not None else []
+            if unsynced:
+                self.file.sync(unsynced)  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - the next batch will fail and refuse if the sinks are broken
             log.warning("idle audit checkpoint failed: %s", type(exc).__name__)
 
@@ -286,6 +296,9 @@ class AuditLog:
             if due and head.seq != head.cp_seq:
                 records.append(self._checkpoint(head))
             self._persist(head, records)
+            unsynced = self.file.take_unsynced() if self.file is not None else []
+        if unsynced:
+            self.file.sync(unsynced)  # type: ignore[union-attr] - outside the lock: the next batch appends meanwhile
         self.counters["records"] += len(events)
         self.counters["batches"] += 1
         return events
@@ -310,6 +323,8 @@ class AuditLog:
             for sink in self._durable:
                 undos.append(sink.write(records, lines))
         except BaseException:
+            if self.file is not None:
+                self.file.discard()
             for undo in reversed(undos):
                 try:
                     undo()

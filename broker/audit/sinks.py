@@ -47,6 +47,7 @@ class FileSink(Sink):
         self.path = path
         self.fsync = fsync
         self.counters = counters
+        self._unsynced: list[int] = []
 
     def check(self) -> None:
         try:
@@ -67,29 +68,49 @@ class FileSink(Sink):
             return 0
 
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
+        """Append under the writer's lock; with fsync on, the fd is kept for `sync()`, which runs after the lock is
+        released so the next batch (of any process) can append while this one is flushed."""
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             start = os.fstat(fd).st_size
+            data = b"".join(lines)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
             try:
-                data = b"".join(lines)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-                    self.counters["fsyncs"] += 1
-            except OSError:
                 os.ftruncate(fd, start)
-                raise
-        finally:
+            finally:
+                os.close(fd)
+            raise
+        if self.fsync:
+            self._unsynced.append(fd)
+        else:
             os.close(fd)
 
         def undo() -> None:
+            self.discard()
             with open(self.path, "r+b") as f:
                 f.truncate(start)
-                if self.fsync:
-                    os.fsync(f.fileno())
         return undo
+
+    def take_unsynced(self) -> list[int]:
+        fds, self._unsynced = self._unsynced, []
+        return fds
+
+    def discard(self) -> None:
+        for fd in self.take_unsynced():
+            os.close(fd)
+
+    def sync(self, fds: list[int]) -> None:
+        """One fsync makes every append before it durable (the file's data, whoever wrote it)."""
+        try:
+            if fds:
+                os.fsync(fds[-1])
+                self.counters["fsyncs"] += 1
+        finally:
+            for fd in fds:
+                os.close(fd)
 
 
 class StoreSink(Sink):
