@@ -1,7 +1,7 @@
 """The provider conformance suite's world: the local stack once per session, ONE broker over every provider instance.
 
-`kms_stack.Stack` (the code behind `kms-broker stack up`) starts LocalStack, the Azure, GCP and Aliyun emulators
-in one state directory and moto_server in a second one (a state directory holds one AWS backend). A real gunicorn
+`kms_stack.Stack` (the code behind `kms-broker stack up`) starts LocalStack, moto_server and the Azure, GCP and
+Aliyun emulators in three state directories, side by side (a state directory holds one AWS backend). A real gunicorn
 broker (`tests/support/broker.start_broker`) gets every instance through `KMSB_PROVIDERS_JSON`, each table being
 `{"kind": cloud, **stack block}` exactly as `stack env` prints it, plus a few knobs per instance. Everything is
 stopped by PID at the end. A stack that cannot start (no pyenv 3.13 for LocalStack, a broken venv, a missing
@@ -15,10 +15,12 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
 
@@ -30,19 +32,24 @@ STACK_ROOT = Path(__file__).resolve().parents[3] / "localstack"
 if importlib.util.find_spec("kms_stack") is None:  # editable installs made before kms_stack existed
     sys.path.insert(0, str(STACK_ROOT))
 
-from kms_stack.stack import Stack, StackError  # noqa: E402
+from kms_stack import procs  # noqa: E402
+from kms_stack.stack import Stack  # noqa: E402
 
 # Every provider instance the suite runs against, in the order the tests are parametrised.
 INSTANCES = ("hsm", "aws", "aws-moto", "azure", "azure-hsm", "gcp-grpc", "gcp-rest", "aliyun")
 # Which emulator (stack, cloud) serves each remote instance; `hsm` is the in-process PKCS#11 library (SoftHSM).
-EMULATOR_OF = {"aws": ("main", "aws"), "aws-moto": ("moto", "aws"), "azure": ("main", "azure"),
-               "azure-hsm": ("main", "azure"), "gcp-grpc": ("main", "gcp"), "gcp-rest": ("main", "gcp"),
-               "aliyun": ("main", "aliyun")}
+EMULATOR_OF = {"aws": ("localstack", "aws"), "aws-moto": ("moto", "aws"), "azure": ("clouds", "azure"),
+               "azure-hsm": ("clouds", "azure"), "gcp-grpc": ("clouds", "gcp"), "gcp-rest": ("clouds", "gcp"),
+               "aliyun": ("clouds", "aliyun")}
+# Three state directories started side by side (a state directory holds one AWS backend).
+STACKS = {"localstack": (["aws"], "localstack"), "moto": (["aws"], "moto"), "clouds": (["azure", "gcp", "aliyun"],
+                                                                                      "localstack")}
 REMOTE_INSTANCES = tuple(n for n in INSTANCES if n in EMULATOR_OF)
 
 
-def provider_tables(main: dict[str, dict], moto: dict[str, dict]) -> dict[str, dict[str, Any]]:
+def provider_tables(up: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]:
     """The broker's provider tables: the stack's blocks as printed, plus short timeouts so an outage is quick."""
+    main, moto = {**up["localstack"], **up["clouds"]}, up["moto"]
     fast_aws = {"max_attempts": 2, "connect_timeout": 2, "read_timeout": 20}
     gcp = {**main["gcp"], "retries": 0, "timeout": 10}
     return {
@@ -82,15 +89,19 @@ class World:
     stacks: dict[str, Stack]
     tables: dict[str, dict[str, Any]]
     caps: dict[str, Capabilities]
-    keys: dict[tuple, str] = field(default_factory=dict)
+    keys: dict[tuple, str] = field(default_factory=dict)  # shared keys; also what was learnt per provider
 
     def url(self, path: str) -> str:
         return self.broker.url(path)
 
-    def stop_emulator(self, instance: str) -> list[str]:
-        """Stop (by PID) the emulator process behind `instance`; idempotent (two instances may share one)."""
+    def stop_emulator(self, instance: str) -> None:
+        """Kill (by PID, 2 s grace: an outage, not a shutdown) the emulator process behind `instance`, then let the
+        stack drop its record. Idempotent: two instances may share one emulator."""
         stack, cloud = EMULATOR_OF[instance]
-        return self.stacks[stack].down(only=[cloud])
+        svc = self.stacks[stack].services().get(cloud)
+        if svc is not None:
+            procs.stop(svc.pid, svc.start_time, timeout=2)
+        self.stacks[stack].down(only=[cloud])
 
     def emulator_running(self, instance: str) -> bool:
         stack, cloud = EMULATOR_OF[instance]
@@ -98,24 +109,38 @@ class World:
 
 
 def _up(stack: Stack, only: list[str], backend: str) -> dict[str, dict]:
-    try:
-        return stack.up(only=only, aws_backend=backend)
-    except StackError as exc:
-        stack.down()
-        pytest.fail(f"the local stack ({', '.join(only)}, aws backend {backend}) could not start:\n{exc}",
-                    pytrace=False)
+    """Start one stack; for AWS also make one call, so LocalStack loads its KMS service (~13 s) during setup."""
+    settings = stack.up(only=only, aws_backend=backend)
+    if "aws" in settings:
+        aws = settings["aws"]
+        boto3.client("kms", endpoint_url=aws["endpoint_url"], region_name=aws["region"],
+                     aws_access_key_id=aws["access_key_id"], aws_secret_access_key=aws["secret_access_key"]).list_keys()
+    return settings
+
+
+def _up_all(stacks: dict[str, Stack]) -> dict[str, dict[str, dict]]:
+    """Every stack at once (LocalStack dominates); any failure fails the suite with the reason."""
+    with ThreadPoolExecutor(len(stacks)) as pool:
+        futures = {name: pool.submit(_up, stacks[name], *STACKS[name]) for name in stacks}
+    failures = []
+    for name, future in futures.items():
+        exc = future.exception()
+        if exc is not None:
+            failures.append(f"{name} ({', '.join(STACKS[name][0])}): {exc}")
+    if failures:
+        pytest.fail("the local stack could not start:\n" + "\n".join(failures), pytrace=False)
+    return {name: future.result() for name, future in futures.items()}
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("conformance")
-    stacks = {"main": Stack(base / "stack"), "moto": Stack(base / "stack-moto")}
+    stacks = {name: Stack(base / f"stack-{name}") for name in STACKS}
     broker: RunningBroker | None = None
     try:
-        main = _up(stacks["main"], ["aws", "azure", "gcp", "aliyun"], "localstack")
-        moto = _up(stacks["moto"], ["aws"], "moto")
-        assert main["aws"].get("backend") == "localstack" and moto["aws"].get("backend") == "moto"
-        tables = provider_tables(main, moto)
+        up = _up_all(stacks)
+        assert up["localstack"]["aws"].get("backend") == "localstack" and up["moto"]["aws"].get("backend") == "moto"
+        tables = provider_tables(up)
         broker = start_broker(base / "data", base / "logs", name="broker-conformance", workers=2,
                               env={"KMSB_PROVIDERS_JSON": json.dumps(tables)})
         hsm = _hsm_table(base / "data")

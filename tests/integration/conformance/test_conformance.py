@@ -402,14 +402,17 @@ def _import(world: World, key_id: str, material: bytes, *, check_token: bool = F
 
     OAEP-SHA-1 of the material itself first; a provider whose import protocol wraps an ephemeral AES key instead
     (RSA_AES_KEY_WRAP_SHA_1) refuses it cleanly, naming what it takes."""
-    algorithm = "RSAES_OAEP_SHA_1"
+    provider = describe(world, key_id)["Provider"]
+    learnt = world.keys.get(("import-wrapping", provider))  # the refusal is checked once per provider
+    algorithm = learnt or "RSAES_OAEP_SHA_1"
     params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
-    if params.status_code == 400:
+    if params.status_code == 400 and not learnt:
         msg = error(params, 400, "ValidationException", "RSA_AES_KEY_WRAP_SHA_1")
         assert "RSAES_OAEP_SHA_1" not in msg.split("one of", 1)[-1], msg
         algorithm = "RSA_AES_KEY_WRAP_SHA_1"
         params = world.api.post(world.url(f"/keys/{key_id}/import-parameters"), json={"WrappingAlgorithm": algorithm})
     p = ok(params)
+    world.keys[("import-wrapping", provider)] = algorithm
     assert p["KeyId"] == key_id and p["ImportToken"] and p["ParametersValidTo"]
     wrapped = _wrap(unb64(p["PublicKey"]), algorithm, material)
     if check_token:  # a wrong token is refused before anything reaches the provider
