@@ -203,36 +203,53 @@ def test_rotation_makes_a_new_version_and_old_ciphertexts_still_decrypt(world: W
     error(decrypt(world, old["CiphertextBlob"], {"tenant": "other"}), 400, "InvalidCiphertextException")
 
 
+def _two_version_key(world: World, name: str) -> tuple[str, dict[str, bytes]]:
+    """A key rotated once, with a ciphertext under each version (blob -> plaintext)."""
+    key_id = new_key(world, name)
+    blobs = {ok(encrypt(world, key_id, b"under version 1", CONTEXT))["CiphertextBlob"]: b"under version 1"}
+    assert ok(world.api.post(world.url(f"/keys/{key_id}/rotate")))["KeyVersion"] == 2
+    blobs[ok(encrypt(world, key_id, b"under version 2", CONTEXT))["CiphertextBlob"]] = b"under version 2"
+    return key_id, blobs
+
+
+def _all_decrypt(world: World, blobs: dict[str, bytes]) -> None:
+    for blob, plaintext in blobs.items():
+        assert unb64(ok(decrypt(world, blob, CONTEXT))["Plaintext"]) == plaintext
+
+
 @each
 def test_disable_refuses_use_and_enable_restores_it(world: World, name: str) -> None:
-    key_id = new_key(world, name)
-    blob = ok(encrypt(world, key_id, b"while enabled", CONTEXT))["CiphertextBlob"]
+    key_id, blobs = _two_version_key(world, name)
     ok(world.api.post(world.url(f"/keys/{key_id}/disable")))
     assert describe(world, key_id)["KeyState"] == "Disabled"
     error(encrypt(world, key_id, b"x", CONTEXT), 409, "DisabledException")
-    error(decrypt(world, blob, CONTEXT), 409, "DisabledException")
+    for blob in blobs:
+        error(decrypt(world, blob, CONTEXT), 409, "DisabledException")
+    error(world.api.post(world.url(f"/keys/{key_id}/rotate")), 409, "DisabledException")
     ok(world.api.post(world.url(f"/keys/{key_id}/enable")))
     assert describe(world, key_id)["KeyState"] == "Enabled"
-    assert unb64(ok(decrypt(world, blob, CONTEXT))["Plaintext"]) == b"while enabled"
-    assert ok(encrypt(world, key_id, b"x", CONTEXT))["KeyVersion"] == 1
+    _all_decrypt(world, blobs)  # every version is back on the backend, not only the primary
+    assert ok(encrypt(world, key_id, b"x", CONTEXT))["KeyVersion"] == 2
 
 
 @each
 def test_scheduled_deletion_refuses_use_and_cancel_leaves_it_disabled(world: World, name: str) -> None:
-    key_id = new_key(world, name)
-    blob = ok(encrypt(world, key_id, b"before deletion", CONTEXT))["CiphertextBlob"]
+    key_id, blobs = _two_version_key(world, name)
     out = ok(world.api.post(world.url(f"/keys/{key_id}/schedule-deletion"), json={"PendingWindowInDays": 7}))
     assert (out["KeyState"], out["PendingWindowInDays"]) == ("PendingDeletion", 7)
     meta = describe(world, key_id)
     assert meta["KeyState"] == "PendingDeletion" and meta["DeletionDate"]
     error(encrypt(world, key_id, b"x", CONTEXT), 409, "KMSInvalidStateException")
-    error(decrypt(world, blob, CONTEXT), 409, "KMSInvalidStateException")
+    for blob in blobs:
+        error(decrypt(world, blob, CONTEXT), 409, "KMSInvalidStateException")
+    error(world.api.post(world.url(f"/keys/{key_id}/enable")), 409, "KMSInvalidStateException")
     ok(world.api.post(world.url(f"/keys/{key_id}/cancel-deletion")))
     meta = describe(world, key_id)
     assert meta["KeyState"] == "Disabled" and "DeletionDate" not in meta  # AWS semantics
-    error(decrypt(world, blob, CONTEXT), 409, "DisabledException")
+    error(decrypt(world, next(iter(blobs)), CONTEXT), 409, "DisabledException")
     ok(world.api.post(world.url(f"/keys/{key_id}/enable")))
-    assert unb64(ok(decrypt(world, blob, CONTEXT))["Plaintext"]) == b"before deletion"
+    _all_decrypt(world, blobs)
+    assert ok(encrypt(world, key_id, b"x", CONTEXT))["KeyVersion"] == 2
 
 
 # ------------------------------------------------------------------------------------------------ asymmetric
