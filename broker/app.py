@@ -14,6 +14,7 @@ from broker import errors
 from broker.audit.setup import build_audit_log
 from broker.auth import Principal, TokenAuth
 from broker.policy import PolicyEngine
+from broker.policy.document import KMS_ACTIONS
 from broker.service import KeyService, RequestContext
 from broker.settings import Settings
 from broker.store import Store
@@ -37,12 +38,12 @@ def build_service(settings: Settings) -> KeyService:
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:
+    import broker.api.audit_routes  # noqa: F401 - the auditor's /v1/audit/events
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
+    import broker.api.multikey_routes  # noqa: F401 - multi-keys and replicated keys (/v1/multikeys, /v1/replicated-keys)
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
-    import broker.api.multikey_routes  # noqa: F401 - multi-keys and replicated keys (/v1/multikeys, /v1/replicated-keys)
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
-    import broker.api.audit_routes  # noqa: F401 - the auditor's /v1/audit/events
     from broker.api.native import ROUTES, bp
     from broker.policy_admin import PolicyAdmin
 
@@ -115,7 +116,8 @@ def audit_refusal(service: KeyService, exc: errors.BrokerError) -> errors.Broker
     ctx: RequestContext | None = getattr(g, "ctx", None)
     if ctx is None or ctx.audited:
         return exc
-    action = "kms:" + getattr(g, "operation", (request.endpoint or "unknown").split(".")[-1])
+    operation = getattr(g, "operation", (request.endpoint or "unknown").split(".")[-1])
+    action = operation if ":" in operation else ("kms:" if f"kms:{operation}" in KMS_ACTIONS else "broker:") + operation
     denied = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
     try:
         service.audit_rejected(ctx, action, exc.code, denied)

@@ -120,6 +120,7 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_
         _check_providers(settings)
     except SettingsError as exc:
         _fail(str(exc))
+    _migrate(settings)
     if bool(keyring_cert) != bool(keyring_key):
         _fail("--keyring-cert and --keyring-key go together")
     if (keyring_cert or keyring_key) and not keyring_bind:
@@ -129,6 +130,17 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_
         keyring = {"bind": keyring_bind, "workers": workers, "threads": threads, "certfile": keyring_cert,
                    "keyfile": keyring_key}
     serve_forever(settings, bind=bind, workers=workers, threads=threads, keyring=keyring)
+
+
+def _migrate(settings) -> None:
+    """Bring the store to the latest schema before serving (idempotent; data folders from older versions)."""
+    from broker.store import Store
+
+    store = Store(settings.store_url)
+    try:
+        store.migrate()
+    finally:
+        store.dispose()
 
 
 def _check_providers(settings) -> None:

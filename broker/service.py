@@ -167,6 +167,10 @@ class KeyService:
         except InvalidTransition as exc:
             outcome, code = "error", errors.InvalidState.code
             raise errors.InvalidState(str(exc)) from None
+        except BaseException:
+            # anything unexpected is an error in the record too (never "allowed"); the front door answers 500
+            outcome, code = "error", errors.BrokerError.code
+            raise
         finally:
             self._write_audit(ctx, entry, outcome, code, time.perf_counter() - started)
 

@@ -208,12 +208,12 @@ class TokenAuth:
     def _first(self, statement, core_statement, params: dict):
         if not self._identity_missing:
             try:
-                return self._store._reader.first(statement, params)
+                return self._store.first(statement, params)
             except DBAPIError:
                 if inspect(self._store.engine).has_table(_I.name):
                     raise
                 self._identity_missing = True
-        return self._store._reader.first(core_statement, params)
+        return self._store.first(core_statement, params)
 
     def forget(self, token_hash: str) -> None:
         with self._lock:

@@ -32,6 +32,7 @@ ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores
 BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
 PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
+LookupSelfToken RenewSelfToken RevokeSelfToken
 """.split())
 KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in "Read Write List Create Rotate Import Export".split())
 ALL_ACTIONS = KMS_ACTIONS | BROKER_ACTIONS | KEYRING_ACTIONS

@@ -109,6 +109,10 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = _Reader(self.engine)
 
+    def first(self, statement, params: dict):
+        """The first row of a prebuilt read statement, on the hot read path (autocommit, per-thread connection)."""
+        return self._reader.first(statement, params)
+
     def migrate(self) -> None:
         """Bring the schema to every Alembic head (idempotent). Features add branches off 0001, so work in parallel never has to chain migrations."""
         cfg = Config()

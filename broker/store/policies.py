@@ -32,7 +32,7 @@ class PolicyRepository:
             s.merge(PolicyRow(name=name, document=json.dumps(document), updated_at=now))
 
     def get_policy(self, name: str) -> dict | None:
-        row = self._store._reader.first(_POLICY, {"name": name})
+        row = self._store.first(_POLICY, {"name": name})
         return json.loads(row.document) if row else None
 
     def list_policies(self) -> list[str]:
@@ -49,7 +49,7 @@ class PolicyRepository:
             s.merge(KeyPolicyRow(key_id=key_id, document=json.dumps(document), updated_at=now))
 
     def get_key_policy(self, key_id: str) -> dict | None:
-        row = self._store._reader.first(_KEY_POLICY, {"key_id": key_id})
+        row = self._store.first(_KEY_POLICY, {"key_id": key_id})
         return json.loads(row.document) if row else None
 
     # grants
