@@ -12,9 +12,10 @@
   that did happen.
 * Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
   NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
-* Checkpoints: with a signer (the HSM's audit signing key), after every `checkpoint_records` events, and after the
-  batch in which an event is `checkpoint_seconds` younger than the first event not yet covered, the writer appends
-  a signed checkpoint record (see chain.py). An idle writer also covers an uncovered tail after that time.
+* Checkpoints: with a signer (the HSM's audit signing key), a signed checkpoint record (see chain.py) closes the
+  run of events since the last one before an event that would make the run longer than `checkpoint_records` events
+  or `checkpoint_seconds` wide (by the records' own times). An idle writer also covers a run older than that time.
+  Checkpoints go before events, never after them: the last line after a request is that request's record.
 """
 
 from __future__ import annotations
@@ -277,24 +278,16 @@ class AuditLog:
         events: list[dict] = []
         with self._locked() as head:
             records: list[dict] = []
-            due = False
             for body in bodies:
+                at = _epoch(body.get("time", ""))
+                if self._signer is not None and self._checkpoint_due(head, at):
+                    records.append(self._checkpoint(head))  # BEFORE the event: a request's record stays the last line
                 record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
                 head.seq, head.hash = record["seq"], record["hash"]
                 records.append(record)
                 events.append(record)
-                if self._signer is None:
-                    continue
-                at = _epoch(record.get("time", ""))
                 if head.uncovered_since is None:
                     head.uncovered_since = at
-                elif at - head.uncovered_since >= self.checkpoint_seconds:
-                    due = True
-                if head.seq - head.cp_seq >= self.checkpoint_records:
-                    records.append(self._checkpoint(head))
-                    due = False
-            if due and head.seq != head.cp_seq:
-                records.append(self._checkpoint(head))
             self._persist(head, records)
             unsynced = self.file.take_unsynced() if self.file is not None else []
         if unsynced:
@@ -302,6 +295,18 @@ class AuditLog:
         self.counters["records"] += len(events)
         self.counters["batches"] += 1
         return events
+
+    def _checkpoint_due(self, head: _Head, at: float) -> bool:
+        """Before appending an event at time `at`: does the run since the last checkpoint need closing first?
+
+        The rule the verifier re-checks: a run never holds more than `checkpoint_records` events, and no event in it
+        is `checkpoint_seconds` or more younger than its first (times as recorded, so both sides compute the same).
+        """
+        if head.seq == head.cp_seq:
+            return False
+        if head.seq - head.cp_seq >= self.checkpoint_records:
+            return True
+        return head.uncovered_since is not None and at - head.uncovered_since >= self.checkpoint_seconds
 
     def _checkpoint(self, head: _Head) -> dict:
         assert self._signer is not None

@@ -102,11 +102,68 @@ def test_truncated_mid_record(log):
     assert line == 25 and "truncated" in problem
 
 
-def test_truncated_tail_with_a_due_checkpoint(log):
-    """Cut after the 20th event: the checkpoint due after it is gone, so the file ends where one must follow."""
+def test_truncated_tail_needs_the_store(log, audited: KeyService):
+    """Whole records cut after the last checkpoint leave a valid shorter chain: the store's copy shows the cut."""
+    from broker.audit.verify import compare_with_store
+
     path, lines = log
-    line, problem = check(path, b"".join(lines[:23]))
-    assert line == 24 and "truncated" in problem
+    key = load_public_key((path.parent / PUBLIC_KEY_NAME).read_bytes())
+    cut = b"".join(lines[:23])
+    alone = verify_lines(cut, key)
+    assert alone.ok and "after the last checkpoint" in alone.notes[-1]  # the documented limit of --file
+    with audited.store.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql("select seq, hash from audit_events order by seq")]
+    file_records = [(json.loads(line)["seq"], json.loads(line)["hash"]) for line in cut.splitlines()]
+    report = compare_with_store(alone, file_records, rows)
+    assert not report.ok and report.line == 24 and "truncated tail" in report.problem
+
+
+def test_removed_checkpoint_with_rechained_hashes_breaks_the_count_rule(log):
+    """A forger drops a checkpoint and recomputes every hash: the run is now longer than a run may be."""
+    path, lines = log
+    records = [json.loads(line) for line in lines]
+    del records[11]
+    for r in records[11:]:
+        r["seq"] -= 1
+        if r["type"] == "checkpoint":
+            r["count"] -= 1
+    rechain(records, 11)
+    line, problem = check(path, b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    # the 6th event of the merged run (line 12) is where a checkpoint had to be
+    assert line == 12 and "checkpoint was due" in problem
+
+
+def test_removed_checkpoint_breaks_the_time_rule(tmp_path, hsm_provider, root_ctx):
+    import time
+
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    audit = make_audit(tmp_path, hsm_provider, store, checkpoint_seconds=0.5, checkpoint_records=100)
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        svc.list_keys(root_ctx)
+        svc.list_keys(root_ctx)
+        audit.close()  # no idle checkpoint from here on
+        time.sleep(0.6)
+        audit = make_audit(tmp_path, hsm_provider, store, checkpoint_seconds=0.5, checkpoint_records=100)
+        svc.audit = audit
+        svc.list_keys(root_ctx)
+        records = [json.loads(line) for line in audit.path.read_text().splitlines()]
+        assert [r["type"] for r in records] == ["event", "event", "checkpoint", "event"]
+        key = load_public_key(audit.public_key_path.read_bytes())
+        assert verify_lines(audit.path.read_bytes(), key).ok
+        forged = records[:2] + [dict(records[3], seq=3)]
+        rechain(forged, 2)
+        # no checkpoint is left to carry the limits: the verifier takes them from the settings (as --data-dir does)
+        report = verify_lines(b"".join(json.dumps(r).encode() + b"\n" for r in forged), key, every_seconds=0.5)
+        assert not report.ok and report.line == 3 and "0.5s" in report.problem
+    finally:
+        audit.close()
+        store.dispose()
 
 
 def test_forged_checkpoint_signature(log):
