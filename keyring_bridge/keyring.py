@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from broker import errors
 from broker.service import KeyService, RequestContext
 from broker.store.tables import KeyringEntryRow, KeyringMountRow, KeyringVersionRow
+from providers import base as pb
 
 MAX_SECRET_BYTES = 64 * 1024
 KEY_BYTES = 32
@@ -151,6 +152,18 @@ def _store_guard() -> Iterator[None]:
         raise errors.DependencyTimeout("keyring store unavailable") from None
 
 
+@contextmanager
+def _hsm_guard() -> Iterator[None]:
+    """HSM failures the provider does not map (e.g. a raw pkcs11 ObjectHandleInvalid) become DependencyFailure
+    inside the operation, so the audit record says "error" and the front door drops the connection."""
+    try:
+        yield
+    except (errors.BrokerError, pb.ProviderError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other failure of the HSM call
+        raise errors.DependencyFailure(f"HSM operation failed ({type(exc).__name__})") from None
+
+
 class KeyringService:
     def __init__(self, service: KeyService, root_of_trust: str) -> None:
         self.service = service
@@ -164,12 +177,18 @@ class KeyringService:
         self.service.authorize(ctx, entry, action, None, resource=f"keyring/{mount}/{entry_id}")
 
     def _seal(self, mount: str, entry_id: str, version: int, secret: Mapping[str, Any]) -> str:
-        blob = self.root.seal(json.dumps(dict(secret), sort_keys=True, separators=(",", ":")).encode(),
-                              aad(mount, entry_id, version))
+        with _hsm_guard():
+            blob = self.root.seal(json.dumps(dict(secret), sort_keys=True, separators=(",", ":")).encode(),
+                                  aad(mount, entry_id, version))
         return base64.b64encode(blob).decode()
 
     def _unseal(self, mount: str, entry_id: str, version: int, sealed: str) -> dict[str, Any]:
-        return json.loads(self.root.unseal(base64.b64decode(sealed), aad(mount, entry_id, version)))
+        with _hsm_guard():
+            return json.loads(self.root.unseal(base64.b64decode(sealed), aad(mount, entry_id, version)))
+
+    def _random(self, n: int) -> bytes:
+        with _hsm_guard():
+            return self.root.random(n)
 
     @staticmethod
     def _check_secret(secret: Any) -> dict[str, Any]:
@@ -280,7 +299,7 @@ class KeyringService:
             raise errors.ValidationError("the rotation period must be at least 60 seconds")
         with self.service.operation(ctx, "keyring:Create") as entry:
             self._authorize(ctx, entry, "keyring:Create", mount, entry_id)
-            material = self.root.random(key_bytes)
+            material = self._random(key_bytes)
             with _store_guard():
                 entry.key_version = self._append(mount, entry_id, material_secret(material), "hsm", create_only=True,
                                                  rotation_period_seconds=rotation_period_seconds)
@@ -300,7 +319,7 @@ class KeyringService:
             if size not in (16, 24, 32):
                 raise errors.Unsupported("only entries holding a hex key in `data` can be rotated by the broker")
             with _store_guard():
-                entry.key_version = self._append(mount, entry_id, material_secret(self.root.random(size)), "hsm",
+                entry.key_version = self._append(mount, entry_id, material_secret(self._random(size)), "hsm",
                                                  expected_latest=expected_latest)
             return entry.key_version
 

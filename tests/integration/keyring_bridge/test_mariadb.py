@@ -157,6 +157,37 @@ def test_bridge_failure_drops_the_connection_instead_of_crashing_the_database(db
     assert "dropped a connection" in bridge.server.log_tail(200)
 
 
+def test_hsm_failure_drops_the_connection_instead_of_crashing_the_database(db: MariaDB, bridge: Bridge):
+    """The SoftHSM token disappears under the running bridge: unseal fails, the connection is dropped, mariadbd
+    keeps running from its cache; the failed reads are audited as errors (no key left)."""
+    tokens = bridge.data_dir / "hsm" / "tokens"
+    gone = tokens.with_name("tokens.gone")
+    since = datetime.now(UTC).isoformat()
+    tokens.rename(gone)
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{bridge.vault}/v1/{MOUNT}/data/1", headers={"X-Vault-Token": db.token}, timeout=5)
+        time.sleep(2.5)
+        for i in range(3):
+            _encryption_rows(db)
+            db.query("INSERT INTO probe.t1 VALUES (%s, %s)", (4000 + i, "during HSM outage"))
+            db.query("FLUSH TABLES probe.t1 FOR EXPORT")
+            db.query("UNLOCK TABLES")
+            time.sleep(1)
+        assert db.alive(), f"mariadbd died:\n{db.tail()}"
+    finally:
+        gone.rename(tokens)
+    failed = _reads(bridge, since, action="keyring:Read", outcome="error")
+    assert failed and {r["error_code"] for r in failed} == {"DependencyFailureException"}
+    # The pkcs11 provider keeps its stale object handles after the token comes back (ObjectHandleInvalid is not one
+    # of the errors that reset its session), so the bridge is restarted to recover; mariadbd never notices.
+    bridge.stop()
+    bridge.start()
+    r = requests.get(f"{bridge.vault}/v1/{MOUNT}/data/1", headers={"X-Vault-Token": db.token}, timeout=5)
+    assert r.status_code == 200
+    assert db.query("SELECT COUNT(*) FROM probe.t1 WHERE v = 'during HSM outage'")[0][0] == 3
+
+
 def test_revoked_token_stops_a_restart_and_the_audit_shows_the_denied_reads(db: MariaDB, bridge: Bridge):
     db.stop()
     revoked = requests.post(f"{bridge.addr}/v1/auth/token/revoke", json={"accessor": db.accessor},
