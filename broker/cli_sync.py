@@ -63,16 +63,17 @@ def _manifest(path: str) -> Any:
         sys.exit(1)
 
 
-def _print(report: Any, output: str) -> None:
+def _print(report: Any, output: str, lines: bool = False) -> None:
     data = report.as_dict()
-    if output == "json":
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    if output == "json":  # with --every: one report per line (JSON Lines)
+        click.echo(json.dumps(data, sort_keys=True, default=str) if lines
+                   else json.dumps(data, indent=2, sort_keys=True, default=str))
         return
     click.echo(f"manifest {data['manifest']}: {data['mode']} {data['status']} in {data['seconds']:.1f}s")
     if any(data["resumed"].values()):
         click.echo("resumed: " + ", ".join(f"{k} {v}" for k, v in data["resumed"].items()))
     for a in data["actions"]:
-        mark = {"pending": "~", "done": "+", "failed": "!"}[a["status"]]
+        mark = {"pending": "~", "done": "+", "failed": "!", "unfixable": "?"}[a["status"]]
         line = f"  {mark} {a['kind']:<9} {a['entry']}/{a['target']} on {a['provider']}"
         if a["key_id"]:
             line += f" ({a['key_id']})"
@@ -92,7 +93,7 @@ def _print(report: Any, output: str) -> None:
 
 
 def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inventory: bool,
-         concurrency: int | None) -> int:
+         concurrency: int | None, lines: bool = False) -> int:
     from broker import errors
     from broker.replication.sync import Report, SyncEngine
 
@@ -118,7 +119,7 @@ def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inve
         if bar and "bar" in bar:
             bar["bar"].__exit__(None, None, None)
         service.store.dispose()
-    _print(report, output)
+    _print(report, output, lines)
     if mode == "plan":
         if report.errors:
             return 1
@@ -166,7 +167,7 @@ def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool,
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     runs, code = 0, 1
     while True:
-        code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency)
+        code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency, lines=interval is not None)
         runs += 1
         if interval is None or stop["now"] or (max_runs is not None and runs >= max_runs):
             break

@@ -39,6 +39,10 @@ LABEL_TAGS = ("kmsb:key-id", "kms-broker-label")  # the tags/labels providers pu
 MAX_ATTEMPTS = 6
 
 
+class _Unfixable(Exception):
+    """Drift the sync cannot repair; the action ends 'unfixable' and the run ends with drift left (exit 2)."""
+
+
 @dataclass
 class Action:
     kind: str  # create | update | delete | fix-drift | cleanup | adopt
@@ -47,7 +51,7 @@ class Action:
     provider: str
     key_id: str | None = None
     changes: list[str] = field(default_factory=list)
-    status: str = "pending"  # pending | done | failed
+    status: str = "pending"  # pending | done | failed | unfixable
     error: str | None = None
 
 
@@ -342,6 +346,8 @@ class SyncEngine:
                 try:
                     fut.result()
                     a.status = "done"
+                except _Unfixable as exc:
+                    a.status, a.error = "unfixable", str(exc)
                 except (errors.BrokerError, pb.ProviderError) as exc:
                     a.status, a.error = "failed", f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
                 tick()
@@ -384,7 +390,12 @@ class SyncEngine:
             elif a.kind == "delete":
                 self._retry(a.provider, lambda: self.service.schedule_key_deletion(self.ctx, a.key_id, 7))
             elif a.kind == "fix-drift":
-                self._mirror_state(a.key_id, a.changes[0] == "enable")
+                try:
+                    self._mirror_state(a.key_id, a.changes[0] == "enable")
+                except errors.InvalidState:
+                    # e.g. scheduled for deletion in the cloud: only people can decide what to do with that key
+                    raise _Unfixable("the cloud holds the key in a state the broker cannot undo (deleted or "
+                                     "scheduled for deletion outside the broker)") from None
         finally:
             self._timed(a.provider, started)
 

@@ -1,0 +1,109 @@
+"""Running `kms-broker sync` in tests: as a subprocess (the real console entry) or as a forked child of this
+process (same CLI code, without paying the imports again: the crash loop kills it with SIGKILL)."""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.support.broker import init_data_dir
+
+from .conftest import World, providers_json
+
+CLI = [sys.executable, "-m", "broker.cli"]
+
+
+def sync_env(world: World) -> dict[str, str]:
+    return {**os.environ, "KMSB_PROVIDERS_JSON": json.dumps(providers_json(world.env))}
+
+
+def new_data_dir(path: Path) -> Path:
+    init_data_dir(path)
+    return path
+
+
+def write_manifest(path: Path, doc: dict) -> Path:
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def run_sync(world: World, data_dir: Path, mode: str, manifest: Path, *extra: str,
+             timeout: float = 180) -> tuple[int, dict]:
+    """`kms-broker sync <mode> ... --output json` in a forked child (the real CLI code; imports paid once)."""
+    args = ["sync", mode, str(manifest), "--data-dir", str(data_dir), "--output", "json", *extra]
+    out_path, err_path = data_dir.parent / f".sync-{os.getpid()}.out", data_dir.parent / f".sync-{os.getpid()}.err"
+    proc = _fork(args, sync_env(world), out_path, err_path)
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        raise AssertionError(f"sync {mode} did not finish in {timeout}s")
+    return proc.exitcode, _report(mode, proc.exitcode, out_path.read_text(), err_path.read_text())
+
+
+def run_sync_subprocess(world: World, data_dir: Path, mode: str, manifest: Path, *extra: str,
+                        timeout: float = 180) -> tuple[int, dict]:
+    """The same through `python -m broker.cli` (the console entry as users run it)."""
+    out = subprocess.run([*CLI, "sync", mode, str(manifest), "--data-dir", str(data_dir), "--output", "json", *extra],
+                         env=sync_env(world), capture_output=True, text=True, timeout=timeout)
+    return out.returncode, _report(mode, out.returncode, out.stdout, out.stderr)
+
+
+def _report(mode: str, code: int, stdout: str, stderr: str) -> dict:
+    try:
+        return json.loads(stdout) if not stdout.startswith("{\"") else json.loads(stdout.splitlines()[-1])
+    except ValueError:
+        raise AssertionError(f"sync {mode} printed no JSON (exit {code}):\n{stdout}\n{stderr}") from None
+
+
+def _child(args: list[str], env: dict[str, str] | None, out: str, err: str) -> None:
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    for fd, path in ((1, out), (2, err)):
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(handle, fd)
+        os.close(handle)
+    # fresh streams on the new descriptors: nothing the parent had buffered (or captured) leaks in
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
+    from broker.cli import main
+
+    try:
+        main(args, standalone_mode=True)
+    except SystemExit as exc:
+        sys.stdout.flush()
+        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _fork(args: list[str], env: dict[str, str] | None, out: Path, err: Path) -> multiprocessing.Process:
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, env, str(out), str(err)))
+    proc.start()
+    return proc
+
+
+def preload() -> None:
+    """Import what a sync run needs once, before forking (no threads, channels or HSM sessions are made here)."""
+    import broker.app  # noqa: F401
+    import broker.cli  # noqa: F401
+    import broker.cli_sync  # noqa: F401
+    import broker.replication.sync  # noqa: F401
+    import providers.aliyun  # noqa: F401
+    import providers.aws  # noqa: F401
+    import providers.azure  # noqa: F401
+    import providers.gcp  # noqa: F401
+    import providers.pkcs11  # noqa: F401
+
+
+def start_forked_apply(world: World, data_dir: Path, manifest: Path) -> multiprocessing.Process:
+    args = ["sync", "apply", str(manifest), "--data-dir", str(data_dir), "--output", "json"]
+    return _fork(args, sync_env(world), data_dir.parent / ".killed.out", data_dir.parent / ".killed.err")
