@@ -16,6 +16,7 @@ import click
 
 from broker.audit.chain import load_public_key, record_hash, spki_of
 from broker.audit.log import PUBLIC_KEY_NAME
+from broker.audit.sinks import chain_id
 from broker.audit.verify import Report, compare_with_store, verify_lines
 
 
@@ -137,7 +138,8 @@ def _store_rows(settings: Any) -> list[tuple[int, str, str]]:
     try:
         with engine.connect() as conn:
             return [(r.seq, r.hash, r.record) for r in
-                    conn.execute(select(table.c.seq, table.c.hash, table.c.record).order_by(table.c.seq))]
+                    conn.execute(select(table.c.seq, table.c.hash, table.c.record)
+                                 .where(table.c.chain == chain_id(settings.audit_file)).order_by(table.c.seq))]
     finally:
         engine.dispose()
 

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.audit.chain import GENESIS, checkpoint_message, key_fingerprint, public_key_pem, seal_record
-from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, encode
+from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, chain_id, encode
 from broker.errors import NotReady, Unsupported
 
 log = logging.getLogger("kms_broker.audit")
@@ -100,7 +100,7 @@ class AuditLog:
             elif name == "store":
                 if engine is None:
                     raise ValueError("the store audit sink needs the store's engine")
-                self.store = StoreSink(engine)
+                self.store = StoreSink(engine, chain_id(self.path))
                 self._durable.append(self.store)
             elif name == "stdout":
                 self._copies.append(StdoutSink())
@@ -393,7 +393,8 @@ class AuditLog:
 
         table = self.store.table
         with self.store.engine.connect() as conn:
-            for row in conn.execute(select(table.c.record).order_by(table.c.seq)):
+            for row in conn.execute(select(table.c.record).where(table.c.chain == self.store.chain)
+                                    .order_by(table.c.seq)):
                 self._advance(head, json.loads(row.record), head.seq + 1)
         return head
 

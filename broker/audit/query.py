@@ -1,4 +1,4 @@
-"""Read the store copy of the audit chain: filters and seq-ordered pages for the auditor's API."""
+"""Read the store copy of the audit chains: filters and pages (in store order) for the auditor's API."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ class AuditFilter:
 
 def query_events(engine: Engine, flt: AuditFilter, *, limit: int = 100, after: int = 0,
                  descending: bool = False) -> dict[str, Any]:
-    """One page of records in seq order; `NextMarker` (a seq) continues after the last one."""
+    """One page of records in the order they were stored (all hosts' chains); `NextMarker` continues after it."""
     t = AuditEventRow.__table__
-    stmt = select(t.c.seq, t.c.record)
+    stmt = select(t.c.id, t.c.record)
     if not flt.include_checkpoints:
         stmt = stmt.where(t.c.record_type == "event")
     for column, value in ((t.c.key_id, flt.key_id), (t.c.principal, flt.principal), (t.c.action, flt.action),
@@ -40,12 +40,12 @@ def query_events(engine: Engine, flt: AuditFilter, *, limit: int = 100, after: i
     if flt.until is not None:
         stmt = stmt.where(t.c.time < flt.until)
     if after:
-        stmt = stmt.where(t.c.seq < after if descending else t.c.seq > after)
-    stmt = stmt.order_by(t.c.seq.desc() if descending else t.c.seq).limit(limit + 1)
+        stmt = stmt.where(t.c.id < after if descending else t.c.id > after)
+    stmt = stmt.order_by(t.c.id.desc() if descending else t.c.id).limit(limit + 1)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
     page = rows[:limit]
     out: dict[str, Any] = {"Events": [json.loads(r.record) for r in page], "Truncated": len(rows) > limit}
     if len(rows) > limit:
-        out["NextMarker"] = str(page[-1].seq)
+        out["NextMarker"] = str(page[-1].id)
     return out

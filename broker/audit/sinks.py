@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import stat
 import sys
 from collections.abc import Callable
@@ -118,10 +119,11 @@ class StoreSink(Sink):
 
     name = "store"
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, chain: str) -> None:
         from broker.store.tables import AuditEventRow
 
         self.engine = engine
+        self.chain = chain
         self.table = AuditEventRow.__table__
         self._insert = insert(self.table)
         self._conn = None
@@ -143,7 +145,7 @@ class StoreSink(Sink):
         return conn
 
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
-        rows = [row_of(r, line) for r, line in zip(records, lines, strict=True)]
+        rows = [row_of(r, line, self.chain) for r, line in zip(records, lines, strict=True)]
         conn = self._connection()
         try:
             with conn.begin():
@@ -155,7 +157,7 @@ class StoreSink(Sink):
 
         def undo() -> None:
             with self.engine.begin() as other:
-                other.execute(delete(self.table).where(self.table.c.seq.in_(seqs)))
+                other.execute(delete(self.table).where(self.table.c.chain == self.chain, self.table.c.seq.in_(seqs)))
         return undo
 
     def _drop(self) -> None:
@@ -173,13 +175,19 @@ class StoreSink(Sink):
 
     def head(self) -> tuple[int, str] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(self.table.c.seq, self.table.c.hash).order_by(self.table.c.seq.desc())
-                               .limit(1)).first()
+            row = conn.execute(select(self.table.c.seq, self.table.c.hash).where(self.table.c.chain == self.chain)
+                               .order_by(self.table.c.seq.desc()).limit(1)).first()
         return (row.seq, row.hash) if row else None
 
 
-def row_of(record: dict, line: bytes) -> dict[str, Any]:
+def chain_id(path: Path) -> str:
+    """Which chain a store row belongs to: this host's audit file."""
+    return f"{socket.gethostname()}:{Path(path).resolve()}"[:255]
+
+
+def row_of(record: dict, line: bytes, chain: str) -> dict[str, Any]:
     return {
+        "chain": chain,
         "seq": record["seq"],
         "time": datetime.fromisoformat(record["time"]),
         "record_type": record.get("type", "event"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -211,10 +211,16 @@ class AwsCredentialRow(Base):
 
 
 class AuditEventRow(Base):
-    """The store copy of the audit chain (migration 0004_audit): one row per record, the JSON line as written."""
+    """The store copy of the audit chains (migration 0004_audit): one row per record, the JSON line as written.
+
+    Each host's audit file is its own chain (`chain` = host:path), so brokers on many hosts can share one store.
+    """
 
     __tablename__ = "audit_events"
-    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    __table_args__ = (UniqueConstraint("chain", "seq", name="uq_audit_events_chain_seq"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(255), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     record_type: Mapped[str] = mapped_column(String(16), default="event")
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)

@@ -192,3 +192,38 @@ def test_file_only_and_store_only_configurations(tmp_path: Path, hsm_provider, r
         assert [r[0] for r in conn.execute(text("select seq from audit_events order by seq"))] == [1, 2]
     store.dispose()
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
+
+
+def test_two_hosts_files_are_two_chains_in_one_store(tmp_path: Path, hsm_provider, root_ctx: RequestContext):
+    """Brokers on several hosts share one store: each audit file is its own chain there, verified on its own."""
+    from broker.audit.verify import compare_with_store
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    store = Store(f"sqlite:///{tmp_path / 'shared.db'}")
+    store.migrate()
+    logs = [make_audit(tmp_path / host, hsm_provider, store) for host in ("host-a", "host-b")]
+    try:
+        for audit in logs:
+            svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+            for _ in range(7):
+                svc.list_keys(root_ctx)
+        for audit in logs:
+            report = verify(_Svc(audit))
+            with store.engine.connect() as conn:
+                rows = [tuple(r) for r in conn.execute(
+                    text("select seq, hash from audit_events where chain = :c order by seq"), {"c": audit.store.chain})]
+            mine = [(r["seq"], r["hash"]) for r in records(_Svc(audit))]
+            assert compare_with_store(report, mine, rows).ok and len(rows) == 8  # 7 events + 1 checkpoint
+    finally:
+        for audit in logs:
+            audit.close()
+        store.dispose()
+
+
+class _Svc:
+    """Just enough of a KeyService for records() and verify()."""
+
+    def __init__(self, audit) -> None:
+        self.audit = audit

@@ -1,4 +1,4 @@
-"""Audit: the store copy of the audit chain, queryable by key, principal, action, outcome and time (a branch off 0001).
+"""Audit: the store copy of the audit chains (one per host's audit file), queryable by key, principal, action, outcome and time (a branch off 0001).
 
 Revision ID: 0004
 """
@@ -14,7 +14,9 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "audit_events",
-        sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("chain", sa.String(255), nullable=False, index=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
         sa.Column("record_type", sa.String(16), nullable=False),
         sa.Column("request_id", sa.String(128), nullable=True, index=True),
@@ -28,6 +30,7 @@ def upgrade() -> None:
         sa.Column("prev_hash", sa.String(64), nullable=False),
         sa.Column("hash", sa.String(64), nullable=False),
         sa.Column("record", sa.Text, nullable=False),
+        sa.UniqueConstraint("chain", "seq", name="uq_audit_events_chain_seq"),
     )
 
 
