@@ -159,7 +159,8 @@ class Pkcs11Provider(Provider):
                 raise
             except (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.SessionClosed,
                     pkcs11.exceptions.DeviceRemoved, pkcs11.exceptions.TokenNotPresent,
-                    pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceError) as exc:
+                    pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceError,
+                    pkcs11.exceptions.ObjectHandleInvalid) as exc:
                 self._session.reset()
                 self._cache.clear()
                 raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None

@@ -24,6 +24,9 @@ BUILTIN_DOCUMENTS = {
         {"Sid": "KeyLifecycleNoCrypto", "Effect": "Allow", "Action": _LIFECYCLE, "Resource": "*"}]},
     "key-user": {"Version": "2012-10-17", "Statement": [
         {"Sid": "CryptoOnPermittedKeys", "Effect": "Allow", "Action": _CRYPTO, "Resource": "*"}]},
+    "keyring-admin": {"Version": "2012-10-17", "Statement": [
+        {"Sid": "ManageKeyringMounts", "Effect": "Allow", "Action": "keyring:*",
+         "Resource": ["keyring/*", "keyring-admin/*"]}]},
     "auditor": {"Version": "2012-10-17", "Statement": [
         {"Sid": "ReadMetadataAndAudit", "Effect": "Allow", "Action": _READ, "Resource": "*"}]},
 }

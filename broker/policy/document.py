@@ -32,9 +32,12 @@ ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores
 BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
 PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
-LookupSelfToken RenewSelfToken RevokeSelfToken
+LookupSelfToken RenewSelfToken RevokeSelfToken Login
 """.split())
-KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in "Read Write List Create Rotate Import Export".split())
+KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in """
+Read ReadMetadata Write Delete List Create Rotate SetRotation Import Export Request DescribeMount CreateMount
+CreateToken CreateAppRole AppRoleLogin
+""".split())
 ALL_ACTIONS = KMS_ACTIONS | BROKER_ACTIONS | KEYRING_ACTIONS
 
 _STRING_OPS = {"StringEquals", "StringNotEquals", "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase",
