@@ -15,6 +15,7 @@ apply is a no-op and a killed apply converges on the next run.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -37,6 +38,7 @@ from providers.base import InventoryItem, ProviderKeyRef
 
 LABEL_TAGS = ("kmsb:key-id", "kms-broker-label")  # the tags/labels providers put the broker key id in
 MAX_ATTEMPTS = 6
+MAX_THREADS = 16  # worker threads of one apply (each holds store connections; the pool has 40)
 
 
 class _Unfixable(Exception):
@@ -146,6 +148,7 @@ class SyncEngine:
         self._cleaned: set[str] = set()
         self._timing: dict[str, list[float]] = defaultdict(list)
         self._timing_lock = threading.Lock()
+        self._span: dict[str, tuple[float, float]] = {}
 
     # ------------------------------------------------------------------------------------------ units
     @property
@@ -317,7 +320,8 @@ class SyncEngine:
         entries = {e.name: e for e in self.manifest.keys}
         first = [a for a in report.actions if not (a.kind == "create" and entries.get(a.entry)
                                                    and entries[a.entry].replicate and a.target != PRIMARY)]
-        second = [a for a in report.actions if a not in first]
+        in_first = {id(a) for a in first}
+        second = [a for a in report.actions if id(a) not in in_first]
         total, done = len(report.actions), [0]
         lock = threading.Lock()
 
@@ -334,14 +338,23 @@ class SyncEngine:
         return report
 
     def _run_batch(self, actions: list[Action], entries: dict[str, KeyEntry], tick: Callable[[], None]) -> None:
+        """At most `concurrency` operations in flight per provider, and at most MAX_THREADS in all (each worker
+        thread holds store connections). Providers are interleaved so none waits behind another's queue."""
         by_provider: dict[str, list[Action]] = defaultdict(list)
         for a in actions:
             by_provider[a.provider].append(a)
-        pools = {p: ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix=f"sync-{p}")
-                 for p in by_provider}
-        try:
-            futures = [(a, pools[p].submit(self._execute, a, entries.get(a.entry)))
-                       for p, acts in by_provider.items() for a in acts]
+        if not by_provider:
+            return
+        gates = {p: threading.BoundedSemaphore(self.concurrency) for p in by_provider}
+        order = [a for group in itertools.zip_longest(*by_provider.values()) for a in group if a is not None]
+
+        def run(a: Action) -> None:
+            with gates[a.provider]:
+                self._execute(a, entries.get(a.entry))
+
+        workers = min(MAX_THREADS, self.concurrency * len(by_provider))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmsb-sync") as pool:
+            futures = [(a, pool.submit(run, a)) for a in order]
             for a, fut in futures:
                 try:
                     fut.result()
@@ -351,16 +364,18 @@ class SyncEngine:
                 except (errors.BrokerError, pb.ProviderError) as exc:
                     a.status, a.error = "failed", f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
                 tick()
-        finally:
-            for pool in pools.values():
-                pool.shutdown(wait=True)
 
     def _timed(self, provider: str, started: float) -> None:
+        ended = time.perf_counter()
         with self._timing_lock:
-            self._timing[provider].append(time.perf_counter() - started)
+            self._timing[provider].append(ended - started)
+            first, last = self._span.get(provider, (started, ended))
+            self._span[provider] = (min(first, started), max(last, ended))
 
     def _provider_stats(self) -> dict[str, dict[str, float]]:
-        return {p: {"operations": len(ts), "busy_seconds": round(sum(ts), 3)} for p, ts in sorted(self._timing.items())}
+        return {p: {"operations": len(ts), "busy_seconds": round(sum(ts), 3),
+                    "wall_seconds": round(self._span[p][1] - self._span[p][0], 3)}
+                for p, ts in sorted(self._timing.items())}
 
     def _retry(self, provider: str, fn: Callable[[], Any]) -> Any:
         """Retry throttled calls: the provider's retry_after when it gave one, else exponential backoff + jitter."""
