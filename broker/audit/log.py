@@ -281,7 +281,7 @@ class AuditLog:
             for body in bodies:
                 at = _epoch(body.get("time", ""))
                 if self._signer is not None and self._checkpoint_due(head, at):
-                    records.append(self._checkpoint(head))  # BEFORE the event: a request's record stays the last line
+                    records.append(self._checkpoint(head, defer=True))  # BEFORE the event: a request's record stays the last line
                 record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
                 head.seq, head.hash = record["seq"], record["hash"]
                 records.append(record)
@@ -308,14 +308,24 @@ class AuditLog:
             return True
         return head.uncovered_since is not None and at - head.uncovered_since >= self.checkpoint_seconds
 
-    def _checkpoint(self, head: _Head) -> dict:
+    def _checkpoint(self, head: _Head, *, defer: bool = False) -> dict:
+        """A signed checkpoint of the head. With `defer`, a signer failure (HSM down) yields a `checkpoint-deferred`
+        record instead: it closes the run unsigned, so the events of this batch are still written (an HSM outage
+        must not turn requests served from caches into 503s); the next run is signed again when the HSM is back."""
         assert self._signer is not None
         checkpoint = {
             "type": "checkpoint", "seq": head.seq + 1, "count": head.seq, "head_hash": head.hash,
             "time": datetime.now(UTC).isoformat(timespec="microseconds"),
             "every_records": self.checkpoint_records, "every_seconds": self.checkpoint_seconds, "key_id": self._key_id,
         }
-        checkpoint["signature"] = base64.b64encode(self._signer(checkpoint_message(checkpoint))).decode()
+        try:
+            checkpoint["signature"] = base64.b64encode(self._signer(checkpoint_message(checkpoint))).decode()
+        except Exception as exc:
+            if not defer:
+                raise
+            log.error("audit checkpoint not signed (%s): writing a deferred checkpoint", type(exc).__name__)
+            checkpoint["type"], checkpoint["reason"] = "checkpoint-deferred", f"signer unavailable: {type(exc).__name__}"
+            self.counters["deferred"] = self.counters.get("deferred", 0) + 1
         seal_record(checkpoint, head.hash)
         head.seq, head.hash, head.cp_seq, head.uncovered_since = checkpoint["seq"], checkpoint["hash"], checkpoint["seq"], None
         self.counters["checkpoints"] += 1
@@ -401,7 +411,7 @@ class AuditLog:
     @staticmethod
     def _advance(head: _Head, record: dict, number: int) -> None:
         head.seq, head.hash = record.get("seq", number), record["hash"]
-        if record.get("type") == "checkpoint":
+        if record.get("type") in ("checkpoint", "checkpoint-deferred"):
             head.cp_seq, head.uncovered_since = head.seq, None
         elif head.uncovered_since is None:
             head.uncovered_since = _epoch(record.get("time", ""))

@@ -23,6 +23,7 @@ class Report:
     records: int = 0          # records whose chain held (events + checkpoints)
     events: int = 0
     checkpoints: int = 0
+    deferred: int = 0         # checkpoints written unsigned while the HSM was unavailable
     problem: str | None = None
     line: int | None = None   # 1-based line of the first problem
     seq: int | None = None
@@ -39,7 +40,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "records": self.records, "events": self.events, "checkpoints": self.checkpoints,
-                "problem": self.problem, "line": self.line, "seq": self.seq, "notes": self.notes}
+                "deferred": self.deferred, "problem": self.problem, "line": self.line, "seq": self.seq, "notes": self.notes}
 
 
 def _time(record: dict) -> float | None:
@@ -82,10 +83,11 @@ def verify_lines(data: bytes, public_key: ec.EllipticCurvePublicKey | None = Non
     current = (every_records, every_seconds)
     for i in range(len(records) - 1, -1, -1):
         r = records[i]
-        if r and r.get("type") == "checkpoint":
+        if r and r.get("type") in ("checkpoint", "checkpoint-deferred"):
             current = (int(r.get("every_records") or every_records), float(r.get("every_seconds") or every_seconds))
         limits[i] = current
-    last_cp = next((r for r in reversed(records) if r and r.get("type") == "checkpoint"), None)
+    last_cp = next((r for r in reversed(records) if r and r.get("type") in ("checkpoint", "checkpoint-deferred")),
+                   None)
     if last_cp is not None:
         tail_limits = (int(last_cp.get("every_records") or every_records),
                        float(last_cp.get("every_seconds") or every_seconds))
@@ -108,7 +110,13 @@ def verify_lines(data: bytes, public_key: ec.EllipticCurvePublicKey | None = Non
             return report.fail(line, f"{_where(line, record)}: content does not match its hash (edited)", seq)
         if record.get("prev_hash") != prev_hash or seq != prev_seq + 1:
             return report.fail(*_classify(i, records, by_hash, seqs, prev_seq, prev_hash))
-        if record.get("type") == "checkpoint":
+        if record.get("type") == "checkpoint-deferred":  # the signer was down: closes the run, proves nothing
+            if record.get("head_hash") != prev_hash or record.get("count") != prev_seq:
+                return report.fail(line, f"{_where(line, record)}: deferred checkpoint does not describe the records "
+                                         "before it (forged)", seq)
+            report.deferred += 1
+            run_start, run_events = None, 0
+        elif record.get("type") == "checkpoint":
             if record.get("head_hash") != prev_hash or record.get("count") != prev_seq:
                 return report.fail(line, f"{_where(line, record)}: checkpoint does not describe the records before "
                                          "it (forged checkpoint)", seq)
@@ -139,6 +147,8 @@ def verify_lines(data: bytes, public_key: ec.EllipticCurvePublicKey | None = Non
         report.head = (seq, prev_hash)
     if cut_last:
         return report.fail(len(records), f"line {len(records)}: the last record has no line end (truncated file)")
+    if report.deferred:
+        report.notes.append(f"{report.deferred} checkpoint(s) were deferred (unsigned) while the HSM was unavailable")
     if expect_checkpoints and run_events:
         # The writer closes a run only when the next event would overflow it: a tail shorter than the limits is
         # normal, so records cut off after the last checkpoint are found by comparing with the store (--data-dir).

@@ -227,3 +227,39 @@ class _Svc:
 
     def __init__(self, audit) -> None:
         self.audit = audit
+
+
+def test_hsm_down_defers_the_checkpoint_instead_of_refusing(tmp_path: Path, hsm_provider, root_ctx: RequestContext):
+    """If the signer fails when a checkpoint is due, the events are still written behind an unsigned
+    checkpoint-deferred record (requests served without the HSM are not turned into 503s); signing resumes after."""
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    down = threading.Event()
+
+    def signer(data: bytes) -> bytes:
+        if down.is_set():
+            raise RuntimeError("HSM unavailable")
+        return hsm_provider.audit_sign(data)
+
+    store = Store(f"sqlite:///{tmp_path / 'd.db'}")
+    store.migrate()
+    audit = make_audit(tmp_path, hsm_provider, store, signer=signer, checkpoint_records=3)
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        for _ in range(3):
+            svc.list_keys(root_ctx)
+        down.set()
+        for _ in range(3):
+            svc.list_keys(root_ctx)  # the 4th event needs a checkpoint first: deferred, not refused
+        down.clear()
+        svc.list_keys(root_ctx)
+        kinds = [r["type"] for r in records(svc)]
+        assert kinds == ["event"] * 3 + ["checkpoint-deferred"] + ["event"] * 3 + ["checkpoint", "event"]
+        report = verify(svc)
+        assert (report.events, report.checkpoints, report.deferred) == (7, 1, 1)
+        assert "deferred" in report.notes[-2]
+    finally:
+        audit.close()
+        store.dispose()
