@@ -200,7 +200,6 @@ def test_every_request_is_audited_and_the_chain_holds(broker, api, sym_key):
 def test_openapi_documents_every_route(broker):
     doc = requests.get(broker.url("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
-    from flask import Flask
 
     from broker.api.openapi import openapi_path
     from broker.app import create_app
