@@ -329,6 +329,30 @@ def test_get_public_key(world: World, name: str, spec: str, usage: str) -> None:
     refused(world.api.get(world.url(f"/keys/{shared_key(world, name)}/public-key")), "asymmetric")
 
 
+@each
+def test_signing_key_lifecycle(world: World, name: str) -> None:
+    """Disable/enable and deletion/cancel of an asymmetric key: the backend's key must come back usable."""
+    key_id = new_key(world, name, "ECC_NIST_P256", "SIGN_VERIFY")
+    body = {"Message": b64(b"lifecycle"), "SigningAlgorithm": "ECDSA_SHA_256"}
+    sign = lambda: world.api.post(world.url(f"/keys/{key_id}/sign"), json=body)  # noqa: E731
+    public = ok(world.api.get(world.url(f"/keys/{key_id}/public-key")))["PublicKey"]
+    ok(world.api.post(world.url(f"/keys/{key_id}/disable")))
+    error(sign(), 409, "DisabledException")
+    error(world.api.get(world.url(f"/keys/{key_id}/public-key")), 409, "DisabledException")
+    ok(world.api.post(world.url(f"/keys/{key_id}/enable")))
+    ok(sign())
+    ok(world.api.post(world.url(f"/keys/{key_id}/schedule-deletion"), json={"PendingWindowInDays": 7}))
+    error(sign(), 409, "KMSInvalidStateException")
+    ok(world.api.post(world.url(f"/keys/{key_id}/cancel-deletion")))
+    error(sign(), 409, "DisabledException")
+    ok(world.api.post(world.url(f"/keys/{key_id}/enable")))
+    signature = ok(sign())["Signature"]
+    assert ok(world.api.get(world.url(f"/keys/{key_id}/public-key")))["PublicKey"] == public
+    if not gap(name, "sign"):
+        _local_verify(unb64(public), unb64(signature), b"lifecycle", "ECDSA_SHA_256")
+    refused(world.api.post(world.url(f"/keys/{key_id}/rotate")), "symmetric")
+
+
 RSA_ENCRYPTION = ["RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256"]
 
 
