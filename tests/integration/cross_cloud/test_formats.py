@@ -48,3 +48,38 @@ keys:
     for text, needle in bad.items():
         with pytest.raises(ManifestError, match=needle):
             parse_manifest(text)
+
+
+def test_throttled_calls_back_off_and_rates_are_spaced() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from broker import errors
+    from broker.replication.sync import SyncEngine, _RateLimit
+    from providers.base import ProviderThrottled
+
+    engine = SyncEngine(SimpleNamespace(store=None, providers={}), parse_manifest("manifest: t\nkeys: []"), None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ProviderThrottled("slow down", retry_after=0.3)
+        if len(calls) == 2:
+            raise errors.Throttled("slow down")
+        return "ok"
+
+    assert engine._retry("aws", flaky) == "ok" and len(calls) == 3
+    assert calls[1] - calls[0] >= 0.3  # the provider's retry_after
+    assert calls[2] - calls[1] >= 0.4  # exponential backoff, second attempt
+
+    def always() -> None:
+        raise ProviderThrottled("no", retry_after=0.001)
+    with pytest.raises(ProviderThrottled):
+        engine._retry("aws", always)
+
+    limit, starts = _RateLimit(20.0), []
+    for _ in range(6):
+        limit.wait()
+        starts.append(time.monotonic())
+    assert starts[-1] - starts[0] >= 5 / 20 - 0.01
