@@ -133,3 +133,38 @@ def test_validation(world: World, members: dict[str, str]) -> None:
     assert world.api.post(url, json={"Name": "named-once", "Members": [members["hsm"]]}).status_code == 409
     listed = world.api.get(url).json()["MultiKeys"]
     assert "named-once" in [m["Name"] for m in listed]
+
+
+def test_policy_needs_encrypt_on_every_member_and_decrypt_on_the_answering_one(world: World,
+                                                                               members: dict[str, str]) -> None:
+    from broker.auth import TokenAuth
+    from broker.store import Store
+
+    a, b = members["aws"], members["aliyun"]
+    mk = _mk(world, "policy", [a, b])["MultiKeyId"]
+
+    def doc(statements: list[tuple[list[str], str]]) -> dict:
+        return {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": acts, "Resource": f"key/{k}"} for acts, k in statements]}
+
+    policies = {"mk-enc-a": doc([(["kms:Encrypt"], a)]),
+                "mk-enc-both-dec-b": doc([(["kms:Encrypt"], a), (["kms:Encrypt", "kms:Decrypt"], b)])}
+    for name, d in policies.items():
+        assert world.api.put(world.broker.url(f"/policies/{name}"), json={"Document": d}).status_code == 200
+    store = Store(f"sqlite:///{world.broker.data_dir / 'broker.db'}")
+    try:
+        tokens = TokenAuth(store)
+        only_a = world.broker.session(tokens.create("mk-only-a", ["mk-enc-a"])[0])
+        both = world.broker.session(tokens.create("mk-both", ["mk-enc-both-dec-b"])[0])
+    finally:
+        store.dispose()
+    refused = only_a.post(world.broker.url(f"/multikeys/{mk}/encrypt"), json={"Plaintext": b64(b"p")})
+    assert refused.status_code == 403, refused.text
+    enc = both.post(world.broker.url(f"/multikeys/{mk}/encrypt"), json={"Plaintext": b64(b"p")})
+    assert enc.status_code == 200, enc.text
+    dec = both.post(world.broker.url("/multikeys/decrypt"), json={"CiphertextBlob": enc.json()["CiphertextBlob"]})
+    assert dec.status_code == 200, dec.text
+    assert dec.json()["AnsweredBy"]["KeyId"] == b
+    assert [x["Outcome"] for x in dec.json()["Attempts"]] == ["AccessDeniedException", "ok"]
+    none = only_a.post(world.broker.url("/multikeys/decrypt"), json={"CiphertextBlob": enc.json()["CiphertextBlob"]})
+    assert none.status_code == 403
