@@ -58,8 +58,9 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: int) -
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50": _ms(re.search(r"50%\s+(\S+)", out).group(1)),
-        "p99": _ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        # anchored: the Latency line's "+/- Stdev" column also ends in a percentage
+        "p50": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        "p99": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
         "errors": int(non2xx.group(1)) if non2xx else 0,
     }
 
