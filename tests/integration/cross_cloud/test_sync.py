@@ -157,3 +157,35 @@ def test_invalid_manifest_and_every(world: World, tmp_path: Path) -> None:
     code, report = run_sync(world, data, "apply", m, "--every", "1s", "--max-runs", "2")
     # JSON Lines, one report per run; the last: the first run created both keys, the second found nothing to do
     assert code == 0 and report["actions"] == [], report
+
+
+def test_replicated_entry_rotates_every_copy_when_due(world: World, tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    data = new_data_dir(tmp_path / "data")
+    m = write_manifest(tmp_path / "m.yaml", {"manifest": "rot", "keys": [
+        {"name": "r", "replicate": True, "targets": ["aws", "gcp"], "rotation_days": 90}]})
+    code, applied = run_sync(world, data, "apply", m)
+    assert code == 0, applied
+    primary = next(a["key_id"] for a in applied["actions"] if a["target"] == "@primary")
+    assert run_sync(world, data, "plan", m)[0] == 0  # not due yet
+    con = sqlite3.connect(data / "broker.db")
+    try:  # the primary's material is now 100 days old
+        con.execute("update key_versions set created_at = ? where key_id = ?",
+                    ((datetime.now(UTC) - timedelta(days=100)).isoformat(), primary))
+        con.commit()
+    finally:
+        con.close()
+    code, plan = run_sync(world, data, "plan", m)
+    assert code == 2 and [(a["target"], a["changes"]) for a in plan["actions"]] == [("@primary", ["rotate-replicas"])]
+    code, applied = run_sync(world, data, "apply", m)
+    assert code == 0, applied
+    con = sqlite3.connect(f"file:{data / 'broker.db'}?mode=ro", uri=True)
+    try:
+        versions = dict(con.execute("select k.provider, k.primary_version from keys k join key_tags t "
+                                    "on t.key_id = k.key_id where t.tag_key = 'kmsb:sync'").fetchall())
+    finally:
+        con.close()
+    assert versions == {"hsm": 2, "aws": 2, "gcp": 2}
+    assert run_sync(world, data, "plan", m)[0] == 0
