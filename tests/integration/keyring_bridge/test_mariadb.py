@@ -178,9 +178,10 @@ def test_hsm_failure_drops_the_connection_instead_of_crashing_the_database(db: M
     finally:
         gone.rename(tokens)
     failed = _reads(bridge, since, action="keyring:Read", outcome="error")
-    assert failed and {r["error_code"] for r in failed} == {"DependencyFailureException"}
-    # The pkcs11 provider keeps its stale object handles after the token comes back (ObjectHandleInvalid is not one
-    # of the errors that reset its session), so the bridge is restarted to recover; mariadbd never notices.
+    # the HSM is unavailable (503 class); to the database it was only ever a dropped connection
+    assert failed and {r["error_code"] for r in failed} == {"DependencyTimeoutException"}
+    # Recovery after an HSM outage is a bridge restart (documented): SoftHSM does not always report the lost
+    # token with an error that resets the session. mariadbd never notices.
     bridge.stop()
     bridge.start()
     r = requests.get(f"{bridge.vault}/v1/{MOUNT}/data/1", headers={"X-Vault-Token": db.token}, timeout=5)
