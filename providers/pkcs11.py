@@ -96,13 +96,7 @@ class _Session:
             return self._session
         try:
             lib = pkcs11.lib(self._lib_path)
-            try:
-                token = lib.get_token(token_label=self._token_label)
-            except pkcs11.NoSuchToken:
-                # SoftHSM scans its tokens only at C_Initialize: a token that went away and came back is found
-                # only after a re-initialise (which also invalidates this process's other sessions: they reset).
-                lib.reinitialize()
-                token = lib.get_token(token_label=self._token_label)
+            token = lib.get_token(token_label=self._token_label)
             pin = read_pin(self._config)
             try:
                 self._session = token.open(rw=True, user_pin=pin)

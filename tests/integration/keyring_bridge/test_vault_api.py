@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime, timedelta
+import subprocess
+import sys
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -136,23 +138,36 @@ def test_material_is_stored_only_sealed(bridge: Bridge, db_token: str):
     assert "hsm" in origins
 
 
-def test_scheduled_rotation_is_due_only_after_its_period(bridge: Bridge, db_token: str):
-    from broker.app import SYSTEM
-    from broker.service import RequestContext
-    from broker.settings import load_settings
-    from keyring_bridge.keyring import KeyringService
-    from keyring_bridge.vault_app import create_bridge_app
+_ROTATE_DUE_AT = """
+import json, sys
+from datetime import UTC, datetime, timedelta
+from broker.app import SYSTEM
+from broker.service import RequestContext
+from broker.settings import load_settings
+from keyring_bridge.vault_app import create_bridge_app
+app = create_bridge_app(load_settings(sys.argv[1]))
+ctx = RequestContext(SYSTEM, front_door="jobs")
+print(json.dumps([app.extensions["kms_keyring"].rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=m))
+                  for m in map(int, sys.argv[2:])]))
+"""
 
+
+def _rotate_due_at(bridge: Bridge, *minutes: int) -> list[list[str]]:
+    """rotate_due at future instants, in a fresh process: SoftHSM reads its token config once per process, and
+    this test process already holds another token's."""
+    out = subprocess.run([sys.executable, "-c", _ROTATE_DUE_AT, str(bridge.data_dir), *map(str, minutes)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_scheduled_rotation_is_due_only_after_its_period(bridge: Bridge, db_token: str):
     bridge.cli("keyring", "schedule", "--mount", MOUNT, "--id", "1", "--period", "1h")
     assert "nothing due" in bridge.cli("keyring", "rotate-due").stdout
-    app = create_bridge_app(load_settings(bridge.data_dir))
-    keyring: KeyringService = app.extensions["kms_keyring"]
-    ctx = RequestContext(SYSTEM, front_door="jobs")
-    assert keyring.rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=30)) == []
-    assert keyring.rotate_due(ctx, now=datetime.now(UTC) + timedelta(hours=2)) == [f"{MOUNT}/1"]
+    assert _rotate_due_at(bridge, 30, 120) == [[], [f"{MOUNT}/1"]]
     assert get(bridge, f"{MOUNT}/data/1", db_token).json()["data"]["metadata"]["version"] == 2
     # The next rotation is one period after this one.
-    assert keyring.rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=30)) == []
+    assert _rotate_due_at(bridge, 30) == [[]]
 
 
 def test_admin_routes_are_in_the_openapi_document(bridge: Bridge):
