@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -10,9 +12,11 @@ from gunicorn.app.base import BaseApplication
 from broker.settings import Settings
 
 
-class BrokerServer(BaseApplication):
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self._settings = settings
+class GunicornApp(BaseApplication):
+    """gunicorn run in-process with our options; `load` builds the WSGI app in each worker, after the fork."""
+
+    def __init__(self, load: Callable[[], Any], options: dict[str, Any]) -> None:
+        self._load = load
         self._options = options
         super().__init__()
 
@@ -21,9 +25,13 @@ class BrokerServer(BaseApplication):
             self.cfg.set(name, value)
 
     def load(self):
-        from broker.app import create_app
+        return self._load()
 
-        return create_app(self._settings, run_jobs=True)
+
+def _create_api(settings: Settings):
+    from broker.app import create_app
+
+    return create_app(settings, run_jobs=True)
 
 
 def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
@@ -42,7 +50,7 @@ def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
 
 
 def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
-    BrokerServer(settings, {
+    GunicornApp(partial(_create_api, settings), {
         "bind": bind,
         "workers": workers,
         "threads": threads,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker import errors
 from broker.service import KeyService, RequestContext
@@ -121,28 +119,6 @@ class EntryInfo:
         }
 
 
-class _Reader:
-    """Hot read path: one autocommit connection per thread (the plugin's key reads must stay well under 2 ms)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._local = threading.local()
-
-    def first(self, statement, params: dict):
-        for attempt in range(2):
-            conn = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = self._local.conn = self._engine.connect()
-            try:
-                return conn.execute(statement, params).first()
-            except DBAPIError:
-                self._local.conn = None
-                conn.invalidate()
-                if attempt:
-                    raise
-        return None
-
-
 @contextmanager
 def _store_guard() -> Iterator[None]:
     """Store failures become DependencyTimeout inside the operation, so the audit record says what happened."""
@@ -169,7 +145,6 @@ class KeyringService:
         self.service = service
         self.store = service.store
         self.root = service.providers[root_of_trust]
-        self._reader = _Reader(self.store.engine)
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -199,7 +174,7 @@ class KeyringService:
         return secret
 
     def _entry_row(self, mount: str, entry_id: str):
-        return self._reader.first(_ENTRY, {"mount": mount, "entry_id": entry_id})
+        return self.store.first(_ENTRY, {"mount": mount, "entry_id": entry_id})
 
     def _append(self, mount: str, entry_id: str, secret: Mapping[str, Any], origin: str, *,
                 cas: int | None = None, create_only: bool = False, custom_metadata: Mapping[str, str] | None = None,
@@ -273,7 +248,7 @@ class KeyringService:
                 if row is None:
                     raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
                 wanted = row.latest_version if version is None else version
-                vrow = self._reader.first(_VERSION, {"mount": mount, "entry_id": entry_id, "version": wanted})
+                vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id, "version": wanted})
             if vrow is None:
                 raise errors.NotFound(f"keyring entry {mount}/{entry_id} has no version {wanted}")
             entry.key_version = wanted
@@ -313,7 +288,7 @@ class KeyringService:
                 row = self._entry_row(mount, entry_id)
                 if row is None:
                     raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-                vrow = self._reader.first(_VERSION, {"mount": mount, "entry_id": entry_id,
+                vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id,
                                                      "version": row.latest_version})
             size = len(secret_material(self._unseal(mount, entry_id, row.latest_version, vrow.sealed)) or b"")
             if size not in (16, 24, 32):
@@ -331,7 +306,7 @@ class KeyringService:
             if period_seconds:
                 with _store_guard():
                     current = self._entry_row(mount, entry_id)
-                    vrow = current and self._reader.first(_VERSION, {"mount": mount, "entry_id": entry_id,
+                    vrow = current and self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id,
                                                                      "version": current.latest_version})
                 if vrow:
                     material = secret_material(self._unseal(mount, entry_id, current.latest_version, vrow.sealed))
@@ -406,7 +381,7 @@ class KeyringService:
                 row = self._entry_row(mount, entry_id)
                 if row is not None:
                     # Importing the same file twice is fine; different material for an existing id is refused.
-                    existing = [secret_material(self._unseal(mount, entry_id, v, self._reader.first(
+                    existing = [secret_material(self._unseal(mount, entry_id, v, self.store.first(
                         _VERSION, {"mount": mount, "entry_id": entry_id, "version": v}).sealed))
                         for v in range(1, row.latest_version + 1)]
                     if existing[:len(versions)] == list(versions):
@@ -428,7 +403,7 @@ class KeyringService:
                 for info in infos:
                     secrets = []
                     for v, _o, _c in info.versions:
-                        vrow = self._reader.first(_VERSION, {"mount": mount, "entry_id": info.entry_id, "version": v})
+                        vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": info.entry_id, "version": v})
                         secrets.append(self._unseal(mount, info.entry_id, v, vrow.sealed))
                     out.append((info, secrets))
             entry.extra["entries"] = len(out)

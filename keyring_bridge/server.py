@@ -9,27 +9,17 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from functools import partial
 from typing import Any
 
-from gunicorn.app.base import BaseApplication
-
 from broker.settings import Settings
+from broker.wsgi import GunicornApp
 
 
-class KeyringServer(BaseApplication):
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self._settings = settings
-        self._options = options
-        super().__init__()
+def _create_bridge(settings: Settings):
+    from keyring_bridge.vault_app import create_bridge_app
 
-    def load_config(self) -> None:
-        for name, value in self._options.items():
-            self.cfg.set(name, value)
-
-    def load(self):
-        from keyring_bridge.vault_app import create_bridge_app
-
-        return create_bridge_app(self._settings, run_jobs=True)
+    return create_bridge_app(settings, run_jobs=True)
 
 
 def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | None = None,
@@ -72,7 +62,7 @@ def start_bridge_process(settings: Settings, options: dict[str, Any]) -> int:
     try:
         _die_with_parent()
         if os.getppid() == parent:
-            KeyringServer(settings, options).run()
+            GunicornApp(partial(_create_bridge, settings), options).run()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - the child must never return into the parent's code
