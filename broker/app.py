@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from flask import Flask, Request, g, request
+from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
@@ -16,6 +16,7 @@ from broker.auth import Principal, TokenAuth
 from broker.policy import PolicyEngine
 from broker.policy.document import KMS_ACTIONS
 from broker.service import KeyService, RequestContext
+from broker.services import Services
 from broker.settings import Settings
 from broker.store import Store
 from broker.store.policies import PolicyRepository
@@ -45,14 +46,15 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
     from broker.api.native import ROUTES, bp
-    from broker.policy_admin import PolicyAdmin
 
     app = Flask("kms_broker")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
     app.json.sort_keys = False
     service = service or build_service(settings)
+    services = Services.over(service)
+    app.extensions["kms"] = services
     app.extensions["kms_service"] = service
-    app.extensions["kms_policy_admin"] = PolicyAdmin(service, service.policy, service.policy.repository)
+    app.extensions["kms_policy_admin"] = services.policies
     app.extensions["kms_settings"] = settings
     tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}
@@ -120,7 +122,7 @@ def audit_refusal(service: KeyService, exc: errors.BrokerError) -> errors.Broker
     action = operation if ":" in operation else ("kms:" if f"kms:{operation}" in KMS_ACTIONS else "broker:") + operation
     denied = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
     try:
-        service.audit_rejected(ctx, action, exc.code, denied)
+        current_app.extensions["kms"].refused(ctx, action, exc.code, denied)
     except errors.NotReady as audit_failure:
         return audit_failure
     return exc

@@ -178,7 +178,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         c: RequestContext | None = getattr(g, "ctx", None)
         if isinstance(exc, _ANSWERED) and c is not None and not c.audited:
             try:
-                service.audit_rejected(c, g.action, exc.code, isinstance(exc, errors.Unauthenticated |
+                service.gate.audit_rejected(c, g.action, exc.code, isinstance(exc, errors.Unauthenticated |
                                                                            errors.AccessDenied))
             except errors.BrokerError:
                 exc = DropConnection()
@@ -201,7 +201,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             code = errors.BrokerError.code
         if c is not None and not c.audited and not isinstance(exc, DropConnection):
             try:  # best effort: record the failure if the audit sink still works
-                service.audit_rejected(c, g.action, code, False)
+                service.gate.audit_rejected(c, g.action, code, False)
             except Exception:  # noqa: BLE001 - the connection is dropped either way
                 pass
         log.warning("keyring bridge dropped a connection (request %s): %s", getattr(g, "request_id", "?"), code)

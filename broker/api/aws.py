@@ -480,8 +480,9 @@ def _data_key(svc: KeyService, ctx: RequestContext, b: Body, include_plaintext: 
         if include_plaintext:
             answer["Plaintext"] = _b64(out["Plaintext"])
         return answer
-    out = svc.generate_data_key(ctx, b.key(), key_spec=b.str("KeySpec"), number_of_bytes=b.int("NumberOfBytes"),
-                                context=b.map("EncryptionContext"), include_plaintext=include_plaintext)
+    generate = svc.generate_data_key if include_plaintext else svc.generate_data_key_without_plaintext
+    out = generate(ctx, b.key(), key_spec=b.str("KeySpec"), number_of_bytes=b.int("NumberOfBytes"),
+                   context=b.map("EncryptionContext"))
     answer = {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(out["KeyId"])}
     if include_plaintext:
         answer["Plaintext"] = _b64(out["Plaintext"])
@@ -503,8 +504,8 @@ def generate_data_key_without_plaintext(svc: KeyService, ctx: RequestContext, b:
 def _data_key_pair(svc: KeyService, ctx: RequestContext, b: Body, include_plaintext: bool) -> dict:
     if b.data.get("Recipient") is not None:
         raise errors.Unsupported("Recipient (Nitro Enclaves attestation) is not supported by the broker")
-    out = svc.generate_data_key_pair(ctx, b.key(), b.str("KeyPairSpec", required=True),
-                                     context=b.map("EncryptionContext"), include_plaintext=include_plaintext)
+    generate = svc.generate_data_key_pair if include_plaintext else svc.generate_data_key_pair_without_plaintext
+    out = generate(ctx, b.key(), b.str("KeyPairSpec", required=True), context=b.map("EncryptionContext"))
     answer = {"PrivateKeyCiphertextBlob": _b64(out["PrivateKeyCiphertextBlob"]), "PublicKey": _b64(out["PublicKey"]),
               "KeyId": key_arn(out["KeyId"]), "KeyPairSpec": out["KeyPairSpec"]}
     if include_plaintext:

@@ -170,8 +170,8 @@ def generate_data_key(svc: Svc, ctx: Ctx, b: s.GenerateDataKey, key: str):
 @op("/keys/<path:key>/generate-data-key-without-plaintext", "POST", "GenerateDataKeyWithoutPlaintext",
     "A data key, encrypted only", s.GenerateDataKey)
 def generate_data_key_wp(svc: Svc, ctx: Ctx, b: s.GenerateDataKey, key: str):
-    return svc.generate_data_key(ctx, key, key_spec=b.KeySpec, number_of_bytes=b.NumberOfBytes,
-                                 context=b.EncryptionContext, include_plaintext=False)
+    return svc.generate_data_key_without_plaintext(ctx, key, key_spec=b.KeySpec, number_of_bytes=b.NumberOfBytes,
+                                                   context=b.EncryptionContext)
 
 
 @op("/keys/<path:key>/generate-data-key-pair", "POST", "GenerateDataKeyPair",
@@ -183,8 +183,7 @@ def generate_data_key_pair(svc: Svc, ctx: Ctx, b: s.GenerateDataKeyPair, key: st
 @op("/keys/<path:key>/generate-data-key-pair-without-plaintext", "POST", "GenerateDataKeyPairWithoutPlaintext",
     "An asymmetric data key pair; the private key only encrypted", s.GenerateDataKeyPair)
 def generate_data_key_pair_wp(svc: Svc, ctx: Ctx, b: s.GenerateDataKeyPair, key: str):
-    return svc.generate_data_key_pair(ctx, key, b.KeyPairSpec, context=b.EncryptionContext,
-                                      include_plaintext=False)
+    return svc.generate_data_key_pair_without_plaintext(ctx, key, b.KeyPairSpec, context=b.EncryptionContext)
 
 
 @op("/random", "POST", "GenerateRandom", "Random bytes from a provider's generator", s.GenerateRandom)

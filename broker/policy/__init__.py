@@ -13,13 +13,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker.auth import Principal
-from broker.errors import AccessDenied
 from broker.model import Key
 from broker.policy.builtin import builtin
 from broker.policy.document import PolicyDocument, parse_document
 from broker.policy.evaluate import Decision, Facts, Grant, evaluate
 
 __all__ = ["Decision", "PolicyEngine"]
+
+
+def _pattern_covers(pattern: str, prefix: str) -> bool:
+    """Whether a policy resource pattern matches every name that starts with `prefix`."""
+    if pattern == "*" or pattern == prefix + "*":
+        return True
+    head = pattern[:-1]
+    return pattern.endswith("*") and not any(c in head for c in "*?[$") and prefix.startswith(head)
 
 
 class _TTLCache:
@@ -98,10 +105,30 @@ class PolicyEngine:
                         self.key_policy(key.key_id) if on_key else None,
                         self.grants(key.key_id) if on_key else ())
 
-    def authorize(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
-                  resource: str | None = None, source_ip: str = "") -> Decision:
-        decision = self.decide(principal, action, key, context, resource=resource, source_ip=source_ip)
-        if not decision.allowed:
-            target = f" on {key.key_id}" if key else (f" on {resource}" if resource else "")
-            raise AccessDenied(f"{principal.name} is not allowed to perform {action}{target}")
-        return decision
+    def covers(self, principal: Principal, actions: list[str], resource_glob: str) -> bool:
+        """Does `principal` hold every action on *every* resource `resource_glob` ("<literal prefix>*") names?
+
+        Sound and deliberately conservative (the no-escalation rule asks it before something is handed on): an
+        unconditional identity Allow whose resource pattern is "*", the glob itself, or "<prefix>*" with a prefix
+        of the glob's literal part; any Deny statement naming one of the actions answers no.
+        """
+        if principal.is_root:
+            return True
+        if not resource_glob.endswith("*") or any(c in resource_glob[:-1] for c in "*?["):
+            raise ValueError("covers() takes '<literal prefix>*'")
+        prefix = resource_glob[:-1]
+        docs = [doc for _, doc in self.identity_documents(principal)]
+        for action in actions:
+            held = False
+            for doc in docs:
+                for st in doc.statements:
+                    if not st.matches_action(action):
+                        continue
+                    if st.effect == "Deny":
+                        return False
+                    if st.conditions:
+                        continue
+                    held = held or any(_pattern_covers(p, prefix) for p in st.resources)
+            if not held:
+                return False
+        return True

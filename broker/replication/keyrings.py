@@ -34,9 +34,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from broker import ciphertext as ct
 from broker import errors
+from broker.gate import provider_error as _provider_errors
 from broker.model import Key, KeySpec, KeyUsage
 from broker.replication.repo import MultiKey, ReplicationRepo, now
-from broker.service import AuditEntry, KeyService, RequestContext, _provider_errors
+from broker.service import AuditEntry, KeyService, RequestContext, check_bytes, data_key_size
 from providers import base as pb
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9/_.-]{1,200}$")
@@ -256,7 +257,7 @@ class MultiKeys:
 
     def encrypt(self, ctx: RequestContext, ref: str, plaintext: bytes, *, context: Any = None) -> dict[str, Any]:
         with self.service.operation(ctx, "kms:Encrypt") as entry:
-            plaintext = self.service._check_bytes(plaintext, "Plaintext")
+            plaintext = check_bytes(plaintext, "Plaintext")
             context = self.service.check_context(context)
             entry.context = context
             mk = self._get(ref)
@@ -268,7 +269,7 @@ class MultiKeys:
                           include_plaintext: bool = True) -> dict[str, Any]:
         action = "kms:GenerateDataKey" if include_plaintext else "kms:GenerateDataKeyWithoutPlaintext"
         with self.service.operation(ctx, action) as entry:
-            size = self.service._data_key_size(key_spec, number_of_bytes)
+            size = data_key_size(key_spec, number_of_bytes)
             context = self.service.check_context(context)
             entry.context = context
             mk = self._get(ref)
@@ -308,8 +309,8 @@ class MultiKeys:
             if skipped:
                 attempt["CircuitOpen"] = True
             try:
-                data_key, key = self._run(provider, lambda w=wrap, s=scratch: self.service._open(
-                    w, context, None, s, ctx, action))
+                data_key, key = self._run(provider, lambda w=wrap, i=inner, s=scratch: self._open_wrap(
+                    ctx, s, w, i, context, action))
             except (errors.BrokerError, pb.ProviderError) as exc:
                 code = exc.code if isinstance(exc, errors.BrokerError) else _provider_errors(exc).code
                 denied = denied or isinstance(exc, errors.AccessDenied)
@@ -328,8 +329,17 @@ class MultiKeys:
             raise errors.DependencyTimeout("no member's provider answered")
         raise errors.InvalidCiphertext("no member could unwrap the data key")
 
+    def _open_wrap(self, ctx: RequestContext, scratch: AuditEntry, wrap: bytes, inner: ct.Ciphertext,
+                   context: Mapping[str, str], action: str) -> tuple[bytes, Key]:
+        try:
+            key = self.service.resolve_key(inner.header.key_id)
+        except errors.NotFound:
+            raise errors.InvalidCiphertext("the wrap refers to a key that does not exist") from None
+        self.service.authorize(ctx, scratch, action, key, context)
+        return self.service._open(key, wrap, context, scratch), key
+
     def _parse(self, blob: Any) -> ct.Ciphertext:
-        blob = self.service._check_bytes(blob, "CiphertextBlob", high=MAX_MULTI_CIPHERTEXT)
+        blob = check_bytes(blob, "CiphertextBlob", high=MAX_MULTI_CIPHERTEXT)
         try:
             parsed = ct.unpack(blob)
         except ct.MalformedCiphertext as exc:

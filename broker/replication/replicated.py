@@ -24,7 +24,7 @@ from typing import Any
 from broker import errors
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from broker.replication.repo import ReplicationRepo, now
-from broker.service import AuditEntry, KeyService, RequestContext
+from broker.service import AuditEntry, KeyService, RequestContext, check_tags
 from providers import base as pb
 from providers.base import Provider, ProviderKeyRef
 
@@ -51,7 +51,7 @@ class ReplicatedKeys:
         return self.service.providers[self.hsm_name]
 
     def _target(self, name: str, spec: KeySpec) -> Provider:
-        backend = self.service._provider(name)
+        backend = self.service.provider(name)
         if name == self.hsm_name:
             raise errors.ValidationError("the HSM holds the primary; targets are the other providers")
         if not backend.capabilities.byok_import:
@@ -113,7 +113,7 @@ class ReplicatedKeys:
             spec = self._spec(key_spec)
             if not isinstance(targets, list) or not targets or len(set(targets)) != len(targets):
                 raise errors.ValidationError("Targets must be a non-empty list of distinct provider names")
-            tags = self.service._check_tags(tags)
+            tags = check_tags(tags)
             for t in targets:
                 self._target(t, spec)
             primary_id = str(uuid.uuid4())
@@ -146,7 +146,7 @@ class ReplicatedKeys:
             key = self.service.store.get_key(rid)
             copies.append({"Target": target, "KeyId": rid, "KeyState": key.state.value if key else "Missing",
                            "PrimaryVersion": key.primary_version if key else None})
-        return {"KeyMetadata": self.service.describe(primary), "Replicas": copies}
+        return {"KeyMetadata": self.service._metadata(primary), "Replicas": copies}
 
     def describe(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
         with self.service.operation(ctx, "kms:DescribeKey") as entry:

@@ -435,7 +435,7 @@ class SyncEngine:
                 self.repo.journal_set(jid, "done")
                 return svc.store.get_key(key.key_id)
             svc.authorize(self.ctx, entry, "kms:CreateKey", None, resource=f"provider/{provider}")
-            backend = svc._provider(provider)
+            backend = svc.provider(provider)
             missing = backend.capabilities.missing_for(e.key_spec)
             if missing:
                 raise errors.Unsupported(f"provider {provider!r} lacks {missing}; cannot create this key there")
@@ -508,7 +508,7 @@ class SyncEngine:
             key = svc.resolve_key(key_id)
             svc.authorize(self.ctx, entry, action, key)
             entry.extra["sync"] = "mirror-state"
-            backend = svc._provider(key.provider)
+            backend = svc.provider(key.provider)
             for kv in svc.store.list_versions(key.key_id):
                 if kv.state == "Enabled":
                     self._retry(key.provider, lambda r=kv.provider_ref: backend.set_enabled(

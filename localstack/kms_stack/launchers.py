@@ -175,7 +175,8 @@ EMULATORS: dict[str, EmulatorSpec] = {
         "azure_keyvault_emulator", ("--port",), ("vault_url", "ca_bundle", "token"),
         lambda p: {"vault_url": f"https://{HOST}:{p['--port']}", "token": None},
         # a token of its own, so clients authenticate (and SDK code never falls back to a real Azure credential)
-        lambda d: ["--data-dir", str(d), "--token", secrets.token_urlsafe(24),
+        # "--token=…": a token_urlsafe value may start with "-", which argparse would take for an option
+        lambda d: ["--data-dir", str(d), f"--token={secrets.token_urlsafe(24)}",
                    "--state-file", str(d / "azure-keyvault.json")],
     ),
     "gcp": EmulatorSpec(

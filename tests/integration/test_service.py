@@ -381,7 +381,7 @@ def test_generate_data_key(h: Harness) -> None:
     out = h.ok("generate_data_key", key, key_spec="AES_256", context={"c": "1"})
     assert len(out["Plaintext"]) == 32
     assert h.ok("decrypt", out["CiphertextBlob"], context={"c": "1"})["Plaintext"] == out["Plaintext"]
-    out = h.ok("generate_data_key", key, number_of_bytes=7, include_plaintext=False)
+    out = h.ok("generate_data_key_without_plaintext", key, number_of_bytes=7)
     assert "Plaintext" not in out and len(h.ok("decrypt", out["CiphertextBlob"])["Plaintext"]) == 7
     assert h.records()[-2]["action"] == "kms:GenerateDataKeyWithoutPlaintext"
     for kwargs in ({}, {"key_spec": "AES_256", "number_of_bytes": 32}, {"key_spec": "AES_512"},

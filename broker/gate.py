@@ -1,0 +1,491 @@
+"""The gate: the one place that authorizes, audits and runs an operation.
+
+Every public method of every service is a *declared operation*: `@operation(action, Need(...), ...)` states the
+audit action, and for each check the policy action and how its resource derives from the request. The decorator is
+the only way into the body, and it does, in order:
+
+1. refuse at once if the audit log cannot take a record (fail closed, nothing happens);
+2. derive every declared resource from the arguments (resolve a key, read a ciphertext's header, name a keyring
+   entry) and ask the policy engine for each (default deny);
+3. for an operation that changes state, make an *intent* record durable before the body runs;
+4. run the body with a `Call`: who asks, the resolved targets, the audit entry, and — for the few operations whose
+   resource is only known inside (a multi-key's answering member) — `require` for the actions it declared `dynamic`;
+5. write the outcome record (durable before anything is returned), whatever happened.
+
+Services subclass `Service`; a public method that is neither an `operation` nor marked `within`/`internal` fails at
+import, so a new operation without a declared authorization cannot exist. Methods marked `within(actions)` are the
+only doors between sibling services: they take the caller's `Call` and refuse unless that call already authorized
+one of the actions on the key they touch.
+
+No escalation is decided in one place too: `Call.holds` (may this caller do this?), `Call.holds_policies` (are these
+policy names within the caller's?) and `Call.covers` (does the caller hold these actions on every resource a glob
+names?) are what every surface that creates something for someone uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from broker import errors
+from broker.audit import AuditLog
+from broker.auth import Principal
+from broker.model import InvalidTransition, Key
+from broker.policy import Decision, PolicyEngine
+from providers import base as pb
+
+MAX_CONTEXT_PAIRS = 64
+MAX_CONTEXT_BYTES = 8192
+_SECRET_WORDS = ("token", "secret", "password", "passwd", "plaintext", "ciphertext", "pin", "private")
+
+
+# ================================================================================================ request side
+
+
+@dataclass
+class RequestContext:
+    """Who asks, from where; filled by the front door, read by the gate (policy and audit)."""
+
+    principal: Principal
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    source_ip: str = ""
+    front_door: str = "rest"
+    audited: bool = False
+
+
+@dataclass
+class AuditEntry:
+    """What the audit record of one operation will say; the gate fills who/what, the body adds the details."""
+
+    action: str
+    key_id: str | None = None
+    key_version: int | None = None
+    provider: str | None = None
+    context: Mapping[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one check is about: a key, a named non-key resource (e.g. "keyring/kv/db1"), or nothing."""
+
+    key: Key | None = None
+    resource: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"key/{self.key.key_id}" if self.key is not None else (self.resource or "*")
+
+
+NOTHING = Target()
+Resolver = Callable[[Any, Mapping[str, Any]], Target | None]
+
+
+@dataclass(frozen=True)
+class Need:
+    """One check a declared operation needs: `action` on the resource `on` derives from the arguments.
+
+    `on` is None for actions on no resource (ListKeys, CreateToken, …: identity policies decide). `context` names the
+    argument holding an encryption context: the gate validates it, binds the validated dict back into the arguments,
+    passes it to the policy engine and puts it (HMAC'd) in the audit record.
+    """
+
+    action: str
+    on: Resolver | None = None
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class Declaration:
+    action: str
+    needs: tuple[Need, ...]
+    dynamic: frozenset[str]
+    mutates: bool
+    kind: str  # "authorized" | "self" (the caller's own token) | "public" (login: no principal yet)
+    qualname: str = ""
+
+
+DECLARED: dict[str, Declaration] = {}
+
+
+# ================================================================================================ resolvers
+
+
+def key_arg(name: str, *, details: bool = False, optional: bool = False) -> Resolver:
+    """The key named (id, ARN or alias) by argument `name`, resolved through the service's `resolve_key`."""
+    def resolve(host: Any, args: Mapping[str, Any]) -> Target | None:
+        ref = args.get(name)
+        if ref is None and optional:
+            return NOTHING
+        return Target(key=host.resolve_key(ref, details=details))
+    resolve.arg = name  # type: ignore[attr-defined]
+    return resolve
+
+
+def resource(render: Callable[[Mapping[str, Any]], str]) -> Resolver:
+    """A non-key resource named from the arguments, e.g. `resource(lambda a: f"policy/{a['name']}")`."""
+    def resolve(host: Any, args: Mapping[str, Any]) -> Target:
+        return Target(resource=render(args))
+    return resolve
+
+
+def fixed(name: str) -> Resolver:
+    """A constant non-key resource, e.g. "auth/token"."""
+    def resolve(host: Any, args: Mapping[str, Any]) -> Target:
+        return Target(resource=name)
+    return resolve
+
+
+def check_context(context: Any) -> dict[str, str]:
+    """An encryption context: an object of string values, within AWS-like limits, every string valid Unicode."""
+    if context is None:
+        return {}
+    if not isinstance(context, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in context.items()):
+        raise errors.ValidationError("EncryptionContext must be an object of string values")
+    if len(context) > MAX_CONTEXT_PAIRS:
+        raise errors.ValidationError(f"EncryptionContext has at most {MAX_CONTEXT_PAIRS} pairs")
+    size = 0
+    for k, v in context.items():
+        size += len(valid_text(k, "EncryptionContext key").encode()) + len(valid_text(v, "EncryptionContext value")
+                                                                           .encode())
+    if size > MAX_CONTEXT_BYTES:
+        raise errors.ValidationError(f"EncryptionContext is at most {MAX_CONTEXT_BYTES} bytes")
+    return dict(context)
+
+
+def valid_text(value: str, name: str) -> str:
+    """A string that encodes as UTF-8 (JSON can carry lone surrogates, which nothing downstream can store)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise errors.ValidationError(f"{name} is not valid Unicode") from None
+    return value
+
+
+# ================================================================================================ the call
+
+
+class Call:
+    """One declared operation in flight: the only authority a body has."""
+
+    def __init__(self, gate: Gate, decl: Declaration, ctx: RequestContext) -> None:
+        self.ctx = ctx
+        self.entry = AuditEntry(decl.action)
+        self._gate = gate
+        self._decl = decl
+        self._targets: dict[str, Target] = {}
+        self._granted: set[tuple[str, str]] = set()
+        self._checked: set[str] = set()
+        self.intent_seq: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Call({self._decl.action!r}, principal={self.ctx.principal.name!r})"
+
+    @property
+    def principal(self) -> Principal:
+        return self.ctx.principal
+
+    @property
+    def action(self) -> str:
+        return self._decl.action
+
+    def key(self, arg: str = "key_ref") -> Key:
+        """The key a declared check resolved from argument `arg`."""
+        target = self._targets.get(arg)
+        if target is None or target.key is None:
+            raise RuntimeError(f"{self._decl.qualname} declared no key check on argument {arg!r}")
+        return target.key
+
+    def target(self, arg: str) -> Target:
+        if arg not in self._targets:
+            raise RuntimeError(f"{self._decl.qualname} declared no check on argument {arg!r}")
+        return self._targets[arg]
+
+    # ------------------------------------------------------------------------------------- checks
+
+    def require(self, action: str, key: Key | None = None, *, resource: str | None = None,
+                context: Mapping[str, str] | None = None) -> None:
+        """A check whose resource the body learns only as it runs; the action must be declared `dynamic`."""
+        if action not in self._decl.dynamic:
+            raise RuntimeError(f"{self._decl.qualname} did not declare {action} as a dynamic check")
+        self._check(action, Target(key=key, resource=resource), context)
+
+    def _check(self, action: str, target: Target, context: Mapping[str, str] | None) -> None:
+        if target.key is not None and self.entry.key_id is None:
+            self.entry.key_id, self.entry.provider = target.key.key_id, target.key.provider
+        elif target.resource is not None:
+            self.entry.extra.setdefault("resource", target.resource)
+        self._gate.authorize(self.ctx, action, target, context)
+        self._granted.add((action, target.name))
+        self._checked.add(action)
+
+    def has(self, action: str, key: Key) -> bool:
+        """Whether this call already authorized `action` on `key` (what `within` methods ask)."""
+        return (action, f"key/{key.key_id}") in self._granted or self.ctx.principal.is_root
+
+    # ------------------------------------------------------------------------------------- no escalation
+
+    def holds(self, action: str, key: Key | None = None, *, resource: str | None = None,
+              context: Mapping[str, str] | None = None) -> bool:
+        """May the caller do `action` on this resource? (Filtering and the no-escalation rule; never raises.)"""
+        return self._gate.decide(self.ctx, action, Target(key=key, resource=resource), context).allowed
+
+    def policies_beyond(self, names: Iterable[str]) -> list[str]:
+        """The policy names the caller could not hand on: anything not among its own (root holds every name)."""
+        if self.ctx.principal.is_root:
+            return []
+        own = set(self.ctx.principal.policies)
+        return sorted({n for n in names if n not in own})
+
+    def covers(self, actions: Iterable[str], resource_glob: str) -> bool:
+        """Does the caller hold every action on *every* resource `resource_glob` names (e.g. "keyring/kv/*")?"""
+        if self.ctx.principal.is_root:
+            return True
+        return self._gate.policy.covers(self.ctx.principal, list(actions), resource_glob)
+
+
+# ================================================================================================ the gate
+
+
+class Gate:
+    """Holds the policy engine and the audit log; nothing else authorizes or audits."""
+
+    def __init__(self, policy: PolicyEngine, audit: AuditLog, *, intents: bool = False) -> None:
+        self.policy = policy
+        self.audit = audit
+        self.intents = intents  # STAGING: on once audit reconciliation and verify understand intent records
+
+    # ------------------------------------------------------------------------------------- decisions
+
+    def decide(self, ctx: RequestContext, action: str, target: Target,
+               context: Mapping[str, str] | None = None) -> Decision:
+        return self.policy.decide(ctx.principal, action, target.key, dict(context or {}), resource=target.resource,
+                                  source_ip=ctx.source_ip)
+
+    def authorize(self, ctx: RequestContext, action: str, target: Target,
+                  context: Mapping[str, str] | None = None) -> None:
+        if not self.decide(ctx, action, target, context).allowed:
+            where = f" on {target.name}" if target is not NOTHING else ""
+            raise errors.AccessDenied(f"{ctx.principal.name} is not allowed to perform {action}{where}")
+
+    # ------------------------------------------------------------------------------------- running
+
+    def run(self, decl: Declaration, host: Any, fn: Callable, ctx: RequestContext, args: tuple,
+            kwargs: dict) -> Any:
+        if not isinstance(ctx, RequestContext):
+            raise TypeError(f"{decl.qualname} needs a RequestContext first")
+        call = Call(self, decl, ctx)
+        bound = _signature(fn).bind(host, call, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        with self._audited(call):
+            if decl.kind == "self" and not ctx.principal.accessor:
+                raise errors.ValidationError("the caller is not authenticated with a broker token")
+            for need in decl.needs:
+                context = None
+                if need.context is not None:
+                    context = arguments[need.context] = check_context(arguments[need.context])
+                    call.entry.context = context
+                target = need.on(host, arguments) if need.on is not None else NOTHING
+                target = target or NOTHING
+                if need.on is not None and hasattr(need.on, "arg"):
+                    call._targets[need.on.arg] = target
+                call._check(need.action, target, context)
+            if decl.mutates and self.intents:
+                self._intent(call)
+            result = fn(*bound.args, **bound.kwargs)
+            if decl.kind == "authorized" and not call._checked:
+                raise RuntimeError(f"{decl.qualname} returned without authorizing anything")
+            return result
+
+    @contextmanager
+    def _audited(self, call: Call) -> Iterator[None]:
+        """Audit exactly once, after the outcome is known and before anything is returned to the caller.
+
+        Fail closed, in two steps: `audit.precheck()` refuses before anything happens when a durable sink cannot
+        take a record; the record itself is written in `finally` and `audit.write` blocks until it is durable.
+        """
+        started = time.perf_counter()
+        outcome, code = "allowed", None
+        try:
+            self.audit.precheck()
+            yield
+        except errors.BrokerError as exc:
+            outcome, code = ("denied" if isinstance(exc, errors.AccessDenied) else "error"), exc.code
+            raise
+        except pb.ProviderError as exc:
+            mapped = provider_error(exc)
+            outcome, code = "error", mapped.code
+            raise mapped from None
+        except InvalidTransition as exc:
+            outcome, code = "error", errors.InvalidState.code
+            raise errors.InvalidState(str(exc)) from None
+        except BaseException:
+            outcome, code = "error", errors.BrokerError.code
+            raise
+        finally:
+            self._write(call.ctx, call.entry, outcome, code, time.perf_counter() - started,
+                        intent=call.intent_seq)
+
+    def _intent(self, call: Call) -> None:
+        """A state change is announced durably before it happens: a crash leaves no effect without a record."""
+        record = self._write(call.ctx, call.entry, "intent", None, 0.0, phase="intent")
+        call.intent_seq = record.get("seq") if isinstance(record, dict) else None
+
+    def _write(self, ctx: RequestContext, entry: AuditEntry, outcome: str, code: str | None, latency: float, *,
+               phase: str | None = None, intent: int | None = None) -> dict:
+        context = entry.context or {}
+        record: dict[str, Any] = {
+            **{k: self._safe(k, v) for k, v in entry.extra.items()},
+            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+            "request_id": ctx.request_id,
+            "principal": ctx.principal.name,
+            "auth_method": ctx.principal.auth_method,
+            "source_ip": ctx.source_ip,
+            "front_door": ctx.front_door,
+            "action": entry.action,
+            "key_id": entry.key_id,
+            "key_version": entry.key_version,
+            "provider": entry.provider,
+            "encryption_context": {k: self.audit.hmac_value(v) for k, v in sorted(context.items())},
+            "outcome": outcome,
+            "error_code": code,
+            "latency_ms": round(latency * 1000, 3),
+        }
+        if phase is not None:
+            record["phase"] = phase
+        if intent is not None:
+            record["intent_seq"] = intent
+        written = self.audit.write(record)
+        ctx.audited = True
+        return written
+
+    def _safe(self, name: str, value: Any) -> Any:
+        """Extras named like a secret are HMAC'd unless already: they never reach a record in clear."""
+        if isinstance(value, bytes | bytearray):
+            return self.audit.hmac_value(bytes(value))
+        if any(word in name.lower() for word in _SECRET_WORDS) and not (
+                isinstance(value, str) and value.startswith("hmac-sha256:")):
+            return self.audit.hmac_value(str(value))
+        return value
+
+    def audit_rejected(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
+        """Audit a request a front door refused before it reached an operation (bad token, bad body, …)."""
+        self._write(ctx, AuditEntry(action), "denied" if denied else "error", code, 0.0)
+
+
+def provider_error(exc: pb.ProviderError) -> errors.BrokerError:
+    """The one mapping from provider failures to the broker's error model."""
+    msg = str(exc) or type(exc).__name__
+    mapping: list[tuple[type, type[errors.BrokerError]]] = [
+        (pb.ProviderUnavailable, errors.DependencyTimeout),
+        (pb.ProviderNotFound, errors.NotFound),
+        (pb.ProviderAccessDenied, errors.AccessDenied),
+        (pb.ProviderThrottled, errors.Throttled),
+        (pb.ProviderInvalidState, errors.InvalidState),
+        (pb.ProviderInvalidCiphertext, errors.InvalidCiphertext),
+        (pb.ProviderIntegrityError, errors.DependencyFailure),
+        (pb.ProviderUnsupported, errors.Unsupported),
+        (pb.ProviderInvalidInput, errors.ValidationError),
+    ]
+    for provider_cls, broker_cls in mapping:
+        if isinstance(exc, provider_cls):
+            return broker_cls(f"provider: {msg}")
+    return errors.DependencyFailure(f"provider: {msg}")
+
+
+@functools.cache
+def _signature(fn: Callable) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
+# ================================================================================================ declarations
+
+
+def operation(action: str, *needs: Need, dynamic: Iterable[str] = (), mutates: bool = False,
+              self_service: bool = False, public: bool = False) -> Callable[[Callable], Callable]:
+    """Declare a service method as an operation. Its body's second parameter is the `Call`; callers pass a
+    `RequestContext` there instead, and the gate turns one into the other."""
+    kind = "public" if public else "self" if self_service else "authorized"
+    dynamic = frozenset(dynamic)
+    if kind == "authorized" and not needs and not dynamic:
+        raise TypeError(f"operation {action} declares no authorization (give Needs, dynamic, or self_service)")
+    if kind != "authorized" and (needs or dynamic):
+        raise TypeError(f"operation {action}: a {kind} operation declares no policy checks")
+
+    def declare(fn: Callable) -> Callable:
+        decl = Declaration(action, tuple(needs), dynamic, mutates, kind, fn.__qualname__)
+        DECLARED[fn.__qualname__] = decl
+
+        @functools.wraps(fn)
+        def gated(self: Service, ctx: RequestContext, *args: Any, **kwargs: Any) -> Any:
+            return self.gate.run(decl, self, fn, ctx, args, kwargs)
+
+        gated.__declaration__ = decl  # type: ignore[attr-defined]
+        return gated
+    return declare
+
+
+def within(*actions: str, key_arg: str = "key") -> Callable[[Callable], Callable]:
+    """A door between sibling services: usable only inside a call that already authorized one of `actions` on the
+    key passed as `key_arg` (so a sibling cannot use it to reach a key its caller may not use)."""
+    wanted = frozenset(actions)
+
+    def declare(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def guarded(self: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
+            if not isinstance(call, Call):
+                raise TypeError(f"{fn.__qualname__} must be called with the caller's Call")
+            key = sig.bind(self, call, *args, **kwargs).arguments[key_arg]
+            if not any(call.has(a, key) for a in wanted):
+                raise errors.AccessDenied(f"{call.principal.name} is not allowed to use {key.key_id} here")
+            return fn(self, call, *args, **kwargs)
+
+        guarded.__within__ = wanted  # type: ignore[attr-defined]
+        return guarded
+    return declare
+
+
+def internal(fn: Callable) -> Callable:
+    """A public method that is not an operation because it reaches nothing a caller could misuse (say why)."""
+    fn.__internal__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+class Service:
+    """Base of every service. Public methods must be declared: an undeclared one fails when the class is made."""
+
+    gate: Gate
+    UNDECLARED_OK: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in vars(cls).items():
+            if name.startswith("_") or name in cls.UNDECLARED_OK:
+                continue
+            if isinstance(value, staticmethod | classmethod | property):
+                continue
+            if callable(value) and not any(hasattr(value, mark) for mark in
+                                           ("__declaration__", "__within__", "__internal__")):
+                raise TypeError(f"{cls.__qualname__}.{name} is public but not a declared operation "
+                                "(use @operation, @within or @internal)")
+
+
+def declared_actions() -> set[str]:
+    """Every policy action some declared operation checks (the action-list scan compares it with the language)."""
+    out: set[str] = set()
+    for decl in DECLARED.values():
+        out.add(decl.action)
+        out.update(n.action for n in decl.needs)
+        out.update(decl.dynamic)
+    return out
