@@ -114,6 +114,29 @@ class BrokerClient:
         out = self.call("POST", f"/keys/{self._key(key)}/generate-data-key", body)
         return base64.b64decode(out["Plaintext"]), base64.b64decode(out["CiphertextBlob"])
 
+    def multikey_generate_data_key(self, multikey: str, context: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+        """A 32-byte data key wrapped under every member of a multi-key (a scheme-3 ciphertext)."""
+        body: dict[str, Any] = {"KeySpec": "AES_256"}
+        if context:
+            body["EncryptionContext"] = context
+        out = self.call("POST", f"/multikeys/{self._key(multikey)}/generate-data-key", body)
+        return base64.b64decode(out["Plaintext"]), base64.b64decode(out["CiphertextBlob"])
+
+    def decrypt_any(self, ciphertext: bytes, context: dict[str, str] | None = None) -> bytes:
+        """Decrypt a broker ciphertext of any scheme: a multi-key one (scheme 3) through its members."""
+        from broker.ciphertext import MalformedCiphertext, Scheme, unpack
+
+        try:
+            multi = unpack(ciphertext).header.scheme is Scheme.MULTI_WRAP
+        except MalformedCiphertext:
+            multi = False
+        if not multi:
+            return self.decrypt(ciphertext, context)
+        body: dict[str, Any] = {"CiphertextBlob": _b64(ciphertext)}
+        if context:
+            body["EncryptionContext"] = context
+        return base64.b64decode(self.call("POST", "/multikeys/decrypt", body)["Plaintext"])
+
     # aliases
     def create_alias(self, name: str, key: str) -> None:
         self.call("POST", "/aliases", {"AliasName": name, "TargetKeyId": key})

@@ -1,0 +1,169 @@
+"""Where data keys come from: the KMS (one GenerateDataKey per data key, one Decrypt per wrapped key), and a
+data-key cache with the limits of the AWS Encryption SDK's caching CMM.
+
+A cached data key is never used past any of its limits: its age (`max_age`), the messages it encrypted
+(`max_messages`), the plaintext bytes it encrypted (`max_bytes`), and — always — 2^32 frames, the bound for random
+96-bit GCM nonces under one key. An encryption that would cross a limit gets a fresh data key instead. Decryption
+caches unwrapped keys for `max_age` only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker.envelope.message import MAX_FRAMES_PER_DATA_KEY, DerivedKey, MessageError, derive, header_tail
+
+ContextKey = tuple[tuple[str, str], ...]
+
+
+def context_key(context: Mapping[str, str] | None) -> ContextKey:
+    return tuple(sorted(context.items())) if context else ()
+
+
+class DataKeySource(Protocol):
+    """Makes and unwraps data keys (the KMS, a multi-key, or a test double)."""
+
+    def generate(self, key: str, context: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+        """A fresh 32-byte data key and its wrapped form(s)."""
+
+    def unwrap(self, wrapped: Sequence[bytes], context: Mapping[str, str]) -> bytes:
+        """The data key of any one of the wrapped forms (MessageError if none can be unwrapped)."""
+
+
+class KmsDataKeys:
+    """Data keys from the broker over its native API (BrokerClient). A key named `multikey/<name>` wraps the data
+    key under every member of that multi-key (cross-cloud); its wrapped form is a multi-key ciphertext."""
+
+    MULTIKEY = "multikey/"
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def generate(self, key: str, context: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+        if key.startswith(self.MULTIKEY):
+            data_key, blob = self.client.multikey_generate_data_key(key[len(self.MULTIKEY):], dict(context))
+        else:
+            data_key, blob = self.client.generate_data_key(key, "AES_256", dict(context))
+        return data_key, [blob]
+
+    def unwrap(self, wrapped: Sequence[bytes], context: Mapping[str, str]) -> bytes:
+        from broker.client import BrokerClientError
+
+        errors: list[str] = []
+        for blob in wrapped:
+            try:
+                return self.client.decrypt_any(blob, dict(context))
+            except BrokerClientError as exc:
+                errors.append(exc.code)
+        raise MessageError(f"no wrapped data key could be decrypted ({', '.join(errors) or 'none'})")
+
+
+@dataclass
+class Material:
+    """One data key, derived, with the header tail its messages share and what it has encrypted so far."""
+
+    derived: DerivedKey
+    tail: bytes
+    created: float
+    messages: int = 0
+    plaintext_bytes: int = 0
+    frames: int = 0
+
+    def __repr__(self) -> str:
+        return f"Material(messages={self.messages}, bytes={self.plaintext_bytes})"
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    max_age: float
+    max_messages: int = 1 << 32
+    max_bytes: int = (1 << 63) - 1
+    capacity: int = 1000
+
+    def __post_init__(self) -> None:
+        if not self.max_age > 0:
+            raise ValueError("max_age must be positive")
+        if not 1 <= self.max_messages <= 1 << 32:
+            raise ValueError("max_messages is 1 to 2^32")
+        if not 1 <= self.max_bytes <= (1 << 63) - 1:
+            raise ValueError("max_bytes is 1 to 2^63-1")
+        if self.capacity < 1:
+            raise ValueError("capacity must be at least 1")
+
+
+@dataclass
+class DataKeys:
+    """The one place messages get their data keys: straight from the source, or through the cache."""
+
+    source: DataKeySource
+    limits: CacheLimits | None = None
+    clock: Callable[[], float] = time.monotonic
+    _encrypting: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _decrypting: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    stats: dict[str, int] = field(default_factory=lambda: {"generated": 0, "unwrapped": 0, "hits": 0})
+
+    def fresh(self, key: str, context: Mapping[str, str]) -> Material:
+        data_key, wrapped = self.source.generate(key, context)
+        self.stats["generated"] += 1
+        derived = derive(data_key)
+        return Material(derived, header_tail(derived.commitment, context, wrapped), self.clock())
+
+    def for_encrypt(self, key: str, context: Mapping[str, str] | None, size: int, frames: int) -> Material:
+        """Material for one message of `size` bytes in `frames` frames, its use already counted."""
+        context = context or {}
+        limits = self.limits
+        if limits is None or size > limits.max_bytes or frames > MAX_FRAMES_PER_DATA_KEY:
+            return self.fresh(key, context)
+        slot = (key, context_key(context))
+        now = self.clock()
+        with self._lock:
+            material = self._encrypting.get(slot)
+            if material is not None and (now - material.created >= limits.max_age
+                                         or material.messages + 1 > limits.max_messages
+                                         or material.plaintext_bytes + size > limits.max_bytes
+                                         or material.frames + frames > MAX_FRAMES_PER_DATA_KEY):
+                del self._encrypting[slot]
+                material = None
+            if material is not None:
+                material.messages += 1
+                material.plaintext_bytes += size
+                material.frames += frames
+                self._encrypting.move_to_end(slot)
+                self.stats["hits"] += 1
+                return material
+        material = self.fresh(key, context)
+        material.messages, material.plaintext_bytes, material.frames = 1, size, frames
+        with self._lock:
+            self._encrypting[slot] = material
+            while len(self._encrypting) > limits.capacity:
+                self._encrypting.popitem(last=False)
+        return material
+
+    def for_decrypt(self, wrapped: Sequence[bytes], context: Mapping[str, str]) -> DerivedKey:
+        limits = self.limits
+        slot = (tuple(wrapped), context_key(context))
+        if limits is not None:
+            with self._lock:
+                hit = self._decrypting.get(slot)
+                if hit is not None and self.clock() - hit[1] < limits.max_age:
+                    self.stats["hits"] += 1
+                    return hit[0]
+        derived = derive(self.source.unwrap(wrapped, context))
+        self.stats["unwrapped"] += 1
+        if limits is not None:
+            with self._lock:
+                self._decrypting[slot] = (derived, self.clock())
+                while len(self._decrypting) > limits.capacity:
+                    self._decrypting.popitem(last=False)
+        return derived
+
+    def clear(self) -> None:
+        with self._lock:
+            self._encrypting.clear()
+            self._decrypting.clear()

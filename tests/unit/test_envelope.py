@@ -1,0 +1,361 @@
+"""Envelope messages (broker/envelope): round trips, tampering, truncation, reordering, wrong context, key
+commitment, and the data-key cache's limits. The KMS is a test double here (tests/integration/test_envelope.py
+runs the same against a real broker)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tracemalloc
+from collections.abc import Mapping, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.envelope import CacheLimits, Envelope, MessageError
+from broker.envelope import keys as keys_module
+from broker.envelope import message as m
+
+
+class FakeKms:
+    """Wraps data keys by remembering them; unwrapping checks the context, as the broker does (it is AAD there)."""
+
+    def __init__(self) -> None:
+        self.wrapped: dict[bytes, tuple[bytes, dict]] = {}
+        self.generated = 0
+
+    def generate(self, key: str, context: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+        self.generated += 1
+        data_key, blob = os.urandom(32), key.encode() + os.urandom(24)
+        self.wrapped[blob] = (data_key, dict(context))
+        return data_key, [blob]
+
+    def unwrap(self, wrapped: Sequence[bytes], context: Mapping[str, str]) -> bytes:
+        for blob in wrapped:
+            if blob in self.wrapped and self.wrapped[blob][1] == dict(context):
+                return self.wrapped[blob][0]
+        raise MessageError("no wrapped data key could be decrypted")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+FRAME = 100
+CTX = {"app": "billing", "tenant": "t1"}
+
+
+@pytest.fixture
+def kms() -> FakeKms:
+    return FakeKms()
+
+
+@pytest.fixture
+def env(kms: FakeKms) -> Envelope:
+    return Envelope(kms, frame_length=FRAME)
+
+
+def _stream_encrypt(env: Envelope, data: bytes, context=CTX) -> bytes:
+    out = io.BytesIO()
+    assert env.encrypt_stream(io.BytesIO(data), out, "key-1", context) == len(data)
+    return out.getvalue()
+
+
+def _stream_decrypt(env: Envelope, message: bytes, context=None) -> bytes:
+    out = io.BytesIO()
+    env.decrypt_stream(io.BytesIO(message), out, context)
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("size", [0, 1, FRAME - 1, FRAME, FRAME + 1, 3 * FRAME, 3 * FRAME + 7])
+def test_round_trip_bytes_and_streams(env: Envelope, size: int) -> None:
+    data = os.urandom(size)
+    for message in (env.encrypt(data, "key-1", CTX), _stream_encrypt(env, data)):
+        assert env.decrypt(message, CTX) == data
+        assert _stream_decrypt(env, message, CTX) == data
+        assert data not in message or size < 16
+
+
+def test_the_context_travels_in_the_header_and_a_subset_can_be_required(env: Envelope) -> None:
+    message = env.encrypt(b"x" * 10, "key-1", CTX)
+    assert m.parse_header(message).context == CTX
+    assert env.decrypt(message, {"app": "billing"}) == b"x" * 10
+    assert env.decrypt(message) == b"x" * 10
+    out = io.BytesIO()
+    assert env.decrypt_stream(io.BytesIO(message), out) == CTX
+
+
+@pytest.mark.parametrize("expected", [{"app": "other"}, {"app": "billing", "extra": "1"}, {"tenant": "t2"}])
+def test_a_wrong_expected_context_is_refused(env: Envelope, expected: dict) -> None:
+    message = env.encrypt(b"secret", "key-1", CTX)
+    with pytest.raises(MessageError, match="context"):
+        env.decrypt(message, expected)
+    with pytest.raises(MessageError, match="context"):
+        _stream_decrypt(env, message, expected)
+
+
+def test_messages_are_unique_and_reveal_nothing(env: Envelope) -> None:
+    a, b = env.encrypt(b"same", "key-1", CTX), env.encrypt(b"same", "key-1", CTX)
+    assert a != b
+    assert "secret" not in repr(env) and "DerivedKey(<secret>)" == repr(m.derive(os.urandom(32)))
+
+
+# ------------------------------------------------------------------------------------------------ tampering
+
+
+def _frames(message: bytes) -> tuple[bytes, list[bytes]]:
+    header = m.parse_header(message)
+    at, frames = len(header.raw), []
+    while at < len(message):
+        _, _, length = m.read_frame_descriptor(message, at)
+        end = at + m.FRAME_OVERHEAD + length
+        frames.append(message[at:end])
+        at = end
+    return header.raw, frames
+
+
+def test_every_single_byte_change_is_refused(env: Envelope) -> None:
+    message = env.encrypt(os.urandom(2 * FRAME + 5), "key-1", CTX)
+    for i in range(len(message)):
+        changed = bytearray(message)
+        changed[i] ^= 0x01
+        with pytest.raises(MessageError):
+            env.decrypt(bytes(changed))
+        with pytest.raises(MessageError):
+            _stream_decrypt(env, bytes(changed))
+
+
+def test_truncation_at_every_length_is_refused(env: Envelope) -> None:
+    message = env.encrypt(os.urandom(2 * FRAME + 5), "key-1", CTX)
+    for cut in range(len(message)):
+        with pytest.raises(MessageError):
+            env.decrypt(message[:cut])
+        with pytest.raises(MessageError):
+            _stream_decrypt(env, message[:cut])
+
+
+def test_a_message_cut_at_a_frame_boundary_is_refused(env: Envelope) -> None:
+    header, frames = _frames(env.encrypt(os.urandom(3 * FRAME), "key-1", CTX))
+    for n in range(len(frames)):
+        with pytest.raises(MessageError, match="truncated|missing"):
+            env.decrypt(header + b"".join(frames[:n]))
+
+
+@pytest.mark.parametrize("arrange", [
+    lambda f: [f[1], f[0], f[2]],          # reordered
+    lambda f: [f[0], f[2]],                # dropped
+    lambda f: [f[0], f[0], f[1], f[2]],    # duplicated
+    lambda f: [f[0], f[1], f[2], f[2]],    # replayed after the end
+])
+def test_reordered_dropped_or_duplicated_frames_are_refused(env: Envelope, arrange) -> None:
+    header, frames = _frames(env.encrypt(os.urandom(3 * FRAME), "key-1", CTX))
+    assert len(frames) == 3
+    forged = header + b"".join(arrange(frames))
+    with pytest.raises(MessageError):
+        env.decrypt(forged)
+    with pytest.raises(MessageError):
+        _stream_decrypt(env, forged)
+
+
+def test_a_frame_from_another_message_under_the_same_key_is_refused(kms: FakeKms) -> None:
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
+    data = os.urandom(2 * FRAME)
+    h1, f1 = _frames(env.encrypt(data, "key-1", CTX))
+    h2, f2 = _frames(env.encrypt(data, "key-1", CTX))
+    assert m.parse_header(h1).wrapped_keys == m.parse_header(h2).wrapped_keys  # same cached data key
+    with pytest.raises(MessageError):
+        env.decrypt(h1 + f1[0] + f2[1])
+
+
+def test_bytes_after_the_last_frame_are_refused(env: Envelope) -> None:
+    message = env.encrypt(b"abc", "key-1", CTX)
+    for tail in (b"\0", b"x" * 50):
+        with pytest.raises(MessageError, match="after the last frame"):
+            env.decrypt(message + tail)
+        with pytest.raises(MessageError, match="after the last frame"):
+            _stream_decrypt(env, message + tail)
+
+
+def test_a_changed_header_context_cannot_be_unwrapped(env: Envelope) -> None:
+    message = env.encrypt(b"abc", "key-1", {"app": "aa"})
+    forged = message.replace(b'"aa"', b'"ab"', 1)
+    assert forged != message
+    with pytest.raises(MessageError):
+        env.decrypt(forged)
+
+
+def test_key_commitment_refuses_a_data_key_the_header_was_not_made_with(kms: FakeKms) -> None:
+    env = Envelope(kms, frame_length=FRAME)
+    message = env.encrypt(b"attack at dawn", "key-1", CTX)
+    (blob,) = m.parse_header(message).wrapped_keys
+    kms.wrapped[blob] = (os.urandom(32), CTX)  # the KMS (or an attacker's wrap) answers with another key
+    with pytest.raises(MessageError, match="commitment"):
+        env.decrypt(message)
+
+
+def test_garbage_and_other_formats_are_refused(env: Envelope) -> None:
+    for junk in (b"", b"KMBE", b"KB\x01\x01" + os.urandom(60), os.urandom(200)):
+        with pytest.raises(MessageError):
+            env.decrypt(junk)
+
+
+# ------------------------------------------------------------------------------------------------ data-key cache
+
+
+def _cached(kms: FakeKms, clock: Clock, **limits) -> Envelope:
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(**{"max_age": 60, **limits}))
+    env.keys.clock = clock
+    return env
+
+
+def _data_key_of(message: bytes) -> bytes:
+    return m.parse_header(message).wrapped_keys[0]
+
+
+def test_without_a_cache_every_message_gets_a_new_data_key(kms: FakeKms, env: Envelope) -> None:
+    keys = {_data_key_of(env.encrypt(b"a", "key-1", CTX)) for _ in range(5)}
+    assert len(keys) == 5 and kms.generated == 5
+
+
+def test_the_cache_honours_max_messages(kms: FakeKms) -> None:
+    env = _cached(kms, Clock(), max_messages=3)
+    keys = [_data_key_of(env.encrypt(b"a", "key-1", CTX)) for _ in range(7)]
+    assert keys[0] == keys[1] == keys[2] != keys[3] == keys[4] == keys[5] != keys[6]
+    assert kms.generated == 3
+
+
+def test_the_cache_honours_max_bytes(kms: FakeKms) -> None:
+    env = _cached(kms, Clock(), max_bytes=250)
+    keys = [_data_key_of(env.encrypt(b"x" * 100, "key-1", CTX)) for _ in range(4)]
+    assert keys[0] == keys[1] != keys[2] == keys[3]
+    big = env.encrypt(b"x" * 251, "key-1", CTX)  # larger than the limit on its own: never cached
+    assert _data_key_of(big) not in keys and _data_key_of(env.encrypt(b"x", "key-1", CTX)) == keys[3]
+
+
+def test_the_cache_honours_max_age(kms: FakeKms) -> None:
+    clock = Clock()
+    env = _cached(kms, clock, max_age=10)
+    first = _data_key_of(env.encrypt(b"a", "key-1", CTX))
+    clock.now += 9.9
+    assert _data_key_of(env.encrypt(b"a", "key-1", CTX)) == first
+    clock.now += 0.2
+    assert _data_key_of(env.encrypt(b"a", "key-1", CTX)) != first
+
+
+def test_the_cache_honours_the_frame_bound_of_random_nonces(kms: FakeKms, monkeypatch) -> None:
+    monkeypatch.setattr(keys_module, "MAX_FRAMES_PER_DATA_KEY", 5)
+    env = _cached(kms, Clock())
+    keys = [_data_key_of(env.encrypt(b"x" * (2 * FRAME), "key-1", CTX)) for _ in range(3)]  # 2 frames each
+    assert keys[0] == keys[1] != keys[2]
+
+
+def test_cache_entries_are_per_key_and_context_and_bounded(kms: FakeKms) -> None:
+    env = _cached(kms, Clock(), capacity=2)
+    a = _data_key_of(env.encrypt(b"a", "key-1", {"c": "1"}))
+    b = _data_key_of(env.encrypt(b"a", "key-1", {"c": "2"}))
+    c = _data_key_of(env.encrypt(b"a", "key-2", {"c": "1"}))
+    assert len({a, b, c}) == 3
+    assert _data_key_of(env.encrypt(b"a", "key-2", {"c": "1"})) == c
+    assert _data_key_of(env.encrypt(b"a", "key-1", {"c": "1"})) != a  # evicted (least recently used)
+
+
+def test_streams_never_use_cached_keys(kms: FakeKms) -> None:
+    env = _cached(kms, Clock())
+    cached = _data_key_of(env.encrypt(b"a", "key-1", CTX))
+    assert _data_key_of(_stream_encrypt(env, b"a")) != cached
+
+
+def test_decryption_is_cached_for_max_age_only(kms: FakeKms) -> None:
+    clock = Clock()
+    env = _cached(kms, clock, max_age=10)
+    message = env.encrypt(b"a", "key-1", CTX)
+    calls = []
+    unwrap = kms.unwrap
+    kms.unwrap = lambda w, c: calls.append(1) or unwrap(w, c)
+    env.decrypt(message)
+    env.decrypt(message)
+    assert len(calls) == 1
+    clock.now += 11
+    env.decrypt(message)
+    assert len(calls) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * FRAME), st.floats(0, 4)), min_size=1, max_size=40),
+       st.integers(1, 5), st.integers(FRAME, 6 * FRAME), st.floats(1, 8))
+def test_a_cached_data_key_is_never_used_past_its_limits(plan, max_messages, max_bytes, max_age) -> None:
+    kms, clock = FakeKms(), Clock()
+    env = _cached(kms, clock, max_messages=max_messages, max_bytes=max_bytes, max_age=max_age)
+    uses: dict[bytes, list] = {}
+    for size, wait in plan:
+        clock.now += wait
+        key = _data_key_of(env.encrypt(b"x" * size, "key-1", CTX))
+        first, messages, total = uses.get(key, [clock.now, 0, 0])
+        uses[key] = [first, messages + 1, total + size]
+        if uses[key][1] > 1:
+            assert clock.now - first < max_age
+        assert uses[key][1] <= max_messages
+        assert uses[key][2] <= max_bytes or uses[key][1] == 1
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+class Zeros(io.RawIOBase):
+    """A readable stream of n zero bytes that holds none of them."""
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+class Sink(io.RawIOBase):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.count += len(data)
+        return len(data)
+
+
+def test_streaming_runs_in_constant_memory(kms: FakeKms) -> None:
+    env = Envelope(kms, frame_length=64 * 1024)
+    size = 64 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        sink = Sink()
+        env.encrypt_stream(io.BufferedReader(Zeros(size)), sink, "key-1", CTX)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sink.count > size
+    assert peak < 1024 * 1024  # a few frames, not the 64 MiB
+
+
+def test_bad_frame_lengths_and_limits_are_refused(kms: FakeKms) -> None:
+    for bad in (0, m.MAX_FRAME + 1):
+        with pytest.raises(MessageError):
+            Envelope(kms, frame_length=bad)
+    with pytest.raises(ValueError):
+        CacheLimits(max_age=0)
+    with pytest.raises(TypeError):
+        Envelope(kms).encrypt(b"a", "key-1", {"a": 1})  # type: ignore[dict-item]
