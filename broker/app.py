@@ -20,7 +20,7 @@ from broker.services import Services
 from broker.settings import Settings
 from broker.store import Store
 from broker.store.policies import PolicyRepository
-from providers.registry import build_provider
+from providers.registry import build_provider, root_of_trust
 
 log = logging.getLogger("kms_broker")
 ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())
@@ -32,10 +32,10 @@ _HTTP_CODES = {404: "UnknownOperationException", 405: "UnsupportedOperationExcep
 def build_service(settings: Settings) -> KeyService:
     store = Store(settings.store_url)
     providers = {name: build_provider(name, cfg) for name, cfg in settings.providers.items()}
-    root = providers[settings.root_of_trust]
+    root = root_of_trust(providers[settings.root_of_trust])
     audit = build_audit_log(settings, root, store.engine)  # sinks, group commit, HSM-signed checkpoints
     engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=settings.auth_cache_seconds)
-    return KeyService(store, providers, settings.default_provider, engine, audit)
+    return KeyService(store, providers, settings.default_provider, engine, audit, root=root)
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:

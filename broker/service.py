@@ -64,7 +64,7 @@ from broker.model import (
 from broker.policy import PolicyEngine
 from broker.store import Conflict, Store
 from providers import base as pb
-from providers.base import Provider, ProviderKeyRef
+from providers.base import Provider, ProviderKeyRef, RootOfTrust
 
 __all__ = ["MAX_CIPHERTEXT", "MAX_PLAINTEXT", "AuditEntry", "KeyService", "RequestContext", "provider_error"]
 
@@ -191,13 +191,16 @@ _alias_current_key.arg = "alias"  # type: ignore[attr-defined]
 
 class KeyService(Service):
     def __init__(self, store: Store, providers: Mapping[str, Provider], default_provider: str,
-                 policy: PolicyEngine, audit: AuditLog) -> None:
+                 policy: PolicyEngine, audit: AuditLog, *, root: RootOfTrust | None = None) -> None:
         if default_provider not in providers:
             raise ValueError(f"default provider {default_provider!r} is not configured")
         self.store = store
         self.providers = dict(providers)
         self.default_provider = default_provider
         self.gate = Gate(policy, audit)
+        # The root of trust (seal/unseal, audit keys, node transfer). Tests that build a KeyService by hand get the
+        # one the default provider offers (a pkcs11 token), if it offers one.
+        self.root = root if root is not None else _offered_root(self.providers, default_provider)
         self._refs: dict[tuple[str, int], ProviderKeyRef] = {}
 
     @property
@@ -1057,6 +1060,11 @@ class KeyService(Service):
         self.gate.authorize(ctx, action, Target(key=key, resource=resource), context)
 
     check_context = staticmethod(check_context)
+
+
+def _offered_root(providers: Mapping[str, Provider], default: str) -> RootOfTrust | None:
+    make = getattr(providers[default], "root_of_trust", None)
+    return make() if callable(make) else None
 
 
 @contextmanager

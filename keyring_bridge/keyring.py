@@ -144,7 +144,7 @@ class KeyringService:
     def __init__(self, service: KeyService, root_of_trust: str) -> None:
         self.service = service
         self.store = service.store
-        self.root = service.providers[root_of_trust]
+        self.root = service.root  # the root of trust seals every entry (root_of_trust: kept for callers, unused)
 
     # ------------------------------------------------------------------------------------------ helpers
 

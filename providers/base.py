@@ -277,3 +277,110 @@ class Provider(abc.ABC):
 
     def inventory(self) -> Iterable[InventoryItem]:
         raise ProviderUnsupported("inventory")
+
+
+# ------------------------------------------------------------------------------------------- root of trust
+
+
+@dataclass(frozen=True)
+class RootPackage:
+    """The root-of-trust keys of one HSM, wrapped for exactly one recipient key (another HSM's transport key, or
+    the backup key). Nothing in it is usable without the recipient's private key, which never leaves its HSM
+    (transport) or exists only while M custodians' shares are combined (backup).
+
+    wrapped_root / wrapped_hmac: the root KEK and the audit HMAC key, wrapped under the recipient public key
+                   (RSA-OAEP inside the source HSM; only a key its security officer marked trusted can do that).
+    wrapped_signing: the audit signing private key, wrapped under the root KEK (RFC 5649 inside the HSM).
+    signing_public_key: SubjectPublicKeyInfo (DER) of the audit signing key (public).
+    check:         a value sealed under the root KEK: the recipient unseals it to prove the right key arrived.
+    recipient:     fingerprint of the recipient public key the package was made for.
+    """
+
+    wrapped_root: bytes = field(repr=False)
+    wrapped_hmac: bytes = field(repr=False)
+    wrapped_signing: bytes = field(repr=False)
+    signing_public_key: bytes
+    check: bytes = field(repr=False)
+    recipient: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"wrapped_root": self.wrapped_root.hex(), "wrapped_hmac": self.wrapped_hmac.hex(),
+                "wrapped_signing": self.wrapped_signing.hex(), "signing_public_key": self.signing_public_key.hex(),
+                "check": self.check.hex(), "recipient": self.recipient}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RootPackage:
+        try:
+            return cls(**{k: bytes.fromhex(data[k]) for k in ("wrapped_root", "wrapped_hmac", "wrapped_signing",
+                                                               "signing_public_key", "check")},
+                       recipient=str(data["recipient"]))
+        except (KeyError, TypeError, ValueError):
+            raise ProviderInvalidInput("not a root-of-trust package") from None
+
+
+class RootOfTrust(abc.ABC):
+    """The keys the broker itself rests on, kept in an HSM: its own protocol, not extra methods on a Provider.
+
+    * seal/unseal: AES-GCM under the root KEK for every secret the broker stores (keyring entries, credentials, …);
+    * audit: HMAC of values that must never be logged, checkpoint signatures and their public key;
+    * import wrapping: HSM material wrapped for another backend's import API without leaving the HSM in clear;
+    * node transfer: the root KEK and the audit keys move only HSM to HSM, wrapped for a recipient public key that
+      the source HSM's security officer has marked trusted (the HSM refuses any other wrapping key).
+    """
+
+    # -- secrets the broker keeps
+    @abc.abstractmethod
+    def seal(self, data: bytes, aad: bytes = b"") -> bytes: ...
+
+    @abc.abstractmethod
+    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes: ...
+
+    @abc.abstractmethod
+    def random(self, n: int) -> bytes: ...
+
+    # -- audit
+    @abc.abstractmethod
+    def audit_hmac(self, data: bytes) -> bytes: ...
+
+    @abc.abstractmethod
+    def audit_sign(self, data: bytes) -> bytes: ...
+
+    @abc.abstractmethod
+    def audit_public_key(self) -> bytes: ...
+
+    # -- import wrapping
+    @abc.abstractmethod
+    def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes: ...
+
+    # -- node transfer and backup
+    @abc.abstractmethod
+    def has_root(self) -> bool:
+        """Whether this HSM holds the root keys (False on a node that has not joined yet)."""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A key check value of the root KEK: equal on every HSM that holds the same root (never secret)."""
+
+    @abc.abstractmethod
+    def transport_key(self) -> bytes:
+        """SPKI (DER) of this HSM's transport key, born here (made on first call); its private half never leaves."""
+
+    @abc.abstractmethod
+    def trust(self, public_key_der: bytes) -> str:
+        """Have the security officer mark a recipient public key trusted for wrapping; returns its fingerprint."""
+
+    @abc.abstractmethod
+    def forget(self, fingerprint: str) -> None:
+        """Remove a trusted recipient key (after a transfer, or when a node is removed)."""
+
+    @abc.abstractmethod
+    def export_root(self, recipient_der: bytes) -> RootPackage:
+        """The root keys wrapped for a trusted recipient public key."""
+
+    @abc.abstractmethod
+    def import_root(self, package: RootPackage) -> None:
+        """Unwrap a package made for this HSM's transport key into this HSM (then the transport key is spent)."""
+
+    @abc.abstractmethod
+    def restore_root(self, package: RootPackage, recipient_private_pkcs8: bytes) -> None:
+        """Unwrap a backup package into this HSM with the backup private key (held only while restoring)."""

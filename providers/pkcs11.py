@@ -24,7 +24,12 @@ from asn1crypto.algos import DigestInfo
 from asn1crypto.core import Null
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11._pkcs11 import DEFAULT
-from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
+from pkcs11.util.ec import (
+    decode_ec_public_key,
+    encode_ec_public_key,
+    encode_ecdsa_signature,
+    encode_named_curve_parameters,
+)
 from pkcs11.util.rsa import decode_rsa_public_key, encode_rsa_public_key
 
 from broker.model import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
@@ -32,12 +37,16 @@ from providers.base import (
     Capabilities,
     ImportParameters,
     Provider,
+    ProviderAccessDenied,
     ProviderError,
     ProviderInvalidCiphertext,
     ProviderInvalidInput,
+    ProviderInvalidState,
     ProviderKeyRef,
     ProviderUnavailable,
     ProviderUnsupported,
+    RootOfTrust,
+    RootPackage,
 )
 
 DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
@@ -133,6 +142,7 @@ class Pkcs11Provider(Provider):
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
         self._handles: dict[str, Any] = {}
         self._cache_size = cache_size
+        self._root_of_trust: Pkcs11RootOfTrust | None = None
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> Pkcs11Provider:
@@ -429,79 +439,30 @@ class Pkcs11Provider(Provider):
 
     # ------------------------------------------------------------------------------------------ root of trust
 
+    def root_of_trust(self) -> Pkcs11RootOfTrust:
+        """This token's root of trust (its own protocol; it shares this provider's one session per process)."""
+        if self._root_of_trust is None:
+            self._root_of_trust = Pkcs11RootOfTrust(self)
+        return self._root_of_trust
+
+    # LEGACY delegates: callers move to `root_of_trust()`; these go when the last test has moved.
     def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes:
-        """Wrap this HSM material for another backend's import API without it leaving the HSM in clear."""
-        from cryptography.hazmat.primitives import serialization
-
-        public = serialization.load_der_public_key(public_key_der)
-        pkcs1 = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
-
-        def run(session: Any) -> bytes:
-            target = self._object(session, ref)
-            wrapper = session.create_object({**decode_rsa_public_key(pkcs1), Attribute.TOKEN: False,
-                                             Attribute.WRAP: True, Attribute.ENCRYPT: True})
-            try:
-                if algorithm == "RSAES_OAEP_SHA_1":
-                    return wrapper.wrap_key(target, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
-                if algorithm == "RSA_AES_KEY_WRAP_SHA_1":
-                    ephemeral = session.generate_key(KeyType.AES, 256, template=_AES_USE)
-                    try:
-                        return (wrapper.wrap_key(ephemeral, mechanism=Mechanism.RSA_PKCS_OAEP,
-                                                 mechanism_param=_OAEP_SHA1)
-                                + ephemeral.wrap_key(target, mechanism=Mechanism.AES_KEY_WRAP_PAD))
-                    finally:
-                        ephemeral.destroy()
-                raise ProviderUnsupported(f"wrapping for import with {algorithm}")
-            finally:
-                wrapper.destroy()
-        return self._call(run)
+        return self.root_of_trust().wrap_for_import(ref, public_key_der, algorithm)
 
     def seal(self, data: bytes, aad: bytes = b"") -> bytes:
-        """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
-        def run(session: Any) -> bytes:
-            iv = bytes(session.generate_random(96))
-            return iv + self._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
-                                                    mechanism_param=pkcs11.GCMParams(iv, aad, 128))
-        return self._call(run)
+        return self.root_of_trust().seal(data, aad)
 
     def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
-        def run(session: Any) -> bytes:
-            try:
-                return self._root(session).decrypt(blob[12:], mechanism=Mechanism.AES_GCM,
-                                                   mechanism_param=pkcs11.GCMParams(blob[:12], aad, 128))
-            except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.EncryptedDataInvalid,
-                    pkcs11.exceptions.EncryptedDataLenRange):
-                raise ProviderInvalidCiphertext("sealed data failed authentication") from None
-        return self._call(run)
+        return self.root_of_trust().unseal(blob, aad)
 
     def audit_hmac(self, data: bytes) -> bytes:
-        """HMAC-SHA-256 with the audit key that lives in the HSM (for values that must never be logged)."""
-        return self._call(lambda session: self._token_key(session, AUDIT_HMAC_LABEL).sign(
-            data, mechanism=Mechanism.SHA256_HMAC))
-
-    def _audit_signing(self, session: Any, object_class: ObjectClass) -> Any:
-        """The audit signing key pair's half of `object_class`, found once per session like `_token_key`."""
-        self._token_key(session, ROOT_KEK_LABEL)  # resets the handle cache when the session changed
-        slot = f"{AUDIT_SIGNING_LABEL}/{object_class.name}"
-        if slot not in self._handles:
-            try:
-                self._handles[slot] = session.get_key(label=AUDIT_SIGNING_LABEL, object_class=object_class)
-            except pkcs11.NoSuchKey:
-                raise ProviderUnavailable(f"{AUDIT_SIGNING_LABEL} missing from the HSM token") from None
-        return self._handles[slot]
+        return self.root_of_trust().audit_hmac(data)
 
     def audit_sign(self, data: bytes) -> bytes:
-        """ECDSA P-256 / SHA-256 signature (DER) of `data` with the HSM's non-extractable audit signing key.
-
-        SoftHSM lacks CKM_ECDSA_SHA256: the digest is computed here, the raw ECDSA runs in the HSM (as `sign`).
-        """
-        digest = hashlib.sha256(data).digest()
-        return self._call(lambda session: encode_ecdsa_signature(
-            self._audit_signing(session, ObjectClass.PRIVATE_KEY).sign(digest, mechanism=Mechanism.ECDSA)))
+        return self.root_of_trust().audit_sign(data)
 
     def audit_public_key(self) -> bytes:
-        """SubjectPublicKeyInfo (DER) of the audit signing key: all a verifier of checkpoints needs."""
-        return self._call(lambda session: encode_ec_public_key(self._audit_signing(session, ObjectClass.PUBLIC_KEY)))
+        return self.root_of_trust().audit_public_key()
 
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:
@@ -509,3 +470,319 @@ def _rsa_spki(pkcs1_public: bytes) -> bytes:
     from asn1crypto.keys import PublicKeyInfo, RSAPublicKey
 
     return PublicKeyInfo.wrap(RSAPublicKey.load(pkcs1_public), "rsa").dump()
+
+
+# ================================================================================================ root of trust
+
+TRANSPORT_LABEL = "kmsb-transport"
+TRUSTED_PREFIX = "kmsb-trusted/"
+_CHECK = (b"kms-broker root-of-trust check v1", b"kms-broker/root-check")
+_KCV = (b"\0" * 16, b"\xff" * 12, b"kms-broker root kcv")  # never a seal IV: seal IVs are HSM random
+
+# The root keys move only wrapped under a key the security officer marked CKA_TRUSTED (CKA_WRAP_WITH_TRUSTED): a
+# holder of the user PIN alone cannot wrap them under a key of its choosing. The signing key travels wrapped
+# under the root KEK (SoftHSM cannot wrap private keys with RSA, and only the SO can make a key trusted, while the
+# SO cannot use private keys): it is extractable, sensitive, and never leaves an HSM in clear.
+ROOT_KEK_TEMPLATE = {
+    Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True,
+    Attribute.WRAP_WITH_TRUSTED: True, Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.ENCRYPT: True,
+    Attribute.DECRYPT: True, Attribute.SIGN: False, Attribute.VERIFY: False,
+}
+AUDIT_HMAC_TEMPLATE = {
+    Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True,
+    Attribute.WRAP_WITH_TRUSTED: True, Attribute.SIGN: True, Attribute.VERIFY: True,
+}
+SIGNING_PRIVATE_TEMPLATE = {
+    Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True,
+    Attribute.SIGN: True,
+}
+_OAEP_MECH = {"mechanism": Mechanism.RSA_PKCS_OAEP, "mechanism_param": _OAEP_SHA1}
+_RSA_UNWRAPPER = {Attribute.TOKEN: False, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                  Attribute.EXTRACTABLE: False, Attribute.UNWRAP: True, Attribute.DECRYPT: True,
+                  Attribute.SIGN: False}
+
+
+def key_fingerprint(spki_der: bytes) -> str:
+    """The name of a recipient public key: its SPKI digest (public; labels trusted objects in the HSM)."""
+    return "sha256:" + hashlib.sha256(spki_der).hexdigest()[:32]
+
+
+def _rsa_public_parts(spki_der: bytes) -> dict:
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        public = serialization.load_der_public_key(spki_der)
+        pkcs1 = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+        return decode_rsa_public_key(pkcs1)
+    except (ValueError, TypeError):
+        raise ProviderInvalidInput("the recipient key is not an RSA public key (DER SubjectPublicKeyInfo)") from None
+
+
+class Pkcs11RootOfTrust(RootOfTrust):
+    """The root of trust of one PKCS#11 token. Every operation runs inside the HSM under the provider's lock."""
+
+    def __init__(self, provider: Pkcs11Provider) -> None:
+        self._p = provider
+
+    def __repr__(self) -> str:
+        return f"Pkcs11RootOfTrust({self._p.name!r})"
+
+    # ------------------------------------------------------------------------------------------ secrets
+
+    def seal(self, data: bytes, aad: bytes = b"") -> bytes:
+        """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
+        def run(session: Any) -> bytes:
+            iv = bytes(session.generate_random(96))
+            return iv + self._p._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
+                                                       mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+        return self._p._call(run)
+
+    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
+        if len(blob) < 12 + 16:
+            raise ProviderInvalidCiphertext("sealed data failed authentication")
+
+        def run(session: Any) -> bytes:
+            try:
+                return self._p._root(session).decrypt(blob[12:], mechanism=Mechanism.AES_GCM,
+                                                      mechanism_param=pkcs11.GCMParams(blob[:12], aad, 128))
+            except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.EncryptedDataInvalid,
+                    pkcs11.exceptions.EncryptedDataLenRange):
+                raise ProviderInvalidCiphertext("sealed data failed authentication") from None
+        return self._p._call(run)
+
+    def random(self, n: int) -> bytes:
+        return self._p.random(n)
+
+    # ------------------------------------------------------------------------------------------ audit
+
+    def audit_hmac(self, data: bytes) -> bytes:
+        """HMAC-SHA-256 with the audit key that lives in the HSM (for values that must never be logged)."""
+        return self._p._call(lambda session: self._p._token_key(session, AUDIT_HMAC_LABEL).sign(
+            data, mechanism=Mechanism.SHA256_HMAC))
+
+    def _audit_signing(self, session: Any, object_class: ObjectClass) -> Any:
+        """The audit signing key pair's half of `object_class`, found once per session like `_token_key`."""
+        self._p._token_key(session, ROOT_KEK_LABEL)  # resets the handle cache when the session changed
+        handles = self._p._handles
+        slot = f"{AUDIT_SIGNING_LABEL}/{object_class.name}"
+        if slot not in handles:
+            try:
+                handles[slot] = session.get_key(label=AUDIT_SIGNING_LABEL, object_class=object_class)
+            except pkcs11.NoSuchKey:
+                raise ProviderUnavailable(f"{AUDIT_SIGNING_LABEL} missing from the HSM token") from None
+        return handles[slot]
+
+    def audit_sign(self, data: bytes) -> bytes:
+        """ECDSA P-256 / SHA-256 signature (DER) of `data` with the HSM's audit signing key.
+
+        SoftHSM lacks CKM_ECDSA_SHA256: the digest is computed here, the raw ECDSA runs in the HSM (as `sign`).
+        """
+        digest = hashlib.sha256(data).digest()
+        return self._p._call(lambda session: encode_ecdsa_signature(
+            self._audit_signing(session, ObjectClass.PRIVATE_KEY).sign(digest, mechanism=Mechanism.ECDSA)))
+
+    def audit_public_key(self) -> bytes:
+        """SubjectPublicKeyInfo (DER) of the audit signing key: all a verifier of checkpoints needs."""
+        return self._p._call(lambda session: encode_ec_public_key(
+            self._audit_signing(session, ObjectClass.PUBLIC_KEY)))
+
+    # ------------------------------------------------------------------------------------------ import wrapping
+
+    def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes:
+        """Wrap this HSM's material for another backend's import API without it leaving the HSM in clear."""
+        parts = _rsa_public_parts(public_key_der)
+
+        def run(session: Any) -> bytes:
+            target = self._p._object(session, ref)
+            wrapper = session.create_object({**parts, Attribute.TOKEN: False, Attribute.WRAP: True,
+                                             Attribute.ENCRYPT: True})
+            try:
+                if algorithm == "RSAES_OAEP_SHA_1":
+                    return wrapper.wrap_key(target, **_OAEP_MECH)
+                if algorithm == "RSA_AES_KEY_WRAP_SHA_1":
+                    ephemeral = session.generate_key(KeyType.AES, 256, template=_AES_USE)
+                    try:
+                        return (wrapper.wrap_key(ephemeral, **_OAEP_MECH)
+                                + ephemeral.wrap_key(target, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+                    finally:
+                        ephemeral.destroy()
+                raise ProviderUnsupported(f"wrapping for import with {algorithm}")
+            finally:
+                wrapper.destroy()
+        return self._p._call(run)
+
+    # ------------------------------------------------------------------------------------------ node transfer
+
+    @staticmethod
+    def _find(session: Any, label: str, object_class: ObjectClass) -> list[Any]:
+        return list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: object_class}))
+
+    def has_root(self) -> bool:
+        return self._p._call(lambda s: bool(self._find(s, ROOT_KEK_LABEL, ObjectClass.SECRET_KEY)))
+
+    def fingerprint(self) -> str:
+        plain, iv, aad = _KCV
+
+        def run(session: Any) -> str:
+            out = self._p._root(session).encrypt(plain, mechanism=Mechanism.AES_GCM,
+                                                 mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+            return "kcv:" + hashlib.sha256(bytes(out)).hexdigest()[:24]
+        return self._p._call(run)
+
+    def transport_key(self) -> bytes:
+        def run(session: Any) -> bytes:
+            found = self._find(session, TRANSPORT_LABEL, ObjectClass.PUBLIC_KEY)
+            if found:
+                return _rsa_spki(encode_rsa_public_key(found[0]))
+            pub, _ = session.generate_keypair(
+                KeyType.RSA, 2048, store=True, label=TRANSPORT_LABEL,
+                public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False, Attribute.WRAP: True,
+                                 Attribute.ENCRYPT: True, Attribute.VERIFY: False},
+                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
+                                  Attribute.EXTRACTABLE: False, Attribute.UNWRAP: True, Attribute.DECRYPT: True,
+                                  Attribute.SIGN: False})
+            return _rsa_spki(encode_rsa_public_key(pub))
+        return self._p._call(run)
+
+    def trust(self, public_key_der: bytes) -> str:
+        """The security officer's step, in a process of its own (PKCS#11 logs in per application, and this one is
+        logged in as the user): it creates the recipient public key as a trusted token object."""
+        import json
+        import subprocess
+        import sys
+
+        _rsa_public_parts(public_key_der)  # refuse anything but an RSA key before asking the officer
+        fp = key_fingerprint(public_key_der)
+        config = self._p._session._config
+        request = {"lib": self._p._session._lib_path, "token_label": self._p._session._token_label,
+                   "softhsm_conf": str(config.get("softhsm_conf") or os.environ.get("SOFTHSM2_CONF", "")),
+                   "so_pin_file": str(so_pin_file(config) or ""), "so_pin_env": config.get("so_pin_env", ""),
+                   "label": TRUSTED_PREFIX + fp, "public_key": public_key_der.hex()}
+        done = subprocess.run([sys.executable, "-m", "providers.pkcs11_officer"], input=json.dumps(request),
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            reason = (done.stdout.strip().splitlines() or ["the security officer step failed"])[-1]
+            raise ProviderUnavailable(f"HSM security officer: {reason[:200]}")
+        return fp
+
+    def forget(self, fingerprint: str) -> None:
+        def run(session: Any) -> None:
+            for obj in self._find(session, TRUSTED_PREFIX + fingerprint, ObjectClass.PUBLIC_KEY):
+                obj.destroy()
+        self._p._call(run)
+
+    def export_root(self, recipient_der: bytes) -> RootPackage:
+        parts = _rsa_public_parts(recipient_der)
+        fp = key_fingerprint(recipient_der)
+
+        def run(session: Any) -> RootPackage:
+            candidates = [o for o in self._find(session, TRUSTED_PREFIX + fp, ObjectClass.PUBLIC_KEY)
+                          if o[Attribute.TRUSTED] and o[Attribute.MODULUS] == parts[Attribute.MODULUS]]
+            if not candidates:
+                raise ProviderAccessDenied("the recipient key is not trusted by this HSM's security officer")
+            recipient = candidates[0]
+            root = self._p._root(session)
+            try:
+                wrapped_root = recipient.wrap_key(root, **_OAEP_MECH)
+                wrapped_hmac = recipient.wrap_key(self._p._token_key(session, AUDIT_HMAC_LABEL), **_OAEP_MECH)
+                wrapped_signing = root.wrap_key(self._audit_signing(session, ObjectClass.PRIVATE_KEY),
+                                                mechanism=Mechanism.AES_KEY_WRAP_PAD)
+            except pkcs11.exceptions.KeyUnextractable:
+                raise ProviderUnsupported("this HSM's root keys were created non-extractable (before node transfer "
+                                          "existed): they cannot leave it") from None
+            except pkcs11.exceptions.KeyNotWrappable:
+                raise ProviderAccessDenied("the HSM refused to wrap the root keys for this recipient") from None
+            plain, aad = _CHECK
+            iv = bytes(session.generate_random(96))
+            check = iv + root.encrypt(plain, mechanism=Mechanism.AES_GCM, mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+            signing_public = encode_ec_public_key(self._audit_signing(session, ObjectClass.PUBLIC_KEY))
+            return RootPackage(bytes(wrapped_root), bytes(wrapped_hmac), bytes(wrapped_signing), signing_public,
+                               check, fp)
+        return self._p._call(run)
+
+    def import_root(self, package: RootPackage) -> None:
+        def run(session: Any) -> None:
+            private = self._find(session, TRANSPORT_LABEL, ObjectClass.PRIVATE_KEY)
+            public = self._find(session, TRANSPORT_LABEL, ObjectClass.PUBLIC_KEY)
+            if not private or not public:
+                raise ProviderInvalidState("this HSM has no transport key (run the join from the start)")
+            if key_fingerprint(_rsa_spki(encode_rsa_public_key(public[0]))) != package.recipient:
+                raise ProviderInvalidInput("the package was made for another HSM's transport key")
+            self._install(session, private[0], package)
+            for obj in private + public:  # the transport key is spent
+                obj.destroy()
+        self._p._call(run)
+
+    def restore_root(self, package: RootPackage, recipient_private_pkcs8: bytes) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from pkcs11.util.rsa import decode_rsa_private_key
+
+        try:
+            key = serialization.load_der_private_key(recipient_private_pkcs8, password=None)
+        except (ValueError, TypeError):
+            raise ProviderInvalidInput("the backup private key is not valid") from None
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ProviderInvalidInput("the backup private key is not an RSA key")
+        spki = key.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        if key_fingerprint(spki) != package.recipient:
+            raise ProviderInvalidInput("the package was not made for this backup key")
+        pkcs1 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption())
+
+        def run(session: Any) -> None:
+            unwrapper = session.create_object({**decode_rsa_private_key(pkcs1), **_RSA_UNWRAPPER})
+            try:
+                self._install(session, unwrapper, package)
+            finally:
+                unwrapper.destroy()
+        self._p._call(run)
+
+    def _install(self, session: Any, unwrapper: Any, package: RootPackage) -> None:
+        """Unwrap the package's keys into this token; on any failure nothing stays behind."""
+        if self._find(session, ROOT_KEK_LABEL, ObjectClass.SECRET_KEY):
+            raise ProviderInvalidState("this HSM already holds root keys")
+        made: list[Any] = []
+        try:
+            root = unwrapper.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, package.wrapped_root,
+                                        label=ROOT_KEK_LABEL, store=True, template=ROOT_KEK_TEMPLATE, **_OAEP_MECH)
+            made.append(root)
+            plain, aad = _CHECK
+            check = package.check
+            if root.decrypt(check[12:], mechanism=Mechanism.AES_GCM,
+                            mechanism_param=pkcs11.GCMParams(check[:12], aad, 128)) != plain:
+                raise ProviderInvalidCiphertext("the root key check failed")
+            made.append(unwrapper.unwrap_key(ObjectClass.SECRET_KEY, KeyType.GENERIC_SECRET, package.wrapped_hmac,
+                                             label=AUDIT_HMAC_LABEL, store=True, template=AUDIT_HMAC_TEMPLATE,
+                                             **_OAEP_MECH))
+            made.append(root.unwrap_key(ObjectClass.PRIVATE_KEY, KeyType.EC, package.wrapped_signing,
+                                        label=AUDIT_SIGNING_LABEL, store=True, mechanism=Mechanism.AES_KEY_WRAP_PAD,
+                                        template={**_NOT_ON_PRIVATE, Attribute.DECRYPT: DEFAULT,
+                                                  Attribute.UNWRAP: DEFAULT, Attribute.DERIVE: DEFAULT,
+                                                  **SIGNING_PRIVATE_TEMPLATE}))
+            made.append(session.create_object({**decode_ec_public_key(package.signing_public_key),
+                                               Attribute.TOKEN: True, Attribute.PRIVATE: False,
+                                               Attribute.VERIFY: True, Attribute.LABEL: AUDIT_SIGNING_LABEL}))
+        except BaseException as exc:
+            for obj in made:
+                try:
+                    obj.destroy()
+                except pkcs11.PKCS11Error:
+                    pass
+            if isinstance(exc, ProviderError):
+                raise
+            if isinstance(exc, pkcs11.PKCS11Error):
+                raise ProviderInvalidCiphertext(f"the package could not be unwrapped here ({type(exc).__name__})") \
+                    from None
+            raise
+        self._p._handles.clear()
+
+
+def so_pin_file(config: Mapping[str, Any]) -> Path | None:
+    """Where the security officer's PIN is kept: `so_pin_file`, else `so.pin` beside the user PIN file."""
+    if config.get("so_pin_file"):
+        return Path(config["so_pin_file"])
+    if config.get("pin_file"):
+        return Path(config["pin_file"]).with_name("so.pin")
+    return None

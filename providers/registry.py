@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-from providers.base import Provider
+from providers.base import Provider, RootOfTrust
 
 KINDS: dict[str, str] = {
     "pkcs11": "providers.pkcs11:Pkcs11Provider",
@@ -34,3 +34,11 @@ def build_provider(name: str, config: Mapping[str, Any]) -> Provider:
     if not kind:
         raise UnknownProviderKind(f"provider {name!r} has no 'kind'")
     return provider_class(kind).from_config(name, config)
+
+
+def root_of_trust(provider: Provider) -> RootOfTrust:
+    """The root of trust a provider instance offers (a pkcs11 token does); ValueError for one that offers none."""
+    make = getattr(provider, "root_of_trust", None)
+    if not callable(make):
+        raise ValueError(f"provider {provider.name!r} cannot be the root of trust")
+    return make()

@@ -16,7 +16,15 @@ import pkcs11
 from pkcs11 import Attribute, KeyType
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from providers.pkcs11 import AUDIT_HMAC_LABEL, AUDIT_SIGNING_LABEL, DEFAULT_LIB, ROOT_KEK_LABEL
+from providers.pkcs11 import (
+    AUDIT_HMAC_LABEL,
+    AUDIT_HMAC_TEMPLATE,
+    AUDIT_SIGNING_LABEL,
+    DEFAULT_LIB,
+    ROOT_KEK_LABEL,
+    ROOT_KEK_TEMPLATE,
+    SIGNING_PRIVATE_TEMPLATE,
+)
 
 
 @dataclass(frozen=True)
@@ -36,8 +44,13 @@ def _write_secret(path: Path, value: str) -> None:
         f.write(value)
 
 
-def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAULT_LIB) -> TokenFiles:
-    """Initialise a fresh token under hsm_dir: non-extractable root KEK, audit HMAC key, audit signing key pair."""
+def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAULT_LIB, *,
+                 root_keys: bool = True) -> TokenFiles:
+    """Initialise a fresh token under hsm_dir: root KEK, audit HMAC key, audit signing key pair.
+
+    `root_keys=False` leaves the token empty: a node that joins (or a restore) receives the root keys from another
+    HSM or a backup instead (providers.pkcs11.Pkcs11RootOfTrust).
+    """
     files = token_files(hsm_dir)
     tokens = hsm_dir / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
@@ -56,28 +69,22 @@ def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAU
         session.set_pin(temp_so, so_pin)
     with token.open(rw=True, user_pin=temp_user) as session:
         session.set_pin(temp_user, user_pin)
-        _create_root_keys(session)
+        if root_keys:
+            _create_root_keys(session)
     _write_secret(files.pin_file, user_pin)
     _write_secret(files.so_pin_file, so_pin)
     return files
 
 
 def _create_root_keys(session) -> None:
-    session.generate_key(KeyType.AES, 256, label=ROOT_KEK_LABEL, store=True, template={
-        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
-        Attribute.WRAP: True, Attribute.UNWRAP: True, Attribute.ENCRYPT: True, Attribute.DECRYPT: True,
-        Attribute.SIGN: False, Attribute.VERIFY: False,
-    })
-    session.generate_key(KeyType.GENERIC_SECRET, 256, label=AUDIT_HMAC_LABEL, store=True, template={
-        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
-        Attribute.SIGN: True, Attribute.VERIFY: True,
-    })
-    # Audit checkpoints are signed by a non-extractable EC P-256 key pair (the public half is exported for verifiers).
+    """Root KEK and audit HMAC key: sensitive, wrappable only under a key the SO marked trusted (node transfer and
+    backup); the audit signing key travels wrapped under the root KEK (see providers.pkcs11)."""
+    session.generate_key(KeyType.AES, 256, label=ROOT_KEK_LABEL, store=True, template=ROOT_KEK_TEMPLATE)
+    session.generate_key(KeyType.GENERIC_SECRET, 256, label=AUDIT_HMAC_LABEL, store=True,
+                         template=AUDIT_HMAC_TEMPLATE)
+    # Audit checkpoints are signed by an EC P-256 key pair (the public half is exported for verifiers).
     params = session.create_domain_parameters(
         KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True)
     params.generate_keypair(store=True, label=AUDIT_SIGNING_LABEL, public_template={
         Attribute.TOKEN: True, Attribute.VERIFY: True,
-    }, private_template={
-        Attribute.TOKEN: True, Attribute.PRIVATE: True, Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True,
-        Attribute.SIGN: True,
-    })
+    }, private_template=SIGNING_PRIVATE_TEMPLATE)

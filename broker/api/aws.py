@@ -91,7 +91,7 @@ def operation(name: str) -> Callable[[Handler], Handler]:
 
 def init_app(app: Flask, service: KeyService, settings: Any) -> None:
     """Register the blueprint and its SigV4 authenticator (called from create_app)."""
-    root = service.providers[settings.root_of_trust]
+    root = service.root  # the root of trust seals the SigV4 secrets
     credentials = AwsCredentials(service.store, root.seal, root.unseal, cache_seconds=settings.auth_cache_seconds)
     verifier = SigV4Verifier(credentials)
     app.extensions["kms_aws_credentials"] = credentials

@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 from broker.audit.log import PUBLIC_KEY_NAME, AuditLog
+from providers.base import RootOfTrust
 
 log = logging.getLogger("kms_broker.audit")
 
 
-def signing_public_key(root: Any, audit_dir) -> bytes | None:
+def signing_public_key(root: RootOfTrust, audit_dir) -> bytes | None:
     """SPKI DER of the HSM's audit signing key; the published PEM if the HSM cannot be asked now; None if neither."""
     from providers.base import ProviderError
 
@@ -26,7 +27,8 @@ def signing_public_key(root: Any, audit_dir) -> bytes | None:
         return None
 
 
-def build_audit_log(settings: Any, root: Any, engine: Any) -> AuditLog:
+def build_audit_log(settings: Any, root: RootOfTrust, engine: Any) -> AuditLog:
+    """The audit log of this node: HMAC and checkpoint signatures by the root of trust's audit keys."""
     public_key = signing_public_key(root, settings.audit_file.parent)
     return AuditLog(
         settings.audit_file, hmac=root.audit_hmac, fsync=settings.audit_fsync, sinks=settings.audit_sinks,

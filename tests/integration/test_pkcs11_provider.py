@@ -372,13 +372,21 @@ def test_audit_hmac_is_deterministic_and_keyed_in_the_hsm(hsm_token: TestToken, 
         second.close()
 
 
-def test_root_kek_is_not_extractable(hsm_provider: Pkcs11Provider) -> None:
+def test_root_kek_leaves_only_under_a_trusted_key(hsm_provider: Pkcs11Provider) -> None:
+    """Never readable; wrappable only under a key the security officer marked trusted (node transfer, backup)."""
     with hsm_provider._session.lock:
         session = hsm_provider._session.get()
         root = hsm_provider._root(session)
-        assert root[Attribute.EXTRACTABLE] is False and root[Attribute.SENSITIVE] is True
+        assert root[Attribute.SENSITIVE] is True and root[Attribute.WRAP_WITH_TRUSTED] is True
         with pytest.raises(pkcs11.exceptions.AttributeSensitive):
             _ = root[Attribute.VALUE]
+        mine = session.generate_key(KeyType.AES, 256, template={Attribute.TOKEN: False, Attribute.SENSITIVE: False,
+                                                                  Attribute.EXTRACTABLE: True, Attribute.WRAP: True})
+        try:
+            with pytest.raises(pkcs11.exceptions.KeyNotWrappable):
+                mine.wrap_key(root, mechanism=Mechanism.AES_KEY_WRAP_PAD)
+        finally:
+            mine.destroy()
 
 
 def test_random(hsm_provider: Pkcs11Provider) -> None:
