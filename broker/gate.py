@@ -74,10 +74,17 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class Target:
-    """What one check is about: a key, a named non-key resource (e.g. "keyring/kv/db1"), or nothing."""
+    """What one check is about: a key, a named non-key resource (e.g. "keyring/kv/db1"), or nothing.
+
+    `conditions` are request facts only the resolver knows (e.g. a new grant's `kms:GrantOperations`): condition
+    keys the policy engine hands to policy conditions, as lists of values. `context`, when set, is the encryption
+    context the check is decided with (CreateGrant: the new grant's constraint, as AWS decides it).
+    """
 
     key: Key | None = None
     resource: str | None = None
+    conditions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    context: Mapping[str, str] | None = None
 
     @property
     def name(self) -> str:
@@ -212,18 +219,19 @@ class Call:
     # ------------------------------------------------------------------------------------- checks
 
     def require(self, action: str, key: Key | None = None, *, resource: str | None = None,
-                context: Mapping[str, str] | None = None) -> None:
+                context: Mapping[str, str] | None = None,
+                conditions: Mapping[str, tuple[str, ...]] | None = None) -> None:
         """A check whose resource the body learns only as it runs; the action must be declared `dynamic`."""
         if action not in self._decl.dynamic:
             raise RuntimeError(f"{self._decl.qualname} did not declare {action} as a dynamic check")
-        self._check(action, Target(key=key, resource=resource), context)
+        self._check(action, Target(key=key, resource=resource, conditions=dict(conditions or {})), context)
 
     def _check(self, action: str, target: Target, context: Mapping[str, str] | None) -> None:
         if target.key is not None and self.entry.key_id is None:
             self.entry.key_id, self.entry.provider = target.key.key_id, target.key.provider
         elif target.resource is not None:
             self.entry.extra.setdefault("resource", target.resource)
-        self._gate.authorize(self.ctx, action, target, context)
+        self._gate.authorize(self.ctx, action, target, target.context if target.context is not None else context)
         self._granted.add((action, target.name))
         self._checked.add(action)
 
@@ -234,9 +242,11 @@ class Call:
     # ------------------------------------------------------------------------------------- no escalation
 
     def holds(self, action: str, key: Key | None = None, *, resource: str | None = None,
-              context: Mapping[str, str] | None = None) -> bool:
+              context: Mapping[str, str] | None = None,
+              conditions: Mapping[str, tuple[str, ...]] | None = None) -> bool:
         """May the caller do `action` on this resource? (Filtering and the no-escalation rule; never raises.)"""
-        return self._gate.decide(self.ctx, action, Target(key=key, resource=resource), context).allowed
+        target = Target(key=key, resource=resource, conditions=dict(conditions or {}))
+        return self._gate.decide(self.ctx, action, target, context).allowed
 
     def policies_beyond(self, names: Iterable[str]) -> list[str]:
         """The policy names the caller could not hand on: anything not among its own (root holds every name)."""
@@ -267,8 +277,9 @@ class Gate:
 
     def decide(self, ctx: RequestContext, action: str, target: Target,
                context: Mapping[str, str] | None = None) -> Decision:
-        return self.policy.decide(ctx.principal, action, target.key, dict(context or {}), resource=target.resource,
-                                  source_ip=ctx.source_ip)
+        context = context if isinstance(context, dict) else dict(context or {})  # a dict subclass keeps its meaning
+        return self.policy.decide(ctx.principal, action, target.key, context, resource=target.resource,
+                                  source_ip=ctx.source_ip, conditions=target.conditions)
 
     def authorize(self, ctx: RequestContext, action: str, target: Target,
                   context: Mapping[str, str] | None = None) -> None:

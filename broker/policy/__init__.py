@@ -7,26 +7,41 @@ short per-process cache (`cache_seconds`, the bound on how long a policy change 
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from broker.auth import Principal
+from broker.errors import ValidationError
 from broker.model import Key
 from broker.policy.builtin import builtin
 from broker.policy.document import PolicyDocument, parse_document
-from broker.policy.evaluate import Decision, Facts, Grant, evaluate
+from broker.policy.evaluate import Decision, Facts, Grant, evaluate, name_matches
 
 __all__ = ["Decision", "PolicyEngine"]
 
+log = logging.getLogger("kms_broker.policy")
+_GLOB = "*?[$"
+# A stored document the current language refuses (written by an older version) decides as "deny everything":
+# dropping it instead could drop its Deny statements, or fall back to the default key policy.
+UNREADABLE = parse_document({"Statement": [{"Sid": "UnreadableStoredPolicy", "Effect": "Deny", "Action": "*",
+                                            "Resource": "*"}]})
+UNREADABLE_KEY_POLICY = parse_document({"Statement": [{"Sid": "UnreadableStoredPolicy", "Effect": "Deny",
+                                                       "Principal": "*", "Action": "*", "Resource": "*"}]},
+                                       key_policy=True)
 
-def _pattern_covers(pattern: str, prefix: str) -> bool:
-    """Whether a policy resource pattern matches every name that starts with `prefix`."""
-    if pattern == "*" or pattern == prefix + "*":
+
+def _pattern_covers(pattern: str, wanted: str) -> bool:
+    """Whether a policy resource pattern matches every name `wanted` ("<literal prefix>*" or a literal name) names."""
+    if pattern == "*" or pattern == wanted:
         return True
-    head = pattern[:-1]
-    return pattern.endswith("*") and not any(c in head for c in "*?[$") and prefix.startswith(head)
+    if not wanted.endswith("*"):
+        return "$" not in pattern and name_matches(wanted, pattern)
+    head, prefix = pattern[:-1], wanted[:-1]
+    return pattern.endswith("*") and not any(c in head for c in _GLOB) and prefix.startswith(head) \
+        and "/" in head
 
 
 class _TTLCache:
@@ -69,12 +84,13 @@ class PolicyEngine:
 
     def _load_policy(self, name: str) -> PolicyDocument | None:
         raw = self.repository.get_policy(name) if self.repository else None
-        return parse_document(raw) if raw else None
+        return _parse_stored(raw, f"policy {name}", UNREADABLE) if raw else None
 
     def key_policy(self, key_id: str) -> PolicyDocument | None:
         def load() -> PolicyDocument | None:
             raw = self.repository.get_key_policy(key_id) if self.repository else None
-            return parse_document(raw, key_policy=True) if raw else None
+            return _parse_stored(raw, f"key policy of {key_id}", UNREADABLE_KEY_POLICY, key_policy=True) \
+                if raw else None
         return self._cache.get(("key-policy", key_id), load)
 
     def grants(self, key_id: str) -> list[Grant]:
@@ -93,11 +109,14 @@ class PolicyEngine:
     # -------------------------------------------------------------------------------------- decisions
 
     def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
-               resource: str | None = None, source_ip: str = "", now: datetime | None = None) -> Decision:
+               resource: str | None = None, source_ip: str = "", now: datetime | None = None,
+               conditions: Mapping[str, Sequence[str]] | None = None) -> Decision:
+        """conditions: request facts only the service knows (e.g. a new grant's kms:GrantOperations)."""
         if principal.is_root:
             return Decision(True, "root")
-        facts = Facts(principal=principal, action=action, key=key, resource=resource, context=context or {},
-                      source_ip=source_ip, now=now or datetime.now(UTC),
+        facts = Facts(principal=principal, action=action, key=key, resource=resource,
+                      context=context if context is not None else {},
+                      source_ip=source_ip, now=now or datetime.now(UTC), request=dict(conditions or {}),
                       load_tags=(lambda: self._store.get_key(key.key_id).tags) if key and self._store else None,
                       load_aliases=(lambda: self._store.get_key(key.key_id).aliases) if key and self._store else None)
         on_key = key is not None
@@ -106,17 +125,18 @@ class PolicyEngine:
                         self.grants(key.key_id) if on_key else ())
 
     def covers(self, principal: Principal, actions: list[str], resource_glob: str) -> bool:
-        """Does `principal` hold every action on *every* resource `resource_glob` ("<literal prefix>*") names?
+        """Does `principal` hold every action on *every* resource `resource_glob` ("<literal prefix>*", or one
+        literal resource name) names?
 
         Sound and deliberately conservative (the no-escalation rule asks it before something is handed on): an
-        unconditional identity Allow whose resource pattern is "*", the glob itself, or "<prefix>*" with a prefix
-        of the glob's literal part; any Deny statement naming one of the actions answers no.
+        unconditional identity Allow whose resource pattern is "*", the glob itself, "<prefix>*" with a prefix of
+        the glob's literal part (never shorter than its type, "key/"), or — for a literal name — a pattern matching
+        it; any Deny statement naming one of the actions answers no.
         """
         if principal.is_root:
             return True
-        if not resource_glob.endswith("*") or any(c in resource_glob[:-1] for c in "*?["):
-            raise ValueError("covers() takes '<literal prefix>*'")
-        prefix = resource_glob[:-1]
+        if any(c in resource_glob[:-1] for c in _GLOB) or ("$" in resource_glob):
+            raise ValueError("covers() takes '<literal prefix>*' or a literal resource name")
         docs = [doc for _, doc in self.identity_documents(principal)]
         for action in actions:
             held = False
@@ -128,7 +148,16 @@ class PolicyEngine:
                         return False
                     if st.conditions:
                         continue
-                    held = held or any(_pattern_covers(p, prefix) for p in st.resources)
+                    held = held or any(_pattern_covers(p, resource_glob) for p in st.resources)
             if not held:
                 return False
         return True
+
+
+def _parse_stored(raw: dict, what: str, fallback: PolicyDocument, *, key_policy: bool = False) -> PolicyDocument:
+    try:
+        return parse_document(raw, key_policy=key_policy)
+    except ValidationError as exc:
+        log.error("stored %s is not valid in this version (%s): it denies everything until rewritten", what,
+                  exc.message)
+        return fallback

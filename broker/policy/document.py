@@ -8,6 +8,12 @@
                     "Condition": {"<Operator>": {"<condition key>": "value" | [...]}}}]}
 
 Invalid documents are refused with the JSON path of the first bad element.
+
+Two rules keep a statement from meaning more than it says:
+* a resource pattern is "*" or "<type>/<name glob>" with a literal type ("key*" would also name "keyring/…"), or a KMS
+  key/alias ARN (read as "key/<id>" / "alias/<name>");
+* "kms:ReEncrypt" is what AWS users write for re-encryption: it names both checks a ReEncrypt makes,
+  kms:ReEncryptFrom (the source key) and kms:ReEncryptTo (the destination key), in Allow and in Deny alike.
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ Read ReadMetadata Write Delete List Create Rotate SetRotation Import Export Requ
 CreateToken CreateAppRole AppRoleLogin
 """.split())
 ALL_ACTIONS = KMS_ACTIONS | BROKER_ACTIONS | KEYRING_ACTIONS
+# "kms:ReEncrypt" is the audited operation; policies decide it as these two checks.
+ACTION_ALIASES = {"kms:ReEncrypt": ("kms:ReEncryptFrom", "kms:ReEncryptTo")}
+# Operations a grant may carry (AWS's GrantOperation values; each is the policy action "kms:<operation>").
+GRANT_OPERATIONS = frozenset({
+    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo",
+    "Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey", "GenerateDataKeyPair",
+    "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
+})
+_RESOURCE_TYPE = re.compile(r"[a-z][a-z0-9-]*")
+_KMS_ARN = re.compile(r"arn:[a-z-]+:kms:[^:]*:[^:]*:((?:key|alias)/.+)")
 
 _STRING_OPS = {"StringEquals", "StringNotEquals", "StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase",
                "StringLike", "StringNotLike"}
@@ -49,7 +65,7 @@ _DATE_OPS = {"DateEquals", "DateNotEquals", "DateLessThan", "DateLessThanEquals"
 BASE_OPERATORS = _STRING_OPS | _NUMERIC_OPS | _DATE_OPS | {"IpAddress", "NotIpAddress", "Bool", "Null"}
 
 _FIXED_KEYS = {"kms:EncryptionContextKeys", "kms:KeySpec", "kms:KeyUsage", "kms:KeyOrigin", "kms:Provider",
-               "kms:GrantOperations", "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
+               "kms:GrantOperations", "kms:GranteePrincipal", "kms:RetiringPrincipal", "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
                "broker:PrincipalName", "broker:AuthMethod"}
 _PREFIX_KEYS = ("kms:EncryptionContext:", "kms:ResourceTag/", "broker:PrincipalTag/")
 MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations"}
@@ -95,6 +111,10 @@ class Statement:
         hit = any(fnmatch.fnmatchcase(action, pattern) for pattern in self.actions)
         return not hit if self.not_actions else hit
 
+    def action_names(self) -> frozenset[str]:
+        """Every action of the language this statement names (NotAction: every other one)."""
+        return frozenset(a for a in ALL_ACTIONS if a not in ACTION_ALIASES and self.matches_action(a))
+
 
 @dataclass(frozen=True)
 class PolicyDocument:
@@ -110,11 +130,29 @@ def _as_list(value: Any, path: str) -> list[str]:
     raise ValidationError(f"{path}: must be a string or a non-empty list of strings")
 
 
-def _check_action(pattern: str, path: str) -> None:
+def _check_action(pattern: str, path: str) -> tuple[str, ...]:
+    """A valid action pattern, as the patterns it is matched by ("kms:ReEncrypt" names its two checks)."""
     if not re.fullmatch(r"[a-z]+:[A-Za-z*?]+|\*", pattern):
         raise ValidationError(f"{path}: {pattern!r} is not an action")
     if not any(fnmatch.fnmatchcase(a, pattern) for a in ALL_ACTIONS):
         raise ValidationError(f"{path}: unknown action {pattern!r}")
+    return ACTION_ALIASES.get(pattern, (pattern,))
+
+
+def resource_pattern(pattern: str, path: str) -> str:
+    """A valid resource pattern in its canonical form: "*", or "<literal type>/<name glob>" (KMS ARNs → key/alias)."""
+    if pattern == "*":
+        return pattern
+    if pattern.startswith("arn:"):
+        arn = _KMS_ARN.fullmatch(pattern)
+        if arn is None:
+            raise ValidationError(f"{path}: {pattern!r} is not a KMS key or alias ARN")
+        pattern = arn.group(1)
+    kind, slash, name = pattern.partition("/")
+    if not slash or not name or not _RESOURCE_TYPE.fullmatch(kind):
+        raise ValidationError(f"{path}: {pattern!r} must be \"*\" or \"<type>/<name>\" with a literal type "
+                              "(key/…, alias/…, provider/…, keyring/…, policy/…)")
+    return pattern
 
 
 def _check_values(base: str, key: str, values: list[str], path: str) -> None:
@@ -140,10 +178,38 @@ def _check_values(base: str, key: str, values: list[str], path: str) -> None:
                 raise ValidationError(f"{where}: {value!r} is not an ISO 8601 date-time or HH:MM")
 
 
+MAX_DOCUMENT_CHARS = 32_768  # AWS's key policy limit (32 KB)
+_MAX_DEPTH = 8  # policy > Statement > [i] > Condition > operator > key > [values]: 7 levels are enough
+
+
+def _check_shape(document: Any) -> None:
+    """Bounded size and depth, every string valid Unicode: checked before anything else reads the document."""
+    chars, stack = 0, [(document, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ValidationError(f"policy: nested deeper than {_MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(k, depth + 1) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str):
+            chars += len(value)
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ValidationError("policy: contains a string that is not valid Unicode") from None
+        else:
+            chars += 8
+        if chars > MAX_DOCUMENT_CHARS:
+            raise ValidationError(f"policy: larger than {MAX_DOCUMENT_CHARS} characters")
+
+
 def parse_document(document: Any, *, key_policy: bool = False) -> PolicyDocument:
     """Validate and compile. key_policy=True requires a Principal in every statement (as AWS does)."""
     if not isinstance(document, dict):
         raise ValidationError("policy: must be a JSON object")
+    _check_shape(document)
     unknown = set(document) - {"Version", "Id", "Statement"}
     if unknown:
         raise ValidationError(f"policy: unknown field {sorted(unknown)[0]!r}")
@@ -166,10 +232,12 @@ def parse_document(document: Any, *, key_policy: bool = False) -> PolicyDocument
         if ("Action" in st) == ("NotAction" in st):
             raise ValidationError(f"{path}: exactly one of Action or NotAction is required")
         action_field = "Action" if "Action" in st else "NotAction"
-        actions = _as_list(st[action_field], f"{path}.{action_field}")
-        for i, a in enumerate(actions):
-            _check_action(a, f"{path}.{action_field}[{i}]" if isinstance(st[action_field], list) else f"{path}.{action_field}")
-        resources = _as_list(st.get("Resource", "*"), f"{path}.Resource")
+        listed = isinstance(st[action_field], list)
+        actions = [pattern for i, a in enumerate(_as_list(st[action_field], f"{path}.{action_field}"))
+                   for pattern in _check_action(a, f"{path}.{action_field}[{i}]" if listed else f"{path}.{action_field}")]
+        listed = isinstance(st.get("Resource"), list)
+        resources = [resource_pattern(r, f"{path}.Resource[{i}]" if listed else f"{path}.Resource")
+                     for i, r in enumerate(_as_list(st.get("Resource", "*"), f"{path}.Resource"))]
         principals, account_self = _parse_principal(st.get("Principal"), f"{path}.Principal", key_policy)
         conditions = _parse_conditions(st.get("Condition"), f"{path}.Condition")
         statements.append(Statement(index, str(st.get("Sid", "")), effect, tuple(actions), action_field == "NotAction",

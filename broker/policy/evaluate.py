@@ -7,6 +7,11 @@ Combination (as AWS KMS documents it for one account):
      (the default key policy does exactly that, so identity policies work on keys without a key policy);
   4. a grant on the key covers the operation and its encryption-context constraints → allow;
   5. otherwise deny (default deny). Actions on no key (CreateKey, ListKeys, …) use identity policies only.
+
+Grants are AWS's: the grantee is one exact principal name (never a pattern), and a grant's RetireGrant operation lets
+its grantee retire *that* grant only; a grant's retiring principal may retire it too (both after explicit denies).
+Resource patterns match only resources of their own type, and a variable's value is matched literally and never
+spans a "/" (a principal named "*" or "kv/x" does not widen "keyring/${broker:PrincipalName}/*").
 """
 
 from __future__ import annotations
@@ -43,6 +48,13 @@ class Grant:
     retiring: str = ""
 
 
+class ContextAtLeast(dict):
+    """An encryption context known only to *contain* these pairs: the uses of a grant with an
+    EncryptionContextSubset constraint (or none). A decision on it holds for every context that does: a condition on
+    any other context key is unknown (an Allow it guards does not apply, a Deny it guards does), and only grants whose
+    own Subset constraint these pairs satisfy apply (never an EncryptionContextEquals grant)."""
+
+
 @dataclass
 class Facts:
     """Everything a decision may look at. Tags and aliases load lazily: most decisions never need them."""
@@ -56,6 +68,7 @@ class Facts:
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
     load_tags: Callable[[], Mapping[str, str]] | None = None
     load_aliases: Callable[[], Sequence[str]] | None = None
+    request: Mapping[str, Sequence[str]] = field(default_factory=dict)  # condition values the service knows
 
     def tags(self) -> Mapping[str, str]:
         if self.key is None:
@@ -97,6 +110,8 @@ class Decision:
 def condition_values(key: str, facts: Facts) -> list[str] | None:
     """The request's value(s) for a condition key, or None when the key is absent."""
     ctx, k, p = facts.context, facts.key, facts.principal
+    if key in facts.request:
+        return list(facts.request[key]) or None
     if key.startswith("kms:EncryptionContext:"):
         name = key[len("kms:EncryptionContext:"):]
         return [ctx[name]] if name in ctx else None
@@ -130,11 +145,17 @@ def _provider_of(resource: str | None) -> str | None:
     return None
 
 
-def substitute(text: str, facts: Facts) -> str:
-    """${condition key} variables, e.g. ${broker:PrincipalName}; an unknown one makes the value match nothing."""
+def substitute(text: str, facts: Facts, *, glob: bool = False, segment: bool = False) -> str:
+    """${condition key} variables, e.g. ${broker:PrincipalName}; an unknown one makes the value match nothing.
+
+    glob: the text is a pattern, so the value is escaped (matched literally); segment: the value must stay within
+    one path segment (a "/" in it matches nothing).
+    """
     def repl(match: re.Match) -> str:
         values = condition_values(match.group(1), facts)
-        return values[0] if values and len(values) == 1 else _NO_MATCH
+        if not values or len(values) != 1 or (segment and "/" in values[0]):
+            return _NO_MATCH
+        return re.sub(r"([*?\[])", r"[\1]", values[0]) if glob else values[0]
     return _VARIABLE.sub(repl, text) if "${" in text else text
 
 
@@ -194,7 +215,7 @@ _NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "No
 
 def condition_holds(cond: Condition, facts: Facts) -> bool:
     request = condition_values(cond.key, facts)
-    policy = [substitute(v, facts) for v in cond.values]
+    policy = [substitute(v, facts, glob=cond.base in ("StringLike", "StringNotLike")) for v in cond.values]
     if cond.base == "Null":
         return (request is None) == (policy[0].lower() == "true")
     if request is None:
@@ -224,28 +245,52 @@ def _resource_names(facts: Facts) -> list[str]:
     return [facts.resource or "*"]
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """A resource name against a canonical pattern: the type (before the first "/") literally, the rest as a glob."""
+    if pattern == "*":
+        return True
+    kind, _, rest = pattern.partition("/")
+    name_kind, slash, name_rest = name.partition("/")
+    return bool(slash) and kind == name_kind and fnmatch.fnmatchcase(name_rest, rest)
+
+
 def _resource_matches(statement: Statement, facts: Facts) -> bool:
     names = None
     for pattern in statement.resources:
-        pattern = substitute(pattern, facts)
+        pattern = substitute(pattern, facts, glob=True, segment=True)
         if pattern == "*":
             return True
         if names is None:
             names = _resource_names(facts)
-        if pattern.startswith("arn:") and "/" in pattern:
-            pattern = "key/" + pattern.rsplit("/", 1)[1] if ":key/" in pattern else pattern
         if pattern.startswith("alias/") and facts.key is not None:
-            if any(fnmatch.fnmatchcase(a, pattern) for a in facts.aliases()):
+            if any(name_matches(a, pattern) for a in facts.aliases()):
                 return True
             continue
-        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+        if any(name_matches(n, pattern) for n in names):
             return True
     return False
 
 
+def _unknown(cond: Condition, facts: Facts) -> bool:
+    """Whether a condition depends on context pairs an open context (ContextAtLeast) does not fix."""
+    if not isinstance(facts.context, ContextAtLeast):
+        return False
+    keys = [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]
+    return any(k == "kms:EncryptionContextKeys" or (k.startswith("kms:EncryptionContext:")
+                                                     and k[len("kms:EncryptionContext:"):] not in facts.context)
+               for k in keys)
+
+
 def statement_applies(statement: Statement, facts: Facts) -> bool:
-    return (statement.matches_action(facts.action) and _resource_matches(statement, facts)
-            and all(condition_holds(c, facts) for c in statement.conditions))
+    if not (statement.matches_action(facts.action) and _resource_matches(statement, facts)):
+        return False
+    for cond in statement.conditions:
+        if _unknown(cond, facts):
+            if statement.effect != "Deny":
+                return False  # unknown: an Allow does not apply, a Deny does (the worst case of every context)
+        elif not condition_holds(cond, facts):
+            return False
+    return True
 
 
 def _principal_named(statement: Statement, principal: Principal) -> bool:
@@ -253,14 +298,29 @@ def _principal_named(statement: Statement, principal: Principal) -> bool:
 
 
 def grant_allows(grant: Grant, facts: Facts) -> bool:
+    """The grant's exact grantee asks for one of its operations within its constraints. (RetireGrant is not a right
+    on the key: it lets the grantee retire this grant only, see `_retires_own_grant`.)"""
     operation = facts.action.split(":", 1)[1]
-    if operation not in grant.operations or not fnmatch.fnmatchcase(facts.principal.name, grant.grantee):
+    if operation == "RetireGrant" or operation not in grant.operations or facts.principal.name != grant.grantee:
         return False
     subset = grant.constraints.get("EncryptionContextSubset")
     if subset and any(facts.context.get(k) != v for k, v in subset.items()):
         return False
     equals = grant.constraints.get("EncryptionContextEquals")
+    if equals is not None and isinstance(facts.context, ContextAtLeast):
+        return False
     return not (equals is not None and dict(facts.context) != dict(equals))
+
+
+def _retires_own_grant(facts: Facts) -> bool:
+    """RetireGrant on a grant the service describes (kms:RetiringPrincipal, kms:GranteePrincipal, kms:GrantOperations
+    of the grant being retired): AWS lets its retiring principal, and its grantee if it holds RetireGrant, retire it."""
+    if facts.action != "kms:RetireGrant" or facts.key is None:
+        return False
+    name = facts.principal.name
+    return name in facts.request.get("kms:RetiringPrincipal", ()) or (
+        name in facts.request.get("kms:GranteePrincipal", ())
+        and "RetireGrant" in facts.request.get("kms:GrantOperations", ()))
 
 
 def evaluate(facts: Facts, identity: Sequence[tuple[str, PolicyDocument]], key_policy: PolicyDocument | None = None,
@@ -280,6 +340,10 @@ def evaluate(facts: Facts, identity: Sequence[tuple[str, PolicyDocument]], key_p
             if st.effect == "Deny" and (_principal_named(st, facts.principal) or st.account_self) \
                     and statement_applies(st, facts):
                 return Decision(False, "key-policy", st.sid, st.index)
+
+    # 2. a grant's retiring principal, or its grantee when the grant carries RetireGrant, retires that grant
+    if _retires_own_grant(facts):
+        return Decision(True, "grant-retirement")
 
     # 2./3. allows
     identity_enabled = not on_key

@@ -52,6 +52,7 @@ class Case:
     principal: str = "alice"
     attributes: dict = field(default_factory=dict)
     policies: tuple | None = None
+    request: dict = field(default_factory=dict)
     expect: bool = True
     source: str = "identity:p"
     sid: str = "A"
@@ -220,6 +221,37 @@ CASES = [
     one(allow("keyring:Read", resource="keyring/${broker:PrincipalName}/*"), action="keyring:Read", key=None,
         resource="keyring/alice/7", name="variable in Resource"),
     one(allow(**cond("StringEquals", "broker:AuthMethod", "ldap")), name="auth method condition", **D),
+    # --- kms:ReEncrypt names both of ReEncrypt's checks
+    one(allow("kms:ReEncrypt"), action="kms:ReEncryptFrom", name="ReEncrypt allows ReEncryptFrom"),
+    one(allow("kms:ReEncrypt"), action="kms:ReEncryptTo", name="ReEncrypt allows ReEncryptTo"),
+    Case(name="Deny ReEncrypt denies ReEncryptFrom", action="kms:ReEncryptFrom",
+         identity={"p": doc(allow("kms:*"), deny("kms:ReEncrypt"))}, expect=False, sid="D", index=1),
+    Case(name="Deny ReEncrypt denies ReEncryptTo", action="kms:ReEncryptTo",
+         identity={"p": doc(allow("kms:*"), deny("kms:ReEncrypt"))}, expect=False, sid="D", index=1),
+    one(allow("kms:ReEncrypt"), action="kms:Decrypt", name="ReEncrypt does not allow Decrypt", **D),
+    # --- resource patterns stay within their type; variables are matched literally, within one segment
+    one(allow("keyring:Read", resource="keyring/mdb/*"), action="keyring:Read", key=None,
+        resource="keyring-admin/mdb/1", name="keyring pattern does not reach keyring-admin", **D),
+    one(allow(resource="key/*"), action="kms:Encrypt", key=None, resource="keyring/x/1",
+        name="key pattern does not reach keyring", **D),
+    one(allow(resource="arn:aws:kms:eu-west-1:111122223333:alias/payments"), name="resource by alias ARN"),
+    one(allow(resource="key/${broker:PrincipalName}"), principal="*", name="variable value is literal", **D),
+    one(allow(resource="key/${broker:PrincipalName}"), principal="k-1", name="variable value matches"),
+    one(allow("keyring:Read", resource="keyring/${broker:PrincipalName}/*"), action="keyring:Read", key=None,
+        principal="mdb/x", resource="keyring/mdb/x/1", name="variable value never spans a slash", **D),
+    one(allow(**cond("StringLike", "kms:EncryptionContext:owner", "${broker:PrincipalName}")),
+        principal="*", context={"owner": "bob"}, name="variable in StringLike is literal", **D),
+    # --- grants: exact grantee, RetireGrant only on the grant itself
+    Case(name="grant grantee is not a pattern", principal="bob", grants=[Grant("g1", "k-1", "*", ("Encrypt",))], **D),
+    Case(name="grant RetireGrant is no right on the key", action="kms:RetireGrant",
+         grants=[Grant("g1", "k-1", "alice", ("RetireGrant",))], **D),
+    # --- policy conditions on CreateGrant requests
+    one(allow("kms:CreateGrant", **cond("ForAllValues:StringEquals", "kms:GrantOperations", ["Encrypt"])),
+        action="kms:CreateGrant", name="GrantOperations within"),
+    one(allow("kms:CreateGrant", **cond("ForAllValues:StringEquals", "kms:GrantOperations", ["Encrypt"])),
+        action="kms:CreateGrant", name="GrantOperations beyond", **D),
+    one(allow("kms:CreateGrant", **cond("StringEquals", "kms:GranteePrincipal", "bob")),
+        action="kms:CreateGrant", name="GranteePrincipal condition"),
     # --- built-in policies
     Case(name="built-in key-user encrypts", policies=("key-user",), source="identity:key-user",
          sid="CryptoOnPermittedKeys"),
@@ -233,6 +265,13 @@ CASES = [
 ]
 
 
+_REQUESTS = {
+    "GrantOperations within": {"kms:GrantOperations": ["Encrypt"]},
+    "GrantOperations beyond": {"kms:GrantOperations": ["Encrypt", "Decrypt"]},
+    "GranteePrincipal condition": {"kms:GranteePrincipal": ["bob"], "kms:GrantOperations": ["Encrypt"]},
+}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_decision_and_deciding_statement(case: Case):
     from broker.policy.builtin import builtin
@@ -242,8 +281,9 @@ def test_decision_and_deciding_statement(case: Case):
         if name != "root":
             identity.append((name, builtin(name)))
     principal = Principal(case.principal, "token", tuple(case.policies or case.identity), attributes=case.attributes)
+    request = case.request or _REQUESTS.get(case.name, {})
     facts = Facts(principal=principal, action=case.action, key=case.key, resource=case.resource,
-                  context=case.context, source_ip=case.ip, now=case.now)
+                  context=case.context, source_ip=case.ip, now=case.now, request=request)
     key_policy = parse_document(case.key_policy, key_policy=True) if case.key_policy else None
     decision = evaluate(facts, identity, key_policy, case.grants)
     assert (decision.allowed, decision.source, decision.sid, decision.index) == \
@@ -288,3 +328,47 @@ def test_key_policy_requires_principal():
 
     with pytest.raises(ValidationError, match=r"Statement\[0\].Principal"):
         parse_document(doc(allow()), key_policy=True)
+
+
+# ------------------------------------------------------------------------------------------- retiring a grant
+
+
+@pytest.mark.parametrize(("who", "request_", "expect"), [
+    ("rita", {"kms:RetiringPrincipal": ["rita"], "kms:GranteePrincipal": ["bob"], "kms:GrantOperations": ["Encrypt"]},
+     True),
+    ("bob", {"kms:GranteePrincipal": ["bob"], "kms:GrantOperations": ["Encrypt", "RetireGrant"]}, True),
+    ("bob", {"kms:GranteePrincipal": ["bob"], "kms:GrantOperations": ["Encrypt"]}, False),
+    ("eve", {"kms:RetiringPrincipal": ["rita"], "kms:GranteePrincipal": ["bob"],
+             "kms:GrantOperations": ["RetireGrant"]}, False),
+])
+def test_retiring_a_grant(who: str, request_: dict, expect: bool) -> None:
+    facts = Facts(principal=Principal(who, "token", ()), action="kms:RetireGrant", key=KEY, request=request_)
+    decision = evaluate(facts, [])
+    assert (decision.allowed, decision.source) == (expect, "grant-retirement" if expect else "default")
+    denied = evaluate(facts, [("p", parse_document(doc(deny("kms:RetireGrant"))))])
+    assert not denied.allowed
+
+
+# ------------------------------------------------------------------------------------------- open contexts
+
+
+def test_an_open_context_decides_for_every_context_containing_it() -> None:
+    from broker.policy.evaluate import ContextAtLeast
+
+    alice = Principal("alice", "token", ("p",))
+    guarded = [("p", parse_document(doc(allow("kms:Decrypt"), deny("kms:Decrypt", **cond(
+        "StringEquals", "kms:EncryptionContext:classified", "yes")))))]
+
+    def decide(context, identity=guarded, grants=()):
+        return evaluate(Facts(alice, "kms:Decrypt", KEY, context=context), identity, None, grants).allowed
+
+    assert decide({"app": "x"}) and not decide(ContextAtLeast({"app": "x"}))
+    assert decide(ContextAtLeast({"classified": "no"})) and not decide(ContextAtLeast({"classified": "yes"}))
+    conditional = [("p", parse_document(doc(allow("kms:Decrypt", **cond(
+        "ForAllValues:StringEquals", "kms:EncryptionContextKeys", ["app"])))))]
+    assert decide({"app": "x"}, conditional) and not decide(ContextAtLeast({"app": "x"}), conditional)
+    subset = Grant("g", "k-1", "alice", ("Decrypt",), {"EncryptionContextSubset": {"app": "x"}})
+    equals = Grant("g", "k-1", "alice", ("Decrypt",), {"EncryptionContextEquals": {"app": "x"}})
+    assert decide(ContextAtLeast({"app": "x", "b": "c"}), [], [subset])
+    assert not decide(ContextAtLeast({"b": "c"}), [], [subset])
+    assert decide({"app": "x"}, [], [equals]) and not decide(ContextAtLeast({"app": "x"}), [], [equals])
