@@ -54,7 +54,6 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     services = Services.over(service)
     app.extensions["kms"] = services
     app.extensions["kms_service"] = service
-    app.extensions["kms_policy_admin"] = services.policies
     app.extensions["kms_settings"] = settings
     tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}

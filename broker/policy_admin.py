@@ -1,213 +1,373 @@
-"""Policy administration: named identity policies, key policies, grants and the simulator.
+"""Policy administration: named identity policies, key policies, grants and the simulator, as declared operations.
 
-Each operation runs through the KeyService choke point (authorized and audited like every other), and invalidates
-this process's policy cache for what it changed.
+Every method is an operation of the gate (authorized, audited). What a principal writes here for others is bounded
+by what it holds itself (broker.policy.escalation, decided through `Call.holds` / `Call.covers`):
+
+* a **grant** passes on only operations its creator may perform on the key, under the grant's own encryption-context
+  constraint; its grantee (and retiring principal) is one exact principal name, never a pattern;
+* a **key policy**'s Allow statements name only actions the writer may perform on that key;
+* an **identity policy**'s Allow statements name only actions the writer holds on every resource they can name.
+
+Root writes anything. Each write drops this process's cached copy of what it changed (others within cache_seconds).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from broker import errors
 from broker.auth import Principal, hash_token
-from broker.policy import PolicyEngine
+from broker.gate import (
+    Call,
+    Need,
+    Service,
+    Target,
+    check_context,
+    fixed,
+    internal,
+    key_arg,
+    operation,
+    resource,
+    valid_text,
+)
+from broker.model import Key
 from broker.policy.builtin import BUILTIN_DOCUMENTS, RESERVED, builtin
-from broker.policy.document import KMS_ACTIONS, parse_document
-from broker.service import KeyService, RequestContext
+from broker.policy.document import ACTION_ALIASES, ALL_ACTIONS, GRANT_OPERATIONS, parse_document
+from broker.policy.escalation import identity_policy_excess, key_policy_excess
+from broker.policy.evaluate import DEFAULT_KEY_POLICY, ContextAtLeast, parse_time_value
+from broker.service import KeyService
 from broker.store.policies import PolicyRepository
 from broker.store.tables import GrantRow
 
+__all__ = ["GRANT_OPERATIONS", "GrantSpec", "PolicyAdmin"]
+
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
-GRANT_OPERATIONS = frozenset({
-    "Decrypt", "Encrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext", "ReEncryptFrom", "ReEncryptTo",
-    "Sign", "Verify", "GetPublicKey", "CreateGrant", "RetireGrant", "DescribeKey", "GenerateDataKeyPair",
-    "GenerateDataKeyPairWithoutPlaintext", "GenerateMac", "VerifyMac",
-})
+_GRANT_NAME = re.compile(r"^[a-zA-Z0-9:/_-]{1,256}$")
+_PATTERN_CHARS = frozenset("*?[")
+MAX_GRANTS_PER_KEY = 1000
+_CONSTRAINTS = ("EncryptionContextSubset", "EncryptionContextEquals")
+# A grant's RetireGrant lets its grantee retire that grant and nothing else: passing it on reaches no key.
+_NOT_A_RIGHT_ON_THE_KEY = frozenset({"RetireGrant"})
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class PolicyAdmin:
-    def __init__(self, service: KeyService, engine: PolicyEngine, repository: PolicyRepository) -> None:
-        self.service = service
-        self.engine = engine
+# ------------------------------------------------------------------------------------------------- request values
+
+
+def _principal_name(value: Any, field_name: str, *, required: bool) -> str:
+    """A principal named by a grant: one exact name (a pattern would name many)."""
+    if value in (None, "") and not required:
+        return ""
+    if not isinstance(value, str) or not value.strip() or len(value) > 256:
+        raise errors.ValidationError(f"{field_name} must be a principal name of 1 to 256 characters")
+    valid_text(value, field_name)
+    if _PATTERN_CHARS & set(value):
+        raise errors.ValidationError(f"{field_name} must name one principal: '*', '?' and '[' are not allowed")
+    return value
+
+
+@dataclass(frozen=True)
+class GrantSpec:
+    """A validated CreateGrant request."""
+
+    grantee: str
+    operations: tuple[str, ...]
+    retiring: str = ""
+    constraints: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    name: str = ""
+
+    @property
+    def context(self) -> dict[str, str]:
+        """The encryption context every use of the grant carries (at least): its constraint's pairs."""
+        for kind in _CONSTRAINTS:
+            if kind in self.constraints:
+                return dict(self.constraints[kind])
+        return {}
+
+    @property
+    def uses(self) -> dict[str, str]:
+        """The encryption context of the grant's uses, for decisions: exactly its Equals constraint, or any context
+        containing its Subset constraint (every context if it has none)."""
+        if "EncryptionContextEquals" in self.constraints:
+            return dict(self.constraints["EncryptionContextEquals"])
+        return ContextAtLeast(self.constraints.get("EncryptionContextSubset", {}))
+
+    @property
+    def conditions(self) -> dict[str, tuple[str, ...]]:
+        """What CreateGrant's policy conditions see besides the encryption context (the grant's constraint):
+        kms:GrantOperations, kms:GranteePrincipal, kms:RetiringPrincipal."""
+        out: dict[str, tuple[str, ...]] = {"kms:GrantOperations": self.operations,
+                                           "kms:GranteePrincipal": (self.grantee,)}
+        if self.retiring:
+            out["kms:RetiringPrincipal"] = (self.retiring,)
+        return out
+
+    @classmethod
+    def parse(cls, grantee: Any, operations: Any, retiring: Any = "", constraints: Any = None,
+              name: Any = "") -> GrantSpec:
+        grantee = _principal_name(grantee, "GranteePrincipal", required=True)
+        retiring = _principal_name(retiring, "RetiringPrincipal", required=False)
+        if not isinstance(operations, list) or not operations or not all(isinstance(o, str) for o in operations) \
+                or set(operations) - GRANT_OPERATIONS:
+            raise errors.ValidationError(
+                f"Operations must be a non-empty list of grant operations: {', '.join(sorted(GRANT_OPERATIONS))}")
+        if constraints is None:
+            constraints = {}
+        if not isinstance(constraints, Mapping) or set(constraints) - set(_CONSTRAINTS):
+            raise errors.ValidationError("Constraints takes EncryptionContextSubset or EncryptionContextEquals")
+        if len(constraints) > 1:
+            raise errors.ValidationError("Constraints: give one of EncryptionContextSubset or EncryptionContextEquals")
+        checked = {kind: check_context(value) for kind, value in constraints.items()}
+        if name in (None, ""):
+            name = ""
+        elif not isinstance(name, str) or not _GRANT_NAME.match(name):
+            raise errors.ValidationError("Name must be 1 to 256 characters of a-z, A-Z, 0-9, ':', '/', '_', '-'")
+        return cls(grantee, tuple(sorted(set(operations))), retiring, checked, name)
+
+
+def _new_grant(host: PolicyAdmin, args: Mapping[str, Any]) -> Target:
+    """CreateGrant is checked on the key as AWS does: the new grant's constraint is the encryption context (so a
+    grantee's CreateGrant, itself constrained, can only create grants at least as constrained) and its operations
+    and principals are condition values (kms:GrantOperations, …)."""
+    spec = GrantSpec.parse(args["grantee"], args["operations"], args["retiring"], args["constraints"],
+                           args["name"])
+    return Target(key=host.resolve_key(args["key_ref"]), conditions=spec.conditions, context=spec.uses)
+
+
+_new_grant.arg = "key_ref"  # type: ignore[attr-defined]
+
+
+def _grant_to_retire(host: PolicyAdmin, args: Mapping[str, Any]) -> Target:
+    """RetireGrant is checked on the grant's key, with the grant's principals and operations as condition values: the
+    policy engine lets its retiring principal, or its grantee when it carries RetireGrant, retire it."""
+    token, key_ref, grant_id = args["grant_token"], args["key_ref"], args["grant_id"]
+    if token:
+        if not isinstance(token, str) or len(token) > 8192:
+            raise errors.ValidationError("GrantToken is not valid")
+        grant = host.repo.find_grant(token_hash=hash_token(valid_text(token, "GrantToken")))
+        key = host.resolve_key(grant["KeyId"]) if grant else None
+    elif key_ref and grant_id:
+        key = host.resolve_key(key_ref)
+        grant = host.repo.find_grant(grant_id=_grant_id(grant_id))
+        if grant and grant["KeyId"] != key.key_id:
+            grant = None
+    else:
+        raise errors.ValidationError("give GrantToken, or KeyId and GrantId")
+    if grant is None or key is None:
+        raise errors.NotFound("grant not found")
+    conditions = {"kms:GranteePrincipal": (grant["GranteePrincipal"],),
+                  "kms:GrantOperations": tuple(grant["Operations"])}
+    if grant["RetiringPrincipal"]:
+        conditions["kms:RetiringPrincipal"] = (grant["RetiringPrincipal"],)
+    return Target(key=key, resource=f"grant/{grant['GrantId']}", conditions=conditions)
+
+
+_grant_to_retire.arg = "grant_id"  # type: ignore[attr-defined]
+
+
+def _grant_id(value: Any) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 128:
+        raise errors.ValidationError("GrantId must be 1 to 128 characters")
+    return valid_text(value, "GrantId")
+
+
+def _policy_name(args: Mapping[str, Any]) -> str:
+    name = args["name"]
+    if not isinstance(name, str) or not 1 <= len(name) <= 256:
+        raise errors.ValidationError("a policy name is 1 to 256 characters")
+    return f"policy/{valid_text(name, 'policy name')}"
+
+
+def _retiring_principal(args: Mapping[str, Any]) -> str:
+    return f"principal/{_principal_name(args['retiring'], 'RetiringPrincipal', required=True)}"
+
+
+# ================================================================================================== the service
+
+
+class PolicyAdmin(Service):
+    def __init__(self, keys: KeyService, repository: PolicyRepository) -> None:
+        self.keys = keys
+        self.gate = keys.gate
         self.repo = repository
+
+    @internal
+    def resolve_key(self, key_ref: Any, *, details: bool = False) -> Key:
+        """Key id, ARN or alias → Key, for the gate's resolvers: metadata only, authorizes nothing."""
+        return self.keys.resolve_key(key_ref, details=details)
+
+    def _forget(self, *keys: tuple) -> None:
+        self.gate.policy.forget(*keys)
 
     # ---------------------------------------------------------------------------------- named policies
 
-    def put_policy(self, ctx: RequestContext, name: str, document: Any) -> dict:
-        with self.service.operation(ctx, "broker:PutPolicy") as entry:
-            entry.extra["policy"] = name
-            self.service.authorize(ctx, entry, "broker:PutPolicy", None, resource=f"policy/{name}")
-            if not isinstance(name, str) or not _POLICY_NAME.match(name) or name in RESERVED \
-                    or name.startswith("keyring:"):
-                raise errors.ValidationError(f"policy name {name!r} is reserved or invalid")
-            parse_document(document)
-            self.repo.put_policy(name, document, _now())
-            self.engine.forget(("policy", name))
-            return {"Name": name}
+    @operation("broker:PutPolicy", Need("broker:PutPolicy", resource(_policy_name)), mutates=True)
+    def put_policy(self, call: Call, name: str, document: Any) -> dict[str, Any]:
+        call.entry.extra["policy"] = name
+        if not _POLICY_NAME.match(name) or name in RESERVED:
+            raise errors.ValidationError(f"policy name {name!r} is reserved or invalid "
+                                         "(1-128 of A-Z a-z 0-9 _ . @ -; not a built-in)")
+        parsed = parse_document(document)
+        excess = identity_policy_excess(parsed, lambda action, scope: call.covers([action], scope))
+        if excess:
+            raise errors.AccessDenied(f"{call.principal.name} may not write a policy granting what it does not hold "
+                                      f"itself: {_few(excess)}")
+        self.repo.put_policy(name, document, _now())
+        self._forget(("policy", name))
+        return {"Name": name}
 
-    def get_policy(self, ctx: RequestContext, name: str) -> dict:
-        with self.service.operation(ctx, "broker:GetPolicy") as entry:
-            self.service.authorize(ctx, entry, "broker:GetPolicy", None, resource=f"policy/{name}")
-            if name in BUILTIN_DOCUMENTS:
-                return {"Name": name, "Document": BUILTIN_DOCUMENTS[name], "BuiltIn": True}
-            doc = self.repo.get_policy(name)
-            if doc is None:
-                raise errors.NotFound(f"policy {name} not found")
-            return {"Name": name, "Document": doc, "BuiltIn": False}
+    @operation("broker:GetPolicy", Need("broker:GetPolicy", resource(_policy_name)))
+    def get_policy(self, call: Call, name: str) -> dict[str, Any]:
+        built_in = builtin(name) if name != "root" else None
+        if built_in is not None:
+            return {"Name": name, "Document": built_in.raw, "BuiltIn": True}
+        doc = self.repo.get_policy(name)
+        if doc is None:
+            raise errors.NotFound(f"policy {name} not found")
+        return {"Name": name, "Document": doc, "BuiltIn": False}
 
-    def list_policies(self, ctx: RequestContext) -> dict:
-        with self.service.operation(ctx, "broker:ListPolicies") as entry:
-            self.service.authorize(ctx, entry, "broker:ListPolicies", None, resource="policy/*")
-            return {"Policies": sorted(BUILTIN_DOCUMENTS) + ["root"] + self.repo.list_policies()}
+    @operation("broker:ListPolicies", Need("broker:ListPolicies", fixed("policy/*")))
+    def list_policies(self, call: Call) -> dict[str, Any]:
+        return {"Policies": sorted(BUILTIN_DOCUMENTS) + ["root"] + self.repo.list_policies()}
 
-    def delete_policy(self, ctx: RequestContext, name: str) -> None:
-        with self.service.operation(ctx, "broker:DeletePolicy") as entry:
-            self.service.authorize(ctx, entry, "broker:DeletePolicy", None, resource=f"policy/{name}")
-            if name in RESERVED:
-                raise errors.ValidationError(f"policy {name} is built in")
-            if not self.repo.delete_policy(name):
-                raise errors.NotFound(f"policy {name} not found")
-            self.engine.forget(("policy", name))
+    @operation("broker:DeletePolicy", Need("broker:DeletePolicy", resource(_policy_name)), mutates=True)
+    def delete_policy(self, call: Call, name: str) -> None:
+        if name in RESERVED or name.startswith("keyring:"):
+            raise errors.ValidationError(f"policy {name} is built in")
+        if not self.repo.delete_policy(name):
+            raise errors.NotFound(f"policy {name} not found")
+        self._forget(("policy", name))
 
     # ---------------------------------------------------------------------------------- key policies
 
-    def put_key_policy(self, ctx: RequestContext, key_ref: str, document: Any, policy_name: str = "default") -> None:
-        with self.service.operation(ctx, "kms:PutKeyPolicy") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:PutKeyPolicy", key)
-            if policy_name != "default":
-                raise errors.ValidationError("PolicyName must be default")
-            parse_document(document, key_policy=True)
-            self.repo.put_key_policy(key.key_id, document, _now())
-            self.engine.forget(("key-policy", key.key_id))
+    @operation("kms:PutKeyPolicy", Need("kms:PutKeyPolicy", key_arg("key_ref")), mutates=True)
+    def put_key_policy(self, call: Call, key_ref: str, document: Any, policy_name: str = "default") -> None:
+        key = call.key()
+        if policy_name != "default":
+            raise errors.ValidationError("PolicyName must be default")
+        parsed = parse_document(document, key_policy=True)
+        excess = key_policy_excess(parsed, lambda action: call.holds(action, key))
+        if excess:
+            raise errors.AccessDenied(f"{call.principal.name} may not write a key policy allowing what it may not do "
+                                      f"on {key.key_id} itself: {_few(excess)}")
+        self.repo.put_key_policy(key.key_id, document, _now())
+        self._forget(("key-policy", key.key_id))
 
-    def get_key_policy(self, ctx: RequestContext, key_ref: str, policy_name: str = "default") -> dict:
-        with self.service.operation(ctx, "kms:GetKeyPolicy") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:GetKeyPolicy", key)
-            if policy_name != "default":
-                raise errors.NotFound(f"key policy {policy_name} not found")
-            from broker.policy.evaluate import DEFAULT_KEY_POLICY
-            document = self.repo.get_key_policy(key.key_id) or DEFAULT_KEY_POLICY.raw
-            return {"Policy": document, "PolicyName": "default"}
+    @operation("kms:GetKeyPolicy", Need("kms:GetKeyPolicy", key_arg("key_ref")))
+    def get_key_policy(self, call: Call, key_ref: str, policy_name: str = "default") -> dict[str, Any]:
+        if policy_name != "default":
+            raise errors.NotFound(f"key policy {str(policy_name)[:64]} not found")
+        document = self.repo.get_key_policy(call.key().key_id) or DEFAULT_KEY_POLICY.raw
+        return {"Policy": document, "PolicyName": "default"}
 
-    def list_key_policies(self, ctx: RequestContext, key_ref: str) -> dict:
-        with self.service.operation(ctx, "kms:ListKeyPolicies") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:ListKeyPolicies", key)
-            return {"PolicyNames": ["default"], "Truncated": False}
+    @operation("kms:ListKeyPolicies", Need("kms:ListKeyPolicies", key_arg("key_ref")))
+    def list_key_policies(self, call: Call, key_ref: str) -> dict[str, Any]:
+        return {"PolicyNames": ["default"], "Truncated": False}
 
     # ---------------------------------------------------------------------------------- grants
 
-    def create_grant(self, ctx: RequestContext, key_ref: str, grantee: str, operations: list[str], *,
-                     retiring: str = "", constraints: dict | None = None, name: str = "") -> dict:
-        with self.service.operation(ctx, "kms:CreateGrant") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:CreateGrant", key)
-            if not isinstance(grantee, str) or not grantee:
-                raise errors.ValidationError("GranteePrincipal is required")
-            if not isinstance(operations, list) or not operations or set(operations) - GRANT_OPERATIONS:
-                raise errors.ValidationError(f"Operations must be a non-empty subset of {sorted(GRANT_OPERATIONS)}")
-            constraints = constraints or {}
-            if set(constraints) - {"EncryptionContextSubset", "EncryptionContextEquals"} or not all(
-                    isinstance(v, dict) and all(isinstance(x, str) for x in v.values()) for v in constraints.values()):
-                raise errors.ValidationError("Constraints: EncryptionContextSubset / EncryptionContextEquals objects")
-            if len(constraints) > 1:
-                raise errors.ValidationError("Constraints: give one of EncryptionContextSubset or EncryptionContextEquals")
-            grant_id = uuid.uuid4().hex
-            token = secrets.token_urlsafe(32)
-            self.repo.add_grant(GrantRow(
-                grant_id=grant_id, key_id=key.key_id, name=name or "", grantee=grantee, retiring=retiring or "",
-                operations=_json(sorted(set(operations))), constraints=_json(constraints), token_hash=hash_token(token),
-                created_at=_now()))
-            self.engine.forget(("grants", key.key_id))
-            entry.extra["grant_id"] = grant_id
-            return {"GrantId": grant_id, "GrantToken": token}
+    @operation("kms:CreateGrant", Need("kms:CreateGrant", _new_grant), mutates=True)
+    def create_grant(self, call: Call, key_ref: str, grantee: Any, operations: Any, *, retiring: Any = "",
+                     constraints: Any = None, name: Any = "") -> dict[str, Any]:
+        """A grant passes on only what its creator holds: each operation is checked as the creator's own request on
+        the key, for every encryption context the grant can be used with (`GrantSpec.uses`)."""
+        spec = GrantSpec.parse(grantee, operations, retiring, constraints, name)
+        key = call.key()
+        call.entry.context = spec.context or None
+        call.entry.extra.update(grantee=spec.grantee, operations=list(spec.operations))
+        beyond = [op for op in spec.operations if op not in _NOT_A_RIGHT_ON_THE_KEY
+                  and not call.holds(f"kms:{op}", key, context=spec.uses,
+                                    conditions=spec.conditions if op == "CreateGrant" else None)]
+        if beyond:
+            raise errors.AccessDenied(f"{call.principal.name} may not grant {', '.join(beyond)} on {key.key_id}: "
+                                      "a grant passes on only operations its creator may perform on the key")
+        if len(self.repo.grants_for_key(key.key_id)) >= MAX_GRANTS_PER_KEY:
+            raise errors.LimitExceeded(f"a key has at most {MAX_GRANTS_PER_KEY} grants")
+        grant_id = uuid.uuid4().hex
+        token = secrets.token_urlsafe(32)
+        self.repo.add_grant(GrantRow(
+            grant_id=grant_id, key_id=key.key_id, name=spec.name, grantee=spec.grantee, retiring=spec.retiring,
+            operations=json.dumps(list(spec.operations)), constraints=json.dumps(spec.constraints, sort_keys=True),
+            token_hash=hash_token(token), created_at=_now()))
+        self._forget(("grants", key.key_id))
+        call.entry.extra["grant_id"] = grant_id
+        return {"GrantId": grant_id, "GrantToken": token}
 
-    def list_grants(self, ctx: RequestContext, key_ref: str) -> dict:
-        with self.service.operation(ctx, "kms:ListGrants") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:ListGrants", key)
-            return {"Grants": self.repo.grants_for_key(key.key_id), "Truncated": False}
+    @operation("kms:ListGrants", Need("kms:ListGrants", key_arg("key_ref")))
+    def list_grants(self, call: Call, key_ref: str) -> dict[str, Any]:
+        return {"Grants": self.repo.grants_for_key(call.key().key_id), "Truncated": False}
 
-    def list_retirable_grants(self, ctx: RequestContext, retiring: str) -> dict:
-        with self.service.operation(ctx, "kms:ListRetirableGrants") as entry:
-            self.service.authorize(ctx, entry, "kms:ListRetirableGrants", None, resource=f"principal/{retiring}")
-            return {"Grants": self.repo.grants_retirable_by(retiring), "Truncated": False}
+    @operation("kms:ListRetirableGrants", Need("kms:ListRetirableGrants", resource(_retiring_principal)))
+    def list_retirable_grants(self, call: Call, retiring: str) -> dict[str, Any]:
+        return {"Grants": self.repo.grants_retirable_by(retiring), "Truncated": False}
 
-    def retire_grant(self, ctx: RequestContext, *, grant_token: str | None = None, key_ref: str | None = None,
+    @operation("kms:RetireGrant", Need("kms:RetireGrant", _grant_to_retire), mutates=True)
+    def retire_grant(self, call: Call, *, grant_token: str | None = None, key_ref: str | None = None,
                      grant_id: str | None = None) -> None:
-        """The grant's retiring principal (or its grantee, with RetireGrant among its operations) may retire it."""
-        with self.service.operation(ctx, "kms:RetireGrant") as entry:
-            if grant_token:
-                grant = self.repo.find_grant(token_hash=hash_token(grant_token))
-            elif key_ref and grant_id:
-                grant = self.repo.find_grant(grant_id=grant_id)
-                if grant and grant["KeyId"] != self.service.resolve_key(key_ref).key_id:
-                    grant = None
-            else:
-                raise errors.ValidationError("give GrantToken, or KeyId and GrantId")
-            if grant is None:
-                raise errors.NotFound("grant not found")
-            entry.key_id, entry.extra["grant_id"] = grant["KeyId"], grant["GrantId"]
-            p = ctx.principal
-            may = p.is_root or p.name == grant["RetiringPrincipal"] or (
-                p.name == grant["GranteePrincipal"] and "RetireGrant" in grant["Operations"])
-            if not may:
-                raise errors.AccessDenied(f"{p.name} may not retire this grant")
-            self.repo.delete_grant(grant["GrantId"])
-            self.engine.forget(("grants", grant["KeyId"]))
+        """By its retiring principal, its grantee (if the grant carries RetireGrant), or whoever a policy allows
+        kms:RetireGrant on the key: the policy engine decides, on the grant the resolver found."""
+        target = call.target("grant_id")
+        retired = (target.resource or "").partition("/")[2]
+        call.entry.extra["grant_id"] = retired
+        self.repo.delete_grant(retired)
+        self._forget(("grants", call.key("grant_id").key_id))
 
-    def revoke_grant(self, ctx: RequestContext, key_ref: str, grant_id: str) -> None:
-        with self.service.operation(ctx, "kms:RevokeGrant") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:RevokeGrant", key)
-            grant = self.repo.find_grant(grant_id=grant_id)
-            if grant is None or grant["KeyId"] != key.key_id:
-                raise errors.NotFound("grant not found")
-            self.repo.delete_grant(grant_id)
-            self.engine.forget(("grants", key.key_id))
+    @operation("kms:RevokeGrant", Need("kms:RevokeGrant", key_arg("key_ref")), mutates=True)
+    def revoke_grant(self, call: Call, key_ref: str, grant_id: str) -> None:
+        key = call.key()
+        grant = self.repo.find_grant(grant_id=_grant_id(grant_id))
+        if grant is None or grant["KeyId"] != key.key_id:
+            raise errors.NotFound("grant not found")
+        call.entry.extra["grant_id"] = grant["GrantId"]
+        self.repo.delete_grant(grant["GrantId"])
+        self._forget(("grants", key.key_id))
 
     # ---------------------------------------------------------------------------------- simulator
 
-    def simulate(self, ctx: RequestContext, *, principal: dict, action: str, key_ref: str | None = None,
-                 resource: str | None = None, context: dict | None = None, source_ip: str = "",
-                 time: str | None = None) -> dict:
+    @operation("broker:SimulatePolicy", Need("broker:SimulatePolicy", fixed("policy/*")))
+    def simulate(self, call: Call, *, principal: Any, action: Any, key_ref: str | None = None,
+                 resource: str | None = None, context: Any = None, source_ip: str = "",
+                 time: str | None = None) -> dict[str, Any]:
         """Answer allow/deny for a hypothetical request, and which statement decided. Changes nothing."""
-        with self.service.operation(ctx, "broker:SimulatePolicy") as entry:
-            self.service.authorize(ctx, entry, "broker:SimulatePolicy", None, resource="policy/*")
-            if not isinstance(principal, dict) or not isinstance(principal.get("Name"), str):
-                raise errors.ValidationError("Principal.Name is required")
-            policies = principal.get("Policies", [])
-            if not isinstance(policies, list) or not all(isinstance(p, str) for p in policies):
-                raise errors.ValidationError("Principal.Policies must be a list of policy names")
-            unknown = [p for p in policies if p != "root" and builtin(p) is None and self.repo.get_policy(p) is None]
-            if unknown:
-                raise errors.ValidationError(f"Principal.Policies: unknown policy {unknown[0]!r}")
-            if action not in KMS_ACTIONS and not action.startswith(("broker:", "keyring:")):
-                raise errors.ValidationError(f"Action {action!r} is not known")
-            when = None
-            if time is not None:
-                from broker.policy.evaluate import parse_time_value
-                when = parse_time_value(time)
-                if not isinstance(when, datetime):
-                    raise errors.ValidationError("Time must be an ISO 8601 date-time")
-            who = Principal(name=principal["Name"], auth_method=str(principal.get("AuthMethod", "token")),
-                            policies=tuple(policies), attributes=dict(principal.get("Attributes") or {}))
-            key = self.service.resolve_key(key_ref) if key_ref else None
-            decision = self.engine.decide(who, action, key, self.service.check_context(context),
-                                          resource=resource, source_ip=source_ip, now=when)
-            return decision.to_dict()
+        if not isinstance(principal, Mapping) or not isinstance(principal.get("Name"), str):
+            raise errors.ValidationError("Principal.Name is required")
+        policies = principal.get("Policies", [])
+        if not isinstance(policies, list) or not all(isinstance(p, str) for p in policies):
+            raise errors.ValidationError("Principal.Policies must be a list of policy names")
+        unknown = [p for p in policies if p != "root" and builtin(p) is None and self.repo.get_policy(p) is None]
+        if unknown:
+            raise errors.ValidationError(f"Principal.Policies: unknown policy {unknown[0][:128]!r}")
+        if not isinstance(action, str) or action not in ALL_ACTIONS:
+            raise errors.ValidationError(f"Action {str(action)[:128]!r} is not known")
+        if action in ACTION_ALIASES:
+            raise errors.ValidationError(f"{action} is decided as {' and '.join(ACTION_ALIASES[action])} "
+                                         "(the source and the destination key): simulate each")
+        when = None
+        if time is not None:
+            when = parse_time_value(time) if isinstance(time, str) else None
+            if not isinstance(when, datetime):
+                raise errors.ValidationError("Time must be an ISO 8601 date-time")
+        if resource is not None:
+            valid_text(resource, "Resource")
+        who = Principal(name=valid_text(principal["Name"], "Principal.Name"),
+                        auth_method=str(principal.get("AuthMethod", "token")), policies=tuple(policies),
+                        attributes=dict(principal.get("Attributes") or {}))
+        key = self.resolve_key(key_ref) if key_ref else None
+        decision = self.gate.policy.decide(who, action, key, check_context(context), resource=resource,
+                                           source_ip=source_ip, now=when)
+        return decision.to_dict()
 
 
-def _json(value: Any) -> str:
-    import json
-    return json.dumps(value, sort_keys=True)
+def _few(items: list[str], limit: int = 5) -> str:
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more

@@ -18,7 +18,7 @@ class Services:
     @classmethod
     def over(cls, keys: KeyService) -> Services:
         """Every other service, built around a KeyService (which owns the store, the providers and the gate)."""
-        return cls(keys=keys, policies=PolicyAdmin(keys, keys.policy, keys.policy.repository))
+        return cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository))
 
     def refused(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
         """Audit a request a front door refused before it reached an operation (bad credentials, bad body, …)."""

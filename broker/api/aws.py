@@ -736,19 +736,19 @@ def describe_custom_key_stores(svc: KeyService, ctx: RequestContext, b: Body) ->
 
 
 def _admin() -> Any:
-    admin = current_app.extensions.get("kms_policy_admin")
-    if admin is None:
-        raise errors.Unsupported("key policies and grants are not available in this broker")
-    return admin
+    """The PolicyAdmin service of this process (broker.services.Services.policies)."""
+    return current_app.extensions["kms"].policies
 
 
 @operation("PutKeyPolicy")
 def put_key_policy(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     b.bool("BypassPolicyLockoutSafetyCheck")
     raw = b.str("Policy", required=True)
+    if len(raw) > 32_768:
+        raise errors.ValidationError("Policy is at most 32768 characters")
     try:
         document = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise errors.ValidationError("Policy is not valid JSON") from None
     _admin().put_key_policy(ctx, b.key(), document, b.str("PolicyName") or "default")
     return {}
@@ -773,6 +773,7 @@ def create_grant(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     constraints = b.data.get("Constraints")
     if constraints is not None and not isinstance(constraints, dict):
         raise Serialization("Constraints must be an object")
+    b.list("GrantTokens")
     out = _admin().create_grant(ctx, b.key(), b.str("GranteePrincipal", required=True),
                                 b.list("Operations", required=True), retiring=b.str("RetiringPrincipal") or "",
                                 constraints=constraints, name=b.str("Name") or "")

@@ -1,16 +1,18 @@
-"""Native routes for policies, key policies, grants and the policy simulator."""
+"""Native routes for policies, key policies, grants and the policy simulator: parse, call PolicyAdmin, render."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import current_app, request
 
 from broker.api import schemas as s
 from broker.api.native import Ctx, Svc, op
-from broker.policy_admin import PolicyAdmin
 
 
-def _admin() -> PolicyAdmin:
-    return current_app.extensions["kms_policy_admin"]
+def _admin() -> Any:
+    """The PolicyAdmin service of this process (broker.services.Services.policies)."""
+    return current_app.extensions["kms"].policies
 
 
 @op("/policies", "GET", "ListPolicies", "Names of identity policies (built-in and stored)")

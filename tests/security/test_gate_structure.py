@@ -32,13 +32,13 @@ FRONT_DOORS = sorted((ROOT / "broker" / "api").glob("*.py")) + [
     ROOT / "keyring_bridge" / "vault_app.py", ROOT / "keyring_bridge" / "admin_routes.py",
     *sorted((ROOT / "broker" / "console").glob("*.py"))]
 LEGACY_HAND_CALLED = {
-    "broker/policy_admin.py", "broker/api/auth_routes.py", "broker/api/aws_credentials.py",
+    "broker/api/auth_routes.py", "broker/api/aws_credentials.py",
     "broker/api/audit_routes.py", "broker/api/aws.py", "broker/replication/keyrings.py",
     "broker/replication/replicated.py", "broker/replication/sync.py", "keyring_bridge/keyring.py",
     "keyring_bridge/admin_routes.py", "keyring_bridge/approle.py", "broker/service.py",
 }
 LEGACY_FRONT_DOOR_REACH = {
-    "broker/api/audit_routes.py", "broker/api/auth_routes.py", "broker/api/aws.py", "broker/api/policy_routes.py",
+    "broker/api/audit_routes.py", "broker/api/auth_routes.py", "broker/api/aws.py",
     "keyring_bridge/vault_app.py", "keyring_bridge/admin_routes.py",
 }
 LEGACY_PRIVATE_REACH = {"broker/replication/keyrings.py", "broker/replication/replicated.py", "broker/service.py",
