@@ -7,6 +7,7 @@ the `within` doors at the end of this class, which refuse unless their caller's 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import os
@@ -44,6 +45,16 @@ from broker.gate import (
     resource,
     valid_text,
     within,
+)
+from broker.key_views import (
+    KEY_ACTIONS,
+    KeyDetail,
+    KeyPage,
+    KeyQuery,
+    KeyStoreInfo,
+    KeySummary,
+    KeyVersionInfo,
+    summary_of,
 )
 from broker.model import (
     ALLOWED_USAGES,
@@ -948,6 +959,72 @@ class KeyService(Service):
                 backend.destroy(ref)
                 gone = {k: v for k, v in kv.provider_ref.items() if k != "material"}
                 self.store.set_version_ref(key.key_id, kv.version, gone, "Destroyed")
+
+    # =========================================================================================== browsing
+    # Read models for browsing front doors (the console): one audited operation per page instead of one per key,
+    # and only what the caller may see — each part is included when the caller holds the action that reads it.
+
+    @operation("kms:ListKeys", Need("kms:ListKeys"))
+    def find_keys(self, call: Call, query: KeyQuery, *, limit: int = 50, marker: str | None = None,
+                  max_scan: int = 2000) -> KeyPage:
+        """Keys matching `query` that the caller may describe, in key-id order, at most `limit` of them."""
+        if not 1 <= limit <= 500 or (marker is not None and (not isinstance(marker, str) or len(marker) > 64)):
+            raise errors.ValidationError("limit must be 1 to 500 and marker a key id")
+        found: list[KeySummary] = []
+        after, scanned, exhausted = marker, 0, False
+        while len(found) < limit and scanned < max_scan and not exhausted:
+            batch = self.store.list_keys(100, after)
+            exhausted = len(batch) < 100
+            for key in batch:
+                after, scanned = key.key_id, scanned + 1
+                if key.state is KeyState.DESTROYED:
+                    continue
+                full = self.store.get_key(key.key_id, details=True) or key
+                if call.holds("kms:DescribeKey", full) and query.matches(full):
+                    found.append(summary_of(full))
+                    if len(found) == limit:
+                        exhausted = exhausted and key is batch[-1]
+                        break
+        return KeyPage(found, None if exhausted else after, scanned)
+
+    @operation("kms:DescribeKey", Need("kms:DescribeKey", key_arg("key_ref", details=True)))
+    def key_detail(self, call: Call, key_ref: str) -> KeyDetail:
+        """One key with what the caller may read about it, and which key actions the caller holds on it."""
+        key = call.key()
+        may = {a: call.holds(a, key) for a in KEY_ACTIONS + ("kms:ListKeyVersions", "kms:GetKeyRotationStatus",
+                                                           "kms:ListResourceTags", "kms:ListAliases")}
+        versions = [KeyVersionInfo(v.version, v.created_at.isoformat(timespec="seconds"), v.state,
+                                   v.version == key.primary_version)
+                    for v in self.store.list_versions(key.key_id)] if may["kms:ListKeyVersions"] else []
+        summary = summary_of(key)
+        if not may["kms:ListResourceTags"] or not may["kms:ListAliases"]:
+            summary = dataclasses.replace(summary, tags=summary.tags if may["kms:ListResourceTags"] else {},
+                                          aliases=summary.aliases if may["kms:ListAliases"] else ())
+        rotation = may["kms:GetKeyRotationStatus"]
+        meta = self._metadata(key)
+        return KeyDetail(
+            summary=summary, origin=key.origin.value, primary_version=key.primary_version,
+            deletion_date=key.deletion_date.isoformat(timespec="seconds") if key.deletion_date else None,
+            rotation_period_days=key.rotation_period_days if rotation else None,
+            next_rotation=key.next_rotation_at.isoformat(timespec="seconds") if rotation and key.next_rotation_at
+            else None,
+            versions=versions,
+            algorithms=meta.get("EncryptionAlgorithms") or meta.get("SigningAlgorithms") or meta.get("MacAlgorithms")
+            or [],
+            allowed={a: may[a] for a in KEY_ACTIONS})
+
+    @operation("kms:DescribeCustomKeyStores", Need("kms:DescribeCustomKeyStores"))
+    def describe_key_stores(self, call: Call) -> list[KeyStoreInfo]:
+        """Each provider as a key store: the specs (and usages) its capabilities allow, and whether the caller may
+        create keys there — what a create form offers."""
+        out = []
+        for name, provider in sorted(self.providers.items()):
+            caps = provider.capabilities
+            specs = {spec.value: sorted(u.value for u in ALLOWED_USAGES[spec]) for spec in KeySpec
+                     if caps.missing_for(spec) is None}
+            out.append(KeyStoreInfo(name, specs, call.holds("kms:CreateKey", resource=f"provider/{name}"),
+                                    caps.import_material))
+        return out
 
     # =========================================================================================== background jobs
 
