@@ -103,6 +103,10 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
     aws.init_app(app, service, settings)  # blueprint "aws" (POST /, SigV4) + kms_authenticators["aws"]
     app.register_blueprint(bp)
+    if settings.console.enabled:
+        from broker.console.web import init_app as init_console
+
+        init_console(app, settings.console, settings.data_dir)  # the management console under /ui
     if run_jobs:
         _start_jobs(service, settings.job_interval_seconds)
     return app

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from broker.auth.config import AuthSettings
+from broker.console.config import ConsoleSettings
 
 CONFIG_NAME = "broker.toml"
 
@@ -57,6 +58,7 @@ class Settings(BaseModel):
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=AuthSettings)  # [auth] table: tokens, jwt roles, ldap (broker/auth/config.py)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # [console]: sessions, OIDC (broker/console/config.py)
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
