@@ -1,0 +1,160 @@
+"""The console in a real Chromium: the issue's end-to-end scenarios. Assertions wait for the page (Playwright's
+auto-waiting `expect`), never for a fixed time."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.console.browser import Tab, chromium, open_tab
+from tests.console.conftest import api, make_key
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    yield from chromium()
+
+
+@pytest.fixture
+def tab(browser) -> Iterator[Tab]:
+    t = open_tab(browser)
+    yield t
+    t.page.context.close()
+
+
+def login_with_token(page: Page, addr: str, token: str) -> None:
+    page.goto(f"{addr}/ui/keys")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+    page.get_by_label("Broker token").fill(token)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Keys")).to_be_visible()
+
+
+def test_token_login_lands_on_keys_with_csp_and_no_console_errors(console_broker, tab: Tab) -> None:
+    responses = []
+    tab.page.on("response", lambda r: responses.append(r) if "/ui/" in r.url else None)
+    login_with_token(tab.page, console_broker.addr, console_broker.root_token)
+    expect(tab.page.locator(".principal")).to_have_text("root")
+    html = [r for r in responses if r.headers.get("content-type", "").startswith("text/html")]
+    assert html and all("script-src 'self'" in r.headers["content-security-policy"] for r in html)
+    cookies = {c["name"]: c for c in tab.page.context.cookies()}
+    assert cookies["kmsb_console"]["httpOnly"] and cookies["kmsb_console"]["sameSite"] == "Strict"
+    assert console_broker.root_token not in cookies["kmsb_console"]["value"]
+    assert tab.problems == []
+
+
+def test_keyboard_only_key_creation(console_broker, tab: Tab) -> None:
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/keys")
+    page.locator("#create-key").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Create key")).to_be_visible()
+    page.locator("#provider").focus()
+    for _ in range(2):  # provider -> spec -> usage
+        page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.locator("#description")).to_be_focused()
+    page.keyboard.type("typed without a mouse")
+    page.keyboard.press("Tab")
+    expect(page.locator("#alias")).to_be_focused()
+    page.keyboard.type("keyboard-made")
+    page.keyboard.press("Tab")
+    page.keyboard.type("team=a11y")
+    page.keyboard.press("Enter")
+    expect(page.locator(".notice")).to_contain_text("created")
+    expect(page.locator("#key-description")).to_have_text("typed without a mouse")
+    key_id = page.url.rsplit("/", 1)[1]
+    meta = api(console_broker, "GET", "/keys/alias/keyboard-made").json()["KeyMetadata"]
+    assert meta["KeyId"] == key_id and meta["Description"] == "typed without a mouse"
+    assert tab.problems == []
+
+
+def test_rotate_and_disable_from_the_key_page(console_broker, tab: Tab) -> None:
+    key = make_key(console_broker, "rotate me")
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/keys/{key}")
+    expect(page.locator("#primary-version")).to_have_text("1")
+    page.locator("#action-rotate").click()
+    expect(page.locator(".notice")).to_contain_text("rotated")
+    expect(page.locator("#primary-version")).to_have_text("2")
+    page.locator("#action-disable").click()
+    expect(page.locator("#key-state")).to_have_text("Disabled")
+    assert api(console_broker, "GET", f"/keys/{key}").json()["KeyMetadata"]["KeyState"] == "Disabled"
+    page.locator("#action-enable").click()
+    expect(page.locator("#key-state")).to_have_text("Enabled")
+    # deletion: the button waits for the key id to be typed, and the server checks it again
+    expect(page.locator("#schedule-deletion")).to_be_disabled()
+    page.locator("#confirm").fill(key[:8])
+    expect(page.locator("#schedule-deletion")).to_be_disabled()
+    page.locator("#confirm").fill(key)
+    page.locator("#days").fill("7")
+    page.locator("#schedule-deletion").click()
+    expect(page.locator("#key-state")).to_have_text("Pending deletion")
+    page.locator("#action-cancel-deletion").click()
+    expect(page.locator("#key-state")).to_have_text("Disabled")
+    assert tab.problems == []
+
+
+def test_a_non_admin_sees_disabled_buttons_and_the_server_refuses_anyway(console_broker, auditor_token,
+                                                                         tab: Tab) -> None:
+    key = make_key(console_broker, "not yours to disable")
+    page = tab.page
+    login_with_token(page, console_broker.addr, auditor_token)
+    page.goto(f"{console_broker.addr}/ui/keys/{key}")
+    for button in ("#action-disable", "#action-rotate", "#schedule-deletion"):
+        expect(page.locator(button)).to_be_disabled()
+    expect(page.locator("#create-key")).to_have_count(0)
+    # force it: enable the button in the DOM and submit; the gate refuses, the page says so, nothing changed
+    page.locator("#action-disable").evaluate("b => { b.disabled = false; b.removeAttribute('aria-disabled'); }")
+    page.locator("#action-disable").click()
+    expect(page.get_by_role("alert")).to_contain_text("not allowed")
+    assert api(console_broker, "GET", f"/keys/{key}").json()["KeyMetadata"]["KeyState"] == "Enabled"
+    assert [p for p in tab.problems if "403" not in p] == []
+
+
+def test_the_simulator_answers_with_the_deciding_statement(console_broker, tab: Tab) -> None:
+    key = make_key(console_broker, "simulated")
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/simulator")
+    page.get_by_label("Principal name").fill("alice")
+    page.get_by_label("Its policies").fill("key-user")
+    page.get_by_label("Action").fill("kms:Decrypt")
+    page.get_by_label("Key (id or alias)").fill(key)
+    page.get_by_role("button", name="Simulate").click()
+    expect(page.locator("#sim-result h2")).to_have_text("Allowed")
+    expect(page.locator("#sim-source")).to_have_text("identity:key-user")
+    expect(page.locator("#sim-sid")).to_have_text("CryptoOnPermittedKeys")
+    expect(page.locator("#sim-statement")).to_contain_text("kms:Decrypt")
+    page.get_by_label("Its policies").fill("auditor")
+    page.get_by_role("button", name="Simulate").click()
+    expect(page.locator("#sim-result h2")).to_have_text("Denied")
+    assert tab.problems == []
+
+
+def test_a_policy_validation_error_is_shown_at_the_right_field(console_broker, tab: Tab) -> None:
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/policies-new")
+    page.get_by_label("Name").fill("ops-readers")
+    document = ('{\n  "Version": "2012-10-17",\n  "Statement": [\n    {\n      "Effect": "Allow",\n'
+                '      "Action": ["kms:DescribeKey"],\n      "Resource": "*"\n    },\n    {\n'
+                '      "Effect": "Allow",\n      "Action": ["kms:Decrypt", "kms:Frobnicate"],\n'
+                '      "Resource": "*"\n    }\n  ]\n}')
+    page.locator("#document").fill(document)
+    page.locator("#save-policy").click()
+    error = page.locator("#document-error")
+    expect(error).to_contain_text("Statement[1].Action[1]")
+    expect(error).to_contain_text("kms:Frobnicate")
+    expect(error).to_have_attribute("data-line", "11")
+    expect(page.locator("#document")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#document")).to_be_focused()
+    selected = page.locator("#document").evaluate("a => a.value.substring(a.selectionStart, a.selectionEnd)")
+    assert "kms:Frobnicate" in selected
+    assert api(console_broker, "GET", "/policies/ops-readers").status_code == 404
+    assert [p for p in tab.problems if "400" not in p] == []
