@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything kms-broker needs on a Debian machine, idempotently.
 #   scripts/bootstrap.sh          runtime: SoftHSM2 + the Python package
-#   scripts/bootstrap.sh --test   also the test servers (PostgreSQL, MariaDB + hashicorp plugin, slapd) and test extras
+#   scripts/bootstrap.sh --test   also the test servers (PostgreSQL, MariaDB + hashicorp plugin, slapd), Debian's
+#                                 Chromium for the console's browser tests (Playwright drives /usr/bin/chromium: its
+#                                 own browser download is not used) and the test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +15,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 apt_pkgs=(softhsm2 opensc)
 if [ "$want_test" = 1 ]; then
-  apt_pkgs+=(postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management slapd ldap-utils)
+  apt_pkgs+=(postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management slapd ldap-utils chromium)
 fi
 
 missing=()
