@@ -17,9 +17,10 @@ import, so a new operation without a declared authorization cannot exist. Method
 only doors between sibling services: they take the caller's `Call` and refuse unless that call already authorized
 one of the actions on the key they touch.
 
-No escalation is decided in one place too: `Call.holds` (may this caller do this?), `Call.holds_policies` (are these
-policy names within the caller's?) and `Call.covers` (does the caller hold these actions on every resource a glob
-names?) are what every surface that creates something for someone uses.
+No escalation is decided in one place too: `Call.holds` (may this caller do this?), `Call.policies_beyond` (are these
+policy names within the caller's?), `Call.covers` (does the caller hold these actions on every resource a glob
+names?) and `Call.widened_by` (would changing a key's tags/aliases give the caller more?) are what every surface that
+creates something for someone uses.
 """
 
 from __future__ import annotations
@@ -247,6 +248,13 @@ class Call:
         """May the caller do `action` on this resource? (Filtering and the no-escalation rule; never raises.)"""
         target = Target(key=key, resource=resource, conditions=dict(conditions or {}))
         return self._gate.decide(self.ctx, action, target, context).allowed
+
+    def widened_by(self, key: Key, after: Mapping[str, Iterable[str]]) -> list[str]:
+        """The actions the caller might gain on `key` if its tags/aliases became `after` (condition values:
+        "kms:ResourceTag/<k>": [v] or [] when removed, "kms:ResourceAliases": all its aliases): a change that gives
+        its author more than it holds is refused like any other escalation."""
+        return self._gate.policy.widened_by(self.ctx.principal, key, {k: tuple(v) for k, v in after.items()},
+                                            source_ip=self.ctx.source_ip)
 
     def policies_beyond(self, names: Iterable[str]) -> list[str]:
         """The policy names the caller could not hand on: anything not among its own (root holds every name)."""

@@ -757,10 +757,27 @@ class KeyService(Service):
     # =========================================================================================== aliases, tags
     # As in AWS: creating an alias needs the right on the alias and on its key; re-pointing one needs it on the
     # alias, the key it points at now and the new key; deleting one, on the alias and its key.
+    # Tags and aliases are also what attribute-based policies test (kms:ResourceTag/…, alias/… resources): a change
+    # that could give its author an action it does not hold on the key now is refused (no escalation).
+
+    def _keep_within(self, call: Call, key: Key, *, tags: Mapping[str, str | None] | None = None,
+                     add_alias: str | None = None, drop_alias: str | None = None) -> None:
+        if call.principal.is_root:
+            return
+        after: dict[str, list[str]] = {f"kms:ResourceTag/{k}": [] if v is None else [v] for k, v in (tags or {}).items()}
+        if add_alias or drop_alias:
+            current = self.store.get_key(key.key_id)
+            aliases = (set(current.aliases) if current else set()) | ({add_alias} if add_alias else set())
+            after["kms:ResourceAliases"] = sorted(aliases - {drop_alias})
+        gained = call.widened_by(key, after)
+        if gained:
+            raise errors.AccessDenied(f"{call.principal.name} may not change the tags or aliases of {key.key_id} in a "
+                                      f"way that would let it {', '.join(gained[:5])}: it does not hold that now")
 
     @operation("kms:CreateAlias", Need("kms:CreateAlias", resource(_alias_resource)),
                Need("kms:CreateAlias", key_arg("target_key_ref")), mutates=True)
     def create_alias(self, call: Call, alias: str, target_key_ref: str) -> None:
+        self._keep_within(call, call.key("target_key_ref"), add_alias=alias)
         try:
             self.store.create_alias(alias, call.key("target_key_ref").key_id, _now())
         except Conflict:
@@ -773,12 +790,16 @@ class KeyService(Service):
         current, new = call.key("alias"), call.key("target_key_ref")
         call.entry.extra["previous_key_id"] = current.key_id
         call.entry.key_id, call.entry.provider = new.key_id, new.provider
+        if current.key_id != new.key_id:
+            self._keep_within(call, current, drop_alias=alias)
+            self._keep_within(call, new, add_alias=alias)
         if not self.store.update_alias(alias, new.key_id, _now()):
             raise errors.NotFound(f"alias {alias} not found")
 
     @operation("kms:DeleteAlias", Need("kms:DeleteAlias", resource(_alias_resource)),
                Need("kms:DeleteAlias", _alias_current_key), mutates=True)
     def delete_alias(self, call: Call, alias: str) -> None:
+        self._keep_within(call, call.key("alias"), drop_alias=alias)
         self.store.delete_alias(alias)
 
     @operation("kms:ListAliases", Need("kms:ListAliases", key_arg("key_ref", optional=True)))
@@ -795,13 +816,16 @@ class KeyService(Service):
         key = call.key()
         if len({**key.tags, **tags}) > 50:
             raise errors.LimitExceeded("a key has at most 50 tags")
+        self._keep_within(call, key, tags=tags)
         self.store.set_tags(key.key_id, tags)
 
     @operation("kms:UntagResource", Need("kms:UntagResource", key_arg("key_ref")), mutates=True)
     def untag_resource(self, call: Call, key_ref: str, tag_keys: Any) -> None:
         if not isinstance(tag_keys, list) or len(tag_keys) > 50 or not all(isinstance(k, str) for k in tag_keys):
             raise errors.ValidationError("TagKeys must be a list of at most 50 strings")
-        self.store.remove_tags(call.key().key_id, [valid_text(k, "TagKey") for k in tag_keys])
+        names = [valid_text(k, "TagKey") for k in tag_keys]
+        self._keep_within(call, call.key(), tags=dict.fromkeys(names))
+        self.store.remove_tags(call.key().key_id, names)
 
     @operation("kms:ListResourceTags", Need("kms:ListResourceTags", key_arg("key_ref", details=True)))
     def list_resource_tags(self, call: Call, key_ref: str) -> dict[str, Any]:

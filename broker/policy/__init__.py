@@ -17,8 +17,8 @@ from broker.auth import Principal
 from broker.errors import ValidationError
 from broker.model import Key
 from broker.policy.builtin import builtin
-from broker.policy.document import PolicyDocument, parse_document
-from broker.policy.evaluate import Decision, Facts, Grant, evaluate, name_matches
+from broker.policy.document import ACTION_ALIASES, ALL_ACTIONS, PolicyDocument, parse_document
+from broker.policy.evaluate import Decision, Facts, Grant, change_widens, evaluate, name_matches
 
 __all__ = ["Decision", "PolicyEngine"]
 
@@ -123,6 +123,27 @@ class PolicyEngine:
         return evaluate(facts, self.identity_documents(principal),
                         self.key_policy(key.key_id) if on_key else None,
                         self.grants(key.key_id) if on_key else ())
+
+    def widened_by(self, principal: Principal, key: Key, after: Mapping[str, Sequence[str]], *,
+                   source_ip: str = "") -> list[str]:
+        """The actions `principal` might gain on `key` if its tags/aliases became `after` ("kms:ResourceTag/<k>":
+        [value] or [] for removed, "kms:ResourceAliases": every alias it would have), in some request. Sorted."""
+        if principal.is_root:
+            return []
+        identity = self.identity_documents(principal)
+        key_policy = self.key_policy(key.key_id)
+        load_tags = (lambda: self._store.get_key(key.key_id).tags) if self._store else None
+        load_aliases = (lambda: self._store.get_key(key.key_id).aliases) if self._store else None
+        now = datetime.now(UTC)
+        out = []
+        for action in sorted(ALL_ACTIONS - set(ACTION_ALIASES)):
+            before = Facts(principal, action, key, source_ip=source_ip, now=now, load_tags=load_tags,
+                           load_aliases=load_aliases)
+            after_facts = Facts(principal, action, key, source_ip=source_ip, now=now, load_tags=load_tags,
+                                load_aliases=load_aliases, request=dict(after))
+            if change_widens(before, after_facts, identity, key_policy):
+                out.append(action)
+        return out
 
     def covers(self, principal: Principal, actions: list[str], resource_glob: str) -> bool:
         """Does `principal` hold every action on *every* resource `resource_glob` ("<literal prefix>*", or one

@@ -1,4 +1,9 @@
-"""Built-in policies for the seed roles. They cannot be overwritten; operators add their own beside them."""
+"""Built-in policies for the seed roles. They cannot be overwritten; operators add their own beside them.
+
+key-admin is "lifecycle, no crypto": besides the crypto actions it lacks kms:GetParametersForImport and
+kms:ImportKeyMaterial, because whoever imports key material knows the key (and so can decrypt, offline, whatever is
+encrypted under it). docs/security-policies.md tabulates what each built-in can and cannot reach.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ _LIFECYCLE = [f"kms:{a}" for a in (
     "CreateKey", "DescribeKey", "ListKeys", "UpdateKeyDescription", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
     "CancelKeyDeletion", "CreateAlias", "UpdateAlias", "DeleteAlias", "ListAliases", "TagResource", "UntagResource",
     "ListResourceTags", "EnableKeyRotation", "DisableKeyRotation", "GetKeyRotationStatus", "RotateKeyOnDemand",
-    "ListKeyRotations", "ListKeyVersions", "GetParametersForImport", "ImportKeyMaterial", "DeleteImportedKeyMaterial",
+    "ListKeyRotations", "ListKeyVersions", "DeleteImportedKeyMaterial",
     "PutKeyPolicy", "GetKeyPolicy", "ListKeyPolicies", "CreateGrant", "ListGrants", "ListRetirableGrants",
     "RevokeGrant", "DescribeCustomKeyStores")]
 _CRYPTO = [f"kms:{a}" for a in (

@@ -65,10 +65,11 @@ _DATE_OPS = {"DateEquals", "DateNotEquals", "DateLessThan", "DateLessThanEquals"
 BASE_OPERATORS = _STRING_OPS | _NUMERIC_OPS | _DATE_OPS | {"IpAddress", "NotIpAddress", "Bool", "Null"}
 
 _FIXED_KEYS = {"kms:EncryptionContextKeys", "kms:KeySpec", "kms:KeyUsage", "kms:KeyOrigin", "kms:Provider",
-               "kms:GrantOperations", "kms:GranteePrincipal", "kms:RetiringPrincipal", "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
+               "kms:GrantOperations", "kms:GranteePrincipal", "kms:RetiringPrincipal", "kms:ResourceAliases",
+               "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
                "broker:PrincipalName", "broker:AuthMethod"}
 _PREFIX_KEYS = ("kms:EncryptionContext:", "kms:ResourceTag/", "broker:PrincipalTag/")
-MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations"}
+MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases"}
 
 
 def known_condition_key(key: str) -> bool:

@@ -80,6 +80,8 @@ class Facts:
     def aliases(self) -> Sequence[str]:
         if self.key is None:
             return ()
+        if "kms:ResourceAliases" in self.request:  # the aliases a change would leave the key with
+            return tuple(self.request["kms:ResourceAliases"])
         if self.key.aliases or self.load_aliases is None:
             return self.key.aliases
         return self.load_aliases()
@@ -117,6 +119,8 @@ def condition_values(key: str, facts: Facts) -> list[str] | None:
         return [ctx[name]] if name in ctx else None
     if key == "kms:EncryptionContextKeys":
         return list(ctx) or None
+    if key == "kms:ResourceAliases":
+        return list(facts.aliases()) or None
     if key.startswith("kms:ResourceTag/"):
         tags = facts.tags()
         name = key[len("kms:ResourceTag/"):]
@@ -321,6 +325,33 @@ def _retires_own_grant(facts: Facts) -> bool:
     return name in facts.request.get("kms:RetiringPrincipal", ()) or (
         name in facts.request.get("kms:GranteePrincipal", ())
         and "RetireGrant" in facts.request.get("kms:GrantOperations", ()))
+
+
+def _about_context(cond: Condition) -> bool:
+    keys = [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]
+    return any(k.startswith("kms:EncryptionContext") for k in keys)
+
+
+def _applies_in_some_context(statement: Statement, facts: Facts) -> bool:
+    """Whether the statement applies to this request for some encryption context (its context conditions are taken
+    as satisfiable; everything else is decided on the facts)."""
+    return statement.matches_action(facts.action) and _resource_matches(statement, facts) and all(
+        _about_context(c) or condition_holds(c, facts) for c in statement.conditions)
+
+
+def change_widens(before: Facts, after: Facts, identity: Sequence[tuple[str, PolicyDocument]],
+                  key_policy: PolicyDocument | None) -> bool:
+    """Could changing a key's attributes (its tags and aliases) from `before` to `after` allow `before.action` for
+    this principal in some request that is not allowed now? Sound, statement by statement: an Allow that starts to
+    apply, or a Deny that stops applying, in some encryption context. (Grants never depend on tags or aliases.)"""
+    statements = [st for _, doc in identity for st in doc.statements]
+    statements += [st for st in (key_policy or DEFAULT_KEY_POLICY).statements
+                   if _principal_named(st, before.principal) or st.account_self]
+    for st in statements:
+        was, will = _applies_in_some_context(st, before), _applies_in_some_context(st, after)
+        if (st.effect == "Allow" and will and not was) or (st.effect == "Deny" and was and not will):
+            return True
+    return False
 
 
 def evaluate(facts: Facts, identity: Sequence[tuple[str, PolicyDocument]], key_policy: PolicyDocument | None = None,

@@ -441,3 +441,67 @@ def test_stored_documents_the_language_now_refuses_deny_everything(w: World) -> 
     w.admin.repo.put_key_policy(key, {"Statement": [kp_allow("*", "kms:*", Resource="k*")]},
                                 datetime.now(UTC))
     assert not encrypts(w, ctx("u", "key-user"), key)
+
+
+# ============================================================================================ tags and aliases (ABAC)
+
+
+def test_key_admin_alone_retags_and_realiases_freely_and_still_has_no_crypto(w: World) -> None:
+    key, other = w.key(), w.key()
+    admin = ctx("admin", "key-admin")
+    w.keys.tag_resource(admin, key, {"team": "sandbox"})
+    w.keys.untag_resource(admin, key, ["team"])
+    w.keys.create_alias(admin, "alias/admin-made", key)
+    w.keys.update_alias(admin, "alias/admin-made", other)
+    assert not encrypts(w, admin, "alias/admin-made") and not encrypts(w, admin, key)
+    w.keys.delete_alias(admin, "alias/admin-made")
+
+
+def test_tags_cannot_widen_their_authors_abac_reach(w: World) -> None:
+    sandbox, prod = w.key(tags={"team": "sandbox"}), w.key(tags={"team": "prod", "classified": "yes"})
+    w.policy("sandbox-crypto", allow(["kms:Encrypt", "kms:Decrypt"], Condition={
+        "StringEquals": {"kms:ResourceTag/team": "${broker:PrincipalTag/team}"}}))
+    w.policy("context-crypto", allow("kms:Decrypt", Condition={"StringEquals": {
+        "kms:ResourceTag/team": "sandbox", "kms:EncryptionContext:app": "x"}}))
+    w.policy("no-classified", {"Effect": "Deny", "Action": "kms:Decrypt", "Resource": "*",
+                               "Condition": {"StringEquals": {"kms:ResourceTag/classified": "yes"}}})
+    admin = RequestContext(Principal("admin", "token", ("key-admin", "sandbox-crypto"), attributes={"team": "sandbox"}))
+    assert encrypts(w, admin, sandbox) and not encrypts(w, admin, prod)
+    err = w.refused(errors.AccessDenied, w.keys.tag_resource, admin, prod, {"team": "sandbox"})
+    assert "kms:Decrypt" in err.message and "kms:Encrypt" in err.message
+    w.keys.tag_resource(admin, prod, {"owner": "ops"})  # a tag no policy tests changes nothing
+    w.keys.tag_resource(admin, sandbox, {"team": "prod"})  # narrowing its own reach is fine
+    ctx_admin = ctx("c", "key-admin", "context-crypto")
+    w.refused(errors.AccessDenied, w.keys.tag_resource, ctx_admin, prod, {"team": "sandbox"})
+    fenced = ctx("f", "key-admin", "key-user", "no-classified")
+    w.refused(errors.AccessDenied, w.keys.untag_resource, fenced, prod, ["classified"])
+    w.refused(errors.AccessDenied, w.keys.tag_resource, fenced, prod, {"classified": "no"})
+    w.keys.untag_resource(fenced, prod, ["owner"])
+    w.keys.tag_resource(fenced, sandbox, {"classified": "yes"})  # adding a Deny's tag only narrows
+
+
+def test_aliases_cannot_widen_their_authors_reach(w: World) -> None:
+    sandbox, prod = w.key(), w.key()
+    w.keys.create_alias(w.root, "alias/sandbox-a", sandbox)
+    w.keys.create_alias(w.root, "alias/protected-db", prod)
+    w.policy("sandbox-aliases", allow(["kms:Encrypt", "kms:Decrypt"], "alias/sandbox-*"))
+    w.policy("protect", {"Effect": "Deny", "Action": "kms:Decrypt", "Resource": "alias/protected-*"})
+    admin = ctx("admin", "key-admin", "sandbox-aliases")
+    assert encrypts(w, admin, sandbox) and not encrypts(w, admin, prod)
+    w.refused(errors.AccessDenied, w.keys.create_alias, admin, "alias/sandbox-b", prod)
+    w.refused(errors.AccessDenied, w.keys.update_alias, admin, "alias/sandbox-a", prod)
+    w.keys.create_alias(admin, "alias/other", prod)
+    w.keys.update_alias(admin, "alias/other", sandbox)
+    fenced = ctx("f", "key-admin", "key-user", "protect")
+    w.refused(errors.AccessDenied, w.keys.delete_alias, fenced, "alias/protected-db")
+    w.refused(errors.AccessDenied, w.keys.update_alias, fenced, "alias/protected-db", sandbox)
+    w.keys.create_alias(fenced, "alias/protected-more", sandbox)  # adding a Deny's alias only narrows
+    assert not encrypts(w, admin, prod)
+
+
+def test_key_admin_cannot_import_material_it_would_know(w: World) -> None:
+    """Importing key material means knowing the key: it is no lifecycle right."""
+    external = w.keys.create_key(ctx("admin", "key-admin"), origin="EXTERNAL")["KeyId"]
+    admin = ctx("admin", "key-admin")
+    w.refused(errors.AccessDenied, w.keys.get_parameters_for_import, admin, external, "RSAES_OAEP_SHA_256")
+    w.refused(errors.AccessDenied, w.keys.import_key_material, admin, external, b"token", b"material")
