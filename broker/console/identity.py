@@ -1,49 +1,92 @@
-"""Who a console session is: the one place the console turns credentials into a Principal.
+"""Who a console session is: the one place the console turns credentials into a Principal, through the identity
+service — the same authentication the API's token header gets, and the same audited login operations.
 
-A session stands for a broker token, known by its accessor. Each request re-derives the Principal from that
-accessor, so revoking the token (API, CLI, another console) or its expiry ends the session at once, and policy
-changes attached to the token apply on the next page. Authentication is the front door's job (as for the API's
-token header); authorization and audit happen in the gate.
+A session stands for one broker token (kept server-side, see sessions.py). Each request authenticates that token
+again, so revoking it (API, CLI, another console) or its expiry ends the session at once, and policy changes
+attached to the token apply on the next page. Authorization and audit happen in the gate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from flask import current_app
 
 from broker.auth import Principal
-from broker.errors import NotFound, Unauthenticated, ValidationError
+from broker.errors import Unauthenticated
+from broker.gate import RequestContext
 
 
 @dataclass(frozen=True)
 class LoggedIn:
     principal: Principal
+    token: str = field(repr=False)
     expires: float | None      # epoch seconds of the token's expiry (None: never)
 
 
-def _tokens():
-    return current_app.extensions["kms_tokens"]
+def _identity() -> Any:
+    return getattr(current_app.extensions["kms"], "identity", None)
 
 
-def token_login(token: str) -> LoggedIn:
-    """A broker token typed into the login form; refused exactly as the API refuses it."""
-    principal = _tokens().authenticate(token.strip())
-    return LoggedIn(principal, _expiry(principal.accessor))
+def authenticate(token: str) -> Principal:
+    """The principal a broker token stands for (Unauthenticated when unknown, revoked or expired)."""
+    identity = _identity()
+    if identity is not None:
+        return identity.authenticate_token(token)
+    return current_app.extensions["kms_tokens"].authenticate(token)  # until the identity service is in Services
 
 
-def principal_for(accessor: str) -> Principal | None:
-    """The session's principal now, or None when its token was revoked or expired."""
+def principal_for(token: str) -> Principal | None:
     try:
-        info = _tokens().valid_by_accessor(accessor)
-    except (NotFound, ValidationError, Unauthenticated):
+        return authenticate(token)
+    except Unauthenticated:
         return None
-    return Principal(name=info.display_name, auth_method=info.auth_method, policies=tuple(info.policies),
-                     accessor=info.accessor, attributes=dict(info.meta))
 
 
-def _expiry(accessor: str) -> float | None:
-    if not accessor:
-        return None
-    info = _tokens().valid_by_accessor(accessor)
-    return info.expires_at.timestamp() if info.expires_at else None
+def token_login(ctx: RequestContext, token: str) -> LoggedIn:
+    """A broker token typed into the login form; refused exactly as the API refuses it. Looking the token up is
+    the audited operation that records the console login."""
+    principal = authenticate(token.strip())
+    ctx.principal = principal
+    identity = _identity()
+    if identity is not None:
+        info = identity.lookup_self(ctx)
+    else:
+        info = current_app.extensions["kms_tokens"].valid_by_accessor(principal.accessor)
+    return LoggedIn(principal, token.strip(), info.expires_at.timestamp() if info.expires_at else None)
+
+
+def _issued(ctx: RequestContext, issued: Any) -> LoggedIn:
+    principal = authenticate(issued.token)
+    ctx.principal = principal
+    return LoggedIn(principal, issued.token, time.time() + issued.ttl if issued.ttl else None)
+
+
+def _service() -> Any:
+    identity = _identity()
+    if identity is None:
+        raise Unauthenticated("this login method is not available yet")
+    return identity
+
+
+def ldap_login(ctx: RequestContext, username: str, password: str) -> LoggedIn:
+    return _issued(ctx, _service().login_ldap(ctx, username, password))
+
+
+def approle_login(ctx: RequestContext, role_id: str, secret_id: str) -> LoggedIn:
+    return _issued(ctx, _service().login_approle(ctx, role_id, secret_id))
+
+
+def jwt_login(ctx: RequestContext, role: str, jwt: str) -> LoggedIn:
+    return _issued(ctx, _service().login_jwt(ctx, role, jwt))
+
+
+def logout(ctx: RequestContext) -> None:
+    """Revoke a token the console itself obtained at login (LDAP, OIDC, AppRole): it dies with the session."""
+    _service().revoke_self(ctx)
+
+
+def ldap_configured() -> bool:
+    return current_app.extensions["kms_settings"].auth.ldap is not None

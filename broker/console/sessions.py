@@ -1,9 +1,11 @@
 """The console's session store: which browser session stands for which broker token, server-side.
 
 The cookie holds only a random session id; this store keys rows by its SHA-256, so a copy of the file cannot be
-turned back into a cookie. A row keeps the *accessor* of the broker token the session acts as (never the token: the
-token itself is not needed to authenticate again — an accessor names a token, and a revoked or expired token ends the
-session), the CSRF secret, and the times that bound it (idle timeout, absolute lifetime, token expiry).
+turned back into a cookie. A row keeps the broker token the session acts as *encrypted under a key derived from the
+session id* (AES-256-GCM, HKDF-SHA256): only a request carrying the cookie can read it, so neither the file nor a
+backup of it yields a usable token. Each request authenticates that token exactly as the API authenticates a token
+header, so revoking or expiring it ends the session. A row also keeps the CSRF secret and the times that bound the
+session (idle timeout, absolute lifetime, token expiry).
 
 SQLite (stdlib, WAL) in the data folder, so every worker process of one host shares the sessions. Login flows that
 span a redirect (OIDC state, nonce and PKCE verifier; the login form's CSRF value) live in `flows`, keyed the same way.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -22,10 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 FLOW_SECONDS = 600
 _SCHEMA = """
 create table if not exists sessions (
-  id_hash text primary key, accessor text not null, principal text not null, method text not null,
+  id_hash text primary key, sealed_token blob not null, principal text not null, method text not null,
   csrf text not null, created real not null, seen real not null, expires real not null,
   revoke_on_logout integer not null, lang text not null default '', notice text not null default '');
 create table if not exists flows (
@@ -37,12 +45,28 @@ def _hash(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()
 
 
+def _key(sid: str) -> AESGCM:
+    return AESGCM(HKDF(hashes.SHA256(), 32, salt=None, info=b"kmsb-console-session-token").derive(sid.encode()))
+
+
+def _seal(sid: str, token: str) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + _key(sid).encrypt(nonce, token.encode(), _hash(sid).encode())
+
+
+def _unseal(sid: str, sealed: bytes) -> str | None:
+    try:
+        return _key(sid).decrypt(sealed[:12], sealed[12:], _hash(sid).encode()).decode()
+    except (InvalidTag, ValueError):
+        return None
+
+
 @dataclass
 class Session:
     """One logged-in browser. `sid` is the cookie value (only known to the request that carries it)."""
 
     sid: str
-    accessor: str
+    token: str = field(repr=False)
     principal: str
     method: str
     csrf: str
@@ -53,9 +77,6 @@ class Session:
     lang: str = ""
     notice: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"Session(principal={self.principal!r}, method={self.method!r})"
 
     def csrf_ok(self, value: str | None) -> bool:
         return bool(value) and hmac.compare_digest(self.csrf, value or "")
@@ -83,7 +104,7 @@ class SessionStore:
 
     # ------------------------------------------------------------------------------------------- sessions
 
-    def create(self, *, accessor: str, principal: str, method: str, token_expires: float | None,
+    def create(self, *, token: str, principal: str, method: str, token_expires: float | None,
                revoke_on_logout: bool, lang: str = "", now: float | None = None) -> Session:
         """A brand-new session (a new id at every login: nothing a browser held before becomes logged in)."""
         now = time.time() if now is None else now
@@ -94,9 +115,9 @@ class SessionStore:
         with self._db() as db:
             db.execute("delete from sessions where expires < ? or seen < ?", (now, now - self.idle_seconds))
             db.execute("insert into sessions values (?,?,?,?,?,?,?,?,?,?,?)",
-                       (_hash(sid), accessor, principal, method, csrf, now, now, expires, int(revoke_on_logout),
+                       (_hash(sid), _seal(sid, token), principal, method, csrf, now, now, expires, int(revoke_on_logout),
                         lang, ""))
-        return Session(sid, accessor, principal, method, csrf, now, now, expires, revoke_on_logout, lang)
+        return Session(sid, token, principal, method, csrf, now, now, expires, revoke_on_logout, lang)
 
     def get(self, sid: str | None, *, now: float | None = None) -> Session | None:
         """The live session for a cookie value, its idle clock restarted; None (and the row gone) if it ended."""
@@ -106,7 +127,11 @@ class SessionStore:
         row = self._db().execute("select * from sessions where id_hash = ?", (_hash(sid),)).fetchone()
         if row is None:
             return None
-        session = Session(sid, row[1], row[2], row[3], row[4], row[5], row[6], row[7], bool(row[8]), row[9], row[10])
+        token = _unseal(sid, row[1])
+        if token is None:
+            self.delete(sid)
+            return None
+        session = Session(sid, token, row[2], row[3], row[4], row[5], row[6], row[7], bool(row[8]), row[9], row[10])
         if now >= session.expires or now - session.seen >= self.idle_seconds:
             self.delete(sid)
             return None
@@ -124,9 +149,6 @@ class SessionStore:
 
     def delete(self, sid: str) -> None:
         self._db().execute("delete from sessions where id_hash = ?", (_hash(sid),))
-
-    def delete_for_accessor(self, accessor: str) -> None:
-        self._db().execute("delete from sessions where accessor = ?", (accessor,))
 
     # ------------------------------------------------------------------------------------------- login flows
 

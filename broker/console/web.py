@@ -69,7 +69,7 @@ def _authenticate(req: Request) -> Principal:
     session = sessions().get(req.cookies.get(COOKIE))
     if session is None:
         return ANONYMOUS
-    principal = identity.principal_for(session.accessor)
+    principal = identity.principal_for(session.token)
     if principal is None:  # the token was revoked or expired: the session ends with it
         sessions().delete(session.sid)
         return ANONYMOUS
@@ -126,13 +126,16 @@ def secure_cookies() -> bool:
     return mode == "always" or (mode == "auto" and request.is_secure)
 
 
-def set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
+def set_cookie(response: Response, name: str, value: str, max_age: int, *, lax: bool = False) -> None:
+    """HttpOnly, path /ui, Secure with TLS, SameSite=Strict — Lax only for the OIDC flow cookie, which must come back
+    on the issuer's redirect and grants nothing by itself (single use, bound to the state)."""
     response.set_cookie(name, value, max_age=max_age, path="/ui", secure=secure_cookies(), httponly=True,
-                        samesite="Strict")
+                        samesite="Lax" if lax else "Strict")
 
 
-def clear_cookie(response: Response, name: str) -> None:
-    response.delete_cookie(name, path="/ui", secure=secure_cookies(), httponly=True, samesite="Strict")
+def clear_cookie(response: Response, name: str, *, lax: bool = False) -> None:
+    response.delete_cookie(name, path="/ui", secure=secure_cookies(), httponly=True,
+                           samesite="Lax" if lax else "Strict")
 
 
 # ================================================================================================ rendering

@@ -3,6 +3,7 @@ admin and for narrower principals, and an HTTP client that logs in through the c
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.support.broker import RunningBroker, start_broker
+from tests.console.oidc_issuer import CLIENT_ID, Issuer
+from tests.support.broker import RunningBroker, init_data_dir, start_broker
+from tests.support.slapd import SUFFIX, LdapUser, RunningSlapd, start_slapd
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -64,10 +67,62 @@ def make_key(broker: RunningBroker, description: str = "console test", **extra) 
     return r.json()["KeyMetadata"]["KeyId"]
 
 
+LDAP_USERS = [LdapUser("alice", "alice-pw", ["admins"]), LdapUser("bob", "bob-pw", ["devs"])]
+
+
 @pytest.fixture(scope="package")
-def console_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSlapd]:
+    server = start_slapd(tmp_path_factory.mktemp("console-slapd"), LDAP_USERS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package")
+def issuer() -> Iterator[Issuer]:
+    running = Issuer().start()
+    yield running
+    running.stop()
+
+
+def _toml(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def console_toml(slapd: RunningSlapd, issuer: Issuer) -> str:
+    tables = {
+        "auth.ldap": {"url": slapd.url, "userdn_template": f"uid={{username}},ou=people,{SUFFIX}",
+                      "group_search_base": f"ou=groups,{SUFFIX}",
+                      "group_policies": {"admins": ["key-admin", "auditor"], "devs": ["auditor"]},
+                      "token_ttl": "30m"},
+        "auth.jwt.roles.console": {"jwks_url": f"{issuer.url}/jwks", "allowed_algorithms": ["RS256"],
+                                   "bound_issuer": issuer.url, "bound_audiences": [CLIENT_ID],
+                                   "claim_policies": {"groups": {"kms-admins": ["key-admin", "auditor"]}},
+                                   "token_ttl": "30m"},
+        "console.oidc": {"issuer": issuer.url, "client_id": CLIENT_ID, "jwt_role": "console",
+                         "label": "Test SSO"},
+    }
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines.extend(f"{k} = {_toml(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="package")
+def console_broker(tmp_path_factory: pytest.TempPathFactory, slapd: RunningSlapd,
+                   issuer: Issuer) -> Iterator[RunningBroker]:
+    """One broker for the console suite: two workers, LDAP (the suite's slapd) and OIDC (the suite's issuer)."""
     base = tmp_path_factory.mktemp("console-broker")
-    running = start_broker(base / "data", base / "logs", workers=2)
+    data = base / "data"
+    root = init_data_dir(data)
+    with open(data / "broker.toml", "a") as f:
+        f.write(console_toml(slapd, issuer))
+    # No token cache: a revoked token must end its session on the very next request (the default cache is 1 s).
+    running = start_broker(data, base / "logs", workers=2, name="console-broker",
+                           env={"KMSB_AUTH_CACHE_SECONDS": "0"})
+    running.root_token = root
     yield running
     running.server.stop()
 

@@ -22,7 +22,7 @@ def store(tmp_path: Path) -> SessionStore:
 
 
 def _new(store: SessionStore, now: float, token_expires: float | None = None):
-    return store.create(accessor="acc1", principal="alice", method="token", token_expires=token_expires,
+    return store.create(token="kmsb.the-token-itself", principal="alice", method="token", token_expires=token_expires,
                         revoke_on_logout=False, now=now)
 
 
@@ -50,8 +50,10 @@ def test_the_store_keeps_no_session_id_and_no_token(store: SessionStore) -> None
     s = _new(store, 0.0)
     raw = store.path.read_bytes() + (store.path.with_name("s.db-wal").read_bytes()
                                      if store.path.with_name("s.db-wal").exists() else b"")
-    assert s.sid.encode() not in raw
+    assert s.sid.encode() not in raw and b"the-token-itself" not in raw
     assert store.get("not-" + s.sid, now=1.0) is None
+    assert store.get(s.sid, now=1.0).token == "kmsb.the-token-itself"
+    assert "the-token-itself" not in repr(store.get(s.sid, now=2.0))
     assert store.path.stat().st_mode & 0o077 == 0
 
 
@@ -66,7 +68,7 @@ def test_a_login_flow_is_single_use_and_short_lived(store: SessionStore) -> None
 
 def test_csrf_comparison() -> None:
     from broker.console.sessions import Session
-    s = Session("sid", "a", "p", "token", "right", 0, 0, 1, False)
+    s = Session("sid", "kmsb.t", "p", "token", "right", 0, 0, 1, False)
     assert s.csrf_ok("right") and not s.csrf_ok("wrong") and not s.csrf_ok("") and not s.csrf_ok(None)
 
 
