@@ -4,21 +4,38 @@ one gate. Front doors reach services only through `Services` (never the store, a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from broker.gate import RequestContext
 from broker.policy_admin import PolicyAdmin
 from broker.service import KeyService
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
+    from keyring_bridge.approle import KeyringAppRoles
+    from keyring_bridge.keyring import KeyringService
 
 
 @dataclass
 class Services:
     keys: KeyService
     policies: PolicyAdmin
+    keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
+    keyring_approles: KeyringAppRoles | None = None
 
     @classmethod
-    def over(cls, keys: KeyService) -> Services:
+    def over(cls, keys: KeyService, settings: Settings | None = None) -> Services:
         """Every other service, built around a KeyService (which owns the store, the providers and the gate)."""
-        return cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository))
+        services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository))
+        if settings is not None:
+            from broker.auth import TokenAuth
+            from keyring_bridge.approle import KeyringAppRoles
+            from keyring_bridge.keyring import KeyringService
+
+            tokens = TokenAuth(keys.store, cache_seconds=settings.auth_cache_seconds)
+            services.keyring = KeyringService(keys, keys.root, tokens)  # the root of trust seals every entry
+            services.keyring_approles = KeyringAppRoles(keys, tokens)
+        return services
 
     def refused(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
         """Audit a request a front door refused before it reached an operation (bad credentials, bad body, …)."""

@@ -1,23 +1,24 @@
 """Administration of keyring entries over the native API (/v1/keyring/...): what `kms-broker keyring` calls.
 
-Declared with `broker.api.native.op`, so they are authenticated, audited on refusal and listed in /v1/openapi.json.
-Entry operations authorize `keyring/<mount>/<id>` (a database's `keyring:<mount>` token may manage its own mount);
-minting tokens and AppRoles, listing every mount and registering mounts authorize `keyring-admin/<mount>`, which
-only the root policy (or a future admin policy) allows.
+Parse, call the keyring services (`Services.keyring`, `Services.keyring_approles`), render; the services declare
+what each operation is authorized on. Entry operations are checked on `keyring/<mount>/<id>` (the mount written as
+one segment, docs/keyring-bridge.md), so a database's `keyring:<mount>` token may manage its own mount and nothing
+else; minting tokens and AppRoles and registering mounts on `keyring-admin/<mount>`, and what they mint can carry no
+more than the caller holds on that mount; listing every mount and the rotate-due sweep on `keyring/*`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from flask import current_app
 from pydantic import Field
 
 from broker.api import schemas as s
 from broker.api.native import op, parse_query
-from broker.service import KeyService, RequestContext
-from keyring_bridge.approle import AppRoles
-from keyring_bridge.keyring import KeyringService, check_id, check_mount
+from broker.service import RequestContext
+from keyring_bridge.approle import KeyringAppRoles
+from keyring_bridge.keyring import EntryInfo, KeyringService, iso
 
 
 class CreateEntry(s.Body):
@@ -66,7 +67,8 @@ class CreateToken(s.Body):
 class CreateAppRole(s.Body):
     Mount: str
     RoleName: str
-    TokenTtlSeconds: int | None = Field(default=None, ge=60)
+    TokenTtlSeconds: int | None = Field(default=None, ge=1)
+    SecretIdTtlSeconds: int | None = Field(default=None, ge=1)
 
 
 class ListQuery(s.Body):
@@ -74,99 +76,106 @@ class ListQuery(s.Body):
     mount: str | None = None
 
 
-def keyring_of(svc: KeyService) -> KeyringService:
-    ext = current_app.extensions
-    if "kms_keyring" not in ext:
-        ext["kms_keyring"] = KeyringService(svc, ext["kms_settings"].root_of_trust)
-    return ext["kms_keyring"]
+def _keyring() -> KeyringService:
+    return current_app.extensions["kms"].keyring
+
+
+def _approles() -> KeyringAppRoles:
+    return current_app.extensions["kms"].keyring_approles
+
+
+def _mount(value: str) -> str:
+    """The CLI and scripts may write `kv/mdb/`: the mount is the path between the slashes."""
+    return value.strip("/")
+
+
+def render_entry(info: EntryInfo) -> dict[str, Any]:
+    return {
+        "Mount": info.mount, "Id": info.entry_id, "LatestVersion": info.latest_version,
+        "CreatedAt": iso(info.created_at), "UpdatedAt": iso(info.updated_at),
+        "CustomMetadata": info.custom_metadata, "RotationPeriodSeconds": info.rotation_period_seconds,
+        "NextRotationAt": iso(info.next_rotation_at) or None,
+        "Versions": [{"Version": v, "Origin": o, "CreatedAt": iso(c)} for v, o, c in info.versions],
+    }
 
 
 @op("/keyring/entries", "POST", "CreateKeyringEntry", "Create a keyring entry whose version 1 is born in the HSM",
     CreateEntry, 201)
-def create_entry(svc: KeyService, ctx: RequestContext, b: CreateEntry):
-    mount, entry_id = check_mount(b.Mount), check_id(b.Id)
-    version = keyring_of(svc).create(ctx, mount, entry_id, key_bytes=b.KeyBytes,
-                                     rotation_period_seconds=b.RotationPeriodSeconds)
-    return {"Mount": mount, "Id": entry_id, "Version": version}
+def create_entry(_svc: Any, ctx: RequestContext, b: CreateEntry):
+    mount = _mount(b.Mount)
+    version = _keyring().create(ctx, mount, b.Id, key_bytes=b.KeyBytes,
+                                rotation_period_seconds=b.RotationPeriodSeconds)
+    return {"Mount": mount, "Id": b.Id, "Version": version}
 
 
 @op("/keyring/entries", "GET", "ListKeyringEntries", "List keyring entries and their versions (?mount=M)")
-def list_entries(svc: KeyService, ctx: RequestContext):
+def list_entries(_svc: Any, ctx: RequestContext):
     q = parse_query(ListQuery)
-    mount = check_mount(q.mount) if q.mount else None
-    return {"Entries": [i.to_dict() for i in keyring_of(svc).list_entries(ctx, mount)]}
+    infos = _keyring().list_entries(ctx, _mount(q.mount)) if q.mount else _keyring().list_all(ctx)
+    return {"Entries": [render_entry(i) for i in infos]}
 
 
 @op("/keyring/entries/rotate", "POST", "RotateKeyringEntry", "Add version N+1 (born in the HSM) to an entry",
     EntryRef)
-def rotate_entry(svc: KeyService, ctx: RequestContext, b: EntryRef):
-    mount, entry_id = check_mount(b.Mount), check_id(b.Id)
-    return {"Mount": mount, "Id": entry_id, "Version": keyring_of(svc).rotate(ctx, mount, entry_id)}
+def rotate_entry(_svc: Any, ctx: RequestContext, b: EntryRef):
+    mount = _mount(b.Mount)
+    return {"Mount": mount, "Id": b.Id, "Version": _keyring().rotate(ctx, mount, b.Id)}
 
 
 @op("/keyring/entries/rotation", "POST", "SetKeyringRotation", "Set or clear an entry's rotation period",
     SetRotation)
-def set_rotation(svc: KeyService, ctx: RequestContext, b: SetRotation):
-    mount, entry_id = check_mount(b.Mount), check_id(b.Id)
-    keyring_of(svc).set_rotation(ctx, mount, entry_id, b.PeriodSeconds)
-    return {"Mount": mount, "Id": entry_id, "RotationPeriodSeconds": b.PeriodSeconds}
+def set_rotation(_svc: Any, ctx: RequestContext, b: SetRotation):
+    mount = _mount(b.Mount)
+    _keyring().set_rotation(ctx, mount, b.Id, b.PeriodSeconds)
+    return {"Mount": mount, "Id": b.Id, "RotationPeriodSeconds": b.PeriodSeconds}
 
 
 @op("/keyring/rotate-due", "POST", "RotateDueKeyringEntries", "Rotate every entry whose rotation period passed")
-def rotate_due(svc: KeyService, ctx: RequestContext):
-    return {"Rotated": keyring_of(svc).rotate_due(ctx)}
+def rotate_due(_svc: Any, ctx: RequestContext):
+    return {"Rotated": _keyring().rotate_due(ctx)}
 
 
 @op("/keyring/import", "POST", "ImportKeyringEntries", "Import existing database keys (versions keep their material)",
     ImportEntries)
-def import_entries(svc: KeyService, ctx: RequestContext, b: ImportEntries):
-    mount, keyring = check_mount(b.Mount), keyring_of(svc)
+def import_entries(_svc: Any, ctx: RequestContext, b: ImportEntries):
+    mount, keyring = _mount(b.Mount), _keyring()
     imported, unchanged = [], []
     for item in b.Entries:
-        entry_id = check_id(item.Id)
-        n = keyring.import_entry(ctx, mount, entry_id, list(item.Versions), custom_metadata=item.CustomMetadata)
-        (imported if n else unchanged).append(entry_id)
+        n = keyring.import_entry(ctx, mount, item.Id, list(item.Versions), custom_metadata=item.CustomMetadata)
+        (imported if n else unchanged).append(item.Id)
     return {"Mount": mount, "Imported": imported, "Unchanged": unchanged}
 
 
 @op("/keyring/export", "POST", "ExportKeyringEntries", "Every version of every entry of a mount, in plaintext",
     MountRef)
-def export_entries(svc: KeyService, ctx: RequestContext, b: MountRef):
-    mount = check_mount(b.Mount)
-    out = []
-    for info, secrets in keyring_of(svc).export_entries(ctx, mount):
-        out.append({"Id": info.entry_id, "CustomMetadata": info.custom_metadata,
-                    "Versions": [{"Version": v, "Secret": secret} for (v, _o, _c), secret in zip(info.versions, secrets,
-                                                                                                  strict=True)]})
-    return {"Mount": mount, "Entries": out}
+def export_entries(_svc: Any, ctx: RequestContext, b: MountRef):
+    mount = _mount(b.Mount)
+    return {"Mount": mount, "Entries": [
+        {"Id": e.info.entry_id, "CustomMetadata": e.info.custom_metadata,
+         "Versions": [{"Version": v, "Secret": secret} for v, secret in e.secrets]}
+        for e in _keyring().export_entries(ctx, mount)]}
 
 
 @op("/keyring/mounts", "POST", "CreateKeyringMount", "Register a mount and its KV version (default 2)", CreateMount,
     201)
-def create_mount(svc: KeyService, ctx: RequestContext, b: CreateMount):
-    mount = check_mount(b.Mount)
-    with svc.operation(ctx, "keyring:CreateMount") as entry:
-        svc.authorize(ctx, entry, "keyring:CreateMount", None, resource=f"keyring-admin/{mount}")
-        keyring_of(svc).ensure_mount(mount, b.KvVersion)
-    return {"Mount": mount, "KvVersion": b.KvVersion}
+def create_mount(_svc: Any, ctx: RequestContext, b: CreateMount):
+    mount = _mount(b.Mount)
+    return {"Mount": mount, "KvVersion": _keyring().create_mount(ctx, mount, b.KvVersion)}
 
 
 @op("/keyring/tokens", "POST", "CreateKeyringToken", "A broker token with policy keyring:<mount> for a database",
     CreateToken, 201)
-def create_token(svc: KeyService, ctx: RequestContext, b: CreateToken):
-    mount = check_mount(b.Mount)
-    tokens = current_app.extensions["kms_tokens"]
-    with svc.operation(ctx, "keyring:CreateToken") as entry:
-        svc.authorize(ctx, entry, "keyring:CreateToken", None, resource=f"keyring-admin/{mount}")
-        token, accessor = tokens.create(f"keyring:{mount}", [f"keyring:{mount}"], ttl_seconds=b.TtlSeconds)
-        entry.extra["token_accessor"] = svc.audit.hmac_value(accessor)
-    return {"token": token, "accessor": accessor, "policies": [f"keyring:{mount}"]}
+def create_token(_svc: Any, ctx: RequestContext, b: CreateToken):
+    issued = _keyring().create_token(ctx, _mount(b.Mount), b.TtlSeconds)
+    return {"token": issued.token, "accessor": issued.accessor, "policies": issued.policies,
+            "ttl": issued.ttl_seconds}
 
 
 @op("/keyring/approles", "POST", "CreateKeyringAppRole", "An AppRole (role_id, secret_id) bound to keyring:<mount>",
     CreateAppRole, 201)
-def create_approle(svc: KeyService, ctx: RequestContext, b: CreateAppRole):
-    mount = check_mount(b.Mount)
-    role_id, secret_id = AppRoles(svc, current_app.extensions["kms_tokens"]).create(
-        ctx, b.RoleName, mount, token_ttl_seconds=b.TokenTtlSeconds)
-    return {"role_name": b.RoleName, "role_id": role_id, "secret_id": secret_id, "policies": [f"keyring:{mount}"]}
+def create_approle(_svc: Any, ctx: RequestContext, b: CreateAppRole):
+    role = _approles().create(ctx, b.RoleName, _mount(b.Mount), token_ttl_seconds=b.TokenTtlSeconds,
+                              secret_id_ttl_seconds=b.SecretIdTtlSeconds)
+    return {"role_name": role.role_name, "role_id": role.role_id, "secret_id": role.secret_id,
+            "policies": role.policies, "secret_id_expires_at": iso(role.secret_id_expires_at),
+            "token_ttl": role.token_ttl_seconds}

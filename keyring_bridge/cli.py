@@ -22,7 +22,7 @@ from keyring_bridge import formats
 OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
                       help="text for people, json for scripts")
 MOUNT = click.option("--mount", required=True, help="the database's mount, e.g. kv/mdb (vault URL …/v1/<mount>)")
-_PERIOD = re.compile(r"^(\d+)([smhd]?)$")
+_PERIOD = re.compile(r"^(\d{1,9})([smhd]?)$")
 
 
 def _emit(output: str, data: Any, text: str) -> None:
@@ -225,10 +225,15 @@ def approle() -> None:
 @approle.command("create")
 @MOUNT
 @click.option("--role", "role_name", required=True)
-@click.option("--token-ttl", default=None, help="TTL of tokens issued at login, e.g. 24h (default: none)")
+@click.option("--token-ttl", default=None, help="TTL of tokens issued at login, e.g. 12h (default 24h, at most 31d)")
+@click.option("--secret-id-ttl", default=None, help="how long the secret_id works, e.g. 90d (default 30d, at most 365d)")
 @OUTPUT
-def approle_create(mount: str, role_name: str, token_ttl: str | None, output: str) -> None:
-    """Create a role bound to keyring:<mount> (or issue it a new secret_id); prints role_id and secret_id once."""
-    out = _client().call("POST", "/keyring/approles", {"Mount": mount, "RoleName": role_name,
-                                                       "TokenTtlSeconds": _seconds(token_ttl) if token_ttl else None})
-    _emit(output, out, f"role_id: {out['role_id']}\nsecret_id: {out['secret_id']}")
+def approle_create(mount: str, role_name: str, token_ttl: str | None, secret_id_ttl: str | None,
+                   output: str) -> None:
+    """Create a role bound to keyring:<mount> (or issue it a new secret_id, which replaces the old one); prints
+    role_id and secret_id once."""
+    out = _client().call("POST", "/keyring/approles", {
+        "Mount": mount, "RoleName": role_name, "TokenTtlSeconds": _seconds(token_ttl) if token_ttl else None,
+        "SecretIdTtlSeconds": _seconds(secret_id_ttl) if secret_id_ttl else None})
+    _emit(output, out, f"role_id: {out['role_id']}\nsecret_id: {out['secret_id']}\n"
+                       f"secret_id expires: {out['secret_id_expires_at']}")

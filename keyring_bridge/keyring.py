@@ -1,60 +1,95 @@
-"""Keyring entries: versioned secrets per (mount, id), sealed under the root KEK, behind the KeyService choke point.
+"""KeyringService: versioned database keys per (mount, id), sealed under the root of trust, every method on the gate.
 
-Every public method runs inside `service.operation(ctx, "keyring:<Action>")` and asks `service.authorize` for the
-resource `keyring/<mount>/<id>`. Material is born in the HSM (`random(32)` of the root-of-trust provider) or written
-by the database / imported, and is stored only as `seal(json(secret), aad)` with the AAD binding mount, id and version.
-Versions are never pruned: `version=N` is exactly version N or NotFound.
+Each public method is a declared operation (`broker.gate`): the gate names the resource from the arguments
+(`keyring/<mount as one segment>/<id>`, see broker/policy/keyring_names.py), authorizes it, audits the outcome
+durably, then runs the body. Material is born in the HSM (`random` of the root of trust) or written by the database
+or imported, and is stored only as `seal(json(secret), aad)` with the AAD binding mount, id and version. Versions are
+never pruned: `version=N` is exactly version N or NotFound.
+
+No escalation: a token minted for a database (`create_token`, and the AppRoles in approle.py) carries the policy
+`keyring:<mount>`, which only a caller holding that policy, or every keyring action on every entry of that mount,
+may hand on (`check_hand_on`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from typing import Any, Protocol
 
 from broker import errors
-from broker.service import KeyService, RequestContext
-from broker.store.tables import KeyringEntryRow, KeyringMountRow, KeyringVersionRow
+from broker.auth import Principal, TokenAuth
+from broker.gate import Call, Need, Service, Target, fixed, internal, operation, valid_text
+from broker.policy.keyring_names import (
+    ALL_MOUNTS,
+    admin_resource,
+    check_id,
+    check_mount,
+    check_prefix,
+    entry_resource,
+    mount_glob,
+    mount_policy,
+    mount_resource,
+    prefix_resource,
+)
+from broker.service import KeyService
+from keyring_bridge.repository import EntryInfo, KeyringRepository, Raced, guarded
 from providers import base as pb
 
+__all__ = ["EntryInfo", "ExportedEntry", "IssuedToken", "KeyringService", "Secret", "check_hand_on", "check_id",
+           "check_mount"]
+
 MAX_SECRET_BYTES = 64 * 1024
-KEY_BYTES = 32
+MAX_SECRET_DEPTH = 32
+MAX_IMPORTED_KEY = 16 * 1024  # MySQL keyrings hold keys of up to 16 KiB
+MAX_METADATA = 32
+KEY_SIZES = (16, 24, 32)
 AAD_PREFIX = b"kms-broker/keyring/v1"
-_MOUNT_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
-_RESERVED_SEGMENTS = {"data", "metadata", "sys", "auth", "delete", "undelete", "destroy", "config", "subkeys"}
-
-_E, _V = KeyringEntryRow.__table__, KeyringVersionRow.__table__
-_ENTRY = select(_E).where(_E.c.mount == bindparam("mount"), _E.c.entry_id == bindparam("entry_id"))
-_VERSION = select(_V).where(_V.c.mount == bindparam("mount"), _V.c.entry_id == bindparam("entry_id"),
-                            _V.c.version == bindparam("version"))
+# What the `keyring:<mount>` policy lets its holder do on the mount's entries: handing it on needs all of them.
+MOUNT_ACTIONS = ("keyring:Read", "keyring:ReadMetadata", "keyring:Write", "keyring:List", "keyring:Create",
+                 "keyring:Rotate", "keyring:SetRotation", "keyring:Import", "keyring:Export", "keyring:DescribeMount")
 
 
-def check_mount(mount: str) -> str:
-    mount = (mount or "").strip("/")
-    if not _MOUNT_RE.match(mount) or len(mount) > 255:
-        raise errors.ValidationError("mount must be path segments of letters, digits, '_', '.', '-'")
-    if set(mount.split("/")) & _RESERVED_SEGMENTS:
-        raise errors.ValidationError(f"mount segments cannot be one of {sorted(_RESERVED_SEGMENTS)}")
-    return mount
+class Sealer(Protocol):
+    """What the keyring needs of the root of trust."""
+
+    def seal(self, data: bytes, aad: bytes = b"") -> bytes: ...
+    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes: ...
+    def random(self, n: int) -> bytes: ...
 
 
-def check_id(entry_id: str) -> str:
-    if not isinstance(entry_id, str) or not entry_id or len(entry_id) > 512 or entry_id.startswith("/") \
-            or entry_id.endswith("/") or "//" in entry_id or any(ord(c) < 32 for c in entry_id):
-        raise errors.ValidationError("invalid keyring entry id")
-    return entry_id
+# ------------------------------------------------------------------------------------------------- results
 
 
-def aad(mount: str, entry_id: str, version: int) -> bytes:
-    return b"\0".join([AAD_PREFIX, mount.encode(), entry_id.encode(), str(version).encode()])
+@dataclass(frozen=True)
+class Secret:
+    mount: str
+    entry_id: str
+    version: int
+    data: dict[str, Any] = field(repr=False)  # the material: never in a repr
+    created_at: datetime
+    custom_metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ExportedEntry:
+    info: EntryInfo
+    secrets: list[tuple[int, dict[str, Any]]] = field(repr=False)  # (version, secret) in clear: never in a repr
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str = field(repr=False)
+    accessor: str
+    policies: list[str]
+    ttl_seconds: int  # 0: no expiry
+
+
+# ------------------------------------------------------------------------------------------------- helpers
 
 
 def material_secret(material: bytes) -> dict[str, str]:
@@ -73,65 +108,75 @@ def secret_material(secret: Mapping[str, Any]) -> bytes | None:
     return None
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+def aad(mount: str, entry_id: str, version: int) -> bytes:
+    return b"\0".join([AAD_PREFIX, mount.encode(), entry_id.encode(), str(version).encode()])
+
+
+def iso(value: datetime | None) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else ""
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def iso(value: datetime | None) -> str:
-    return _utc(value).isoformat().replace("+00:00", "Z") if value else ""
+def check_secret(secret: Any) -> dict[str, Any]:
+    """A KV secret: a non-empty JSON object, at most 64 KiB and 32 levels deep, every string valid Unicode."""
+    if not isinstance(secret, dict) or not secret:
+        raise errors.ValidationError("the secret must be a non-empty JSON object")
+    stack: list[tuple[Any, int]] = [(secret, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_SECRET_DEPTH:
+            raise errors.ValidationError(f"the secret is nested more than {MAX_SECRET_DEPTH} levels")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                valid_text(k, "secret key")
+                stack.append((v, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str):
+            valid_text(value, "secret value")
+    if len(json.dumps(secret, separators=(",", ":"))) > MAX_SECRET_BYTES:
+        raise errors.ValidationError("the secret is larger than 64 KiB")
+    return secret
 
 
-@dataclass(frozen=True)
-class Secret:
-    mount: str
-    entry_id: str
-    version: int
-    data: dict[str, Any]
-    created_at: datetime
-    custom_metadata: dict[str, str]
+def check_metadata(metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or len(metadata) > MAX_METADATA:
+        raise errors.ValidationError(f"custom metadata is an object of at most {MAX_METADATA} strings")
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not 1 <= len(k) <= 128 or len(v) > 512:
+            raise errors.ValidationError("custom metadata: keys of 1-128 and values of up to 512 characters")
+        valid_text(k, "custom metadata key")
+        valid_text(v, "custom metadata value")
+    return dict(metadata)
 
 
-@dataclass(frozen=True)
-class EntryInfo:
-    mount: str
-    entry_id: str
-    latest_version: int
-    created_at: datetime
-    updated_at: datetime
-    custom_metadata: dict[str, str]
-    rotation_period_seconds: int | None
-    next_rotation_at: datetime | None
-    versions: list[tuple[int, str, datetime]]  # (version, origin, created_at)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "Mount": self.mount, "Id": self.entry_id, "LatestVersion": self.latest_version,
-            "CreatedAt": iso(self.created_at), "UpdatedAt": iso(self.updated_at),
-            "CustomMetadata": self.custom_metadata, "RotationPeriodSeconds": self.rotation_period_seconds,
-            "NextRotationAt": iso(self.next_rotation_at) or None,
-            "Versions": [{"Version": v, "Origin": o, "CreatedAt": iso(c)} for v, o, c in self.versions],
-        }
+def check_period(period_seconds: Any) -> int | None:
+    if period_seconds is None:
+        return None
+    if not isinstance(period_seconds, int) or isinstance(period_seconds, bool) or not 60 <= period_seconds <= 2**31:
+        raise errors.ValidationError("the rotation period must be 60 seconds or more")
+    return period_seconds
 
 
-@contextmanager
-def _store_guard() -> Iterator[None]:
-    """Store failures become DependencyTimeout inside the operation, so the audit record says what happened."""
-    try:
-        yield
-    except SQLAlchemyError:
-        raise errors.DependencyTimeout("keyring store unavailable") from None
+def check_hand_on(call: Call, mount: str) -> str:
+    """The no-escalation rule for database credentials: `keyring:<mount>` may be handed on only by a caller that
+    holds that policy itself, or every keyring action on every entry of the mount. Returns the policy name."""
+    policy = mount_policy(mount)
+    if call.policies_beyond([policy]) and not call.covers(MOUNT_ACTIONS, mount_glob(mount)):
+        raise errors.AccessDenied(f"{call.principal.name} does not hold every keyring action on mount {mount}, "
+                                  f"so it cannot hand on {policy}")
+    return policy
 
 
 @contextmanager
 def _hsm_guard() -> Iterator[None]:
     """HSM failures the provider does not map (e.g. a raw pkcs11 ObjectHandleInvalid) become DependencyFailure
-    inside the operation, so the audit record says "error" and the front door drops the connection."""
+    inside the operation, so the audit record says "error" and the bridge drops the connection."""
     try:
         yield
     except (errors.BrokerError, pb.ProviderError):
@@ -140,49 +185,62 @@ def _hsm_guard() -> Iterator[None]:
         raise errors.DependencyFailure(f"HSM operation failed ({type(exc).__name__})") from None
 
 
-class KeyringService:
-    def __init__(self, service: KeyService, root_of_trust: str) -> None:
-        self.service = service
-        self.store = service.store
-        self.root = service.root  # the root of trust seals every entry (root_of_trust: kept for callers, unused)
+# ------------------------------------------------------------------------------------------------- resolvers
 
-    # ------------------------------------------------------------------------------------------ helpers
 
-    def _authorize(self, ctx: RequestContext, entry, action: str, mount: str, entry_id: str = "") -> None:
-        self.service.authorize(ctx, entry, action, None, resource=f"keyring/{mount}/{entry_id}")
+def _entry(host: KeyringService, args: Mapping[str, Any]) -> Target:
+    return Target(resource=entry_resource(check_mount(args["mount"]), check_id(args["entry_id"])))
+
+
+def _whole_mount(host: KeyringService, args: Mapping[str, Any]) -> Target:
+    return Target(resource=mount_resource(check_mount(args["mount"])))
+
+
+def _listing(host: KeyringService, args: Mapping[str, Any]) -> Target:
+    return Target(resource=prefix_resource(check_mount(args["mount"]), check_prefix(args["prefix"])))
+
+
+def admin_target(host: Any, args: Mapping[str, Any]) -> Target:
+    """keyring-admin/<mount>: what minting credentials for a mount and registering it are checked on."""
+    return Target(resource=admin_resource(check_mount(args["mount"])))
+
+
+# ================================================================================================== the service
+
+
+class KeyringService(Service):
+    def __init__(self, keys: KeyService, root: Sealer, tokens: TokenAuth) -> None:
+        self.gate = keys.gate
+        self.repo = KeyringRepository(keys.store)
+        self._root = root
+        self._tokens = tokens
+
+    # ------------------------------------------------------------------------------------------ sealing
 
     def _seal(self, mount: str, entry_id: str, version: int, secret: Mapping[str, Any]) -> str:
+        plain = json.dumps(dict(secret), sort_keys=True, separators=(",", ":")).encode()
         with _hsm_guard():
-            blob = self.root.seal(json.dumps(dict(secret), sort_keys=True, separators=(",", ":")).encode(),
-                                  aad(mount, entry_id, version))
-        return base64.b64encode(blob).decode()
+            return base64.b64encode(self._root.seal(plain, aad(mount, entry_id, version))).decode()
 
     def _unseal(self, mount: str, entry_id: str, version: int, sealed: str) -> dict[str, Any]:
         with _hsm_guard():
-            return json.loads(self.root.unseal(base64.b64decode(sealed), aad(mount, entry_id, version)))
+            return json.loads(self._root.unseal(base64.b64decode(sealed), aad(mount, entry_id, version)))
 
     def _random(self, n: int) -> bytes:
         with _hsm_guard():
-            return self.root.random(n)
+            return self._root.random(n)
 
-    @staticmethod
-    def _check_secret(secret: Any) -> dict[str, Any]:
-        if not isinstance(secret, dict) or not secret:
-            raise errors.ValidationError("the secret must be a non-empty JSON object")
-        if len(json.dumps(secret)) > MAX_SECRET_BYTES:
-            raise errors.ValidationError("the secret is too large")
-        return secret
+    def _material(self, mount: str, entry_id: str, version: int) -> bytes | None:
+        row = self.repo.version(mount, entry_id, version)
+        return None if row is None else secret_material(self._unseal(mount, entry_id, version, row.sealed))
 
-    def _entry_row(self, mount: str, entry_id: str):
-        return self.store.first(_ENTRY, {"mount": mount, "entry_id": entry_id})
-
-    def _append(self, mount: str, entry_id: str, secret: Mapping[str, Any], origin: str, *,
-                cas: int | None = None, create_only: bool = False, custom_metadata: Mapping[str, str] | None = None,
+    def _append(self, mount: str, entry_id: str, secret: Mapping[str, Any], origin: str, *, cas: int | None = None,
+                create_only: bool = False, custom_metadata: Mapping[str, str] | None = None,
                 rotation_period_seconds: int | None = None, expected_latest: int | None = None) -> int:
-        """Add the next version (creating the entry at version 1). Concurrent writers serialise on the entry row."""
-        now = _now()
+        """Add the next version (creating the entry at version 1); 0 if `expected_latest` moved. Concurrent writers
+        serialise on the entry row's latest version (compare-and-set), each sealing under its own version's AAD."""
         for _attempt in range(3):
-            row = self._entry_row(mount, entry_id)
+            row = self.repo.entry(mount, entry_id)
             current = row.latest_version if row is not None else 0
             if create_only and row is not None:
                 raise errors.AlreadyExists(f"keyring entry {mount}/{entry_id} exists")
@@ -190,221 +248,219 @@ class KeyringService:
                 raise errors.ValidationError("check-and-set parameter did not match the current version")
             if expected_latest is not None and expected_latest != current:
                 return 0
-            version = current + 1
-            sealed = self._seal(mount, entry_id, version, secret)
+            now = _now()
+            period = row.rotation_period_seconds if row is not None else rotation_period_seconds
             try:
-                with self.store.session() as s:
-                    if row is None:
-                        s.add(KeyringEntryRow(
-                            mount=mount, entry_id=entry_id, latest_version=1, created_at=now, updated_at=now,
-                            custom_metadata=json.dumps(dict(custom_metadata or {})),
-                            rotation_period_seconds=rotation_period_seconds,
-                            next_rotation_at=(now + timedelta(seconds=rotation_period_seconds)
-                                              if rotation_period_seconds else None)))
-                        s.flush()
-                    else:
-                        values: dict[str, Any] = {"latest_version": version, "updated_at": now}
-                        if row.rotation_period_seconds:
-                            values["next_rotation_at"] = now + timedelta(seconds=row.rotation_period_seconds)
-                        done = s.execute(update(KeyringEntryRow).where(
-                            KeyringEntryRow.mount == mount, KeyringEntryRow.entry_id == entry_id,
-                            KeyringEntryRow.latest_version == current).values(**values)).rowcount
-                        if done != 1:
-                            raise IntegrityError("latest_version moved", None, Exception())
-                    s.add(KeyringVersionRow(mount=mount, entry_id=entry_id, version=version, sealed=sealed,
-                                            origin=origin, created_at=now))
-                return version
-            except IntegrityError:
-                continue  # another writer won the race: re-read and try again
+                self.repo.append(mount, entry_id, current=current, sealed=self._seal(mount, entry_id, current + 1,
+                                                                                     secret),
+                                 origin=origin, now=now, custom_metadata=custom_metadata,
+                                 rotation_period_seconds=rotation_period_seconds,
+                                 next_rotation_at=now + timedelta(seconds=period) if period else None,
+                                 period_of_existing=row.rotation_period_seconds if row is not None else None)
+                return current + 1
+            except Raced:
+                continue
         raise errors.InvalidState(f"keyring entry {mount}/{entry_id} is being written concurrently; retry")
 
-    def ensure_mount(self, mount: str, kv_version: int = 2) -> None:
-        with _store_guard(), self.store.session() as s:
-            row = s.get(KeyringMountRow, mount)
-            if row is None:
-                s.add(KeyringMountRow(mount=mount, kv_version=kv_version, created_at=_now()))
-            elif row.kv_version != kv_version:
-                row.kv_version = kv_version
+    # ------------------------------------------------------------------------------------------ not operations
 
+    @internal
     def mounts(self) -> dict[str, int]:
-        """Known mounts and their KV version (a mount nobody registered answers as KV v2)."""
-        with _store_guard(), self.store.session() as s:
-            return {r.mount: r.kv_version for r in s.scalars(select(KeyringMountRow))}
+        """Registered mounts and their KV version, for the bridge's path router before it authenticates anyone:
+        names and a layout number only, nothing secret."""
+        return self.repo.mounts()
 
-    # ------------------------------------------------------------------------------------------ operations
+    @internal
+    def authenticate(self, token: str | None) -> Principal:
+        """Authentication, not an operation: a bridge token → its Principal (Unauthenticated if it is not valid).
+        The front door audits a refusal through `Services.refused`."""
+        with guarded():
+            return self._tokens.authenticate(token)
 
-    def tune(self, ctx: RequestContext, mount: str) -> int:
-        with self.service.operation(ctx, "keyring:DescribeMount") as entry:
-            self._authorize(ctx, entry, "keyring:DescribeMount", mount)
-            with _store_guard():
-                return self.mounts().get(mount, 2)
+    # ------------------------------------------------------------------------------------------ database reads
 
-    def read(self, ctx: RequestContext, mount: str, entry_id: str, version: int | None = None) -> Secret:
-        """Exactly version N (or the latest); NotFound otherwise. Nothing leaves before its audit record is written."""
-        with self.service.operation(ctx, "keyring:Read") as entry:
-            self._authorize(ctx, entry, "keyring:Read", mount, entry_id)
-            with _store_guard():
-                row = self._entry_row(mount, entry_id)
-                if row is None:
-                    raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-                wanted = row.latest_version if version is None else version
-                vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id, "version": wanted})
-            if vrow is None:
-                raise errors.NotFound(f"keyring entry {mount}/{entry_id} has no version {wanted}")
-            entry.key_version = wanted
-            data = self._unseal(mount, entry_id, wanted, vrow.sealed)
-            secret = Secret(mount, entry_id, wanted, data, _utc(vrow.created_at), json.loads(row.custom_metadata))
-        return secret
+    @operation("keyring:DescribeMount", Need("keyring:DescribeMount", _whole_mount))
+    def tune(self, call: Call, mount: str) -> int:
+        """The mount's KV version (a mount nobody registered answers as KV v2)."""
+        return self.repo.mounts().get(mount, 2)
 
-    def write(self, ctx: RequestContext, mount: str, entry_id: str, secret: Any, *, cas: int | None = None,
-              origin: str = "written") -> int:
-        with self.service.operation(ctx, "keyring:Write") as entry:
-            self._authorize(ctx, entry, "keyring:Write", mount, entry_id)
-            secret = self._check_secret(secret)
-            with _store_guard():
-                entry.key_version = self._append(mount, entry_id, secret, origin, cas=cas)
-            return entry.key_version
+    @operation("keyring:Read", Need("keyring:Read", _entry))
+    def read(self, call: Call, mount: str, entry_id: str, version: int | None = None) -> Secret:
+        """Exactly version N (or the latest); NotFound otherwise. Nothing leaves before its audit record is durable."""
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise errors.ValidationError("version must be a positive integer")
+        row = self.repo.entry(mount, entry_id)
+        if row is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        wanted = row.latest_version if version is None else version
+        vrow = self.repo.version(mount, entry_id, wanted)
+        if vrow is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} has no version {wanted}")
+        call.entry.key_version = wanted
+        return Secret(mount, entry_id, wanted, self._unseal(mount, entry_id, wanted, vrow.sealed), vrow.created_at,
+                      row.custom_metadata)
 
-    def create(self, ctx: RequestContext, mount: str, entry_id: str, *, key_bytes: int = KEY_BYTES,
+    @operation("keyring:ReadMetadata", Need("keyring:ReadMetadata", _entry))
+    def describe(self, call: Call, mount: str, entry_id: str) -> EntryInfo:
+        infos = self.repo.infos(mount, entry_id)
+        if not infos:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        return infos[0]
+
+    @operation("keyring:List", Need("keyring:List", _listing))
+    def list_entries(self, call: Call, mount: str, prefix: str = "") -> list[EntryInfo]:
+        """Entries of one mount under `prefix` that the caller may list (a Deny on one entry hides it)."""
+        return [i for i in self.repo.infos(mount, prefix=prefix)
+                if call.holds("keyring:List", resource=entry_resource(mount, i.entry_id))]
+
+    @operation("keyring:List", Need("keyring:List", fixed(ALL_MOUNTS)))
+    def list_all(self, call: Call) -> list[EntryInfo]:
+        """Every entry of every mount: an administrator's view (`keyring/*` is the name of all mounts at once)."""
+        return self.repo.infos(None)
+
+    # ------------------------------------------------------------------------------------------ writes
+
+    @operation("keyring:Write", Need("keyring:Write", _entry), mutates=True)
+    def write(self, call: Call, mount: str, entry_id: str, secret: Any, *, cas: int | None = None) -> int:
+        """The next version of a secret the database writes (KV v2 `options.cas` honoured)."""
+        secret = check_secret(secret)
+        if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
+            raise errors.ValidationError("cas must be a non-negative integer")
+        call.entry.key_version = self._append(mount, entry_id, secret, "written", cas=cas)
+        return call.entry.key_version
+
+    @operation("keyring:Create", Need("keyring:Create", _entry), mutates=True)
+    def create(self, call: Call, mount: str, entry_id: str, *, key_bytes: int = 32,
                rotation_period_seconds: int | None = None) -> int:
         """A new entry whose version 1 is born in the HSM."""
-        if key_bytes not in (16, 24, 32):
+        if key_bytes not in KEY_SIZES:
             raise errors.ValidationError("key size must be 16, 24 or 32 bytes")
-        if rotation_period_seconds is not None and rotation_period_seconds < 60:
-            raise errors.ValidationError("the rotation period must be at least 60 seconds")
-        with self.service.operation(ctx, "keyring:Create") as entry:
-            self._authorize(ctx, entry, "keyring:Create", mount, entry_id)
-            material = self._random(key_bytes)
-            with _store_guard():
-                entry.key_version = self._append(mount, entry_id, material_secret(material), "hsm", create_only=True,
-                                                 rotation_period_seconds=rotation_period_seconds)
-            return entry.key_version
+        period = check_period(rotation_period_seconds)
+        self._refuse_nesting_v1(mount)
+        material = self._random(key_bytes)
+        call.entry.key_version = self._append(mount, entry_id, material_secret(material), "hsm", create_only=True,
+                                              rotation_period_seconds=period)
+        return call.entry.key_version
 
-    def rotate(self, ctx: RequestContext, mount: str, entry_id: str, *, expected_latest: int | None = None) -> int:
-        """Version N+1 born in the HSM, same size as version N. Returns 0 if `expected_latest` moved meanwhile."""
-        with self.service.operation(ctx, "keyring:Rotate") as entry:
-            self._authorize(ctx, entry, "keyring:Rotate", mount, entry_id)
-            with _store_guard():
-                row = self._entry_row(mount, entry_id)
-                if row is None:
-                    raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-                vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id,
-                                                     "version": row.latest_version})
-            size = len(secret_material(self._unseal(mount, entry_id, row.latest_version, vrow.sealed)) or b"")
-            if size not in (16, 24, 32):
-                raise errors.Unsupported("only entries holding a hex key in `data` can be rotated by the broker")
-            with _store_guard():
-                entry.key_version = self._append(mount, entry_id, material_secret(self._random(size)), "hsm",
-                                                 expected_latest=expected_latest)
-            return entry.key_version
+    @operation("keyring:Rotate", Need("keyring:Rotate", _entry), mutates=True)
+    def rotate(self, call: Call, mount: str, entry_id: str, *, expected_latest: int | None = None) -> int:
+        """Version N+1 born in the HSM, same size as version N. 0 if `expected_latest` moved meanwhile."""
+        row = self.repo.entry(mount, entry_id)
+        if row is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        size = len(self._material(mount, entry_id, row.latest_version) or b"")
+        if size not in KEY_SIZES:
+            raise errors.Unsupported("only entries holding a hex key in `data` can be rotated by the broker")
+        call.entry.key_version = self._append(mount, entry_id, material_secret(self._random(size)), "hsm",
+                                              expected_latest=expected_latest)
+        return call.entry.key_version
 
-    def set_rotation(self, ctx: RequestContext, mount: str, entry_id: str, period_seconds: int | None) -> None:
-        if period_seconds is not None and period_seconds < 60:
-            raise errors.ValidationError("the rotation period must be at least 60 seconds")
-        with self.service.operation(ctx, "keyring:SetRotation") as entry:
-            self._authorize(ctx, entry, "keyring:SetRotation", mount, entry_id)
-            if period_seconds:
-                with _store_guard():
-                    current = self._entry_row(mount, entry_id)
-                    vrow = current and self.store.first(_VERSION, {"mount": mount, "entry_id": entry_id,
-                                                                     "version": current.latest_version})
-                if vrow:
-                    material = secret_material(self._unseal(mount, entry_id, current.latest_version, vrow.sealed))
-                    if len(material or b"") not in (16, 24, 32):
-                        raise errors.Unsupported("only entries holding a hex key in `data` can rotate on a schedule")
-            with _store_guard(), self.store.session() as s:
-                row = s.get(KeyringEntryRow, (mount, entry_id))
-                if row is None:
-                    raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-                row.rotation_period_seconds = period_seconds
-                row.next_rotation_at = _now() + timedelta(seconds=period_seconds) if period_seconds else None
+    @operation("keyring:SetRotation", Need("keyring:SetRotation", _entry), mutates=True)
+    def set_rotation(self, call: Call, mount: str, entry_id: str, period_seconds: int | None) -> None:
+        period = check_period(period_seconds)
+        row = self.repo.entry(mount, entry_id)
+        if row is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        if period and len(self._material(mount, entry_id, row.latest_version) or b"") not in KEY_SIZES:
+            raise errors.Unsupported("only entries holding a hex key in `data` can rotate on a schedule")
+        if not self.repo.set_rotation(mount, entry_id, period, _now() + timedelta(seconds=period) if period else None):
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
 
-    def rotate_due(self, ctx: RequestContext, now: datetime | None = None) -> list[str]:
-        """Rotate every entry whose period passed. Safe in many processes (compare-and-set on the latest version)."""
-        now = now or _now()
-        with _store_guard(), self.store.session() as s:
-            due = [(r.mount, r.entry_id, r.latest_version) for r in s.scalars(
-                select(KeyringEntryRow).where(KeyringEntryRow.next_rotation_at <= now))]
+    @operation("keyring:Rotate", Need("keyring:Rotate", fixed(ALL_MOUNTS)), mutates=True)
+    def rotate_due(self, call: Call, now: datetime | None = None) -> list[str]:
+        """Rotate every entry whose period passed, each as its own `rotate` operation of the same caller. Safe in
+        many processes (compare-and-set on the latest version)."""
         rotated = []
-        for mount, entry_id, latest in due:
+        for mount, entry_id, latest in self.repo.due(now or _now()):
             try:
-                if self.rotate(ctx, mount, entry_id, expected_latest=latest):
+                if self.rotate(call.ctx, mount, entry_id, expected_latest=latest):
                     rotated.append(f"{mount}/{entry_id}")
+            except errors.NotReady:
+                raise
             except errors.BrokerError:
                 continue  # audited by rotate(); one entry that cannot rotate must not block the others
+        call.entry.extra["rotated"] = len(rotated)
         return rotated
 
-    def describe(self, ctx: RequestContext, mount: str, entry_id: str) -> EntryInfo:
-        with self.service.operation(ctx, "keyring:ReadMetadata") as entry:
-            self._authorize(ctx, entry, "keyring:ReadMetadata", mount, entry_id)
-            with _store_guard():
-                infos = self._infos(mount, entry_id)
-            if not infos:
-                raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-            return infos[0]
-
-    def list_entries(self, ctx: RequestContext, mount: str | None = None, prefix: str = "") -> list[EntryInfo]:
-        with self.service.operation(ctx, "keyring:List") as entry:
-            if mount is not None:
-                self._authorize(ctx, entry, "keyring:List", mount, prefix)
-            else:
-                # Listing every mount is an administrator's view: only a principal allowed on all keyrings.
-                self.service.authorize(ctx, entry, "keyring:List", None, resource="keyring-admin/*")
-            with _store_guard():
-                return [i for i in self._infos(mount) if i.entry_id.startswith(prefix)]
-
-    def _infos(self, mount: str | None, entry_id: str | None = None) -> list[EntryInfo]:
-        with self.store.session() as s:
-            q = select(KeyringEntryRow).order_by(KeyringEntryRow.mount, KeyringEntryRow.entry_id)
-            vq = select(KeyringVersionRow.mount, KeyringVersionRow.entry_id, KeyringVersionRow.version,
-                        KeyringVersionRow.origin, KeyringVersionRow.created_at).order_by(KeyringVersionRow.version)
-            if mount is not None:
-                q, vq = q.where(KeyringEntryRow.mount == mount), vq.where(KeyringVersionRow.mount == mount)
-            if entry_id is not None:
-                q = q.where(KeyringEntryRow.entry_id == entry_id)
-                vq = vq.where(KeyringVersionRow.entry_id == entry_id)
-            versions: dict[tuple[str, str], list] = {}
-            for m, e, v, o, c in s.execute(vq):
-                versions.setdefault((m, e), []).append((v, o, _utc(c)))
-            return [EntryInfo(r.mount, r.entry_id, r.latest_version, _utc(r.created_at), _utc(r.updated_at),
-                              json.loads(r.custom_metadata), r.rotation_period_seconds, _utc(r.next_rotation_at),
-                              versions.get((r.mount, r.entry_id), [])) for r in s.scalars(q)]
-
-    def import_entry(self, ctx: RequestContext, mount: str, entry_id: str, versions: list[bytes], *,
+    @operation("keyring:Import", Need("keyring:Import", _entry), mutates=True)
+    def import_entry(self, call: Call, mount: str, entry_id: str, versions: list[bytes], *,
                      custom_metadata: Mapping[str, str] | None = None) -> int:
-        """Bring an existing database key in: its versions 1..n keep their material (the data on disk needs it)."""
-        if not versions:
-            raise errors.ValidationError("nothing to import")
-        with self.service.operation(ctx, "keyring:Import") as entry:
-            self._authorize(ctx, entry, "keyring:Import", mount, entry_id)
-            with _store_guard():
-                row = self._entry_row(mount, entry_id)
-                if row is not None:
-                    # Importing the same file twice is fine; different material for an existing id is refused.
-                    existing = [secret_material(self._unseal(mount, entry_id, v, self.store.first(
-                        _VERSION, {"mount": mount, "entry_id": entry_id, "version": v}).sealed))
-                        for v in range(1, row.latest_version + 1)]
-                    if existing[:len(versions)] == list(versions):
-                        entry.key_version = row.latest_version
-                        return 0
-                    raise errors.AlreadyExists(f"keyring entry {mount}/{entry_id} exists with other material")
-                for i, material in enumerate(versions):
-                    entry.key_version = self._append(mount, entry_id, material_secret(material), "imported",
-                                                     create_only=i == 0, custom_metadata=custom_metadata)
-            return len(versions)
+        """Bring an existing database key in: its versions 1..n keep their material (the data on disk needs it).
+        Returns how many versions were imported (0: the same material was already there)."""
+        if not isinstance(versions, list) or not 1 <= len(versions) <= 1000:
+            raise errors.ValidationError("give 1 to 1000 versions to import")
+        for i, material in enumerate(versions, 1):
+            if not isinstance(material, bytes | bytearray) or not 1 <= len(material) <= MAX_IMPORTED_KEY:
+                raise errors.ValidationError(f"version {i}: a key is 1 to {MAX_IMPORTED_KEY} bytes")
+        metadata = check_metadata(custom_metadata)
+        self._refuse_nesting_v1(mount)
+        row = self.repo.entry(mount, entry_id)
+        if row is not None:
+            # Importing the same file twice is fine; different material for an existing id is refused.
+            existing = [self._material(mount, entry_id, v) for v in range(1, row.latest_version + 1)]
+            if existing[:len(versions)] == [bytes(v) for v in versions]:
+                call.entry.key_version = row.latest_version
+                return 0
+            raise errors.AlreadyExists(f"keyring entry {mount}/{entry_id} exists with other material")
+        for i, material in enumerate(versions):
+            call.entry.key_version = self._append(mount, entry_id, material_secret(bytes(material)), "imported",
+                                                  create_only=i == 0, custom_metadata=metadata)
+        return len(versions)
 
-    def export_entries(self, ctx: RequestContext, mount: str) -> list[tuple[EntryInfo, list[dict[str, Any]]]]:
-        """Every version of every entry of a mount, unsealed: for leaving the bridge. Audited as keyring:Export."""
-        with self.service.operation(ctx, "keyring:Export") as entry:
-            self._authorize(ctx, entry, "keyring:Export", mount)
-            out = []
-            with _store_guard():
-                infos = self._infos(mount)
-                for info in infos:
-                    secrets = []
-                    for v, _o, _c in info.versions:
-                        vrow = self.store.first(_VERSION, {"mount": mount, "entry_id": info.entry_id, "version": v})
-                        secrets.append(self._unseal(mount, info.entry_id, v, vrow.sealed))
-                    out.append((info, secrets))
-            entry.extra["entries"] = len(out)
+    @operation("keyring:Export", Need("keyring:Export", _whole_mount), dynamic=("keyring:Export",))
+    def export_entries(self, call: Call, mount: str) -> list[ExportedEntry]:
+        """Every version of every entry of a mount, unsealed, for leaving the bridge. Each entry is checked on its
+        own too, so a Deny on one entry refuses the whole export rather than leaking it."""
+        infos = self.repo.infos(mount)
+        for info in infos:
+            call.require("keyring:Export", resource=entry_resource(mount, info.entry_id))
+        out = []
+        for info in infos:
+            secrets = []
+            for v, _origin, _created in info.versions:
+                row = self.repo.version(mount, info.entry_id, v)
+                if row is None:
+                    raise errors.InvalidState(f"keyring entry {mount}/{info.entry_id} lost version {v}")
+                secrets.append((v, self._unseal(mount, info.entry_id, v, row.sealed)))
+            out.append(ExportedEntry(info, secrets))
+        call.entry.extra["entries"] = len(out)
         return out
+
+    # ------------------------------------------------------------------------------------------ administration
+
+    @operation("keyring:CreateMount", Need("keyring:CreateMount", admin_target), mutates=True)
+    def create_mount(self, call: Call, mount: str, kv_version: int = 2) -> int:
+        """Register a mount's KV layout. A mount may not nest in or above another registered mount, or one that
+        has entries: the bridge routes `/v1/<path>` by the registered mounts first."""
+        if kv_version not in (1, 2):
+            raise errors.ValidationError("KV version must be 1 or 2")
+        registered = self.repo.mounts()
+        others = (set(registered) | (self.repo.mounts_with_entries() if kv_version == 1 else set())) - {mount}
+        clash = sorted(m for m in others if _nests(m, mount))
+        if clash:
+            raise errors.ValidationError(f"mount {mount} nests with mount {clash[0]}")
+        self.repo.put_mount(mount, kv_version, _now())
+        return kv_version
+
+    @operation("keyring:CreateToken", Need("keyring:CreateToken", admin_target), mutates=True)
+    def create_token(self, call: Call, mount: str, ttl_seconds: int | None = None) -> IssuedToken:
+        """A broker token with policy `keyring:<mount>` for a database (no expiry unless asked: an expired token
+        stops a running database)."""
+        if ttl_seconds is not None and (not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool)
+                                        or not 60 <= ttl_seconds <= 10 * 365 * 86400):
+            raise errors.ValidationError("the token TTL must be 60 seconds to 10 years")
+        policy = check_hand_on(call, mount)
+        with guarded():
+            token, accessor = self._tokens.create(policy, [policy], ttl_seconds=ttl_seconds)
+        call.entry.extra["token_accessor"] = accessor  # the gate HMACs extras named like a token
+        return IssuedToken(token, accessor, [policy], ttl_seconds or 0)
+
+    def _refuse_nesting_v1(self, mount: str) -> None:
+        """Entries in a mount nested in or above a registered KV v1 mount could never be reached by the bridge."""
+        for other, kv in self.repo.mounts().items():
+            if kv == 1 and other != mount and _nests(other, mount):
+                raise errors.ValidationError(f"mount {mount} nests with the KV v1 mount {other}")
+
+
+def _nests(a: str, b: str) -> bool:
+    return a.startswith(b + "/") or b.startswith(a + "/")

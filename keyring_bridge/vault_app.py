@@ -1,5 +1,7 @@
 """The HashiCorp-Vault-KV-compatible front door for MySQL-family keyring plugins (its own Flask app and listener).
 
+Parse, call a keyring service (through `broker.services.Services`), render in Vault's shape; nothing else.
+
 Wire contract (see docs/keyring-bridge.md and ../shared/protocols/mariadb-hashicorp-plugin.md):
 - `GET /v1/sys/mounts/<mount>/tune` → `{"options": {"version": "2"}, ...}` as Vault answers (KV v1 mounts: "1").
 - KV v2: `GET /v1/<mount>/data/<id>[?version=N]` → `data.data` (the secret) + `data.metadata.version` (a number);
@@ -10,37 +12,37 @@ Wire contract (see docs/keyring-bridge.md and ../shared/protocols/mariadb-hashic
 - `X-Vault-Token` (or `Authorization: Bearer`) is a broker token; a bad one is 403 `{"errors":["permission denied"]}`.
 
 Never crash the database: a non-2xx answer or malformed body for a key mariadbd already uses makes it abort, whereas a
-dropped connection is survived from its cache. So the bridge answers only 2xx, 400 (malformed request), 403 (bad
-token / policy), 404 (unknown key or version) and 405; every failure of the bridge itself (store, HSM, audit sink,
-bug) shuts the client socket down and sends nothing at all.
+dropped connection is survived from its cache. So a READ (GET/HEAD) answers only 2xx, 400 (malformed request), 403
+(bad token / policy) and 404 (unknown key or version); when the bridge itself fails (store, HSM, audit sink, bug) it
+shuts the client socket down and sends nothing at all. Every other request (writes, listings, login) gets a
+Vault-shaped error instead: `{"errors": [...]}` with 400, 403, 404, 405, or 503 when a dependency is down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, g, request
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
-from broker.auth import TokenAuth
 from broker.service import KeyService, RequestContext
+from broker.services import Services
 from broker.settings import Settings
-from keyring_bridge.approle import AppRoles
-from keyring_bridge.keyring import KeyringService, Secret, check_id, check_mount, iso
+from keyring_bridge.keyring import KeyringService, Secret, iso
 
 log = logging.getLogger("kms_broker.keyring")
 DROP = "kmsb.keyring.drop"
 FRONT_DOOR = "keyring"
 LEASE = 2764800  # Vault's default 768h, what KV v1 reads report
-_ANSWERED = (errors.NotFound, errors.Unauthenticated, errors.AccessDenied, errors.ValidationError,
-             errors.AlreadyExists, errors.Unsupported)
+_READS = ("GET", "HEAD")
 
 
 class DropConnection(Exception):
@@ -104,6 +106,19 @@ def _version_metadata(secret: Secret) -> dict[str, Any]:
             "deletion_time": "", "destroyed": False, "version": secret.version}
 
 
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A JSON object, or ValidationError: not JSON, not UTF-8, nested too deep for the parser, not an object."""
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise errors.ValidationError("request body is not valid JSON (or is nested too deep)") from None
+    if not isinstance(data, dict):
+        raise errors.ValidationError("request body must be a JSON object")
+    return data
+
+
 class _Mounts:
     """Registered mounts (KV version), re-read every few seconds; a store outage keeps the last known view."""
 
@@ -151,18 +166,16 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
     app.url_map.merge_slashes = False
     app.json.sort_keys = False
-    service = service or build_service(settings)
-    keyring = KeyringService(service, settings.root_of_trust)
-    tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
-    approles = AppRoles(service, tokens)
+    services = Services.over(service or build_service(settings), settings)
+    keyring, approles = services.keyring, services.keyring_approles
     mounts = _Mounts(keyring)
-    app.extensions.update(kms_service=service, kms_settings=settings, kms_keyring=keyring, kms_tokens=tokens)
+    app.extensions["kms"] = services
 
     def ctx() -> RequestContext:
         if g.ctx.principal.auth_method == "none":
             header = request.headers.get("Authorization", "")
             token = request.headers.get("X-Vault-Token") or (header[7:] if header.startswith("Bearer ") else None)
-            g.ctx.principal = tokens.authenticate(token)
+            g.ctx.principal = keyring.authenticate(token)
         return g.ctx
 
     @app.before_request
@@ -174,36 +187,41 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         g.ctx = RequestContext(ANONYMOUS, request_id=g.request_id, source_ip=request.remote_addr or "",
                                front_door=FRONT_DOOR)
 
+    def audit_refusal(c: RequestContext | None, code: str, denied: bool) -> bool:
+        """Audit a refusal no operation recorded; False if the audit sink cannot take it (fail closed)."""
+        if c is None or c.audited:
+            return True
+        try:
+            services.refused(c, g.action, code, denied)
+            return True
+        except Exception:  # noqa: BLE001 - the caller turns this into a dropped connection or a 503
+            return False
+
     def refuse(exc: Exception):
         c: RequestContext | None = getattr(g, "ctx", None)
-        if isinstance(exc, _ANSWERED) and c is not None and not c.audited:
-            try:
-                service.gate.audit_rejected(c, g.action, exc.code, isinstance(exc, errors.Unauthenticated |
-                                                                           errors.AccessDenied))
-            except errors.BrokerError:
-                exc = DropConnection()
-        if isinstance(exc, errors.NotFound):
-            return _errors(404)
-        if isinstance(exc, errors.Unauthenticated | errors.AccessDenied):
-            if g.action == "keyring:AppRoleLogin" and isinstance(exc, errors.Unauthenticated):
-                return _errors(400, "invalid role or secret ID")
-            return _errors(403, "permission denied")
-        if isinstance(exc, errors.Unsupported):
-            return _errors(405, exc.message)
-        if isinstance(exc, _ANSWERED):
+        answered = isinstance(exc, errors.BrokerError) and exc.status < 500
+        if answered and not audit_refusal(c, exc.code, isinstance(exc, errors.Unauthenticated |
+                                                                    errors.AccessDenied)):
+            exc, answered = errors.NotReady("audit log unavailable"), False
+        if answered:
+            if isinstance(exc, errors.NotFound):
+                return _errors(404)
+            if isinstance(exc, errors.Unauthenticated | errors.AccessDenied):
+                if g.action == "keyring:AppRoleLogin" and isinstance(exc, errors.Unauthenticated):
+                    return _errors(400, "invalid role or secret ID")
+                return _errors(403, "permission denied")
+            if isinstance(exc, errors.Unsupported):
+                return _errors(405, exc.message)
             return _errors(400, exc.message)
-        # The bridge itself failed (store, HSM, audit, a bug): drop the connection, never a 5xx.
-        if isinstance(exc, errors.BrokerError):
-            code = exc.code
-        elif isinstance(exc, SQLAlchemyError):
-            code = errors.DependencyTimeout.code
-        else:
-            code = errors.BrokerError.code
-        if c is not None and not c.audited and not isinstance(exc, DropConnection):
-            try:  # best effort: record the failure if the audit sink still works
-                service.gate.audit_rejected(c, g.action, code, False)
-            except Exception:  # noqa: BLE001 - the connection is dropped either way
-                pass
+        # The bridge itself failed (store, HSM, audit, a bug).
+        code = exc.code if isinstance(exc, errors.BrokerError) else errors.BrokerError.code
+        if not isinstance(exc, DropConnection):
+            audit_refusal(c, code, False)  # best effort: record the failure if the audit sink still works
+        if request.method not in _READS:
+            if isinstance(exc, errors.DependencyTimeout | errors.DependencyFailure | errors.NotReady):
+                return _errors(503, "the keyring bridge cannot answer now")
+            return _errors(500, "internal error")
+        # A read: drop the connection, never a status (mariadbd survives a dropped connection from its cache).
         log.warning("keyring bridge dropped a connection (request %s): %s", getattr(g, "request_id", "?"), code)
         request.environ[DROP] = True
         return "", 503
@@ -233,10 +251,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         return int(raw)
 
     def body() -> dict[str, Any]:
-        data = request.get_json(silent=True, force=True) if request.content_length else {}
-        if not isinstance(data, dict):
-            raise errors.ValidationError("request body must be a JSON object")
-        return data
+        return parse_body(request.get_data(cache=False))
 
     def listing(mount: str, prefix: str):
         g.action = "keyring:List"
@@ -262,17 +277,16 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         result = approles.login(g.ctx, b.get("role_id"), b.get("secret_id"))
         return _vault(auth={"client_token": result.token, "accessor": result.accessor, "policies": result.policies,
                             "token_policies": result.policies, "metadata": {"role_name": result.role_name},
-                            "lease_duration": result.ttl_seconds, "renewable": bool(result.ttl_seconds),
+                            "lease_duration": result.ttl_seconds, "renewable": False,
                             "entity_id": "", "token_type": "service", "orphan": True})
 
     @app.route("/v1/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "LIST"], strict_slashes=False)
     def kv(rest: str):
         if rest.startswith("sys/mounts/") and rest.endswith("/tune"):
             g.action = "keyring:DescribeMount"
-            mount = check_mount(rest[len("sys/mounts/"):-len("/tune")])
             if request.method != "GET":
                 raise errors.Unsupported("mount tuning is managed by the broker")
-            version = keyring.tune(ctx(), mount)
+            version = keyring.tune(ctx(), rest[len("sys/mounts/"):-len("/tune")])
             tune = {"default_lease_ttl": LEASE, "max_lease_ttl": LEASE, "force_no_cache": False,
                     "description": "kms-broker keyring bridge", "options": {"version": str(version)}}
             return _vault(tune, data=tune)
@@ -281,11 +295,9 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             mount, kind, entry_id = _parse(path, mounts.get())
         except errors.NotFound:
             mount, kind, entry_id = _parse(path, mounts.refresh())
-        mount = check_mount(mount)
         is_list = request.method == "LIST" or request.args.get("list") == "true"
         if is_list and kind in ("metadata", "v1"):
             return listing(mount, entry_id)
-        entry_id = check_id(entry_id)
         if request.method == "DELETE":
             g.action = "keyring:Delete"
             ctx()
@@ -308,11 +320,9 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             if kind == "data":
                 options = b.get("options") or {}
                 cas = options.get("cas") if isinstance(options, dict) else None
-                if cas is not None and (not isinstance(cas, int) or isinstance(cas, bool) or cas < 0):
-                    raise errors.ValidationError("cas must be a non-negative integer")
                 version = keyring.write(ctx(), mount, entry_id, b.get("data"), cas=cas)
-                secret = keyring_written(version)
-                return _vault(data=secret)
+                return _vault(data={"created_time": iso(datetime.now(UTC)), "custom_metadata": None,
+                                    "deletion_time": "", "destroyed": False, "version": version})
             keyring.write(ctx(), mount, entry_id, b)
             return "", 204
         g.action = "keyring:Read"
@@ -321,12 +331,6 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             return _vault({"lease_duration": LEASE}, data=secret.data)
         secret = keyring.read(ctx(), mount, entry_id, version_arg())
         return _vault(data={"data": secret.data, "metadata": _version_metadata(secret)})
-
-    def keyring_written(version: int) -> dict[str, Any]:
-        from datetime import UTC, datetime
-
-        return {"created_time": iso(datetime.now(UTC)), "custom_metadata": None, "deletion_time": "",
-                "destroyed": False, "version": version}
 
     app.wsgi_app = _Dropper(app.wsgi_app)
     if run_jobs:

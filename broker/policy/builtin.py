@@ -7,7 +7,10 @@ encrypted under it). docs/security-policies.md tabulates what each built-in can 
 
 from __future__ import annotations
 
+import functools
+
 from broker.policy.document import PolicyDocument, parse_document
+from broker.policy.keyring_names import mount_glob, policy_mount
 
 _LIFECYCLE = [f"kms:{a}" for a in (
     "CreateKey", "DescribeKey", "ListKeys", "UpdateKeyDescription", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
@@ -40,11 +43,20 @@ RESERVED = {"root", *BUILTIN}
 
 
 def builtin(name: str) -> PolicyDocument | None:
-    """A built-in document, including the family keyring:<mount> (a database reads/writes its own mount)."""
+    """A built-in document, including the family keyring:<mount> (a database reads/writes its own mount).
+
+    `keyring:<mount>` allows `keyring:*` on `keyring/<mount as one segment>/*` (broker/policy/keyring_names.py):
+    every entry of that mount and nothing of a mount nested in or above it. A name whose mount is not a valid
+    mount (`keyring:*`, `keyring:kv/..`) is no policy at all, so a glob can never be smuggled in through it.
+    """
     if name in BUILTIN:
         return BUILTIN[name]
-    if name.startswith("keyring:") and len(name) > len("keyring:"):
-        mount = name[len("keyring:"):]
-        return parse_document({"Version": "2012-10-17", "Statement": [
-            {"Sid": "OwnKeyringMount", "Effect": "Allow", "Action": "keyring:*", "Resource": f"keyring/{mount}/*"}]})
-    return None
+    mount = policy_mount(name)
+    return None if mount is None else _mount_document(mount)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mount_document(mount: str) -> PolicyDocument:
+    """Parsed once per mount: a database's every key read asks for it (documents are never mutated)."""
+    return parse_document({"Version": "2012-10-17", "Statement": [
+        {"Sid": "OwnKeyringMount", "Effect": "Allow", "Action": "keyring:*", "Resource": mount_glob(mount)}]})

@@ -114,6 +114,8 @@ class KeyringAppRoleRow(Base):
     policies: Mapped[str] = mapped_column(Text, default="[]")
     token_ttl_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # keyring branch migration 0003_1: a secret id stops working at this instant (NULL: already expired)
+    secret_id_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class PolicyRow(Base):

@@ -72,6 +72,8 @@ def parse(data: bytes, *, password: bytes | None = None) -> list[FileKey]:
         m = _LINE.match(stripped)
         if not m:
             raise FormatError(f"line {lineno}: expected <id>;<hex key>")
+        if len(m.group(1)) > 10:  # int() of thousands of digits is refused by Python itself (and slow)
+            raise FormatError(f"line {lineno}: key id out of range")
         key_id, hexkey = int(m.group(1)), m.group(2)
         if not 1 <= key_id <= 0xFFFFFFFF:
             raise FormatError(f"line {lineno}: key id out of range")

@@ -14,8 +14,8 @@ from keyring_bridge.formats import FileKey, FormatError, mysql_entry_id
 def parse(data: bytes) -> list[FileKey]:
     try:
         doc = json.loads(data)
-    except ValueError:
-        raise FormatError("not a JSON document") from None
+    except (ValueError, RecursionError):
+        raise FormatError("not a JSON document (or nested too deep)") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("elements"), list):
         raise FormatError("expected {\"version\": ..., \"elements\": [...]}")
     if str(doc.get("version", "1.0")) != "1.0":
@@ -29,6 +29,8 @@ def parse(data: bytes) -> list[FileKey]:
             material = bytes.fromhex(el["data"])
         except ValueError:
             raise FormatError(f"element {i}: data is not hex") from None
+        if not material:
+            raise FormatError(f"element {i}: the key is empty")
         entry_id = mysql_entry_id(el["data_id"], user)
         if entry_id in out:
             raise FormatError(f"element {i}: duplicate data_id/user")

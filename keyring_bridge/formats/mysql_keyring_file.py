@@ -71,6 +71,8 @@ def parse(data: bytes) -> list[FileKey]:
         raise FormatError("keyring_file digest does not match: the file is damaged")
     out = []
     for key_id, key_type, user, key in records:
+        if not key:
+            raise FormatError(f"key {key_id!r}: the key is empty")
         out.append(FileKey(mysql_entry_id(key_id, user), [key],
                            {"format": "mysql", "user": user, "data_id": key_id, "data_type": key_type}))
     return out

@@ -147,7 +147,7 @@ from broker.settings import load_settings
 from keyring_bridge.vault_app import create_bridge_app
 app = create_bridge_app(load_settings(sys.argv[1]))
 ctx = RequestContext(SYSTEM, front_door="jobs")
-print(json.dumps([app.extensions["kms_keyring"].rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=m))
+print(json.dumps([app.extensions["kms"].keyring.rotate_due(ctx, now=datetime.now(UTC) + timedelta(minutes=m))
                   for m in map(int, sys.argv[2:])]))
 """
 
