@@ -76,36 +76,40 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def breakdown(data_dir: Path, n: int) -> list[tuple[str, float, float]]:
-    """In-process cost of each step of a key read (same store and HSM, server stopped): where the time goes."""
+    """In-process cost of each step of a key read (same store and HSM, server stopped): where the time goes.
+
+    Uses only what the services offer (no private members), so it cannot silently drift from the code it times.
+    """
+    import base64
+
     from broker.app import build_service
     from broker.auth import Principal
+    from broker.policy.keyring_names import entry_resource
     from broker.service import RequestContext
+    from broker.services import Services
     from broker.settings import load_settings
-    from keyring_bridge.keyring import _VERSION, KeyringService
+    from keyring_bridge.keyring import aad
 
     settings = load_settings(data_dir)
     service = build_service(settings)
-    keyring = KeyringService(service, settings.root_of_trust)
+    keyring = Services.over(service, settings).keyring
+    root = service.provider(settings.root_of_trust)
     principal = Principal(f"keyring:{MOUNT}", "token", (f"keyring:{MOUNT}",))
     ctx = RequestContext(principal, front_door="bench")
-    row = keyring._reader.first(_VERSION, {"mount": MOUNT, "entry_id": "1", "version": 1})
-
-    def audited_noop() -> None:
-        with service.operation(ctx, "keyring:BenchNoop"):
-            pass
+    row = keyring.repo.version(MOUNT, "1", 1)
+    resource = entry_resource(MOUNT, "1")
 
     steps = [
-        ("policy decision", lambda: service.policy.decide(principal, "keyring:Read", None, {},
-                                                          resource=f"keyring/{MOUNT}/1")),
-        ("store: entry + version rows", lambda: (keyring._entry_row(MOUNT, "1"), keyring._reader.first(
-            _VERSION, {"mount": MOUNT, "entry_id": "1", "version": 1}))),
-        ("HSM unseal", lambda: keyring._unseal(MOUNT, "1", 1, row.sealed)),
-        ("audit record (operation, no work)", audited_noop),
+        ("policy decision", lambda: service.policy.decide(principal, "keyring:Read", None, {}, resource=resource)),
+        ("store: entry + version rows", lambda: (keyring.repo.entry(MOUNT, "1"), keyring.repo.version(MOUNT, "1", 1))),
+        ("HSM unseal", lambda: root.unseal(base64.b64decode(row.sealed), aad(MOUNT, "1", 1))),
+        ("audit record (one durable write)", lambda: service.gate.audit_rejected(ctx, "keyring:Request", "Bench",
+                                                                                 False)),
         ("KeyringService.read (all of it)", lambda: keyring.read(ctx, MOUNT, "1", 1)),
     ]
     out = []
     for name, fn in steps:
-        for _ in range(50):
+        for _ in range(min(50, n)):
             fn()
         samples = []
         for _ in range(min(n, 1000)):
@@ -113,6 +117,7 @@ def breakdown(data_dir: Path, n: int) -> list[tuple[str, float, float]]:
             fn()
             samples.append((time.perf_counter() - start) * 1000)
         out.append((name, statistics.median(samples), pct(samples, 0.99)))
+    service.audit.close()
     return out
 
 
@@ -148,7 +153,7 @@ def main() -> None:
             bridge.stop()
 
     print(f"\nkeyring bridge on loopback: {args.requests} sequential requests (latency), {args.threads} threads x "
-          f"{args.duration:.0f} s (throughput), new TCP connection per request, gunicorn gthread "
+          f"{args.duration:g} s (throughput), new TCP connection per request, gunicorn gthread "
           f"{args.workers} workers, audit fsync: {args.audit_fsync}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}\n")
     print(f"{'case':<38} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
