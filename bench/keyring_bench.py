@@ -93,7 +93,7 @@ def breakdown(data_dir: Path, n: int) -> list[tuple[str, float, float]]:
     settings = load_settings(data_dir)
     service = build_service(settings)
     keyring = Services.over(service, settings).keyring
-    root = service.provider(settings.root_of_trust)
+    root = service.root
     principal = Principal(f"keyring:{MOUNT}", "token", (f"keyring:{MOUNT}",))
     ctx = RequestContext(principal, front_door="bench")
     row = keyring.repo.version(MOUNT, "1", 1)
