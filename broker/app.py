@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 
 from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
+from broker.api.limits import MAX_BODY_BYTES, TOO_LARGE, request_id
 from broker.audit.setup import build_audit_log
 from broker.auth import Principal, TokenAuth
 from broker.policy import PolicyEngine
@@ -47,8 +47,8 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES
     from broker.api.native import ROUTES, bp
 
-    app = Flask("kms_broker")
-    app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
+    app = Flask("kms_broker", static_folder=None)  # no file serving: every route is a declared one
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES + 1  # bodies are read by limits.read_body
     app.json.sort_keys = False
     service = service or build_service(settings)
     services = Services.over(service, settings)
@@ -68,7 +68,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
     @app.before_request
     def authenticate() -> None:
-        g.request_id = request.headers.get("X-Request-Id") or str(uuid.uuid4())
+        g.request_id = request_id(request.headers.get("X-Request-Id"))  # a client's only when short and plain
         g.ctx = RequestContext(ANONYMOUS, request_id=g.request_id, source_ip=request.remote_addr or "")
         endpoint = (request.endpoint or "").split(".")[-1]
         if request.blueprint == "native" and endpoint in public:
@@ -92,7 +92,8 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = _HTTP_CODES.get(exc.code or 500, "ValidationException")
-        err = type("HttpError", (errors.BrokerError,), {"code": code, "status": exc.code or 400})(exc.description or "")
+        message = TOO_LARGE if exc.code == 413 else exc.description or ""
+        err = type("HttpError", (errors.BrokerError,), {"code": code, "status": exc.code or 400})(message)
         return refuse(err)
 
     @app.errorhandler(Exception)

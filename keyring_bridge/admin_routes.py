@@ -108,9 +108,10 @@ def create_entry(_svc: Any, ctx: RequestContext, b: CreateEntry):
     return {"Mount": mount, "Id": b.Id, "Version": version}
 
 
-@op("/keyring/entries", "GET", "ListKeyringEntries", "List keyring entries and their versions (?mount=M)")
+@op("/keyring/entries", "GET", "ListKeyringEntries", "List keyring entries and their versions (?mount=M)",
+    query=ListQuery)
 def list_entries(_svc: Any, ctx: RequestContext):
-    q = parse_query(ListQuery)
+    q = parse_query()
     infos = _keyring().list_entries(ctx, _mount(q.mount)) if q.mount else _keyring().list_all(ctx)
     return {"Entries": [render_entry(i) for i in infos]}
 

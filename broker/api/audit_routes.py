@@ -36,9 +36,10 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 @op("/audit/events", "GET", "ListAuditEvents",
-    "Audit records from the store (?key, principal, action, outcome, since, until, limit, marker, order)")
+    "Audit records from the store (?key, principal, action, outcome, since, until, limit, marker, order)",
+    query=AuditQuery)
 def list_audit_events(svc: Svc, ctx: Ctx):
-    q: AuditQuery = parse_query(AuditQuery)
+    q: AuditQuery = parse_query()
     with svc.operation(ctx, "broker:ReadAudit") as entry:
         svc.authorize(ctx, entry, "broker:ReadAudit", None, resource="audit/events")
         flt = AuditFilter(key_id=q.key, principal=q.principal, action=q.action, outcome=q.outcome,

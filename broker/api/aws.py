@@ -26,6 +26,8 @@ from werkzeug.exceptions import HTTPException
 
 from broker import ciphertext as ct
 from broker import errors
+from broker.api.aws_input import Serialization, check_members
+from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
 from broker.auth import Principal
 from broker.auth.sigv4 import AwsCredentials, SigV4Verifier
 from broker.service import KeyService, RequestContext
@@ -56,7 +58,6 @@ def _error(name: str, code: str, status: int = 400) -> type[errors.BrokerError]:
 
 
 UnknownOperation = _error("UnknownOperation", "UnknownOperationException")
-Serialization = _error("Serialization", "SerializationException")
 CustomKeyStoreNotFound = _error("CustomKeyStoreNotFound", "CustomKeyStoreNotFoundException")
 InvalidMarker = _error("InvalidMarker", "InvalidMarkerException")
 InvalidArn = _error("InvalidArn", "InvalidArnException")
@@ -104,7 +105,7 @@ def _authenticate(verifier: SigV4Verifier, req: Request) -> Principal:
     target = req.headers.get("X-Amz-Target", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
     g.operation = name if name.isalnum() and name else "UnknownOperation"
-    body = req.get_data(cache=True)
+    body = read_body(req)
     verified = verifier.verify(req.method, req.path, req.query_string.decode("latin-1"), req.headers, body)
     g.aws_region = verified.region
     return verified.principal
@@ -137,7 +138,7 @@ def _broker_error(exc: errors.BrokerError) -> Response:
 @bp.errorhandler(HTTPException)
 def _http_error(exc: HTTPException) -> Response:
     code = "UnknownOperationException" if exc.code in (404, 405) else "ValidationException"
-    return _refuse(_error("HttpError", code, 400)(exc.description or ""))
+    return _refuse(_error("HttpError", code, 400)(TOO_LARGE if exc.code == 413 else exc.description or ""))
 
 
 @bp.errorhandler(Exception)
@@ -158,17 +159,23 @@ def dispatch() -> Response:
     content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
     if content_type not in CONTENT_TYPES:
         raise Serialization(f"Content-Type must be {_JSON}")
-    raw = request.get_data(cache=True)
     try:
-        data = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise Serialization("the request body is not valid JSON") from None
+        data = load_json(read_body(request))
+    except BadJson as exc:
+        raise Serialization(exc.message) from None
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise Serialization("the request body must be a JSON object")
+    check_members(name, data)
     body = Body(data)
     if body.bool("DryRun"):
         raise errors.Unsupported("DryRun is not supported by the broker")
-    return _answer(handler(current_app.extensions["kms_service"], g.ctx, body))
+    answer = handler(current_app.extensions["kms_service"], g.ctx, body)
+    if not g.ctx.audited:  # every operation passes an audited gate operation; answering without one is a bug
+        log.error("AWS operation %s returned without an audited operation", name)
+        raise _error("Unaudited", "KMSInternalException", 500)(f"internal error: {name} was not audited")
+    return _answer(answer)
 
 
 # ============================================================================================== request shape
@@ -217,6 +224,19 @@ class Body:
 
     def list(self, name: str, required: bool = False) -> list | None:
         return self._get(name, list, required)
+
+    def document(self, name: str, required: bool = False) -> Any:
+        """A member holding a JSON document as a string (a key policy), read within the same limits as a body."""
+        raw = self.str(name, required)
+        if raw is None:
+            return None
+        try:
+            value = load_json(raw)
+        except BadJson as exc:
+            raise errors.ValidationError(f"{name}: {exc.message.replace('the request body', 'the document')}") from None
+        if value is None:
+            raise errors.ValidationError(f"{name}: the document is empty")
+        return value
 
     def key(self, name: str = "KeyId", required: bool = True) -> str | None:
         value = self.str(name, required)
@@ -743,13 +763,9 @@ def _admin() -> Any:
 @operation("PutKeyPolicy")
 def put_key_policy(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     b.bool("BypassPolicyLockoutSafetyCheck")
-    raw = b.str("Policy", required=True)
-    if len(raw) > 32_768:
+    if len(b.str("Policy", required=True)) > 32_768:
         raise errors.ValidationError("Policy is at most 32768 characters")
-    try:
-        document = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise errors.ValidationError("Policy is not valid JSON") from None
+    document = b.document("Policy", required=True)
     _admin().put_key_policy(ctx, b.key(), document, b.str("PolicyName") or "default")
     return {}
 

@@ -1,23 +1,31 @@
 """The native REST API under /v1: resource-style routes over KeyService. Thin: parse, call, serialise.
 
-Routes are declared with `op(...)`, which registers the view and records what the OpenAPI document says about it,
-so the document cannot drift from the routes.
+Routes are declared with `op(...)`, which registers the view and records what the OpenAPI document says about it
+(path, query and body), so the document cannot drift from the routes. The view `op` wraps is also where the
+boundary is checked: a body or query is read only through `parse`/`parse_query` (the limits of
+`broker.api.limits`), and a route that returns without having passed an audited gate operation is an internal
+error, not an answer.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, current_app, g, request
 from pydantic import BaseModel
+from pydantic import ValidationError as PydanticError
 
+from broker import errors
 from broker.api import schemas as s
+from broker.api.limits import load_json, read_body
 from broker.errors import ValidationError
 from broker.service import KeyService, RequestContext
 
+log = logging.getLogger("kms_broker.api")
 bp = Blueprint("native", __name__, url_prefix="/v1")
 
 
@@ -30,9 +38,15 @@ class RouteDoc:
     body: type[BaseModel] | None
     status: int
     authenticated: bool = True
+    query: type[BaseModel] | None = None
+    audited: bool = True  # False only for the probes that touch no resource (health, readiness, this document)
 
 
 ROUTES: list[RouteDoc] = []
+
+
+class Unaudited(errors.BrokerError):
+    """A route answered without an audited gate operation: a bug in the broker, never sent as a success."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -45,39 +59,59 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _first_problem(exc: PydanticError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])[:200] or "body"
+    return f"{where}: {first['msg']}"
+
+
 def parse(model: type[BaseModel]) -> BaseModel:
     """Validate the JSON body against `model`; any problem is a ValidationException naming the field."""
-    from pydantic import ValidationError as PydanticError
-
-    data = request.get_json(silent=True)
+    data = load_json(read_body(request))
     if data is None:
-        if request.content_length:
-            raise ValidationError("request body is not valid JSON")
         data = {}
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
     try:
         return model.model_validate(data)
     except PydanticError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise ValidationError(f"{where}: {first['msg']}") from None
+        raise ValidationError(_first_problem(exc)) from None
+
+
+def parse_query(model: type[BaseModel] | None = None) -> Any:
+    """The query string, validated against `model` (default: the route's declared query); unknown names refused."""
+    if model is None:
+        return g.query
+    try:
+        return model.model_validate(request.args.to_dict())
+    except PydanticError as exc:
+        raise ValidationError(_first_problem(exc)) from None
 
 
 def op(rule: str, method: str, operation: str, summary: str, body: type[BaseModel] | None = None,
-       status: int = 200, authenticated: bool = True) -> Callable:
+       status: int = 200, authenticated: bool = True, query: type[BaseModel] | None = None,
+       audited: bool = True) -> Callable:
+    """Register a native route: `body` and `query` are what it reads (and what the OpenAPI document shows);
+    `audited=False` is for probes only (a route that reaches a service must end audited, or it is an error)."""
+    doc = RouteDoc(rule, method, operation, summary, body, status, authenticated, query, audited)
+
     def register(fn: Callable) -> Callable:
         def view(**path: Any):
             g.operation = operation
+            g.query = parse_query(query) if query is not None else None
             args = [parse(body)] if body is not None else []
             result = fn(current_app.extensions["kms_service"], g.ctx, *args, **path) if authenticated else fn(**path)
+            if audited and not g.ctx.audited:
+                log.error("route %s returned without an audited operation", operation)
+                raise Unaudited(f"internal error: {operation} was not audited")
             code = status
             if isinstance(result, tuple):
                 result, code = result
             return _jsonable(result if result is not None else {}), code
 
+        view.route_doc = doc  # type: ignore[attr-defined]
         bp.add_url_rule(rule, operation, view, methods=[method])
-        ROUTES.append(RouteDoc(rule, method, operation, summary, body, status, authenticated))
+        ROUTES.append(doc)
         return fn
     return register
 
@@ -94,19 +128,10 @@ def create_key(svc: Svc, ctx: Ctx, b: s.CreateKey):
                                           tags=b.Tags, origin=b.Origin, provider=b.Provider)}
 
 
-@op("/keys", "GET", "ListKeys", "List keys (paginated with limit and marker)")
+@op("/keys", "GET", "ListKeys", "List keys (paginated with limit and marker)", query=s.ListQuery)
 def list_keys(svc: Svc, ctx: Ctx):
-    q = parse_query(s.ListQuery)
+    q = parse_query()
     return svc.list_keys(ctx, limit=q.limit, marker=q.marker)
-
-
-def parse_query(model: type[BaseModel]) -> Any:
-    from pydantic import ValidationError as PydanticError
-    try:
-        return model.model_validate(request.args.to_dict())
-    except PydanticError as exc:
-        first = exc.errors()[0]
-        raise ValidationError(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
 
 
 @op("/keys/<path:key>", "GET", "DescribeKey", "Describe a key (id, ARN or alias/name)")
@@ -219,9 +244,9 @@ def verify_mac(svc: Svc, ctx: Ctx, b: s.VerifyMac, key: str):
 # ------------------------------------------------------------------------------------------------- aliases, tags
 
 
-@op("/aliases", "GET", "ListAliases", "List aliases (optionally ?key=)")
+@op("/aliases", "GET", "ListAliases", "List aliases (optionally of one key)", query=s.AliasQuery)
 def list_aliases(svc: Svc, ctx: Ctx):
-    return svc.list_aliases(ctx, request.args.get("key"))
+    return svc.list_aliases(ctx, parse_query().key)
 
 
 @op("/aliases", "POST", "CreateAlias", "Create an alias", s.CreateAlias, 201)
@@ -309,19 +334,20 @@ def delete_material(svc: Svc, ctx: Ctx, key: str):
 # ------------------------------------------------------------------------------------------------- service
 
 
-@op("/health", "GET", "Health", "Liveness: the process answers", authenticated=False)
+@op("/health", "GET", "Health", "Liveness: the process answers", authenticated=False, audited=False)
 def health():
     return {"status": "ok"}
 
 
-@op("/ready", "GET", "Ready", "Readiness: every provider (the HSM included) can serve", authenticated=False)
+@op("/ready", "GET", "Ready", "Readiness: every provider (the HSM included) can serve", authenticated=False,
+    audited=False)
 def ready():
     status = current_app.extensions["kms_service"].readiness()
     ok = all(v == "ok" for v in status.values())
     return ({"status": "ready" if ok else "not ready", "providers": status}, 200 if ok else 503)
 
 
-@op("/openapi.json", "GET", "OpenAPI", "This API's OpenAPI 3.1 document", authenticated=False)
+@op("/openapi.json", "GET", "OpenAPI", "This API's OpenAPI 3.1 document", authenticated=False, audited=False)
 def openapi():
     from broker.api.openapi import document
     return document()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 
 from broker.api import schemas as s
-from broker.api.native import Ctx, Svc, op
+from broker.api.native import Ctx, Svc, op, parse_query
 
 
 def _admin() -> Any:
@@ -47,9 +47,10 @@ def put_key_policy(svc: Svc, ctx: Ctx, b: s.PutKeyPolicy, key: str):
     _admin().put_key_policy(ctx, key, b.Policy, b.PolicyName)
 
 
-@op("/keys/<path:key>/policy", "GET", "GetKeyPolicy", "The key policy (the default one if none was set)")
+@op("/keys/<path:key>/policy", "GET", "GetKeyPolicy", "The key policy (the default one if none was set)",
+    query=s.KeyPolicyQuery)
 def get_key_policy(svc: Svc, ctx: Ctx, key: str):
-    return _admin().get_key_policy(ctx, key, request.args.get("name", "default"))
+    return _admin().get_key_policy(ctx, key, parse_query().name)
 
 
 @op("/keys/<path:key>/policies", "GET", "ListKeyPolicies", "Names of the key's policies")
@@ -78,6 +79,7 @@ def retire_grant(svc: Svc, ctx: Ctx, b: s.RetireGrant):
     _admin().retire_grant(ctx, grant_token=b.GrantToken, key_ref=b.KeyId, grant_id=b.GrantId)
 
 
-@op("/grants/retirable", "GET", "ListRetirableGrants", "Grants a principal may retire (?principal=)")
+@op("/grants/retirable", "GET", "ListRetirableGrants", "Grants a principal may retire (default: the caller)",
+    query=s.RetirableQuery)
 def list_retirable(svc: Svc, ctx: Ctx):
-    return _admin().list_retirable_grants(ctx, request.args.get("principal", ctx.principal.name))
+    return _admin().list_retirable_grants(ctx, parse_query().principal or ctx.principal.name)

@@ -18,7 +18,9 @@ def _b64(value: object) -> bytes:
         raise ValueError("is not valid base64") from None
 
 
-B64 = Annotated[bytes, BeforeValidator(_b64), WithJsonSchema({"type": "string", "contentEncoding": "base64"})]
+B64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+B64 = Annotated[bytes, BeforeValidator(_b64),
+                WithJsonSchema({"type": "string", "contentEncoding": "base64", "pattern": B64_PATTERN})]
 Context = dict[str, str]
 
 
@@ -131,10 +133,27 @@ class ImportMaterial(Body):
     ExpirationModel: Literal["KEY_MATERIAL_DOES_NOT_EXPIRE"] = "KEY_MATERIAL_DOES_NOT_EXPIRE"
 
 
-class ListQuery(Body):
+class Query(BaseModel):
+    """A query string: names are fixed (unknown ones refused), values arrive as text and are converted."""
+
     model_config = ConfigDict(extra="forbid", strict=False)
-    limit: int = Field(default=100, ge=1, le=1000)
-    marker: str | None = None
+
+
+class ListQuery(Query):
+    limit: int = Field(default=100, ge=1, le=1000, description="page size")
+    marker: str | None = Field(default=None, description="NextMarker of the previous page")
+
+
+class AliasQuery(Query):
+    key: str | None = Field(default=None, description="only the aliases of this key (id, ARN or alias)")
+
+
+class KeyPolicyQuery(Query):
+    name: str = Field(default="default", description="the key policy's name")
+
+
+class RetirableQuery(Query):
+    principal: str | None = Field(default=None, description="the retiring principal (default: the caller)")
 
 
 class PutPolicy(Body):
