@@ -39,6 +39,7 @@ def build_service(settings: Settings) -> KeyService:
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:
+    import broker.api.approval_routes  # noqa: F401 - quorum-approved operations (/v1/approvals)
     import broker.api.audit_routes  # noqa: F401 - the auditor's /v1/audit/events
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.multikey_routes  # noqa: F401 - multi-keys and replicated keys (/v1/multikeys, /v1/replicated-keys)

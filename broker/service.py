@@ -1132,6 +1132,33 @@ class KeyService(Service):
         """KeyMetadata of a key the caller may see."""
         return self._metadata(key)
 
+    @within("broker:EscrowRelease")
+    def escrow_wrap(self, call: Call, key: Key, recipient_der: bytes) -> list[dict[str, Any]]:
+        """Every enabled version's material wrapped (RSA-OAEP + RFC 5649, inside the HSM) for a recipient public key:
+        the escrow release an approved quorum executes. Only material the root of trust holds can be released."""
+        backend = self.provider(key.provider)
+        offered = getattr(backend, "root_of_trust", None)
+        if self.root is None or not callable(offered) or offered() is not self.root:
+            raise errors.Unsupported(f"key {key.key_id} is not held by the root of trust: it cannot be escrowed")
+        out = []
+        for kv in self.store.list_versions(key.key_id):
+            if kv.state == "Enabled":
+                wrapped = self.root.wrap_for_import(ProviderKeyRef.from_dict(kv.provider_ref), recipient_der,
+                                                    "RSA_AES_KEY_WRAP_SHA_1")
+                out.append({"KeyVersion": kv.version, "WrappedKeyMaterial": wrapped,
+                            "WrappingAlgorithm": "RSA_AES_KEY_WRAP_SHA_1"})
+        call.entry.key_id, call.entry.provider = key.key_id, key.provider
+        return out
+
+    @within("broker:DestroyKeyNow")
+    def destroy_now(self, call: Call, key: Key) -> None:
+        """Destroy every version of a key at once, without the deletion window (an approved quorum executes it)."""
+        self._destroy_versions(key)
+        for name, _, _ in self.store.list_aliases(key.key_id):
+            self.store.delete_alias(name)
+        self.store.update_key(key.key_id, state=KeyState.DESTROYED)
+        call.entry.key_id, call.entry.provider = key.key_id, key.provider
+
     @internal
     def caller_keys(self, call: Call, action: str, refs: list[Any]) -> list[Key]:
         """Resolve key refs and keep those the caller may use for `action` (for sibling services' fallbacks)."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from broker.approval_kinds import builtin_kinds
+from broker.approvals import ApprovalService
 from broker.gate import RequestContext
 from broker.policy_admin import PolicyAdmin
 from broker.service import KeyService
+from broker.store.trust import TrustRepository
 
 if TYPE_CHECKING:
     from broker.settings import Settings
@@ -20,13 +23,17 @@ if TYPE_CHECKING:
 class Services:
     keys: KeyService
     policies: PolicyAdmin
+    approvals: ApprovalService
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
     @classmethod
     def over(cls, keys: KeyService, settings: Settings | None = None) -> Services:
         """Every other service, built around a KeyService (which owns the store, the providers and the gate)."""
-        services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository))
+        approvals = ApprovalService(keys, TrustRepository(keys.store), keys.root)
+        for kind in builtin_kinds():
+            approvals.register(kind)
+        services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals)
         if settings is not None:
             from broker.auth import TokenAuth
             from keyring_bridge.approle import KeyringAppRoles

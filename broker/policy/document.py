@@ -39,6 +39,8 @@ BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
 PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
 LookupSelfToken RenewSelfToken RevokeSelfToken Login
+ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval Approve Veto ExecuteApproval EscrowRelease
+DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup
 """.split())
 KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in """
 Read ReadMetadata Write Delete List Create Rotate SetRotation Import Export Request DescribeMount CreateMount

@@ -279,3 +279,78 @@ class SyncJournalRow(Base):
     provider_ref: Mapped[str] = mapped_column(Text, default="")  # JSON ProviderKeyRef once the provider answered
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# ---------------------------------------------------------------------------------------------------- trust (0008)
+# Quorum approvals, backup custodian sets and cluster nodes (broker/approvals.py, broker/backup/, broker/nodes.py).
+
+
+class ApprovalRuleRow(Base):
+    """Who may approve an operation kind, how many must, and how long the cooling-off and the request's life are."""
+
+    __tablename__ = "approval_rules"
+    operation: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approvers: Mapped[str] = mapped_column(Text)  # JSON list of principal names
+    required: Mapped[int] = mapped_column(Integer)
+    cooling_off_seconds: Mapped[int] = mapped_column(Integer)
+    ttl_seconds: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApprovalRequestRow(Base):
+    """One request for a quorum-approved operation; `mac` (HSM audit HMAC) binds every field an approval covers."""
+
+    __tablename__ = "approval_requests"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(64), index=True)
+    params: Mapped[str] = mapped_column(Text)  # canonical JSON, never secret
+    digest: Mapped[str] = mapped_column(String(64))  # SHA-256 of (operation, params): what approvers approve
+    requester: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | vetoed | executed
+    required: Mapped[int] = mapped_column(Integer)
+    approvers: Mapped[str] = mapped_column(Text)  # JSON list, copied from the rule when requested
+    cooling_off_seconds: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    quorum_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    closed_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    mac: Mapped[str] = mapped_column(String(128))
+
+
+class ApprovalVoteRow(Base):
+    __tablename__ = "approval_votes"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    approver: Mapped[str] = mapped_column(String(256), primary_key=True)
+    vote: Mapped[str] = mapped_column(String(16))  # approve | veto
+    digest: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    mac: Mapped[str] = mapped_column(String(128))
+
+
+class BackupCustodianSetRow(Base):
+    """The backup key pair of one custodian set: the public key, and the private key sealed under the M-of-N
+    secret (never under anything a node holds): a backup can be opened only with M shares."""
+
+    __tablename__ = "backup_custodian_sets"
+    set_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(Text)  # hex SPKI
+    sealed_private_key: Mapped[str] = mapped_column(Text)  # hex AES-GCM(secret-derived key, PKCS#8)
+    threshold: Mapped[int] = mapped_column(Integer)
+    shares: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ClusterNodeRow(Base):
+    """A node of the cluster: its HSM's transport key, and once admitted the root package wrapped for it."""
+
+    __tablename__ = "cluster_nodes"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    transport_key: Mapped[str] = mapped_column(Text)  # hex SPKI (public)
+    state: Mapped[str] = mapped_column(String(16))  # pending | admitted | joined | removed
+    package: Mapped[str] = mapped_column(Text, default="")  # JSON RootPackage (wrapped for this node only)
+    fingerprint: Mapped[str] = mapped_column(String(64), default="")  # root KEK check value once joined
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
