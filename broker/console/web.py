@@ -31,7 +31,9 @@ LOGIN_COOKIE = "kmsb_login"
 ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())
 PUBLIC = {"console.login", "console.login_token", "console.login_ldap", "console.login_approle",
           "console.oidc_start", "console.oidc_callback", "console.static"}
-NAV: list[tuple[str, str]] = []  # (endpoint, string key) of each section, in menu order; page modules add theirs
+NAV: list[tuple[str, str]] = []  # (endpoint, string key) of each section; page modules add theirs
+NAV_ORDER = ("console.keys", "console.policies", "console.simulator", "console.audit", "console.activity",
+             "console.keyring", "console.crosscloud", "console.approvals")
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
@@ -43,7 +45,7 @@ def init_app(app: Flask, settings: ConsoleSettings, data_dir: Path) -> None:
     app.extensions["kms_console_sessions"] = SessionStore(path, idle_seconds=settings.idle_seconds,
                                                           max_seconds=settings.max_seconds)
     app.extensions.setdefault("kms_authenticators", {})["console"] = _authenticate
-    from broker.console import pages_auth, pages_keys, pages_policies  # noqa: F401 - register their routes
+    from broker.console import pages_auth, pages_keyring, pages_keys, pages_policies  # noqa: F401 - their routes
 
     app.register_blueprint(bp)
 
@@ -150,7 +152,8 @@ def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
     t = i18n.translator(g.lang)
     return render_template(f"console/{template}", t=t, lang=g.lang, languages=i18n.languages(), session=session,
                            principal=g.ctx.principal, csrf=session.csrf if session else values.pop("csrf", ""),
-                           notice=notice, request_id=g.request_id, nav=NAV, **values), status
+                           notice=notice, request_id=g.request_id, nav=sorted(NAV, key=lambda e: NAV_ORDER.index(e[0]) if e[0] in NAV_ORDER else 99),
+                           **values), status
 
 
 def notify(string_key: str, /, **values: object) -> None:
