@@ -4,9 +4,9 @@ A role binds the policy `keyring:<mount>`; login mints an ordinary broker token 
 through token authentication and the one policy engine. The secret_id is stored only as its SHA-256.
 
 Both halves are bounded in time: a secret_id stops working `secret_id_ttl_seconds` after it was issued (default 30
-days, at most a year) and a login's token lives `token_ttl_seconds` (default 24 hours, at most 31 days) and cannot
-be renewed. Issuing a new secret_id for a role replaces the old one. Creating a role follows the no-escalation rule
-of `keyring.check_hand_on`.
+days, at most a year, and never after the creator's own token expires) and a login's token lives `token_ttl_seconds`
+(default 24 hours, at most 31 days, never beyond its secret_id) and cannot be renewed. Issuing a new secret_id for a
+role replaces the old one. Creating a role follows the no-escalation rule of `keyring.check_hand_on`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from broker import errors
 from broker.auth import Principal, TokenAuth
 from broker.gate import Call, Need, Service, operation, valid_text
 from broker.service import KeyService
-from keyring_bridge.keyring import admin_target, check_hand_on
+from keyring_bridge.keyring import admin_target, check_hand_on, within_caller
 from keyring_bridge.repository import KeyringRepository, guarded
 
 DEFAULT_SECRET_ID_TTL = 30 * 86400
@@ -91,6 +91,7 @@ class KeyringAppRoles(Service):
         token_ttl = _ttl(token_ttl_seconds, "the token TTL", DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)
         secret_ttl = _ttl(secret_id_ttl_seconds, "the secret_id TTL", DEFAULT_SECRET_ID_TTL, MAX_SECRET_ID_TTL)
         policy = check_hand_on(call, mount)
+        secret_ttl = within_caller(self._tokens, call, secret_ttl)
         call.entry.extra["role_name"] = role_name
         secret_id = str(uuid.uuid4())
         now = datetime.now(UTC)
@@ -114,7 +115,9 @@ class KeyringAppRoles(Service):
         if row.secret_id_expires_at is None or row.secret_id_expires_at <= datetime.now(UTC):
             call.entry.extra["reason"] = "secret_id expired"
             raise errors.Unauthenticated("invalid role or secret ID")
-        ttl = min(row.token_ttl_seconds or DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL)
+        # A login's token lives its TTL, and never beyond the secret_id that gave it.
+        left = int((row.secret_id_expires_at - datetime.now(UTC)).total_seconds())
+        ttl = max(1, min(row.token_ttl_seconds or DEFAULT_TOKEN_TTL, MAX_TOKEN_TTL, left))
         policies = list(row.policies)
         with guarded():
             token, accessor = self._tokens.create(f"approle:{row.role_name}", policies, ttl_seconds=ttl,

@@ -41,7 +41,7 @@ from keyring_bridge.repository import EntryInfo, KeyringRepository, Raced, guard
 from providers import base as pb
 
 __all__ = ["EntryInfo", "ExportedEntry", "IssuedToken", "KeyringService", "Secret", "check_hand_on", "check_id",
-           "check_mount"]
+           "check_mount", "within_caller"]
 
 MAX_SECRET_BYTES = 64 * 1024
 MAX_SECRET_DEPTH = 32
@@ -171,6 +171,22 @@ def check_hand_on(call: Call, mount: str) -> str:
         raise errors.AccessDenied(f"{call.principal.name} does not hold every keyring action on mount {mount}, "
                                   f"so it cannot hand on {policy}")
     return policy
+
+
+def within_caller(tokens: TokenAuth, call: Call, seconds: int | None) -> int | None:
+    """A lifetime for a credential the caller mints, never beyond the caller's own: `seconds` (None: unbounded)
+    capped at what the caller's token has left. A caller whose token never expires (a root token) is no bound.
+    The minted credential is an orphan: revoking the caller later does not revoke it (a database must not stop)."""
+    if not call.principal.accessor:
+        return seconds
+    with guarded():
+        info = tokens.by_accessor(call.principal.accessor)
+    left = info.seconds_left()
+    if left == float("inf"):
+        return seconds
+    if left < 1:
+        raise errors.Unauthenticated("the caller's token has expired")
+    return int(left) if seconds is None else min(seconds, int(left))
 
 
 @contextmanager
@@ -444,16 +460,18 @@ class KeyringService(Service):
 
     @operation("keyring:CreateToken", Need("keyring:CreateToken", admin_target), mutates=True)
     def create_token(self, call: Call, mount: str, ttl_seconds: int | None = None) -> IssuedToken:
-        """A broker token with policy `keyring:<mount>` for a database (no expiry unless asked: an expired token
-        stops a running database)."""
+        """A broker token with policy `keyring:<mount>` for a database, not renewable. No expiry unless asked (an
+        expired token stops a running database), but never beyond the minting caller's own token."""
         if ttl_seconds is not None and (not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool)
                                         or not 60 <= ttl_seconds <= 10 * 365 * 86400):
             raise errors.ValidationError("the token TTL must be 60 seconds to 10 years")
         policy = check_hand_on(call, mount)
+        ttl = within_caller(self._tokens, call, ttl_seconds)
         with guarded():
-            token, accessor = self._tokens.create(policy, [policy], ttl_seconds=ttl_seconds)
+            token, accessor = self._tokens.create(policy, [policy], ttl_seconds=ttl, max_ttl_seconds=ttl,
+                                                  renewable=False)
         call.entry.extra["token_accessor"] = accessor  # the gate HMACs extras named like a token
-        return IssuedToken(token, accessor, [policy], ttl_seconds or 0)
+        return IssuedToken(token, accessor, [policy], ttl or 0)
 
     def _refuse_nesting_v1(self, mount: str) -> None:
         """Entries in a mount nested in or above a registered KV v1 mount could never be reached by the bridge."""

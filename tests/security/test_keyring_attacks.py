@@ -257,6 +257,31 @@ def test_a_minter_holding_the_mount_may_mint_for_it_and_only_for_it(bridge: Brid
                                     timeout=10).status_code == 201
 
 
+def test_nothing_minted_outlives_the_short_lived_token_that_minted_it(bridge: Bridge):
+    r = api(bridge).post(f"{bridge.addr}/v1/auth/token/create", json={
+        "policies": ["keyring-admin"], "ttl": "4s", "no_parent": True, "display_name": "brief-admin"}, timeout=10)
+    brief = r.json()["auth"]["client_token"]
+    s = api(bridge, brief)
+    minted = s.post(f"{bridge.addr}/v1/keyring/tokens", json={"Mount": INNER}, timeout=10)
+    assert minted.status_code == 201 and 0 < minted.json()["ttl"] <= 4
+    asked_for_more = s.post(f"{bridge.addr}/v1/keyring/tokens", json={"Mount": INNER, "TtlSeconds": 86400},
+                            timeout=10)
+    assert asked_for_more.status_code == 201 and 0 < asked_for_more.json()["ttl"] <= 4
+    role = s.post(f"{bridge.addr}/v1/keyring/approles", json={"Mount": INNER, "RoleName": "brief"}, timeout=10).json()
+    from datetime import UTC, datetime
+
+    expires = datetime.fromisoformat(role["secret_id_expires_at"].replace("Z", "+00:00"))
+    assert (expires - datetime.now(UTC)).total_seconds() <= 4
+    login_ = login(bridge, {"role_id": role["role_id"], "secret_id": role["secret_id"]})
+    assert login_.status_code == 200 and login_.json()["auth"]["lease_duration"] <= 4
+    for token in (minted.json()["token"], asked_for_more.json()["token"], login_.json()["auth"]["client_token"]):
+        assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 200
+    time.sleep(5)
+    for token in (minted.json()["token"], asked_for_more.json()["token"], login_.json()["auth"]["client_token"]):
+        assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 403
+    assert login(bridge, {"role_id": role["role_id"], "secret_id": role["secret_id"]}).status_code == 400
+
+
 def test_a_database_token_cannot_mint_or_sweep(bridge: Bridge):
     token = db_token(bridge, INNER)
     s = api(bridge, token)
