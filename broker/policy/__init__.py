@@ -18,7 +18,15 @@ from broker.errors import ValidationError
 from broker.model import Key
 from broker.policy.builtin import builtin
 from broker.policy.document import ACTION_ALIASES, ALL_ACTIONS, PolicyDocument, parse_document
-from broker.policy.evaluate import Decision, Facts, Grant, change_widens, evaluate, name_matches
+from broker.policy.evaluate import (
+    Decision,
+    Facts,
+    Grant,
+    attribute_statements,
+    change_widens,
+    evaluate,
+    name_matches,
+)
 
 __all__ = ["Decision", "PolicyEngine"]
 
@@ -130,8 +138,9 @@ class PolicyEngine:
         [value] or [] for removed, "kms:ResourceAliases": every alias it would have), in some request. Sorted."""
         if principal.is_root:
             return []
-        identity = self.identity_documents(principal)
-        key_policy = self.key_policy(key.key_id)
+        statements = attribute_statements(principal, self.identity_documents(principal), self.key_policy(key.key_id))
+        if not statements:
+            return []
         load_tags = (lambda: self._store.get_key(key.key_id).tags) if self._store else None
         load_aliases = (lambda: self._store.get_key(key.key_id).aliases) if self._store else None
         now = datetime.now(UTC)
@@ -141,7 +150,7 @@ class PolicyEngine:
                            load_aliases=load_aliases)
             after_facts = Facts(principal, action, key, source_ip=source_ip, now=now, load_tags=load_tags,
                                 load_aliases=load_aliases, request=dict(after))
-            if change_widens(before, after_facts, identity, key_policy):
+            if change_widens(before, after_facts, statements):
                 out.append(action)
         return out
 

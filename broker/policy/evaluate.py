@@ -339,14 +339,26 @@ def _applies_in_some_context(statement: Statement, facts: Facts) -> bool:
         _about_context(c) or condition_holds(c, facts) for c in statement.conditions)
 
 
-def change_widens(before: Facts, after: Facts, identity: Sequence[tuple[str, PolicyDocument]],
-                  key_policy: PolicyDocument | None) -> bool:
-    """Could changing a key's attributes (its tags and aliases) from `before` to `after` allow `before.action` for
-    this principal in some request that is not allowed now? Sound, statement by statement: an Allow that starts to
-    apply, or a Deny that stops applying, in some encryption context. (Grants never depend on tags or aliases.)"""
+def attribute_statements(principal: Principal, identity: Sequence[tuple[str, PolicyDocument]],
+                         key_policy: PolicyDocument | None) -> list[Statement]:
+    """The statements deciding for `principal` on a key that test the key's tags or aliases (the only ones a change
+    of those can turn on or off)."""
     statements = [st for _, doc in identity for st in doc.statements]
     statements += [st for st in (key_policy or DEFAULT_KEY_POLICY).statements
-                   if _principal_named(st, before.principal) or st.account_self]
+                   if _principal_named(st, principal) or st.account_self]
+    return [st for st in statements if _tests_attributes(st)]
+
+
+def _tests_attributes(st: Statement) -> bool:
+    texts = list(st.resources) + [c.key for c in st.conditions] + [v for c in st.conditions for v in c.values]
+    return any(t.startswith("alias/") or "kms:ResourceTag/" in t or "kms:ResourceAliases" in t for t in texts)
+
+
+def change_widens(before: Facts, after: Facts, statements: Sequence[Statement]) -> bool:
+    """Could changing a key's attributes (its tags and aliases) from `before` to `after` allow `before.action` for
+    this principal in some request that is not allowed now? Sound, statement by statement over
+    `attribute_statements`: an Allow that starts to apply, or a Deny that stops applying, in some encryption
+    context. (Grants never depend on tags or aliases.)"""
     for st in statements:
         was, will = _applies_in_some_context(st, before), _applies_in_some_context(st, after)
         if (st.effect == "Allow" and will and not was) or (st.effect == "Deny" and was and not will):
