@@ -116,20 +116,20 @@ def unpack_envelope(body: bytes) -> tuple[bytes, bytes]:
 #
 # Header: the usual header with scheme 3, the multi-key's id and key version 1 (the multi-wrap body revision; it
 # stays fixed so a rewrap can replace the wraps without touching the authenticated data).
-# Body:   1 byte m (number of wraps, 1..32) ‖ m × (2-byte length w ‖ w bytes wrap) ‖ 32-byte key commitment
+# Body:   1 byte m (number of wraps, 1..64) ‖ m × (2-byte length w ‖ w bytes wrap) ‖ 32-byte key commitment
 #         ‖ 12-byte nonce ‖ AES-256-GCM ciphertext ‖ 16-byte tag.
 # Each wrap is itself a complete broker ciphertext (scheme 1 or 2) of the 32-byte data key under one member key.
 # The commitment is HMAC-SHA-256(data key, "kmsb-multiwrap-commit" ‖ header): an unwrapped data key that does not
 # match it is rejected before the AEAD is tried.
 
-MULTI_WRAP_MAX = 32
+MULTI_WRAP_MAX = 64
 COMMITMENT_LEN = 32
 MULTI_WRAP_BODY_VERSION = 1
 
 
 def pack_multi_wrap(wraps: list[bytes], commitment: bytes, nonce_and_ciphertext: bytes) -> bytes:
     if not 1 <= len(wraps) <= MULTI_WRAP_MAX:
-        raise ValueError("a multi-wrap ciphertext carries 1..32 wraps")
+        raise ValueError(f"a multi-wrap ciphertext carries 1..{MULTI_WRAP_MAX} wraps")
     if len(commitment) != COMMITMENT_LEN:
         raise ValueError("commitment must be 32 bytes")
     out = bytearray([len(wraps)])

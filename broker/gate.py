@@ -236,9 +236,10 @@ class Call:
         self._granted.add((action, target.name))
         self._checked.add(action)
 
-    def has(self, action: str, key: Key) -> bool:
-        """Whether this call already authorized `action` on `key` (what `within` methods ask)."""
-        return (action, f"key/{key.key_id}") in self._granted or self.ctx.principal.is_root
+    def has(self, action: str, key: Key | None = None, *, resource: str | None = None) -> bool:
+        """Whether this call already authorized `action` on `key` (or on the named non-key resource): what
+        `within` methods ask."""
+        return (action, Target(key=key, resource=resource).name) in self._granted or self.ctx.principal.is_root
 
     # ------------------------------------------------------------------------------------- no escalation
 
@@ -453,9 +454,11 @@ def operation(action: str, *needs: Need, dynamic: Iterable[str] = (), mutates: b
     return declare
 
 
-def within(*actions: str, key_arg: str = "key") -> Callable[[Callable], Callable]:
+def within(*actions: str, key_arg: str = "key",
+           resource: Callable[[Mapping[str, Any]], str] | None = None) -> Callable[[Callable], Callable]:
     """A door between sibling services: usable only inside a call that already authorized one of `actions` on the
-    key passed as `key_arg` (so a sibling cannot use it to reach a key its caller may not use)."""
+    key passed as `key_arg` (so a sibling cannot use it to reach a key its caller may not use) — or, with
+    `resource`, on the non-key resource it names from the arguments (e.g. `lambda a: f"provider/{a['provider']}"`)."""
     wanted = frozenset(actions)
 
     def declare(fn: Callable) -> Callable:
@@ -465,7 +468,13 @@ def within(*actions: str, key_arg: str = "key") -> Callable[[Callable], Callable
         def guarded(self: Any, call: Call, *args: Any, **kwargs: Any) -> Any:
             if not isinstance(call, Call):
                 raise TypeError(f"{fn.__qualname__} must be called with the caller's Call")
-            key = sig.bind(self, call, *args, **kwargs).arguments[key_arg]
+            arguments = sig.bind(self, call, *args, **kwargs).arguments
+            if resource is not None:
+                name = resource(arguments)
+                if not any(call.has(a, resource=name) for a in wanted):
+                    raise errors.AccessDenied(f"{call.principal.name} is not allowed to use {name} here")
+                return fn(self, call, *args, **kwargs)
+            key = arguments[key_arg]
             if not any(call.has(a, key) for a in wanted):
                 raise errors.AccessDenied(f"{call.principal.name} is not allowed to use {key.key_id} here")
             return fn(self, call, *args, **kwargs)

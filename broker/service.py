@@ -16,6 +16,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -77,7 +78,8 @@ from broker.store import Conflict, Store
 from providers import base as pb
 from providers.base import Provider, ProviderKeyRef, RootOfTrust
 
-__all__ = ["MAX_CIPHERTEXT", "MAX_PLAINTEXT", "AuditEntry", "KeyService", "RequestContext", "provider_error"]
+__all__ = ["MAX_CIPHERTEXT", "MAX_PLAINTEXT", "AuditEntry", "KeyService", "Provisioned", "RequestContext",
+           "provider_error"]
 
 MAX_PLAINTEXT = 4096
 MAX_CIPHERTEXT = 6144
@@ -144,6 +146,22 @@ def data_key_size(key_spec: str | None, number_of_bytes: int | None) -> int:
     if not isinstance(number_of_bytes, int) or isinstance(number_of_bytes, bool) or not 1 <= number_of_bytes <= 1024:
         raise errors.ValidationError("NumberOfBytes must be 1 to 1024")
     return number_of_bytes
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """Material a provider holds that is not (yet) a key or version of the catalog: what a sibling service
+    journals between making it and registering it. `ref` is the provider's and opaque to the sibling; `owner` is
+    the call that made (or restored) it, the only one that may use it."""
+
+    provider: str
+    label: str
+    ref: Mapping[str, Any] = field(repr=False)
+    owner: Any = field(default=None, repr=False, compare=False)
+
+    def journal(self) -> dict[str, Any]:
+        """What a journal keeps to settle a crash (`KeyService.restore_provisioned` takes it back)."""
+        return {"provider": self.provider, "label": self.label, "ref": dict(self.ref)}
 
 
 # ------------------------------------------------------------------------------------------------- resolvers
@@ -1109,8 +1127,9 @@ class KeyService(Service):
         return status
 
     # =========================================================================================== sibling doors
-    # The only way other services reach key material: each takes the caller's Call and refuses unless that call
-    # authorized a fitting action on the key.
+    # The only way other services reach key material, providers or the catalog: each takes the caller's Call and
+    # refuses unless that call authorized a fitting action on the key (or provider) it touches. Provider refs cross
+    # this line only inside `Provisioned`, opaque to the sibling (it journals them; it never reads them).
 
     @within(*_ENCRYPTING)
     def seal_under(self, call: Call, key: Key, plaintext: bytes, context: Mapping[str, str]) -> tuple[bytes, int]:
@@ -1127,7 +1146,7 @@ class KeyService(Service):
         entry = AuditEntry(call.action)
         return self._open(key, blob, context, entry), entry.key_version or 0
 
-    @within("kms:DescribeKey", "kms:CreateKey", "kms:Encrypt", "kms:Decrypt")
+    @within("kms:DescribeKey", "kms:CreateKey", "kms:Encrypt", "kms:Decrypt", "kms:RotateKeyOnDemand")
     def metadata_of(self, call: Call, key: Key) -> dict[str, Any]:
         """KeyMetadata of a key the caller may see."""
         return self._metadata(key)
@@ -1169,6 +1188,169 @@ class KeyService(Service):
                 out.append(key)
         return out
 
+    @internal
+    def provider_names(self) -> list[str]:
+        """The configured provider instances, the default first (names only: what a plan or a form offers)."""
+        return [self.default_provider, *sorted(n for n in self.providers if n != self.default_provider)]
+
+    @internal
+    def capabilities_of(self, name: str) -> pb.Capabilities:
+        """What provider `name` can do (public facts; ValidationError for an unknown name)."""
+        return self.provider(name).capabilities
+
+    # -- the catalog, for a sync plan (the call authorized kms:ListKeys)
+
+    @within("kms:ListKeys", resource=lambda a: "*")
+    def keys_tagged(self, call: Call, tag_key: str, value_prefix: str) -> list[Key]:
+        """Keys (with tags and aliases) whose tag `tag_key` starts with `value_prefix`."""
+        return self.store.keys_tagged(tag_key, value_prefix)
+
+    @within("kms:ListKeys", resource=lambda a: "*")
+    def known_key_ids(self, call: Call, ids: list[str]) -> set[str]:
+        """Which of `ids` name keys of the catalog (in any state)."""
+        return self.store.known_key_ids(ids)
+
+    @within("kms:ListKeys", resource=lambda a: f"provider/{a['provider']}")
+    def inventory_of(self, call: Call, provider: str) -> list[pb.InventoryItem]:
+        """Every key provider `provider` holds, whether the broker made it or not (drift, crash cleanup)."""
+        backend = self.provider(provider)
+        if not backend.capabilities.inventory:
+            raise errors.Unsupported(f"provider {provider!r} lacks inventory")
+        return list(backend.inventory())
+
+    @within("kms:EnableKey", "kms:DisableKey")
+    def mirror_state(self, call: Call, key: Key) -> None:
+        """Put the broker's enabled state back onto the provider (someone changed it there)."""
+        if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
+            raise errors.InvalidState(f"key {key.key_id} is {key.state.value}")
+        backend = self.provider(key.provider)
+        for kv in self.store.list_versions(key.key_id):
+            if kv.state == "Enabled":
+                backend.set_enabled(ProviderKeyRef.from_dict(kv.provider_ref), key.state is KeyState.ENABLED)
+
+    # -- material made in two steps (journaled by the sibling between them, so a crash can be settled)
+
+    @within("kms:CreateKey", resource=lambda a: f"provider/{a['provider']}")
+    def provision_key(self, call: Call, provider: str, spec: KeySpec, usage: KeyUsage, *,
+                      label: str) -> Provisioned:
+        """New material on `provider` for a key the catalog does not have yet (`register_key` adds it)."""
+        backend = self.provider(provider)
+        missing = backend.capabilities.missing_for(spec)
+        if missing:
+            raise errors.Unsupported(f"provider {provider!r} lacks {missing}; cannot create this key there")
+        return Provisioned(provider, label, backend.create_key(spec, usage, label=label).to_dict(), call)
+
+    @within("kms:RotateKeyOnDemand")
+    def provision_version(self, call: Call, key: Key) -> Provisioned:
+        """New material for `key` that is not a version of it yet (`append_version` adds it): a replicated key
+        imports it into every copy first, so all of them move to the new version together."""
+        self._check_rotatable(key)
+        self._require_usable(key)
+        _, current = self._version(key)
+        ref = self.provider(key.provider).create_version(current, key.spec, key.usage, label=key.key_id)
+        return Provisioned(key.provider, key.key_id, ref.to_dict(), call)
+
+    @within("kms:ReplicateKey", key_arg="source")
+    def replicate_version(self, call: Call, source: Key, target: str, *, label: str,
+                          version: int | None = None) -> Provisioned:
+        """`source`'s material (its primary version by default) imported into `target` through that provider's
+        own import protocol, wrapped inside the source's backend: it never exists in clear outside it."""
+        self._require_usable(source)
+        _, ref = self._version(source, version)
+        return self._import_copy(source.provider, ref, source.spec, source.usage, target, label, call)
+
+    @internal
+    def replicate_provisioned(self, call: Call, source: Provisioned, spec: KeySpec, usage: KeyUsage, target: str,
+                              *, label: str) -> Provisioned:
+        """Like `replicate_version`, for material this same call provisioned (authorized when it was made;
+        anything else is refused)."""
+        if source.owner is not call:
+            raise errors.AccessDenied(f"{call.principal.name} did not provision this material")
+        return self._import_copy(source.provider, ProviderKeyRef.from_dict(source.ref), spec, usage, target, label,
+                                 call)
+
+    def _import_copy(self, source_provider: str, ref: ProviderKeyRef, spec: KeySpec, usage: KeyUsage, target: str,
+                     label: str, call: Call) -> Provisioned:
+        root = self.root
+        if root is None or not self.provider(source_provider).capabilities.wrap_for_import:
+            raise errors.Unsupported(f"provider {source_provider!r} cannot wrap its material for another's import")
+        self.check_replica_target(target, spec, source=source_provider)
+        backend = self.provider(target)
+        copy = backend.byok_import(spec, usage, lambda der, alg: root.wrap_for_import(ref, der, alg), label=label)
+        return Provisioned(target, label, copy.to_dict(), call)
+
+    @internal
+    def check_replica_target(self, target: str, spec: KeySpec, *, source: str) -> None:
+        """Refuse (ValidationError / Unsupported, naming the reason) a provider that cannot hold a copy."""
+        backend = self.provider(target)
+        if target == source:
+            raise errors.ValidationError("the source provider holds the primary; targets are the other providers")
+        if not backend.capabilities.byok_import:
+            raise errors.Unsupported(f"provider {target!r} lacks byok_import; it cannot hold a replicated copy")
+        missing = backend.capabilities.missing_for(spec)
+        if missing:
+            raise errors.Unsupported(f"provider {target!r} lacks {missing}")
+
+    @within("kms:CreateKey", resource=lambda a: f"provider/{a['material'].provider}")
+    def register_key(self, call: Call, material: Provisioned, *, key_id: str, spec: KeySpec, usage: KeyUsage,
+                     origin: Origin = Origin.BROKER, description: str = "",
+                     tags: Mapping[str, str] | None = None) -> Key:
+        """The catalog row for provisioned material: an enabled key whose version 1 it is."""
+        key = Key(key_id=key_id, provider=material.provider, spec=spec, usage=usage, state=KeyState.ENABLED,
+                  origin=origin, description=check_description(description), created_at=_now(),
+                  tags=check_tags(dict(tags or {})))
+        self.store.add_key(key, KeyVersion(1, dict(material.ref), _now()))
+        return key
+
+    @within("kms:RotateKeyOnDemand")
+    def append_version(self, call: Call, key: Key, material: Provisioned, *,
+                       expected_primary: int | None = None) -> int | None:
+        """Add provisioned material as version N+1 of `key` and make it primary; None when `expected_primary` is
+        given and another process rotated first."""
+        if material.provider != key.provider:
+            raise errors.ValidationError(f"material on {material.provider!r} cannot be a version of a key on "
+                                         f"{key.provider!r}")
+        number = key.primary_version + 1
+        try:
+            added = self.store.add_version(key.key_id, KeyVersion(number, dict(material.ref), _now()),
+                                           expected_primary=expected_primary)
+        except Conflict:
+            added = False
+        return number if added else None
+
+    @within("kms:CreateKey", "broker:DestroyKey", resource=lambda a: f"provider/{a['provider']}")
+    def restore_provisioned(self, call: Call, provider: str, label: str, ref: Mapping[str, Any]) -> Provisioned:
+        """Provisioned material a crashed run journaled (`Provisioned.journal`), for this call to register or
+        discard."""
+        self.provider(provider)
+        return Provisioned(provider, label, dict(ref), call)
+
+    @internal
+    def discard(self, call: Call, material: Provisioned) -> bool:
+        """Destroy provisioned material nobody registered (best effort; False if the provider refused). Only the
+        call that provisioned or restored it may."""
+        if material.owner is not call:
+            raise errors.AccessDenied(f"{call.principal.name} did not provision this material")
+        try:
+            self.provider(material.provider).discard(ProviderKeyRef.from_dict(material.ref))
+            return True
+        except pb.ProviderError:
+            return False
+
+    @within("broker:DestroyKey", resource=lambda a: f"provider/{a['provider']}")
+    def discard_unregistered(self, call: Call, provider: str, label: str,
+                             items: list[pb.InventoryItem]) -> list[str]:
+        """Destroy the provider's keys labelled `label` when the catalog has no key `label` (a create that crashed
+        before its ref was journaled). -> the provider's ids of what was discarded."""
+        if self.store.known_key_ids([label]):
+            raise errors.InvalidState(f"key {label} is in the catalog; it is not an orphan")
+        backend = self.provider(provider)
+        out = []
+        for item in items:
+            if item.label is not None and item.label.lower() == label.lower():
+                backend.discard(backend.ref_of(item))
+                out.append(item.key_id)
+        return out
 
     # LEGACY (removed once every sibling service is declared on the gate): the hand-called choke point.
     UNDECLARED_OK = frozenset({"operation", "authorize", "check_context"})

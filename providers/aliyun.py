@@ -397,7 +397,8 @@ class AliyunProvider(Provider):
                     key_id=meta["KeyId"], spec=_SPECS_BACK.get(meta.get("KeySpec", "")),
                     usage=_USAGES_BACK.get(meta.get("KeyUsage", "")), enabled=meta.get("KeyState") == "Enabled",
                     created_at=_parse_time(meta.get("CreationDate")), description=meta.get("Description", ""),
-                    tags={t["TagKey"]: t.get("TagValue", "") for t in tags}))
+                    tags={t["TagKey"]: t.get("TagValue", "") for t in tags},
+                    label=next((t.get("TagValue") for t in tags if t["TagKey"] == _LABEL_TAG), None) or None))
             if page * 100 >= int(body.get("TotalCount", 0)):
                 return items
             page += 1

@@ -380,4 +380,5 @@ class AwsProvider(Provider):
             created_at=meta.get("CreationDate"),
             description=meta.get("Description", ""),
             tags={t["TagKey"]: t["TagValue"] for t in tags},
+            label=next((t["TagValue"] for t in tags if t["TagKey"] == LABEL_TAG), None),
         )

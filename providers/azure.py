@@ -461,7 +461,7 @@ class AzureProvider(Provider):
                     key_id=props.name, spec=KeySpec(spec) if spec in KeySpec.__members__ else None,
                     usage=KeyUsage(usage) if usage in KeyUsage.__members__ else None,
                     enabled=bool(props.enabled), created_at=props.created_on or datetime.fromtimestamp(0, UTC),
-                    tags=tags))
+                    tags=tags, label=tags.get(_TAG_LABEL) or None))
             return items
         return self._call(run)
 

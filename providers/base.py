@@ -71,6 +71,8 @@ class Capabilities:
     byok_import:      `byok_import`: material born in the broker's HSM imported through the backend's import API
     random:           `random`
     inventory:        `inventory`: list keys that exist in the backend (adoption, drift detection)
+    wrap_for_import:  its key versions can be wrapped for another backend's `byok_import` by the broker's root of
+                      trust (`RootOfTrust.wrap_for_import`, inside the HSM): a replicated key's primary lives here
     encryption_algorithms, signing_algorithms: the asymmetric algorithms the backend offers; None = every one
                       the key spec allows. The service neither advertises nor accepts the others.
     """
@@ -85,6 +87,7 @@ class Capabilities:
     byok_import: bool = False
     random: bool = False
     inventory: bool = False
+    wrap_for_import: bool = False
     encryption_algorithms: frozenset[EncryptionAlgorithm] | None = None
     signing_algorithms: frozenset[SigningAlgorithm] | None = None
 
@@ -108,7 +111,11 @@ class ImportParameters:
 
 @dataclass(frozen=True)
 class InventoryItem:
-    """A key found in a backend, whether or not the broker manages it."""
+    """A key found in a backend, whether or not the broker manages it.
+
+    label: the `label` the broker passed to `create_key`/`byok_import` for this key (the broker key id), read back
+           from wherever the backend keeps it (a tag, a label); None for a key the broker did not create.
+    """
 
     key_id: str
     spec: KeySpec | None
@@ -117,6 +124,7 @@ class InventoryItem:
     created_at: datetime | None = None
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
+    label: str | None = None
 
 
 # (wrapping public key as DER SubjectPublicKeyInfo, wrapping algorithm name) -> wrapped material.
@@ -278,6 +286,19 @@ class Provider(abc.ABC):
     def inventory(self) -> Iterable[InventoryItem]:
         raise ProviderUnsupported("inventory")
 
+    def ref_of(self, item: InventoryItem) -> ProviderKeyRef:
+        """A ref to an inventoried key, enough for `discard` (the backend knows what its refs need)."""
+        return ProviderKeyRef(key_id=item.key_id)
+
+    def discard(self, ref: ProviderKeyRef) -> None:
+        """Make material the broker never registered unusable and destroy it as far as the backend allows (crash
+        cleanup): disable, schedule for the shortest window, destroy. A key that is gone already is done."""
+        try:
+            self.set_enabled(ref, False)
+            self.schedule_destruction(ref, 7)
+            self.destroy(ref)
+        except ProviderNotFound:
+            return
 
 # ------------------------------------------------------------------------------------------- root of trust
 

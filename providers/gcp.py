@@ -427,6 +427,11 @@ class GcpProvider(Provider):
         if version.state in (State.ENABLED, State.DISABLED):
             self._rpc("destroy_crypto_key_version", {"name": version.name})
 
+    def discard(self, ref: ProviderKeyRef) -> None:
+        """Cloud KMS destroys versions, not keys: a ref without a version (an inventoried key the broker never
+        registered) names the key's first and only version."""
+        super().discard(ref if ref.version else ProviderKeyRef(key_id=ref.key_id, version="1", extra=dict(ref.extra)))
+
     # ------------------------------------------------------------------ symmetric
     def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
         name = self._version_name(ref)
@@ -581,5 +586,6 @@ class GcpProvider(Provider):
             spec, usage = by_alg.get(key.version_template.algorithm.name, (None, None))
             enabled = key.primary.state == State.ENABLED if key.primary.name else True
             yield InventoryItem(key_id=key.name, spec=spec, usage=usage, enabled=enabled, created_at=key.create_time,
-                                description=dict(key.labels).get("kms-broker-label", ""), tags=dict(key.labels))
+                                description=dict(key.labels).get("kms-broker-label", ""), tags=dict(key.labels),
+                                label=dict(key.labels).get("kms-broker-label") or None)
 

@@ -153,7 +153,7 @@ class Pkcs11Provider(Provider):
     def capabilities(self) -> Capabilities:
         return Capabilities(
             key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
-            import_material=True, random=True,
+            import_material=True, random=True, wrap_for_import=True,
             encryption_algorithms=frozenset({EncryptionAlgorithm.RSAES_OAEP_SHA_1}),
         )
 

@@ -33,12 +33,12 @@ GenerateDataKeyPair GenerateDataKeyPairWithoutPlaintext GenerateRandom Sign Veri
 CreateAlias UpdateAlias DeleteAlias ListAliases TagResource UntagResource ListResourceTags EnableKeyRotation
 DisableKeyRotation GetKeyRotationStatus RotateKeyOnDemand ListKeyRotations ListKeyVersions GetParametersForImport
 ImportKeyMaterial DeleteImportedKeyMaterial PutKeyPolicy GetKeyPolicy ListKeyPolicies CreateGrant ListGrants
-ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores
+ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores ReplicateKey
 """.split())
 BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
 PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
-LookupSelfToken RenewSelfToken RevokeSelfToken Login
+LookupSelfToken RenewSelfToken RevokeSelfToken Login Sync
 ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval Approve Veto ExecuteApproval EscrowRelease
 DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup
 """.split())
