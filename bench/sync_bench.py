@@ -47,12 +47,13 @@ def _one(size: int, concurrency: int, baseline: int) -> dict:
         from broker.auth import Principal
         from broker.model import KeySpec, KeyUsage
         from broker.replication.manifest import parse_manifest
-        from broker.replication.sync import SyncEngine
         from broker.service import RequestContext
+        from broker.services import Services
         from broker.settings import load_settings
 
         service = build_service(load_settings(base / "data"))
         service.store.migrate()
+        sync = Services.over(service).sync
         ctx = RequestContext(Principal("bench", "local", ("root",)), front_door="sync")
         for p in CLOUDS:  # warm-up (LocalStack starts its KMS on first use), not timed
             service.providers[p].check_health()
@@ -69,13 +70,13 @@ def _one(size: int, concurrency: int, baseline: int) -> dict:
         import yaml
         manifest = parse_manifest(yaml.safe_dump(doc))
         t = time.perf_counter()
-        plan = SyncEngine(service, manifest, ctx).plan()
+        plan = sync.plan(ctx, manifest)
         plan_s = time.perf_counter() - t
         t = time.perf_counter()
-        applied = SyncEngine(service, manifest, ctx).apply()
+        applied = sync.apply(ctx, manifest)
         apply_s = time.perf_counter() - t
         t = time.perf_counter()
-        second = SyncEngine(service, manifest, ctx).apply()
+        second = sync.apply(ctx, manifest)
         noop_s = time.perf_counter() - t
         assert applied.status == "converged", applied.as_dict()["errors"] or [
             a for a in applied.as_dict()["actions"] if a["status"] != "done"][:3]

@@ -1,7 +1,8 @@
 """`kms-broker sync plan|apply MANIFEST`: declarative keys across the broker's providers (docs/sync.md).
 
-The sync runs in-process on the broker's data folder (settings, store, HSM PIN): it builds the same KeyService the
-server does, so every key operation passes the same choke point (authorize + audit, front door "sync").
+The sync runs in-process on the broker's data folder (settings, store, HSM PIN): it builds the same services the
+server does, so every key operation is a declared operation of the same gate (authorize + audit, front door
+"sync").
 
 Exit codes: 0 converged (plan: nothing to do), 2 drift or changes left, 1 failed.
 """
@@ -31,8 +32,9 @@ def _interval(value: str | None) -> float | None:
     return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def _service(data_dir: Path | None) -> Any:
+def _services(data_dir: Path | None) -> Any:
     from broker.app import build_service
+    from broker.services import Services
     from broker.settings import SettingsError, load_settings
 
     try:
@@ -42,7 +44,7 @@ def _service(data_dir: Path | None) -> Any:
         sys.exit(1)
     service = build_service(settings)
     service.store.migrate()
-    return service
+    return Services.over(service)
 
 
 def _ctx() -> Any:
@@ -95,10 +97,10 @@ def _print(report: Any, output: str, lines: bool = False) -> None:
 def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inventory: bool,
          concurrency: int | None, lines: bool = False) -> int:
     from broker import errors
-    from broker.replication.sync import Report, SyncEngine
+    from broker.replication.sync import Report
 
     manifest = _manifest(manifest_path)
-    service = _service(data_dir)
+    services = _services(data_dir)
     bar = None
     progress = None
     if mode == "apply" and sys.stderr.isatty() and output != "json":
@@ -110,15 +112,18 @@ def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inve
                 state["bar"].__enter__()
             state["bar"].update(1)
         bar = state
-    engine = SyncEngine(service, manifest, _ctx(), inventory=inventory, concurrency=concurrency, progress=progress)
     try:
-        report = engine.plan() if mode == "plan" else engine.apply()
+        if mode == "plan":
+            report = services.sync.plan(_ctx(), manifest, inventory=inventory)
+        else:
+            report = services.sync.apply(_ctx(), manifest, inventory=inventory, concurrency=concurrency,
+                                         progress=progress)
     except (errors.BrokerError, OSError) as exc:
         report = Report(manifest.manifest, mode, errors=[f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"])
     finally:
         if bar and "bar" in bar:
             bar["bar"].__exit__(None, None, None)
-        service.store.dispose()
+        services.keys.store.dispose()
     _print(report, output, lines)
     if mode == "plan":
         if report.errors:

@@ -10,6 +10,10 @@ from broker.approval_kinds import builtin_kinds
 from broker.approvals import ApprovalService
 from broker.gate import RequestContext
 from broker.policy_admin import PolicyAdmin
+from broker.replication.keyrings import MultiKeys
+from broker.replication.replicated import ReplicatedKeys
+from broker.replication.repo import ReplicationRepo
+from broker.replication.sync import Sync
 from broker.service import KeyService
 from broker.store.trust import TrustRepository
 
@@ -24,6 +28,9 @@ class Services:
     keys: KeyService
     policies: PolicyAdmin
     approvals: ApprovalService
+    multikeys: MultiKeys
+    replicated: ReplicatedKeys
+    sync: Sync
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
@@ -33,7 +40,11 @@ class Services:
         approvals = ApprovalService(keys, TrustRepository(keys.store), keys.root)
         for kind in builtin_kinds():
             approvals.register(kind)
-        services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals)
+        replication = ReplicationRepo(keys.store)
+        replicated = ReplicatedKeys(keys, replication)
+        services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals,
+                       multikeys=MultiKeys(keys, replication), replicated=replicated,
+                       sync=Sync(keys, replication, replicated))
         if settings is not None:
             from broker.auth import TokenAuth
             from keyring_bridge.approle import KeyringAppRoles

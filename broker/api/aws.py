@@ -307,12 +307,9 @@ def _page(items: list[Any], body: Body, marker_of: Callable[[Any], str], field: 
 MULTIKEY = "multikey/"  # KeyId "multikey/<name or id>" (or key ARN ".../key/multikey/<…>"): a cross-cloud multi-key
 
 
-def _multikeys(svc: KeyService) -> Any:
-    try:
-        from broker.api.multikey_routes import multikeys
-    except ImportError:  # the cross-cloud multi-keys are not part of this broker
-        raise errors.NotFound("multi-keys are not available in this broker") from None
-    return multikeys(svc)
+def _multikeys() -> Any:
+    """The multi-key service (broker.replication.keyrings.MultiKeys) of this broker's services."""
+    return current_app.extensions["kms"].multikeys
 
 
 def _multi_ref(ref: str | None) -> str | None:
@@ -450,8 +447,8 @@ def encrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     if multi is not None:
         if (b.str("EncryptionAlgorithm") or "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT":
             raise errors.ValidationError("a multi-key encrypts with SYMMETRIC_DEFAULT only")
-        out = _multikeys(svc).encrypt(ctx, multi, b.blob("Plaintext", required=True),
-                                      context=b.map("EncryptionContext"))
+        out = _multikeys().encrypt(ctx, multi, b.blob("Plaintext", required=True),
+                                   context=b.map("EncryptionContext"))
         return {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(MULTIKEY + out["MultiKeyId"]),
                 "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
     out = svc.encrypt(ctx, b.key(), b.blob("Plaintext", required=True), context=b.map("EncryptionContext"),
@@ -466,10 +463,11 @@ def decrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
         raise errors.Unsupported("Recipient (Nitro Enclaves attestation) is not supported by the broker")
     blob, named = b.blob("CiphertextBlob", required=True), b.key(required=False)
     if _is_multi_blob(blob):
-        out = _multikeys(svc).decrypt(ctx, blob, context=b.map("EncryptionContext"))
         if named is not None and _multi_ref(named) is None:
             raise errors.IncorrectKey("the ciphertext was encrypted under a multi-key, not the key you named")
-        return {"KeyId": key_arn(MULTIKEY + out["MultiKeyId"]), "Plaintext": _b64(out["Plaintext"]), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
+        out = _multikeys().decrypt(ctx, blob, context=b.map("EncryptionContext"))
+        return {"KeyId": key_arn(MULTIKEY + out["MultiKeyId"]), "Plaintext": _b64(out["Plaintext"]),
+                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
     if _multi_ref(named) is not None:
         raise errors.IncorrectKey("the ciphertext was not encrypted under the multi-key you named")
     out = svc.decrypt(ctx, blob, key_ref=named,
@@ -493,9 +491,11 @@ def re_encrypt(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 def _data_key(svc: KeyService, ctx: RequestContext, b: Body, include_plaintext: bool) -> dict:
     multi = _multi_ref(b.key())
     if multi is not None:
-        out = _multikeys(svc).generate_data_key(ctx, multi, key_spec=b.str("KeySpec"),
-                                                number_of_bytes=b.int("NumberOfBytes"),
-                                                context=b.map("EncryptionContext"), include_plaintext=include_plaintext)
+        multikeys = _multikeys()
+        generate_multi = multikeys.generate_data_key if include_plaintext \
+            else multikeys.generate_data_key_without_plaintext
+        out = generate_multi(ctx, multi, key_spec=b.str("KeySpec"), number_of_bytes=b.int("NumberOfBytes"),
+                             context=b.map("EncryptionContext"))
         answer = {"CiphertextBlob": _b64(out["CiphertextBlob"]), "KeyId": key_arn(MULTIKEY + out["MultiKeyId"])}
         if include_plaintext:
             answer["Plaintext"] = _b64(out["Plaintext"])

@@ -159,6 +159,8 @@ def parse_manifest(text: str) -> Manifest:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ManifestError("not valid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ManifestError("the manifest must be a YAML mapping")
     try:

@@ -1,10 +1,11 @@
 """Replicated keys (cross-cloud BYOK): material born in the broker's HSM, imported into each target cloud through
-that cloud's own import protocol (`Provider.byok_import`), wrapped for the cloud *inside* the HSM
-(`wrap_for_import`), so the material never exists in clear outside the HSM.
+that cloud's own import protocol, wrapped for the cloud *inside* the HSM, so the material never exists in clear
+outside it. All of it happens behind KeyService's doors (`provision_key`, `replicate_provisioned`,
+`register_key`, `append_version`): this module never sees a provider or a provider ref.
 
 Catalog shape:
-- the **primary** is a broker key on the HSM provider; its version refs hold the material wrapped under the root
-  KEK: that is the escrow copy, kept in the store;
+- the **primary** is a broker key on the provider that can wrap its material for another's import (the pkcs11 root
+  of trust); its version refs hold the material wrapped under the root KEK: that is the escrow copy, in the store;
 - each **copy** is a broker key (Origin EXTERNAL) on a target provider, tagged `kmsb:replica-of=<primary>`, and
   recorded in `key_replicas`. Version N of every copy holds the same material as version N of the primary.
 
@@ -18,175 +19,158 @@ Symmetric keys only: SoftHSM zero-pads asymmetric PKCS#8 before AES-KWP, which s
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from broker import errors
-from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
-from broker.replication.repo import ReplicationRepo, now
-from broker.service import AuditEntry, KeyService, RequestContext, check_tags
-from providers import base as pb
-from providers.base import Provider, ProviderKeyRef
+from broker.gate import Call, Need, Service, Target, internal, key_arg, operation
+from broker.model import Key, KeySpec, KeyUsage, Origin
+from broker.replication.repo import ReplicationRepo
+from broker.service import KeyService, Provisioned, check_description, check_tags
 
 REPLICA_TAG = "kmsb:replica-of"
 PRIMARY_TAG = "kmsb:replicated"
 
 
-class ReplicatedKeys:
-    def __init__(self, service: KeyService, hsm: str | None = None) -> None:
-        self.service = service
-        self.repo = ReplicationRepo(service.store)
-        self.hsm_name = hsm or self._find_hsm()
+def _hsm_resource(host: ReplicatedKeys, args: Mapping[str, Any]) -> Target:
+    return Target(resource=f"provider/{host.hsm_name}")
 
-    def _find_hsm(self) -> str:
-        """The provider that can wrap its material for another backend's import (the root of trust)."""
-        names = [self.service.default_provider, *self.service.providers]
-        for name in names:
-            if callable(getattr(self.service.providers[name], "wrap_for_import", None)):
-                return name
-        raise errors.Unsupported("no provider can wrap material for import (a pkcs11 root of trust is needed)")
+
+def _spec(key_spec: Any) -> KeySpec:
+    if key_spec != KeySpec.SYMMETRIC_DEFAULT.value:
+        raise errors.Unsupported("replicated keys are SYMMETRIC_DEFAULT only (asymmetric BYOK: SoftHSM zero-pads "
+                                 "PKCS#8 before AES-KWP and strict importers reject it)")
+    return KeySpec.SYMMETRIC_DEFAULT
+
+
+class ReplicatedKeys(Service):
+    """Create, describe and rotate replicated keys; every method a declared operation of the gate."""
+
+    def __init__(self, keys: KeyService, repo: ReplicationRepo, hsm: str | None = None) -> None:
+        self.keys = keys
+        self.gate = keys.gate
+        self.repo = repo
+        self._hsm = hsm
 
     @property
-    def hsm(self) -> Provider:
-        return self.service.providers[self.hsm_name]
+    def hsm_name(self) -> str:
+        """The provider that holds primaries: the first that can wrap its material for another's import."""
+        if self._hsm is None:
+            found = [n for n in self.keys.provider_names() if self.keys.capabilities_of(n).wrap_for_import]
+            if not found:
+                raise errors.Unsupported("no provider can wrap material for import (a pkcs11 root of trust is needed)")
+            self._hsm = found[0]
+        return self._hsm
 
-    def _target(self, name: str, spec: KeySpec) -> Provider:
-        backend = self.service.provider(name)
-        if name == self.hsm_name:
-            raise errors.ValidationError("the HSM holds the primary; targets are the other providers")
-        if not backend.capabilities.byok_import:
-            raise errors.Unsupported(f"provider {name!r} lacks byok_import; it cannot hold a replicated copy")
-        if backend.capabilities.missing_for(spec):
-            raise errors.Unsupported(f"provider {name!r} lacks {backend.capabilities.missing_for(spec)}")
-        return backend
+    @internal
+    def resolve_key(self, key_ref: Any, *, details: bool = False) -> Key:
+        """KeyService's resolver, for the gate's `key_arg` checks (metadata only)."""
+        return self.keys.resolve_key(key_ref, details=details)
 
-    @staticmethod
-    def _spec(key_spec: str) -> KeySpec:
-        if key_spec != KeySpec.SYMMETRIC_DEFAULT.value:
-            raise errors.Unsupported("replicated keys are SYMMETRIC_DEFAULT only (asymmetric BYOK: SoftHSM zero-pads "
-                                     "PKCS#8 before AES-KWP and strict importers reject it)")
-        return KeySpec.SYMMETRIC_DEFAULT
+    @internal
+    def primary_of(self, key: Key) -> str | None:
+        """The primary a copy replicates (its tag, confirmed by the replica table), or None."""
+        primary = key.tags.get(REPLICA_TAG)
+        if primary and self.repo.replicas(primary).get(key.provider) == key.key_id:
+            return primary
+        return None
 
-    def _wrap(self, ref: ProviderKeyRef) -> Callable[[bytes, str], bytes]:
-        hsm = self.hsm
-        return lambda public_key_der, algorithm: hsm.wrap_for_import(ref, public_key_der, algorithm)
-
-    # ------------------------------------------------------------------------------- building blocks (sync)
-    def create_primary(self, ctx: RequestContext, entry: AuditEntry, *, key_id: str, spec: KeySpec,
-                       description: str = "", tags: Mapping[str, str] | None = None) -> Key:
-        """HSM-born material for a new primary; nothing leaves the broker (the ref carries it wrapped)."""
-        self.service.authorize(ctx, entry, "kms:CreateKey", None, resource=f"provider/{self.hsm_name}")
-        ref = self.hsm.create_key(spec, KeyUsage.ENCRYPT_DECRYPT, label=key_id)
-        key = Key(key_id=key_id, provider=self.hsm_name, spec=spec, usage=KeyUsage.ENCRYPT_DECRYPT,
-                  state=KeyState.ENABLED, origin=Origin.BROKER, description=description, created_at=now(),
-                  tags={**(tags or {}), PRIMARY_TAG: "primary"})
-        self.service.store.add_key(key, KeyVersion(1, ref.to_dict(), now()))
-        return key
-
-    def import_copy(self, ctx: RequestContext, entry: AuditEntry, primary: Key, target: str, *,
-                    replica_id: str, version: int | None = None) -> ProviderKeyRef:
-        """Import version `version` (default: primary) of the primary's material into `target`; returns the ref."""
-        backend = self._target(target, primary.spec)
-        self.service.authorize(ctx, entry, "kms:CreateKey", None, resource=f"provider/{target}")
-        _, ref = self.service._version(primary, version)
-        return backend.byok_import(primary.spec, primary.usage, self._wrap(ref), label=replica_id)
-
-    def record_copy(self, primary: Key, target: str, replica_id: str, cref: ProviderKeyRef,
-                    tags: Mapping[str, str] | None = None) -> Key:
-        key = Key(key_id=replica_id, provider=target, spec=primary.spec, usage=primary.usage,
-                  state=KeyState.ENABLED, origin=Origin.EXTERNAL, description=primary.description,
-                  created_at=now(), tags={**(tags or {}), REPLICA_TAG: primary.key_id})
-        self.service.store.add_key(key, KeyVersion(1, cref.to_dict(), now()))
-        self.repo.add_replica(primary.key_id, target, replica_id)
-        return key
-
-    def _discard(self, target: str, ref: ProviderKeyRef) -> None:
-        try:
-            self.service.providers[target].destroy(ref)
-        except pb.ProviderError:
-            pass  # best effort; the sync's drift report shows what is left
+    @internal
+    def replicas_of(self, primary_id: str) -> dict[str, str]:
+        """{target provider: copy key id} of a primary."""
+        return self.repo.replicas(primary_id)
 
     # ------------------------------------------------------------------------------------------ operations
-    def create(self, ctx: RequestContext, *, targets: Any, key_spec: str = "SYMMETRIC_DEFAULT", description: str = "",
+
+    @operation("kms:CreateKey", Need("kms:CreateKey", _hsm_resource), dynamic=("kms:CreateKey",), mutates=True)
+    def create(self, call: Call, *, targets: Any, key_spec: str = "SYMMETRIC_DEFAULT", description: str = "",
                tags: Mapping[str, str] | None = None) -> dict[str, Any]:
-        with self.service.operation(ctx, "kms:CreateKey") as entry:
-            spec = self._spec(key_spec)
-            if not isinstance(targets, list) or not targets or len(set(targets)) != len(targets):
-                raise errors.ValidationError("Targets must be a non-empty list of distinct provider names")
-            tags = check_tags(tags)
+        """A primary in the HSM and one copy per target; nothing is registered unless every copy was imported."""
+        spec = _spec(key_spec)
+        if not isinstance(targets, list) or not targets or len(targets) > 16 \
+                or not all(isinstance(t, str) for t in targets) or len(set(targets)) != len(targets):
+            raise errors.ValidationError("Targets must be a non-empty list of at most 16 distinct provider names")
+        description = check_description(description)
+        tags = check_tags(tags)
+        if any(k.startswith("kmsb:") for k in tags):
+            raise errors.ValidationError("tag keys starting with kmsb: are the broker's own")
+        for t in targets:
+            self.keys.check_replica_target(t, spec, source=self.hsm_name)
+            call.require("kms:CreateKey", resource=f"provider/{t}")
+        primary_id = str(uuid.uuid4())
+        call.entry.key_id, call.entry.provider = primary_id, self.hsm_name
+        usage = KeyUsage.ENCRYPT_DECRYPT
+        material = self.keys.provision_key(call, self.hsm_name, spec, usage, label=primary_id)
+        made: list[tuple[str, Provisioned]] = []
+        try:
             for t in targets:
-                self._target(t, spec)
-            primary_id = str(uuid.uuid4())
-            entry.key_id, entry.provider = primary_id, self.hsm_name
-            primary = self.create_primary(ctx, entry, key_id=primary_id, spec=spec, description=description,
-                                          tags=tags)
-            made: list[tuple[str, str, ProviderKeyRef]] = []
-            try:
-                for t in targets:
-                    rid = str(uuid.uuid4())
-                    made.append((t, rid, self.import_copy(ctx, entry, primary, t, replica_id=rid)))
-            except BaseException:
-                for t, _, cref in made:
-                    self._discard(t, cref)
-                self.service._destroy_versions(primary)
-                self.service.store.update_key(primary_id, state=KeyState.DESTROYED)
-                raise
-            for t, rid, cref in made:
-                self.record_copy(primary, t, rid, cref, tags)
-            entry.key_id, entry.provider = primary_id, self.hsm_name
-            entry.extra["replicas"] = {t: rid for t, rid, _ in made}
-            return self._describe(primary_id)
+                rid = str(uuid.uuid4())
+                made.append((rid, self.keys.replicate_provisioned(call, material, spec, usage, t, label=rid)))
+        except BaseException:
+            for _, copy in made:
+                self.keys.discard(call, copy)
+            self.keys.discard(call, material)
+            raise
+        primary = self.keys.register_key(call, material, key_id=primary_id, spec=spec, usage=usage,
+                                         description=description, tags={**tags, PRIMARY_TAG: "primary"})
+        for rid, copy in made:
+            self.keys.register_key(call, copy, key_id=rid, spec=spec, usage=usage, origin=Origin.EXTERNAL,
+                                   description=description, tags={**tags, REPLICA_TAG: primary_id})
+            self.repo.add_replica(primary_id, copy.provider, rid)
+        call.entry.extra["replicas"] = {copy.provider: rid for rid, copy in made}
+        return self._describe(call, primary)
 
-    def _describe(self, primary_id: str) -> dict[str, Any]:
-        primary = self.service.store.get_key(primary_id)
-        if primary is None or PRIMARY_TAG not in primary.tags:
-            raise errors.NotFound(f"replicated key {primary_id} not found")
+    def _primary(self, call: Call) -> Key:
+        primary = call.key()
+        if PRIMARY_TAG not in primary.tags:
+            raise errors.ValidationError(f"key {primary.key_id} is not the primary of a replicated key")
+        return primary
+
+    def _describe(self, call: Call, primary: Key) -> dict[str, Any]:
         copies = []
-        for target, rid in sorted(self.repo.replicas(primary_id).items()):
-            key = self.service.store.get_key(rid)
-            copies.append({"Target": target, "KeyId": rid, "KeyState": key.state.value if key else "Missing",
-                           "PrimaryVersion": key.primary_version if key else None})
-        return {"KeyMetadata": self.service._metadata(primary), "Replicas": copies}
-
-    def describe(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self.service.operation(ctx, "kms:DescribeKey") as entry:
-            key = self.service.resolve_key(key_ref)
-            self.service.authorize(ctx, entry, "kms:DescribeKey", key)
-            return self._describe(key.key_id)
-
-    def rotate(self, ctx: RequestContext, key_ref: str) -> dict[str, Any]:
-        with self.service.operation(ctx, "kms:RotateKeyOnDemand") as entry:
-            primary = self.service.resolve_key(key_ref, details=True)
-            if PRIMARY_TAG not in primary.tags:
-                raise errors.ValidationError(f"key {primary.key_id} is not the primary of a replicated key")
-            self.service.authorize(ctx, entry, "kms:RotateKeyOnDemand", primary)
-            self.service._require_usable(primary)
-            replicas = {t: self.service.resolve_key(rid) for t, rid in self.repo.replicas(primary.key_id).items()}
-            for copy in replicas.values():
-                self.service.authorize(ctx, entry, "kms:RotateKeyOnDemand", copy)
-            _, current = self.service._version(primary)
-            new_ref = self.hsm.create_version(current, primary.spec, primary.usage, label=primary.key_id)
-            made: list[tuple[str, ProviderKeyRef]] = []
+        for target, rid in sorted(self.repo.replicas(primary.key_id).items()):
+            copy: dict[str, Any] = {"Target": target, "KeyId": rid}
             try:
-                for t, copy in replicas.items():
-                    made.append((t, self.service.providers[t].byok_import(
-                        primary.spec, primary.usage, self._wrap(new_ref), label=copy.key_id)))
-            except BaseException:
-                for t, cref in made:
-                    self._discard(t, cref)
-                raise
-            number = primary.primary_version + 1
-            if not self.service.store.add_version(primary.key_id, KeyVersion(number, new_ref.to_dict(), now()),
-                                                  expected_primary=primary.primary_version):
-                for t, cref in made:
-                    self._discard(t, cref)
-                raise errors.InvalidState("the key was rotated concurrently; retry")
-            for t, cref in made:
-                copy = replicas[t]
-                self.service.store.add_version(copy.key_id, KeyVersion(copy.primary_version + 1, cref.to_dict(),
-                                                                       now()))
-            entry.key_id, entry.provider, entry.key_version = primary.key_id, primary.provider, number
-            entry.extra["replicas"] = {t: c.key_id for t, c in replicas.items()}
-            return {"KeyId": primary.key_id, "KeyVersion": number,
-                    "Replicas": [{"Target": t, "KeyId": c.key_id, "KeyVersion": c.primary_version + 1}
-                                 for t, c in sorted(replicas.items())]}
+                key = self.keys.resolve_key(rid)
+            except errors.NotFound:
+                copy.update(KeyState="Missing", PrimaryVersion=None)
+            else:
+                if call.holds("kms:DescribeKey", key):
+                    copy.update(KeyState=key.state.value, PrimaryVersion=key.primary_version)
+            copies.append(copy)
+        return {"KeyMetadata": self.keys.metadata_of(call, primary), "Replicas": copies}
+
+    @operation("kms:DescribeKey", Need("kms:DescribeKey", key_arg("key_ref", details=True)))
+    def describe(self, call: Call, key_ref: str) -> dict[str, Any]:
+        return self._describe(call, self._primary(call))
+
+    @operation("kms:RotateKeyOnDemand", Need("kms:RotateKeyOnDemand", key_arg("key_ref", details=True)),
+               dynamic=("kms:RotateKeyOnDemand",), mutates=True)
+    def rotate(self, call: Call, key_ref: str) -> dict[str, Any]:
+        """New HSM material imported into every copy, then version N+1 of the primary and of every copy at once."""
+        primary = self._primary(call)
+        copies = {t: self.keys.resolve_key(rid) for t, rid in self.repo.replicas(primary.key_id).items()}
+        for copy in copies.values():
+            call.require("kms:RotateKeyOnDemand", copy)
+        call.entry.key_id, call.entry.provider = primary.key_id, primary.provider
+        staged = self.keys.provision_version(call, primary)
+        made: dict[str, Provisioned] = {}
+        try:
+            for t, copy in copies.items():
+                made[t] = self.keys.replicate_provisioned(call, staged, primary.spec, primary.usage, t,
+                                                          label=copy.key_id)
+        except BaseException:
+            for material in (*made.values(), staged):
+                self.keys.discard(call, material)
+            raise
+        number = self.keys.append_version(call, primary, staged, expected_primary=primary.primary_version)
+        if number is None:
+            for material in (*made.values(), staged):
+                self.keys.discard(call, material)
+            raise errors.InvalidState("the key was rotated concurrently; retry")
+        versions = {t: self.keys.append_version(call, copies[t], material) for t, material in made.items()}
+        call.entry.key_version = number
+        call.entry.extra["replicas"] = {t: c.key_id for t, c in copies.items()}
+        return {"KeyId": primary.key_id, "KeyVersion": number,
+                "Replicas": [{"Target": t, "KeyId": c.key_id, "KeyVersion": versions[t]}
+                             for t, c in sorted(copies.items())]}

@@ -1,4 +1,6 @@
-"""Store access for the replication tables (multi-keys, replicas, sync journal)."""
+"""Store access for the replication tables (multi-keys, replicas, sync journal): the only SQL of this package.
+
+Keys themselves are KeyService's: this repository never reads or writes the key tables."""
 
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from broker.model import Key
-from broker.store import Store, _to_key
-from broker.store.tables import AliasRow, KeyRow, MultiKeyRow, ReplicaRow, SyncJournalRow, TagRow
+from broker.store import Store
+from broker.store.tables import MultiKeyRow, ReplicaRow, SyncJournalRow
 
 
 def now() -> datetime:
@@ -135,37 +136,9 @@ class ReplicationRepo:
             return [JournalEntry(r.id, r.manifest, r.entry, r.target, r.key_id, r.action, r.state,
                                  json.loads(r.provider_ref) if r.provider_ref else None) for r in rows]
 
-    # -- catalog (bulk reads for the sync)
-    def keys_tagged(self, tag_key: str, value_prefix: str) -> list[Key]:
-        """Every key with tag `tag_key` whose value starts with `value_prefix`, with tags and aliases, in 3 reads."""
+    def journal_owned(self, manifest: str) -> set[str]:
+        """The key ids this manifest's runs made or adopted (any journal entry names them): the proof of ownership
+        a tag alone is not (anyone who may tag a key could tag it into a manifest's scope)."""
         with self.store.session() as s:
-            ids = list(s.scalars(select(TagRow.key_id).where(TagRow.tag_key == tag_key,
-                                                             TagRow.tag_value.startswith(value_prefix,
-                                                                                         autoescape=True))))
-            if not ids:
-                return []
-            rows, tags, aliases = {}, {}, {}
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                for row in s.scalars(select(KeyRow).where(KeyRow.key_id.in_(chunk))):
-                    rows[row.key_id] = row
-                for t in s.scalars(select(TagRow).where(TagRow.key_id.in_(chunk))):
-                    tags.setdefault(t.key_id, {})[t.tag_key] = t.tag_value
-                for a in s.scalars(select(AliasRow).where(AliasRow.key_id.in_(chunk)).order_by(AliasRow.name)):
-                    aliases.setdefault(a.key_id, []).append(a.name)
-            return [_to_key(rows[k], tags.get(k, {}), aliases.get(k, [])) for k in ids if k in rows]
-
-    def known_key_ids(self, ids: list[str]) -> set[str]:
-        out: set[str] = set()
-        with self.store.session() as s:
-            for i in range(0, len(ids), 500):
-                out |= set(s.scalars(select(KeyRow.key_id).where(KeyRow.key_id.in_(ids[i:i + 500]))))
-        return out
-
-    def alias_targets(self, names: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        with self.store.session() as s:
-            for i in range(0, len(names), 500):
-                for a in s.scalars(select(AliasRow).where(AliasRow.name.in_(names[i:i + 500]))):
-                    out[a.name] = a.key_id
-        return out
+            return set(s.scalars(select(SyncJournalRow.key_id).where(SyncJournalRow.manifest == manifest,
+                                                                     SyncJournalRow.state != "aborted")))

@@ -1,16 +1,21 @@
 """Declarative sync: `plan` = manifest vs broker catalog vs each cloud's inventory; `apply` reconciles.
 
-Every key operation runs inside `KeyService.operation` and is authorized (the one choke point): existing service
-operations (tag, alias, enable, rotation, deletion) are called as they are; key creation has its own operation here
-because the sync chooses the broker key id *before* the external create, so a crash can be reconciled:
+`Sync.plan` and `Sync.apply` are declared operations (broker:Sync on "sync/<manifest>"); every change inside an
+apply is a declared operation of its own, audited and authorized for the same caller: KeyService's (tag, alias,
+enable, rotation, deletion), ReplicatedKeys.rotate, and this module's steps that KeyService has no operation for,
+because the sync chooses the broker key id *before* the external create so a crash can be settled:
 
-    journal intent (entry, target, key id)  →  provider create (cloud key labelled with that key id)
-    →  journal "created" + provider ref     →  catalog row (tags name the manifest entry)  →  journal "done"
+    journal intent (entry, target, key id)  →  provision (cloud key labelled with that key id)
+    →  journal "created" + the provisioned material  →  register (catalog row)  →  journal "done"
 
-On the next run, open journal entries are settled first: a key already in the catalog closes its entry; a recorded
-ref is adopted into the catalog (no duplicate create); an intent without a ref is looked up in the cloud's
-inventory by its label and destroyed (no orphaned material). Everything else is recomputed from state, so a second
-apply is a no-op and a killed apply converges on the next run.
+On the next run, open journal entries are settled first: a key already in the catalog closes its entry; journaled
+material is registered (no duplicate create); an intent without material is looked up in the cloud's inventory by
+its label and destroyed (no orphaned material). Everything else is recomputed from state, so a second apply is a
+no-op and a killed apply converges on the next run.
+
+Scope: a manifest manages only keys its own runs made (journal "done"), tagged kmsb:sync=<manifest>/<entry>. A key
+tagged into the scope by anyone else is reported and left alone; an alias is moved only away from a key of the same
+manifest; nothing outside the scope is tagged, enabled, disabled, deleted or re-pointed.
 """
 
 from __future__ import annotations
@@ -21,22 +26,22 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from broker import errors
-from broker.model import Key, KeySpec, KeyState, KeyVersion, Origin
+from broker.gate import Call, Need, Service, internal, key_arg, operation, resource
+from broker.model import Key, KeySpec, KeyState, Origin
 from broker.replication.manifest import PRIMARY, SYNC_TAG, TARGET_TAG, KeyEntry, Manifest
 from broker.replication.replicated import PRIMARY_TAG, REPLICA_TAG, ReplicatedKeys
-from broker.replication.repo import JournalEntry, ReplicationRepo, now
-from broker.service import KeyService, RequestContext
+from broker.replication.repo import JournalEntry, ReplicationRepo
+from broker.service import KeyService, Provisioned
 from providers import base as pb
-from providers.base import InventoryItem, ProviderKeyRef
+from providers.base import InventoryItem
 
-LABEL_TAGS = ("kmsb:key-id", "kms-broker-label")  # the tags/labels providers put the broker key id in
 MAX_ATTEMPTS = 6
 MAX_THREADS = 16  # worker threads of one apply (each holds store connections; the pool has 40)
 
@@ -47,7 +52,7 @@ class _Unfixable(Exception):
 
 @dataclass
 class Action:
-    kind: str  # create | update | delete | fix-drift | cleanup | adopt
+    kind: str  # create | update | delete | fix-drift
     entry: str
     target: str
     provider: str
@@ -59,7 +64,7 @@ class Action:
 
 @dataclass
 class Drift:
-    kind: str  # missing-in-cloud | changed-outside | unmanaged | not-in-manifest | duplicate | replica-behind
+    kind: str  # missing-in-cloud | changed-outside | unmanaged | not-in-manifest | not-owned | duplicate
     provider: str
     detail: str
     key_id: str | None = None
@@ -102,19 +107,12 @@ class Report:
                 "errors": self.errors, "per_provider": self.per_provider}
 
 
-# drift that keeps an apply from being "converged" (unmanaged cloud keys and keys left by an un-pruned manifest
-# are reported, but they are not the manifest's to fix)
+# drift that keeps an apply from being "converged" (unmanaged cloud keys, keys left by an un-pruned manifest and keys
+# tagged into the scope by someone else are reported, but they are not the manifest's to fix)
 DRIFT_LEFT = {"missing-in-cloud", "changed-outside", "duplicate", "replica-behind"}
 
 
-def _label(item: InventoryItem) -> str | None:
-    for tag in LABEL_TAGS:
-        if item.tags.get(tag):
-            return item.tags[tag].lower()
-    return None
-
-
-class _RateLimit:
+class RateLimit:
     """At most `rate` starts per second (None: unlimited); shared by a provider's workers."""
 
     def __init__(self, rate: float | None) -> None:
@@ -133,59 +131,233 @@ class _RateLimit:
             time.sleep(start - t)
 
 
-class SyncEngine:
-    def __init__(self, service: KeyService, manifest: Manifest, ctx: RequestContext, *, inventory: bool = True,
+def retry(fn: Callable[[], Any]) -> Any:
+    """fn(), retried when throttled: the provider's retry_after when it gave one, else exponential backoff with
+    jitter, up to MAX_ATTEMPTS."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            return fn()
+        except (pb.ProviderThrottled, errors.Throttled) as exc:
+            if attempt == MAX_ATTEMPTS - 1:
+                raise
+            wait = getattr(exc, "retry_after", None) or min(0.2 * 2 ** attempt, 10.0)
+            time.sleep(wait + random.uniform(0, wait / 4))
+    raise AssertionError("unreachable")
+
+
+def _manifest_resource(args: Mapping[str, Any]) -> str:
+    manifest = args["manifest"]
+    if not isinstance(manifest, Manifest):
+        raise errors.ValidationError("a sync needs a parsed manifest")
+    return f"sync/{manifest.manifest}"
+
+
+def _provider_arg(args: Mapping[str, Any]) -> str:
+    return f"provider/{args['provider']}"
+
+
+# ================================================================================================== the service
+
+
+class Sync(Service):
+    """Plan and apply sync manifests; each step a declared operation run as the caller."""
+
+    def __init__(self, keys: KeyService, repo: ReplicationRepo, replicated: ReplicatedKeys) -> None:
+        self.keys = keys
+        self.gate = keys.gate
+        self.repo = repo
+        self.replicated = replicated
+
+    @internal
+    def resolve_key(self, key_ref: Any, *, details: bool = False) -> Key:
+        """KeyService's resolver, for the gate's `key_arg` checks (metadata only)."""
+        return self.keys.resolve_key(key_ref, details=details)
+
+    @operation("broker:Sync", Need("broker:Sync", resource(_manifest_resource)), dynamic=("kms:ListKeys",))
+    def plan(self, call: Call, manifest: Manifest, *, inventory: bool = True) -> Report:
+        """What apply would change (nothing is changed)."""
+        return _Run(self, call, manifest, inventory=inventory).plan()
+
+    @operation("broker:Sync", Need("broker:Sync", resource(_manifest_resource)), dynamic=("kms:ListKeys",),
+               mutates=True)
+    def apply(self, call: Call, manifest: Manifest, *, inventory: bool = True, concurrency: int | None = None,
+              progress: Callable[[int, int], None] | None = None) -> Report:
+        """Reconcile: idempotent and resumable."""
+        call.entry.extra["mode"] = "apply"
+        return _Run(self, call, manifest, inventory=inventory, concurrency=concurrency, progress=progress).apply()
+
+    # ------------------------------------------------------------------------------ steps (each its own operation)
+
+    @operation("kms:CreateKey", Need("kms:CreateKey", resource(_provider_arg)), dynamic=("kms:ReplicateKey",),
+               mutates=True)
+    def _create(self, call: Call, run: _Run, e: KeyEntry, target: str, provider: str) -> Key:
+        key_id = str(uuid.uuid4())
+        m = run.manifest.manifest
+        call.entry.key_id, call.entry.provider = key_id, provider
+        call.entry.extra["sync"] = run.sync_value(e.name)
+        if e.replicate and target != PRIMARY:
+            primary = run.primary(e)
+            call.require("kms:ReplicateKey", primary)
+            jid = self.repo.journal_intent(m, e.name, target, key_id, "import")
+            run.limit(provider)
+            material = retry(lambda: self.keys.replicate_version(call, primary, target, label=key_id))
+            self.repo.journal_set(jid, "created", material.journal())
+            key = self._register(call, run, material, e, target, key_id, primary=primary.key_id)
+        else:
+            jid = self.repo.journal_intent(m, e.name, target, key_id, "create")
+            run.limit(provider)
+            material = retry(lambda: self.keys.provision_key(call, provider, e.key_spec, e.key_usage,
+                                                              label=key_id))
+            self.repo.journal_set(jid, "created", material.journal())
+            key = self._register(call, run, material, e, target, key_id)
+        self.repo.journal_set(jid, "done")
+        return key
+
+    def _register(self, call: Call, run: _Run, material: Provisioned, e: KeyEntry, target: str, key_id: str, *,
+                  primary: str | None = None) -> Key:
+        tags = run.desired_tags(e, target)
+        if primary is not None:
+            key = self.keys.register_key(call, material, key_id=key_id, spec=e.key_spec, usage=e.key_usage,
+                                         origin=Origin.EXTERNAL, description=e.description,
+                                         tags={**tags, REPLICA_TAG: primary})
+            if target not in self.repo.replicas(primary):
+                self.repo.add_replica(primary, target, key_id)
+            return key
+        if e.replicate and target == PRIMARY:
+            tags[PRIMARY_TAG] = "primary"
+        return self.keys.register_key(call, material, key_id=key_id, spec=e.key_spec, usage=e.key_usage,
+                                      description=e.description, tags=tags)
+
+    @operation("kms:CreateKey", Need("kms:CreateKey", resource(_provider_arg)), dynamic=("kms:ReplicateKey",),
+               mutates=True)
+    def _adopt(self, call: Call, run: _Run, j: JournalEntry, e: KeyEntry, provider: str) -> None:
+        """Register the material a crashed run journaled (no second create)."""
+        call.entry.key_id, call.entry.provider = j.key_id, provider
+        call.entry.extra["sync"] = "adopt-after-crash"
+        material = self.keys.restore_provisioned(call, provider, j.key_id, _journaled_ref(j))
+        primary = None
+        if j.action == "import":
+            primary_key = run.primary(e)
+            call.require("kms:ReplicateKey", primary_key)
+            primary = primary_key.key_id
+        self._register(call, run, material, e, j.target, j.key_id, primary=primary)
+        self.repo.journal_set(j.id, "done")
+
+    @operation("broker:DestroyKey", Need("broker:DestroyKey", resource(_provider_arg)), mutates=True)
+    def _clean(self, call: Call, run: _Run, j: JournalEntry, provider: str) -> int:
+        """Destroy whatever the cloud made for an intent whose material never reached the catalog. -> how many
+        provider keys were destroyed."""
+        call.entry.key_id, call.entry.provider = j.key_id, provider
+        call.entry.extra["sync"] = "cleanup-after-crash"
+        if j.provider_ref is not None:
+            material = self.keys.restore_provisioned(call, provider, j.key_id, _journaled_ref(j))
+            return int(retry(lambda: self.keys.discard(call, material)))
+        items = run.inventory.get(provider, [])
+        return len(retry(lambda: self.keys.discard_unregistered(call, provider, j.key_id, items)))
+
+    @operation("kms:EnableKey", Need("kms:EnableKey", key_arg("key_id")), mutates=True)
+    def _mirror_enabled(self, call: Call, key_id: str) -> None:
+        call.entry.extra["sync"] = "mirror-state"
+        retry(lambda: self.keys.mirror_state(call, call.key("key_id")))
+
+    @operation("kms:DisableKey", Need("kms:DisableKey", key_arg("key_id")), mutates=True)
+    def _mirror_disabled(self, call: Call, key_id: str) -> None:
+        call.entry.extra["sync"] = "mirror-state"
+        retry(lambda: self.keys.mirror_state(call, call.key("key_id")))
+
+
+def _desired_tags(manifest: str, e: KeyEntry, target: str) -> dict[str, str]:
+    return {**e.tags, SYNC_TAG: f"{manifest}/{e.name}", TARGET_TAG: target}
+
+
+def _journaled_ref(j: JournalEntry) -> Mapping[str, Any]:
+    """The provider ref a journal entry keeps (`Provisioned.journal()`; a bare ref in entries of earlier runs)."""
+    data = j.provider_ref or {}
+    return data["ref"] if isinstance(data.get("ref"), Mapping) and "provider" in data else data
+
+
+# ================================================================================================== one run
+
+
+class _Run:
+    """The state of one plan or apply: the manifest, the caller's call, the catalog and inventories it read."""
+
+    def __init__(self, sync: Sync, call: Call, manifest: Manifest, *, inventory: bool = True,
                  concurrency: int | None = None, progress: Callable[[int, int], None] | None = None) -> None:
-        self.service = service
+        self.sync = sync
+        self.keys = sync.keys
+        self.repo = sync.repo
+        self.call = call
+        self.ctx = call.ctx
         self.manifest = manifest
-        self.ctx = ctx
-        self.repo = ReplicationRepo(service.store)
         self.use_inventory = inventory
         self.concurrency = concurrency or manifest.concurrency
         self.progress = progress
-        self._replicated: ReplicatedKeys | None = None
-        self._limits = {p: _RateLimit(manifest.rate.get(p)) for p in service.providers}
+        self.inventory: dict[str, list[InventoryItem]] = {}
+        self._limits: dict[str, RateLimit] = {}
+        self._limits_lock = threading.Lock()
         self._cleaned: set[str] = set()
         self._timing: dict[str, list[float]] = defaultdict(list)
         self._timing_lock = threading.Lock()
         self._span: dict[str, tuple[float, float]] = {}
+        call.entry.extra["manifest"] = manifest.manifest
+        call.require("kms:ListKeys")
 
-    # ------------------------------------------------------------------------------------------ units
-    @property
-    def replicated(self) -> ReplicatedKeys:
-        if self._replicated is None:
-            self._replicated = ReplicatedKeys(self.service)
-        return self._replicated
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def sync_value(self, entry: str) -> str:
+        return f"{self.manifest.manifest}/{entry}"
+
+    def desired_tags(self, e: KeyEntry, target: str) -> dict[str, str]:
+        return _desired_tags(self.manifest.manifest, e, target)
+
+    def limit(self, provider: str) -> None:
+        with self._limits_lock:
+            gate = self._limits.setdefault(provider, RateLimit(self.manifest.rate.get(provider)))
+        gate.wait()
+
+    def primary(self, e: KeyEntry) -> Key:
+        keys = self.catalog().get((e.name, PRIMARY), [])
+        if not keys:
+            raise errors.InvalidState(f"the primary of replicated entry {e.name} does not exist")
+        return keys[0]
 
     def _units(self) -> list[tuple[KeyEntry, str, str]]:
         """(entry, target, provider) for every key the manifest wants."""
         out = []
         for e in self.manifest.keys:
             if e.replicate:
-                out.append((e, PRIMARY, self.replicated.hsm_name))
+                out.append((e, PRIMARY, self.sync.replicated.hsm_name))
             out += [(e, t, t) for t in e.targets]
         return out
 
-    def _sync_value(self, entry: str) -> str:
-        return f"{self.manifest.manifest}/{entry}"
-
-    def _catalog(self) -> dict[tuple[str, str], list[Key]]:
-        out: dict[tuple[str, str], list[Key]] = defaultdict(list)
-        for key in self.repo.keys_tagged(SYNC_TAG, self.manifest.manifest + "/"):
+    def _scoped(self) -> tuple[list[Key], list[Key]]:
+        """(keys this manifest owns, keys tagged into its scope that it did not make)."""
+        owned_ids = self.repo.journal_owned(self.manifest.manifest)
+        owned, foreign = [], []
+        for key in self.keys.keys_tagged(self.call, SYNC_TAG, self.manifest.manifest + "/"):
             if key.state is KeyState.DESTROYED:
                 continue
-            entry = key.tags[SYNC_TAG].split("/", 1)[1] if "/" in key.tags[SYNC_TAG] else ""
+            (owned if key.key_id in owned_ids else foreign).append(key)
+        return owned, foreign
+
+    def catalog(self) -> dict[tuple[str, str], list[Key]]:
+        out: dict[tuple[str, str], list[Key]] = defaultdict(list)
+        for key in self._scoped()[0]:
+            entry = key.tags[SYNC_TAG].split("/", 1)[1]
             out[(entry, key.tags.get(TARGET_TAG, ""))].append(key)
         return out
 
-    def _inventory(self, providers: Iterable[str]) -> dict[str, list[InventoryItem]]:
+    def _read_inventory(self, providers: Iterable[str]) -> dict[str, list[InventoryItem]]:
         if not self.use_inventory:
             return {}
-        names = [p for p in set(providers) if p in self.service.providers
-                 and self.service.providers[p].capabilities.inventory]
+        known = set(self.keys.provider_names())
+        names = sorted(p for p in set(providers) if p in known and self.keys.capabilities_of(p).inventory)
+        for name in names:
+            self.call.require("kms:ListKeys", resource=f"provider/{name}")
 
         def one(name: str) -> list[InventoryItem]:
-            return self._retry(name, lambda: list(self.service.providers[name].inventory()))
+            return retry(lambda: self.keys.inventory_of(self.call, name))
 
         with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
             results = {n: pool.submit(one, n) for n in names}
@@ -198,27 +370,32 @@ class SyncEngine:
         return out
 
     # ------------------------------------------------------------------------------------------ plan
-    def _desired_tags(self, e: KeyEntry, target: str) -> dict[str, str]:
-        return {**e.tags, SYNC_TAG: self._sync_value(e.name), TARGET_TAG: target}
+
+    def _rotation_due(self, e: KeyEntry, key: Key) -> bool:
+        versions = self.keys.list_key_versions(self.ctx, key.key_id)["Versions"]
+        current = next((v for v in versions if v["KeyVersion"] == key.primary_version), None)
+        if current is None:
+            return False
+        created = datetime.fromisoformat(current["CreationDate"])
+        return (datetime.now(created.tzinfo) - created).days >= (e.rotation_days or 0)
 
     def _changes(self, e: KeyEntry, target: str, key: Key) -> list[str]:
         ch: list[str] = []
         if key.state is KeyState.PENDING_DELETION:
             ch.append("cancel-deletion")
-            ch.append("enable" if e.enabled else "")
+            if e.enabled:
+                ch.append("enable")
         elif key.state is KeyState.ENABLED and not e.enabled:
             ch.append("disable")
         elif key.state is KeyState.DISABLED and e.enabled:
             ch.append("enable")
-        ch = [c for c in ch if c]
         rotatable = key.spec is KeySpec.SYMMETRIC_DEFAULT and key.origin is Origin.BROKER and not e.replicate
         if rotatable and key.rotation_period_days != e.rotation_days:
             ch.append(f"rotation:{e.rotation_days or 'off'}")
-        if e.replicate and target == PRIMARY and e.rotation_days and key.state is KeyState.ENABLED:
-            kv = self.service.store.get_version(key.key_id, key.primary_version)
-            if kv is not None and kv.created_at + timedelta(days=e.rotation_days) <= datetime.now(UTC):
-                ch.append("rotate-replicas")
-        desired = self._desired_tags(e, target)
+        if e.replicate and target == PRIMARY and e.rotation_days and key.state is KeyState.ENABLED \
+                and self._rotation_due(e, key):
+            ch.append("rotate-replicas")
+        desired = self.desired_tags(e, target)
         for k, v in sorted(desired.items()):
             if key.tags.get(k) != v:
                 ch.append(f"tag:{k}")
@@ -235,14 +412,21 @@ class SyncEngine:
     def plan(self, inventory: dict[str, list[InventoryItem]] | None = None) -> Report:
         started = time.perf_counter()
         report = Report(self.manifest.manifest, "plan")
-        catalog = self._catalog()
+        owned, foreign = self._scoped()
+        catalog: dict[tuple[str, str], list[Key]] = defaultdict(list)
+        for key in owned:
+            catalog[(key.tags[SYNC_TAG].split("/", 1)[1], key.tags.get(TARGET_TAG, ""))].append(key)
+        for key in foreign:
+            report.drift.append(Drift("not-owned", key.provider, "tagged for this manifest but not made by it: left "
+                                      "alone", key_id=key.key_id, entry=key.tags[SYNC_TAG].split("/", 1)[1]))
         units = self._units()
         if inventory is None:
-            inventory = self._inventory({p for _, _, p in units} | {k.provider for ks in catalog.values() for k in ks})
+            inventory = self._read_inventory({p for _, _, p in units} | {k.provider for k in owned})
+            self.inventory = inventory
         wanted = set()
         for e, target, provider in units:
             wanted.add((e.name, target))
-            keys = [k for k in catalog.get((e.name, target), [])]
+            keys = list(catalog.get((e.name, target), []))
             if len(keys) > 1:
                 report.drift.append(Drift("duplicate", provider, f"{len(keys)} keys for {e.name}/{target}",
                                           key_id=keys[1].key_id, entry=e.name))
@@ -274,19 +458,19 @@ class SyncEngine:
         if not inventory:
             return
         ours = {k.key_id: (entry, k) for (entry, _), ks in catalog.items() for k in ks}
-        labels = {lab for items in inventory.values() for i in items if (lab := _label(i))}
-        known = self.repo.known_key_ids(sorted(labels))
+        labels = {i.label.lower() for items in inventory.values() for i in items if i.label}
+        known = self.keys.known_key_ids(self.call, sorted(labels))
         for provider, items in inventory.items():
             by_label: dict[str, list[InventoryItem]] = defaultdict(list)
             for item in items:
-                lab = _label(item)
+                lab = item.label.lower() if item.label else None
                 if lab is None:
                     if item.enabled:
                         report.drift.append(Drift("unmanaged", provider, "a key the broker did not create",
                                                   cloud_key=item.key_id))
                     continue
                 by_label[lab].append(item)
-                if lab not in known and item.enabled and item.key_id not in self._cleaned:
+                if lab not in known and item.enabled and lab not in self._cleaned:
                     report.drift.append(Drift("unmanaged", provider, "labelled with a key id the broker does not "
                                               "know", cloud_key=item.key_id))
             for key_id, (entry, key) in ours.items():
@@ -306,15 +490,16 @@ class SyncEngine:
                                                  ["enable" if enabled else "disable"]))
 
     # ------------------------------------------------------------------------------------------ apply
+
     def apply(self) -> Report:
         started = time.perf_counter()
         units = self._units()
-        catalog = self._catalog()
-        providers = {p for _, _, p in units} | {k.provider for ks in catalog.values() for k in ks}
-        inventory = self._inventory(providers | {j.target for j in self.repo.journal_open(self.manifest.manifest)
-                                                 if j.target != PRIMARY})
-        resumed = self._resume(inventory)
-        report = self.plan(inventory)
+        owned, _ = self._scoped()
+        open_entries = self.repo.journal_open(self.manifest.manifest)
+        providers = {p for _, _, p in units} | {k.provider for k in owned}
+        self.inventory = self._read_inventory(providers | {self._provider_of(j) for j in open_entries})
+        resumed = self._resume(open_entries)
+        report = self.plan(self.inventory)
         report.mode, report.resumed = "apply", resumed
         report.drift = [d for d in report.drift if not d.fixable]
         entries = {e.name: e for e in self.manifest.keys}
@@ -335,6 +520,7 @@ class SyncEngine:
             self._run_batch(batch, entries, tick)
         report.seconds = time.perf_counter() - started
         report.per_provider = self._provider_stats()
+        self.call.entry.extra["status"] = report.status
         return report
 
     def _run_batch(self, actions: list[Action], entries: dict[str, KeyEntry], tick: Callable[[], None]) -> None:
@@ -377,36 +563,25 @@ class SyncEngine:
                     "wall_seconds": round(self._span[p][1] - self._span[p][0], 3)}
                 for p, ts in sorted(self._timing.items())}
 
-    def _retry(self, provider: str, fn: Callable[[], Any]) -> Any:
-        """Retry throttled calls: the provider's retry_after when it gave one, else exponential backoff + jitter."""
-        for attempt in range(MAX_ATTEMPTS):
-            try:
-                return fn()
-            except (pb.ProviderThrottled, errors.Throttled) as exc:
-                if attempt == MAX_ATTEMPTS - 1:
-                    raise
-                wait = getattr(exc, "retry_after", None) or min(0.2 * 2 ** attempt, 10.0)
-                time.sleep(wait + random.uniform(0, wait / 4))
-        raise AssertionError("unreachable")
-
     def _execute(self, a: Action, e: KeyEntry | None) -> None:
         started = time.perf_counter()
         try:
             if a.kind == "create":
                 assert e is not None
-                key = self._create(e, a.target, a.provider)
+                key = self.sync._create(self.ctx, self, e, a.target, a.provider)
                 a.key_id = key.key_id
+                key = self.keys.resolve_key(key.key_id, details=True)
                 a.changes = self._changes(e, a.target, key)
                 self._update(e, a.target, key, a.changes)
             elif a.kind == "update":
-                assert e is not None
-                key = self.service.store.get_key(a.key_id)
-                self._update(e, a.target, key, a.changes)
+                assert e is not None and a.key_id is not None
+                self._update(e, a.target, self.keys.resolve_key(a.key_id, details=True), a.changes)
             elif a.kind == "delete":
-                self._retry(a.provider, lambda: self.service.schedule_key_deletion(self.ctx, a.key_id, 7))
+                retry(lambda: self.keys.schedule_key_deletion(self.ctx, a.key_id, 7))
             elif a.kind == "fix-drift":
+                mirror = self.sync._mirror_enabled if a.changes[0] == "enable" else self.sync._mirror_disabled
                 try:
-                    self._mirror_state(a.key_id, a.changes[0] == "enable")
+                    mirror(self.ctx, a.key_id)
                 except errors.InvalidState:
                     # e.g. scheduled for deletion in the cloud: only people can decide what to do with that key
                     raise _Unfixable("the cloud holds the key in a state the broker cannot undo (deleted or "
@@ -414,58 +589,10 @@ class SyncEngine:
         finally:
             self._timed(a.provider, started)
 
-    # -- create
-    def _create(self, e: KeyEntry, target: str, provider: str) -> Key:
-        key_id = str(uuid.uuid4())
-        m = self.manifest.manifest
-        svc = self.service
-        with svc.operation(self.ctx, "kms:CreateKey") as entry:
-            entry.key_id, entry.provider = key_id, provider
-            entry.extra["sync"] = self._sync_value(e.name)
-            tags = self._desired_tags(e, target)
-            if e.replicate and target != PRIMARY:
-                primary = self._primary(e)
-                svc.authorize(self.ctx, entry, "kms:CreateKey", None, resource=f"provider/{provider}")
-                jid = self.repo.journal_intent(m, e.name, target, key_id, "import")
-                self._limits[provider].wait()
-                ref = self._retry(provider, lambda: self.replicated.import_copy(self.ctx, entry, primary, target,
-                                                                                 replica_id=key_id))
-                self.repo.journal_set(jid, "created", ref.to_dict())
-                key = self.replicated.record_copy(primary, target, key_id, ref, tags)
-                self.repo.journal_set(jid, "done")
-                return svc.store.get_key(key.key_id)
-            svc.authorize(self.ctx, entry, "kms:CreateKey", None, resource=f"provider/{provider}")
-            backend = svc.provider(provider)
-            missing = backend.capabilities.missing_for(e.key_spec)
-            if missing:
-                raise errors.Unsupported(f"provider {provider!r} lacks {missing}; cannot create this key there")
-            jid = self.repo.journal_intent(m, e.name, target, key_id, "create")
-            self._limits[provider].wait()
-            ref = self._retry(provider, lambda: backend.create_key(e.key_spec, e.key_usage, label=key_id))
-            self.repo.journal_set(jid, "created", ref.to_dict())
-            self._add_key(e, target, provider, key_id, ref)
-            self.repo.journal_set(jid, "done")
-            return svc.store.get_key(key_id)
-
-    def _add_key(self, e: KeyEntry, target: str, provider: str, key_id: str, ref: ProviderKeyRef) -> None:
-        tags = self._desired_tags(e, target)
-        if e.replicate and target == PRIMARY:
-            tags[PRIMARY_TAG] = "primary"
-        key = Key(key_id=key_id, provider=provider, spec=e.key_spec, usage=e.key_usage, state=KeyState.ENABLED,
-                  origin=Origin.BROKER, description=e.description, created_at=now(), tags=tags)
-        self.service.store.add_key(key, KeyVersion(1, ref.to_dict(), now()))
-
-    def _primary(self, e: KeyEntry) -> Key:
-        keys = self._catalog().get((e.name, PRIMARY), [])
-        if not keys:
-            raise errors.InvalidState(f"the primary of replicated entry {e.name} does not exist")
-        return keys[0]
-
-    # -- update (each change is its own audited KeyService operation)
     def _update(self, e: KeyEntry, target: str, key: Key, changes: list[str]) -> None:
-        svc, ctx = self.service, self.ctx
-        retry = lambda fn: self._retry(key.provider, fn)  # noqa: E731
-        tags = self._desired_tags(e, target)
+        """Each change is a declared operation of its own, run as the caller."""
+        svc, ctx = self.keys, self.ctx
+        tags = self.desired_tags(e, target)
         set_tags = {c.split(":", 1)[1]: tags[c.split(":", 1)[1]] for c in changes if c.startswith("tag:")}
         if set_tags:
             retry(lambda: svc.tag_resource(ctx, key.key_id, set_tags))
@@ -488,106 +615,62 @@ class SyncEngine:
                 else:
                     retry(lambda d=int(days): svc.enable_key_rotation(ctx, key.key_id, d))
             elif c == "rotate-replicas":
-                retry(lambda: self.replicated.rotate(ctx, key.key_id))
+                retry(lambda: self.sync.replicated.rotate(ctx, key.key_id))
             elif c.startswith("unalias:"):
                 alias = c.split(":", 1)[1]
                 retry(lambda n=alias: svc.delete_alias(ctx, n))
             elif c.startswith("alias:"):
-                name = c.split(":", 1)[1]
-                owner = self.repo.alias_targets([name]).get(name)
-                if owner is None:
-                    retry(lambda n=name: svc.create_alias(ctx, n, key.key_id))
-                elif owner != key.key_id:
-                    retry(lambda n=name: svc.update_alias(ctx, n, key.key_id))
+                self._point_alias(c.split(":", 1)[1], key)
 
-    def _mirror_state(self, key_id: str, enabled: bool) -> None:
-        """Put the broker's enabled state back onto the cloud (someone changed it there)."""
-        svc = self.service
-        action = "kms:EnableKey" if enabled else "kms:DisableKey"
-        with svc.operation(self.ctx, action) as entry:
-            key = svc.resolve_key(key_id)
-            svc.authorize(self.ctx, entry, action, key)
-            entry.extra["sync"] = "mirror-state"
-            backend = svc.provider(key.provider)
-            for kv in svc.store.list_versions(key.key_id):
-                if kv.state == "Enabled":
-                    self._retry(key.provider, lambda r=kv.provider_ref: backend.set_enabled(
-                        ProviderKeyRef.from_dict(r), enabled))
+    def _point_alias(self, name: str, key: Key) -> None:
+        """Create the alias, or move it from another key *of this manifest*; an alias held outside the manifest's
+        scope is never taken."""
+        try:
+            owner: Key | None = self.keys.resolve_key(name)
+        except errors.NotFound:
+            owner = None
+        if owner is None:
+            retry(lambda: self.keys.create_alias(self.ctx, name, key.key_id))
+        elif owner.key_id != key.key_id:
+            if owner.key_id not in self.repo.journal_owned(self.manifest.manifest):
+                raise _Unfixable(f"{name} points at a key this manifest does not manage; it is left alone")
+            retry(lambda: self.keys.update_alias(self.ctx, name, key.key_id))
 
-    # -- resume
-    def _resume(self, inventory: dict[str, list[InventoryItem]]) -> dict[str, int]:
+    # ------------------------------------------------------------------------------------------ resume
+
+    def _provider_of(self, j: JournalEntry) -> str:
+        return self.sync.replicated.hsm_name if j.target == PRIMARY else j.target
+
+    def _resume(self, open_entries: list[JournalEntry]) -> dict[str, int]:
         """Settle what a killed run left: close, adopt or clean up every open journal entry."""
         counts = {"closed": 0, "adopted": 0, "cleaned": 0}
-        open_entries = self.repo.journal_open(self.manifest.manifest)
         if not open_entries:
             return counts
-        known = self.repo.known_key_ids([j.key_id for j in open_entries])
+        known = self.keys.known_key_ids(self.call, [j.key_id for j in open_entries])
         entries = {e.name: e for e in self.manifest.keys}
         for j in open_entries:
+            provider = self._provider_of(j)
             if j.key_id in known:
                 self._ensure_replica_row(j)
                 self.repo.journal_set(j.id, "done")
                 counts["closed"] += 1
             elif j.state == "created" and j.provider_ref is not None and j.entry in entries:
-                self._adopt(j, entries[j.entry])
+                self.sync._adopt(self.ctx, self, j, entries[j.entry], provider)
                 counts["adopted"] += 1
             else:
-                counts["cleaned"] += self._clean(j, inventory)
+                if provider in self.keys.provider_names():
+                    counts["cleaned"] += self.sync._clean(self.ctx, self, j, provider)
+                self._cleaned.add(j.key_id.lower())  # its cloud keys are gone: not "unmanaged" in this run's plan
                 self.repo.journal_set(j.id, "aborted")
         return counts
 
     def _ensure_replica_row(self, j: JournalEntry) -> None:
         if j.action != "import":
             return
-        key = self.service.store.get_key(j.key_id)
-        primary = key.tags.get(REPLICA_TAG) if key else None
+        key = self.keys.resolve_key(j.key_id, details=True)
+        primary = key.tags.get(REPLICA_TAG)
         if primary and j.target not in self.repo.replicas(primary):
             self.repo.add_replica(primary, j.target, j.key_id)
 
-    def _adopt(self, j: JournalEntry, e: KeyEntry) -> None:
-        ref = ProviderKeyRef.from_dict(j.provider_ref or {})
-        provider = self.replicated.hsm_name if j.target == PRIMARY else j.target
-        with self.service.operation(self.ctx, "kms:CreateKey") as entry:
-            entry.key_id, entry.provider = j.key_id, provider
-            entry.extra["sync"] = "adopt-after-crash"
-            self.service.authorize(self.ctx, entry, "kms:CreateKey", None, resource=f"provider/{provider}")
-            if j.action == "import":
-                primary = self._primary(e)
-                self.replicated.record_copy(primary, j.target, j.key_id, ref, self._desired_tags(e, j.target))
-            else:
-                self._add_key(e, j.target, provider, j.key_id, ref)
-        self.repo.journal_set(j.id, "done")
 
-    def _clean(self, j: JournalEntry, inventory: dict[str, list[InventoryItem]]) -> int:
-        """Destroy whatever the cloud made for an intent whose create never reached the journal."""
-        provider = self.replicated.hsm_name if j.target == PRIMARY else j.target
-        backend = self.service.providers.get(provider)
-        if backend is None:
-            return 0
-        if j.provider_ref is not None:
-            found = [ProviderKeyRef.from_dict(j.provider_ref)]
-        else:
-            found = [ProviderKeyRef(key_id=i.key_id) for i in inventory.get(provider, [])
-                     if _label(i) == j.key_id.lower()]
-        with self.service.operation(self.ctx, "broker:DestroyKey") as entry:
-            entry.key_id, entry.provider = j.key_id, provider
-            entry.extra["sync"] = "cleanup-after-crash"
-            self.service.authorize(self.ctx, entry, "broker:DestroyKey", None, resource=f"provider/{provider}")
-            for ref in found:
-                self._destroy_orphan(backend, ref)
-                self._cleaned.add(ref.key_id)
-        return len(found)
-
-    def _destroy_orphan(self, backend: pb.Provider, ref: ProviderKeyRef) -> None:
-        """Disable, schedule and destroy (each as far as the backend has it). A backend that manages versions, not
-        keys, needs a version: an orphan has exactly its first one."""
-        for candidate in (ref, ProviderKeyRef(key_id=ref.key_id, version="1", extra=dict(ref.extra))):
-            try:
-                self._retry(backend.name, lambda r=candidate: backend.set_enabled(r, False))
-                self._retry(backend.name, lambda r=candidate: backend.schedule_destruction(r, 7))
-                self._retry(backend.name, lambda r=candidate: backend.destroy(r))
-                return
-            except pb.ProviderInvalidInput:
-                continue
-            except pb.ProviderNotFound:
-                return
+__all__ = ["Action", "Drift", "RateLimit", "Report", "Sync", "retry"]

@@ -33,14 +33,12 @@ FRONT_DOORS = sorted((ROOT / "broker" / "api").glob("*.py")) + [
     *sorted((ROOT / "broker" / "console").glob("*.py"))]
 LEGACY_HAND_CALLED = {
     "broker/api/auth_routes.py", "broker/api/aws_credentials.py",
-    "broker/api/audit_routes.py", "broker/api/aws.py", "broker/replication/keyrings.py",
-    "broker/replication/replicated.py", "broker/replication/sync.py", "broker/service.py",
+    "broker/api/audit_routes.py", "broker/api/aws.py", "broker/service.py",
 }
 LEGACY_FRONT_DOOR_REACH = {
     "broker/api/audit_routes.py", "broker/api/auth_routes.py", "broker/api/aws.py",
 }
-LEGACY_PRIVATE_REACH = {"broker/replication/keyrings.py", "broker/replication/replicated.py", "broker/service.py",
-                        "broker/cli_auth.py"}
+LEGACY_PRIVATE_REACH = {"broker/service.py", "broker/cli_auth.py"}
 _FORBIDDEN_IN_FRONT_DOORS = ("broker.store", "providers", "broker.policy", "broker.audit", "sqlalchemy", "pkcs11")
 _FORBIDDEN_ATTRS = {"store", "providers", "policy", "audit", "repo", "engine", "gate"}
 _STDLIB_PRIVATE = {"_exit", "_replace", "_asdict", "_fields", "_make", "_getframe"}

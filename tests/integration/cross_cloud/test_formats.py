@@ -52,13 +52,11 @@ keys:
 
 def test_throttled_calls_back_off_and_rates_are_spaced() -> None:
     import time
-    from types import SimpleNamespace
 
     from broker import errors
-    from broker.replication.sync import SyncEngine, _RateLimit
+    from broker.replication.sync import RateLimit, retry
     from providers.base import ProviderThrottled
 
-    engine = SyncEngine(SimpleNamespace(store=None, providers={}), parse_manifest("manifest: t\nkeys: []"), None)
     calls = []
 
     def flaky() -> str:
@@ -69,16 +67,16 @@ def test_throttled_calls_back_off_and_rates_are_spaced() -> None:
             raise errors.Throttled("slow down")
         return "ok"
 
-    assert engine._retry("aws", flaky) == "ok" and len(calls) == 3
+    assert retry(flaky) == "ok" and len(calls) == 3
     assert calls[1] - calls[0] >= 0.3  # the provider's retry_after
     assert calls[2] - calls[1] >= 0.4  # exponential backoff, second attempt
 
     def always() -> None:
         raise ProviderThrottled("no", retry_after=0.001)
     with pytest.raises(ProviderThrottled):
-        engine._retry("aws", always)
+        retry(always)
 
-    limit, starts = _RateLimit(20.0), []
+    limit, starts = RateLimit(20.0), []
     for _ in range(6):
         limit.wait()
         starts.append(time.monotonic())
