@@ -182,11 +182,16 @@ def test_native_retire_and_reencrypt_rules(broker, root, tokens):
 # ============================================================================================ AWS door (boto3)
 
 
-def test_aws_create_grant_with_nested_operations_is_a_validation_error(broker, root):
+def test_aws_create_grant_with_nested_operations_is_a_400_not_a_500(broker, root):
+    """A mistyped member is refused by the door's typed reading of the request (SerializationException, as AWS answers
+    a JSON type mismatch); a well-typed but unknown operation by PolicyAdmin (ValidationException)."""
     kms = aws(broker, root, unique("aws-root"), "root", parameter_validation=False)
     key = kms.create_key()["KeyMetadata"]["KeyId"]
-    message = aws_refused(broker, "ValidationException", kms.create_grant, KeyId=key, GranteePrincipal="bob",
+    message = aws_refused(broker, "SerializationException", kms.create_grant, KeyId=key, GranteePrincipal="bob",
                           Operations=[["Decrypt"]])
+    assert "Operations" in message
+    message = aws_refused(broker, "ValidationException", kms.create_grant, KeyId=key, GranteePrincipal="bob",
+                          Operations=["Decrypt", "Frobnicate"])
     assert "Operations" in message
     aws_refused(broker, "ValidationException", kms.create_grant, KeyId=key, GranteePrincipal="*",
                 Operations=["Decrypt"])
