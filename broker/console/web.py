@@ -45,7 +45,13 @@ def init_app(app: Flask, settings: ConsoleSettings, data_dir: Path) -> None:
     app.extensions["kms_console_sessions"] = SessionStore(path, idle_seconds=settings.idle_seconds,
                                                           max_seconds=settings.max_seconds)
     app.extensions.setdefault("kms_authenticators", {})["console"] = _authenticate
-    from broker.console import pages_auth, pages_keyring, pages_keys, pages_policies  # noqa: F401 - their routes
+    from broker.console import (  # noqa: F401 - their routes
+        pages_approvals,
+        pages_auth,
+        pages_keyring,
+        pages_keys,
+        pages_policies,
+    )
 
     app.register_blueprint(bp)
 
