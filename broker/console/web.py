@@ -48,6 +48,7 @@ def init_app(app: Flask, settings: ConsoleSettings, data_dir: Path) -> None:
     from broker.console import (  # noqa: F401 - their routes
         pages_approvals,
         pages_auth,
+        pages_crosscloud,
         pages_keyring,
         pages_keys,
         pages_policies,
