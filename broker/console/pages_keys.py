@@ -3,6 +3,8 @@ the policy service for the key policy and grants), render; the gate decides and 
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import g, redirect, request, url_for
 
 from broker import errors
@@ -101,7 +103,24 @@ def _detail(key_id: str, status: int = 200, error: str = "", action: str = ""):
     if detail.allowed.get("kms:ListGrants"):
         grants = svc.policies.list_grants(g.ctx, detail.summary.key_id).get("Grants", [])
     return page("key.html", status, title=detail.summary.key_id, detail=detail, key_policy=key_policy,
-                grants=grants, error=error, failed_action=action)
+                grants=grants, error=error, failed_action=action, used_by=_used_by(detail.summary.key_id))
+
+
+def _used_by(key_id: str) -> dict[str, Any]:
+    """Which multi-keys list this key as a member, and its copies if it is a replicated key's primary (each only as
+    far as the caller may see)."""
+    svc = services()
+    out: dict[str, Any] = {"multikeys": None, "replicas": None}
+    try:
+        out["multikeys"] = [mk["Name"] for mk in svc.multikeys.list_multikeys(g.ctx)["MultiKeys"]
+                            if key_id in mk.get("Members", [])]
+    except errors.AccessDenied:
+        pass
+    try:
+        out["replicas"] = svc.replicated.describe(g.ctx, key_id)["Replicas"]
+    except (errors.NotFound, errors.ValidationError, errors.AccessDenied, errors.InvalidState):
+        pass
+    return out
 
 
 def _json(value: object) -> str:

@@ -198,10 +198,13 @@ def _error_page(exc: errors.BrokerError) -> tuple[str, int]:
 def _broker_error(exc: errors.BrokerError):
     handler: Callable | None = getattr(g, "on_error", None)
     if handler is not None:
+        g.on_error = None
         try:
             from broker.app import audit_refusal
             exc = audit_refusal(current_app.extensions["kms_service"], exc)
             return handler(exc)
+        except errors.BrokerError:
+            pass  # the form's page itself is refused (e.g. the key is gone): the error page says why
         except Exception:  # noqa: BLE001 - a failing form re-render falls back to the error page
             log.exception("console form re-render failed")
     return _error_page(exc)

@@ -158,3 +158,57 @@ def test_a_policy_validation_error_is_shown_at_the_right_field(console_broker, t
     assert "kms:Frobnicate" in selected
     assert api(console_broker, "GET", "/policies/ops-readers").status_code == 404
     assert [p for p in tab.problems if "400" not in p] == []
+
+
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label'))
+  .map(el => el.outerHTML.slice(0, 80))"""
+OVERFLOW = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+PAGES = ["/ui/keys", "/ui/keys/new", "/ui/policies", "/ui/policies-new", "/ui/simulator", "/ui/keyring",
+         "/ui/cross-cloud", "/ui/approvals"]
+
+
+def test_every_control_has_a_label_and_the_skip_link_comes_first(console_broker, tab: Tab) -> None:
+    key = make_key(console_broker, "labelled")
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    for path in [*PAGES, f"/ui/keys/{key}"]:
+        page.goto(f"{console_broker.addr}{path}")
+        assert page.evaluate(UNLABELLED) == [], path
+        assert page.locator("h1").count() == 1, path
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#main")).to_be_focused()
+    assert tab.problems == []
+
+
+def test_phone_width_pages_fit_the_screen(console_broker, browser) -> None:
+    key = make_key(console_broker, "small screen")
+    tab = open_tab(browser, width=390, height=844)
+    try:
+        page = tab.page
+        login_with_token(page, console_broker.addr, console_broker.root_token)
+        for path in [*PAGES, f"/ui/keys/{key}"]:
+            page.goto(f"{console_broker.addr}{path}")
+            assert page.evaluate(OVERFLOW) <= 0, path
+        page.goto(f"{console_broker.addr}/ui/keys/{key}")
+        expect(page.locator("#action-rotate")).to_be_in_viewport(ratio=0.5)
+        assert tab.problems == []
+    finally:
+        tab.page.context.close()
+
+
+def test_the_console_speaks_chinese_from_one_file(console_broker, tab: Tab) -> None:
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.get_by_label("Language").select_option("zh-CN")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("heading", name="密钥")).to_be_visible()
+    expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    page.goto(f"{console_broker.addr}/ui/simulator")
+    expect(page.get_by_role("heading", name="策略模拟器")).to_be_visible()
+    page.get_by_label("语言").select_option("en")
+    page.get_by_role("button", name="应用").click()
+    expect(page.get_by_role("heading", name="Policy simulator")).to_be_visible()
+    assert tab.problems == []

@@ -25,6 +25,8 @@ def test_providers_and_multikeys_with_member_health(admin: Console) -> None:
     assert 'data-provider="hsm"' in page.text and "healthy" in page.text
     card = page.text.split('data-multikey="console-multikey"')[1].split("</article>")[0]
     assert all(m in card for m in members) and card.count("closed (healthy)") == 2
+    used = admin.get(f"/ui/keys/{members[0]}").text.split('id="used-by"')[1].split("</ul>")[0]
+    assert "member of multi-key console-multikey" in used
 
 
 def test_a_sync_plan_is_a_readable_diff_and_changes_nothing(admin: Console) -> None:
