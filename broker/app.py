@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from broker import errors
 from broker.api.limits import MAX_BODY_BYTES, TOO_LARGE, request_id
 from broker.audit.setup import build_audit_log
-from broker.auth import Principal, TokenAuth
+from broker.auth import Principal
 from broker.policy import PolicyEngine
 from broker.policy.document import KMS_ACTIONS
 from broker.service import KeyService, RequestContext
@@ -56,16 +56,15 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     app.extensions["kms"] = services
     app.extensions["kms_service"] = service
     app.extensions["kms_settings"] = settings
-    tokens = TokenAuth(service.store, cache_seconds=settings.auth_cache_seconds)
     public = {r.operation for r in ROUTES if not r.authenticated}
-    app.extensions["kms_tokens"] = tokens
+    app.extensions["kms_tokens"] = services.identity.token_store  # LEGACY: the keyring admin routes mint by hand
     # Front doors with their own credentials (e.g. SigV4) register `blueprint name -> fn(request) -> Principal`.
     authenticators: dict[str, Callable[[Request], Principal]] = app.extensions.setdefault("kms_authenticators", {})
 
     def token_principal(req: Request) -> Principal:
         header = req.headers.get("Authorization", "")
         token = req.headers.get("X-KMSB-Token") or (header[7:] if header.startswith("Bearer ") else None)
-        return tokens.authenticate(token)
+        return services.identity.authenticate_token(token)
 
     @app.before_request
     def authenticate() -> None:

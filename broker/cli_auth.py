@@ -19,9 +19,7 @@ OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]),
 
 
 def _anonymous() -> BrokerClient:
-    client = BrokerClient()
-    client._session.headers.pop("X-KMSB-Token", None)
-    return client
+    return BrokerClient(anonymous=True)  # a login presents no token, even if KMSB_TOKEN is set
 
 
 def _call(client: BrokerClient, method: str, path: str, body: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
 """`kms-broker aws-credentials create|list|revoke`: SigV4 credentials of the AWS-compatible front door (over HTTP).
 
 Reads KMSB_ADDR and KMSB_TOKEN like the other client commands. The secret access key is printed once, by create.
+Credentials die with the token that created them (KMSB_TOKEN), or earlier with --ttl.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 import click
 
+from broker.auth.config import parse_duration
 from broker.client import BrokerClient
 
 OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
@@ -28,12 +30,20 @@ def aws_credentials() -> None:
 @aws_credentials.command("create")
 @click.option("--policy", "policies", multiple=True, help="policy name the credentials run with (repeatable)")
 @click.option("--name", default="", help="principal name the requests run as (default: the access key id)")
+@click.option("--ttl", default=None, help="e.g. 15m, 8h (default and ceiling: the life of your token)")
 @OUTPUT
-def create(policies: tuple[str, ...], name: str, output: str) -> None:
+def create(policies: tuple[str, ...], name: str, ttl: str | None, output: str) -> None:
     """Issue an access key id and secret; the secret is shown only now."""
-    out = BrokerClient().call("POST", "/aws-credentials", {"Policies": list(policies), "Name": name})
+    body: dict[str, Any] = {"Policies": list(policies), "Name": name}
+    if ttl:
+        try:
+            body["TtlSeconds"] = parse_duration(ttl)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ttl") from None
+    out = BrokerClient().call("POST", "/aws-credentials", body)
+    expiry = f"expires_at: {out['expires_at']}\n" if out.get("expires_at") else ""
     _emit(output, out, f"access_key_id: {out['access_key_id']}\nsecret_access_key: {out['secret_access_key']}\n"
-                       "(the secret is shown once; store it now)")
+                       f"{expiry}(the secret is shown once; store it now)")
 
 
 @aws_credentials.command("list")

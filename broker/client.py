@@ -22,9 +22,10 @@ def _b64(data: bytes) -> str:
 
 class BrokerClient:
     def __init__(self, addr: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 verify: bool | str = True) -> None:
+                 verify: bool | str = True, anonymous: bool = False) -> None:
+        """`anonymous`: send no token at all (logins), whatever KMSB_TOKEN says."""
         self.addr = (addr or os.environ.get("KMSB_ADDR") or "http://127.0.0.1:8200").rstrip("/")
-        token = token or os.environ.get("KMSB_TOKEN")
+        token = None if anonymous else token or os.environ.get("KMSB_TOKEN")
         self._session = requests.Session()
         self._session.verify = verify
         if token:

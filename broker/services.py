@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING
 
 from broker.approval_kinds import builtin_kinds
 from broker.approvals import ApprovalService
+from broker.auth.config import AuthSettings
 from broker.gate import RequestContext
+from broker.identity import IdentityService
 from broker.policy_admin import PolicyAdmin
 from broker.replication.keyrings import MultiKeys
 from broker.replication.replicated import ReplicatedKeys
@@ -31,26 +33,30 @@ class Services:
     multikeys: MultiKeys
     replicated: ReplicatedKeys
     sync: Sync
+    identity: IdentityService
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
     @classmethod
     def over(cls, keys: KeyService, settings: Settings | None = None) -> Services:
-        """Every other service, built around a KeyService (which owns the store, the providers and the gate)."""
+        """Every other service, built around a KeyService (which owns the store, the providers and the gate).
+        Without settings (tests): default [auth] settings and no keyring bridge."""
         approvals = ApprovalService(keys, TrustRepository(keys.store), keys.root)
         for kind in builtin_kinds():
             approvals.register(kind)
         replication = ReplicationRepo(keys.store)
         replicated = ReplicatedKeys(keys, replication)
+        identity = IdentityService(keys.gate, keys.store, settings.auth if settings is not None else AuthSettings(),
+                                   sealer=keys.root,
+                                   cache_seconds=settings.auth_cache_seconds if settings is not None else 1.0)
         services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals,
                        multikeys=MultiKeys(keys, replication), replicated=replicated,
-                       sync=Sync(keys, replication, replicated))
+                       sync=Sync(keys, replication, replicated), identity=identity)
         if settings is not None:
-            from broker.auth import TokenAuth
             from keyring_bridge.approle import KeyringAppRoles
             from keyring_bridge.keyring import KeyringService
 
-            tokens = TokenAuth(keys.store, cache_seconds=settings.auth_cache_seconds)
+            tokens = identity.token_store  # one token store (and cache) for the process
             services.keyring = KeyringService(keys, keys.root, tokens)  # the root of trust seals every entry
             services.keyring_approles = KeyringAppRoles(keys, tokens)
         return services

@@ -29,7 +29,7 @@ from broker import errors
 from broker.api.aws_input import Serialization, check_members
 from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
 from broker.auth import Principal
-from broker.auth.sigv4 import AwsCredentials, SigV4Verifier
+from broker.identity import IdentityService
 from broker.service import KeyService, RequestContext
 
 log = logging.getLogger("kms_broker.aws")
@@ -91,22 +91,20 @@ def operation(name: str) -> Callable[[Handler], Handler]:
 
 
 def init_app(app: Flask, service: KeyService, settings: Any) -> None:
-    """Register the blueprint and its SigV4 authenticator (called from create_app)."""
-    root = service.root  # the root of trust seals the SigV4 secrets
-    credentials = AwsCredentials(service.store, root.seal, root.unseal, cache_seconds=settings.auth_cache_seconds)
-    verifier = SigV4Verifier(credentials)
-    app.extensions["kms_aws_credentials"] = credentials
-    app.extensions["kms_authenticators"]["aws"] = lambda req: _authenticate(verifier, req)
+    """Register the blueprint and its SigV4 authenticator (called from create_app, after `Services` exists: the
+    credentials and their verification belong to the identity service)."""
+    identity: IdentityService = app.extensions["kms"].identity
+    app.extensions["kms_authenticators"]["aws"] = lambda req: _authenticate(identity, req)
     app.register_blueprint(bp)
 
 
-def _authenticate(verifier: SigV4Verifier, req: Request) -> Principal:
+def _authenticate(identity: IdentityService, req: Request) -> Principal:
     g.ctx.front_door = "aws"
     target = req.headers.get("X-Amz-Target", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
     g.operation = name if name.isalnum() and name else "UnknownOperation"
     body = read_body(req)
-    verified = verifier.verify(req.method, req.path, req.query_string.decode("latin-1"), req.headers, body)
+    verified = identity.verify_sigv4(req.method, req.path, req.query_string.decode("latin-1"), req.headers, body)
     g.aws_region = verified.region
     return verified.principal
 

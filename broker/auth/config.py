@@ -31,7 +31,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+from broker.auth.text import MAX_POLICIES, MAX_POLICY_NAME, check_strings
+
+_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$")
+MAX_DURATION = 10 * 365 * 86400  # ten years: any longer lifetime is a mistake (and past it, dates overflow)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # Only asymmetric algorithms: a JWT role verifies with public keys, so HMAC (and `none`) can never be accepted.
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
@@ -48,14 +51,24 @@ def parse_duration(value: str | int | None) -> int | None:
     else:
         m = _DURATION.match(str(value))
         if not m:
-            raise ValueError(f"invalid duration {value!r} (use e.g. 90s, 15m, 1h, 7d)")
+            raise ValueError("invalid duration (use e.g. 90s, 15m, 1h, 7d)")
         seconds = int(m.group(1)) * _UNITS[m.group(2)]
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError("a duration is at most ten years")
     return seconds
 
 
 Duration = str | int | None
+
+
+def _policy_list(names: list[str]) -> list[str]:
+    if len(names) > MAX_POLICIES:
+        raise ValueError(f"at most {MAX_POLICIES} policies")
+    if any(not n or len(n) > MAX_POLICY_NAME or n != n.strip() for n in names):
+        raise ValueError(f"policy names are 1 to {MAX_POLICY_NAME} characters without surrounding spaces")
+    return names
 
 
 class _Strict(BaseModel):
@@ -105,6 +118,33 @@ class JwtRole(_Strict):
     def _duration(cls, v: Duration) -> Duration:
         parse_duration(v)
         return v
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, v: list[str]) -> list[str]:
+        return _policy_list(v)
+
+    @field_validator("claim_policies")
+    @classmethod
+    def _claim_policies(cls, v: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+        for mapping in v.values():
+            for names in mapping.values():
+                _policy_list(names)
+        return v
+
+    def granted_policies(self) -> list[str]:
+        """Every policy a login through this role can carry (its own and every claim mapping's)."""
+        out = list(self.policies)
+        for mapping in self.claim_policies.values():
+            for names in mapping.values():
+                out.extend(n for n in names if n not in out)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: object) -> object:
+        check_strings(data, "the role")
+        return data
 
     @model_validator(mode="after")
     def _one_key_source(self) -> JwtRole:

@@ -19,6 +19,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK, PyJWKClient
 
+from broker.auth import text
 from broker.auth.config import JwtRole
 from broker.errors import NotFound, Unauthenticated, ValidationError
 from broker.store import Store
@@ -40,7 +41,8 @@ class JwtIdentity:
 
 
 def check_role_name(name: str) -> str:
-    if not name or len(name) > 128 or not set(name) <= ROLE_NAME_CHARS:
+    """Role names are one path segment of principal and resource names: no '/', no glob characters."""
+    if not isinstance(name, str) or not name or len(name) > 128 or not set(name) <= ROLE_NAME_CHARS:
         raise ValidationError("role name: 1-128 characters of letters, digits, '-', '_', '.'")
     return name
 
@@ -158,12 +160,10 @@ class JwtAuth:
     # ------------------------------------------------------------------------------------------- login
 
     def login(self, role_name: str, token: str) -> JwtIdentity:
-        if not isinstance(role_name, str) or not role_name:
-            raise ValidationError("role is required")
-        if not isinstance(token, str) or not token:
-            raise ValidationError("jwt is required")
-        if len(token) > MAX_JWT:
-            raise Unauthenticated("jwt login refused: token too large")
+        """Hostile input (not a string, not valid Unicode, oversize) is a ValidationError; every failed check of a
+        well-formed request is an Unauthenticated naming the check."""
+        role_name = text.text(role_name, "role", high=128)
+        token = text.text(token, "jwt", high=MAX_JWT)
         try:
             role = self.role(role_name)
         except NotFound:

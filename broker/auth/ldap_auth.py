@@ -20,6 +20,7 @@ from ldap3.core import exceptions as lx
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn, parse_dn
 
+from broker.auth import text
 from broker.auth.config import LdapSettings
 from broker.errors import DependencyFailure, DependencyTimeout, Unauthenticated, ValidationError
 
@@ -63,6 +64,11 @@ class LdapAuth:
     def __repr__(self) -> str:
         return f"LdapAuth(url={self._cfg.url!r})"
 
+    @property
+    def token_ttl(self) -> str | int | None:
+        """The TTL of the tokens an LDAP login hands out."""
+        return self._cfg.token_ttl
+
     def _service_password(self) -> str:
         cfg = self._cfg
         if cfg.bind_password is not None:
@@ -94,12 +100,12 @@ class LdapAuth:
         return conn
 
     def login(self, username: str, password: str) -> LdapIdentity:
-        if not isinstance(username, str) or not username.strip():
+        username = text.text(username, "username", high=MAX_USERNAME)
+        if not username.strip():
             raise ValidationError("username is required")
-        if not isinstance(password, str) or password == "":
+        password = text.text(password, "password", high=MAX_PASSWORD, low=0)
+        if password == "":
             raise _refused()  # never attempt an unauthenticated (anonymous) bind
-        if len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
-            raise _refused()
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in username) or username != username.strip():
             raise _refused()  # LDAP matching ignores insignificant spaces: " alice" would be an alias of alice
         cfg = self._cfg

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -69,6 +69,22 @@ class IssuedCredentials:
     secret_access_key: str = field(repr=False)
     name: str
     policies: tuple[str, ...]
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """One credential as listed: never its secret. `status` is Active, Inactive (revoked, or its parent token is
+    gone) or Expired."""
+
+    access_key_id: str
+    name: str
+    policies: tuple[str, ...]
+    created_at: datetime | None
+    created_by: str
+    status: str
+    revoked_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -78,18 +94,27 @@ class Verified:
     access_key_id: str
 
 
+class Parents(Protocol):
+    """The token store, as credentials derived from a token see it."""
+
+    def seconds_left(self, accessor: str) -> float: ...
+
+
 class AwsCredentials:
     """Issue, list, revoke and look up SigV4 credentials.
 
-    `seal`/`unseal` are the root-of-trust provider's (AES-GCM under the root KEK, in the HSM). `cache_seconds` bounds
-    how long a revocation may take to reach every process (as for tokens).
+    `seal`/`unseal` are the root of trust's (AES-GCM under the root KEK, in the HSM). Credentials die with their
+    parent: a credential issued by a token (`parent_accessor`) is honoured only while that token is valid, and never
+    past its own `expires_at`. `cache_seconds` bounds how long a revocation (of the credential or of its parent) may
+    take to reach every process, as for tokens.
     """
 
     def __init__(self, store: Any, seal: Callable[..., bytes], unseal: Callable[..., bytes],
-                 cache_seconds: float = 1.0) -> None:
+                 cache_seconds: float = 1.0, *, parents: Parents | None = None) -> None:
         self._store = store
         self._seal = seal
         self._unseal = unseal
+        self._parents = parents
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal, str]] = {}
         self._lock = threading.Lock()
@@ -101,30 +126,59 @@ class AwsCredentials:
     def new_access_key_id() -> str:
         return "AKIA" + "".join(secrets.choice(_BASE32) for _ in range(16))
 
-    def issue(self, name: str, policies: list[str], created_by: str) -> IssuedCredentials:
+    def issue(self, name: str, policies: list[str], created_by: str, *, parent_accessor: str | None = None,
+              expires_at: datetime | None = None, attributes: Mapping[str, str] | None = None) -> IssuedCredentials:
         from broker.store.tables import AwsCredentialRow
 
         access_key_id = self.new_access_key_id()
         secret = secrets.token_urlsafe(30)  # 40 characters, 240 bits
         sealed = self._seal(secret.encode(), aad=access_key_id.encode())
         self._store.add_aws_credential(AwsCredentialRow(
-            access_key_id=access_key_id, sealed_secret=base64.b64encode(sealed).decode(), display_name=name or access_key_id,
-            policies=json.dumps(list(policies)), created_at=_now(), created_by=created_by, revoked_at=None))
-        return IssuedCredentials(access_key_id, secret, name or access_key_id, tuple(policies))
+            access_key_id=access_key_id, sealed_secret=base64.b64encode(sealed).decode(),
+            display_name=name or access_key_id, policies=json.dumps(list(policies)), created_at=_now(),
+            created_by=created_by, revoked_at=None, parent_accessor=parent_accessor or None, expires_at=expires_at,
+            attributes=json.dumps(dict(attributes or {}), sort_keys=True)))
+        return IssuedCredentials(access_key_id, secret, name or access_key_id, tuple(policies),
+                                 self.effective_expiry(expires_at, parent_accessor))
 
-    def list(self) -> list[dict[str, Any]]:
+    def effective_expiry(self, expires_at: datetime | None, parent_accessor: str | None) -> datetime | None:
+        """When a credential stops working by itself: its own expiry or its parent's, whichever comes first."""
+        ends = [_utc(expires_at)] if expires_at is not None else []
+        if parent_accessor and self._parents is not None:
+            left = self._parents.seconds_left(parent_accessor)
+            if left != float("inf"):
+                ends.append(_now() + timedelta(seconds=left))
+        return min(ends) if ends else None
+
+    def _seconds_left(self, row: Any) -> float:
+        """How long this credential is still honoured (0: not at all)."""
+        if row.revoked_at is not None or not row.sealed_secret:
+            return 0.0
+        left = float("inf")
+        expires = _utc(getattr(row, "expires_at", None))
+        if expires is not None:
+            left = (expires - _now()).total_seconds()
+        parent = getattr(row, "parent_accessor", None)
+        if parent:
+            left = min(left, self._parents.seconds_left(parent) if self._parents is not None else 0.0)
+        return max(0.0, left)
+
+    def list(self) -> list[CredentialInfo]:
         out = []
         for row in self._store.list_aws_credentials():
-            out.append({
-                "AccessKeyId": row.access_key_id, "Name": row.display_name, "Policies": json.loads(row.policies),
-                "CreatedAt": _iso(row.created_at), "CreatedBy": row.created_by,
-                "Status": "Inactive" if row.revoked_at is not None else "Active",
-                **({"RevokedAt": _iso(row.revoked_at)} if row.revoked_at is not None else {}),
-            })
+            expires = _utc(getattr(row, "expires_at", None))
+            if row.revoked_at is not None:
+                status = "Inactive"
+            elif expires is not None and expires <= _now():
+                status = "Expired"
+            else:
+                status = "Active" if self._seconds_left(row) > 0 else "Inactive"
+            out.append(CredentialInfo(
+                access_key_id=row.access_key_id, name=row.display_name, policies=tuple(json.loads(row.policies)),
+                created_at=_utc(row.created_at), created_by=row.created_by, status=status,
+                revoked_at=_utc(row.revoked_at), expires_at=self.effective_expiry(expires, getattr(
+                    row, "parent_accessor", None)) if status == "Active" else expires))
         return out
-
-    def get(self, access_key_id: str) -> dict[str, Any] | None:
-        return next((c for c in self.list() if c["AccessKeyId"] == access_key_id), None)
 
     def revoke(self, access_key_id: str) -> bool:
         revoked = self._store.revoke_aws_credential(access_key_id, _now())
@@ -133,33 +187,35 @@ class AwsCredentials:
         return revoked
 
     def lookup(self, access_key_id: str) -> tuple[Principal, str]:
-        """(principal, secret) of an active credential; UnrecognizedClientException otherwise."""
+        """(principal, secret) of a credential honoured now; UnrecognizedClientException otherwise."""
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(access_key_id)
         if hit is not None and hit[0] > now:
             return hit[1], hit[2]
         row = self._store.get_aws_credential(access_key_id) if _ACCESS_KEY_RE.match(access_key_id) else None
-        if row is None or row.revoked_at is not None or not row.sealed_secret:
+        left = self._seconds_left(row) if row is not None else 0.0
+        if left <= 0:
             raise UnrecognizedClient(_INVALID_TOKEN)
         try:
             secret = self._unseal(base64.b64decode(row.sealed_secret), aad=access_key_id.encode()).decode()
         except Exception:  # noqa: BLE001 - a sealed secret that does not open is a credential that does not exist
             raise UnrecognizedClient(_INVALID_TOKEN) from None
         principal = Principal(name=row.display_name, auth_method="sigv4", policies=tuple(json.loads(row.policies)),
-                              accessor=access_key_id)
-        if self._cache_seconds > 0:
+                              accessor=access_key_id, attributes=json.loads(getattr(row, "attributes", None) or "{}"))
+        ttl = min(self._cache_seconds, left)
+        if ttl > 0:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[access_key_id] = (now + self._cache_seconds, principal, secret)
+                self._cache[access_key_id] = (now + ttl, principal, secret)
         return principal, secret
 
 
-def _iso(value: datetime | None) -> str | None:
+def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _parse_authorization(header: str) -> tuple[str, str, str, str, str, list[str], str]:

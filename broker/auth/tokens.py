@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import bindparam, inspect, null, select, update
 from sqlalchemy.exc import DBAPIError
 
+from broker.auth import text
 from broker.errors import NotFound, Unauthenticated, ValidationError
 from broker.store import Store
 from broker.store.tables import AuthTokenRow, IdentityTokenRow
@@ -42,8 +43,6 @@ _CORE = select(_T, null().label("auth_method"), null().label("renewable"), null(
                null().label("max_expires_at"), null().label("meta"))
 _CORE_BY_HASH = _CORE.where(_T.c.token_hash == bindparam("token_hash"))
 _CORE_BY_ACCESSOR = _CORE.where(_T.c.accessor == bindparam("accessor"))
-MAX_POLICIES = 64
-MAX_META = 32
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -106,28 +105,6 @@ def _info(row) -> TokenInfo:
     )
 
 
-def _check_meta(meta: dict | None) -> dict[str, str]:
-    meta = dict(meta or {})
-    if len(meta) > MAX_META:
-        raise ValidationError(f"meta: at most {MAX_META} entries")
-    for k, v in meta.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not k or len(k) > 128 or len(v) > 512:
-            raise ValidationError("meta: keys and values must be strings (key 1-128, value up to 512 characters)")
-    return meta
-
-
-def _check_policies(policies: list[str] | tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    for p in policies:
-        if not isinstance(p, str) or not p or len(p) > 128:
-            raise ValidationError("policies: each must be a non-empty string of up to 128 characters")
-        if p not in out:
-            out.append(p)
-    if len(out) > MAX_POLICIES:
-        raise ValidationError(f"policies: at most {MAX_POLICIES}")
-    return out
-
-
 class TokenAuth:
     """Token authentication. `cache_seconds` bounds how long a revocation may take to reach every process."""
 
@@ -153,10 +130,9 @@ class TokenAuth:
         """
         from broker.auth import hash_token
 
-        policies = _check_policies(policies)
-        meta = _check_meta(meta)
-        if not isinstance(display_name, str) or len(display_name) > 256:
-            raise ValidationError("display_name: up to 256 characters")
+        policies = text.policy_names(policies)
+        meta = text.metadata(meta)
+        display_name = text.text(display_name, "display_name", high=256)
         now = datetime.now(UTC)
         expires = now + timedelta(seconds=ttl_seconds) if ttl_seconds else None
         max_expires = now + timedelta(seconds=max_ttl_seconds) if max_ttl_seconds else None
@@ -190,7 +166,7 @@ class TokenAuth:
 
         if not token:
             raise Unauthenticated("missing token")
-        if len(token) > 512:
+        if not isinstance(token, str) or len(token) > 512 or not text.is_text(token):
             raise Unauthenticated("invalid token")
         token_hash = hash_token(token)
         cached = self._cache.get(token_hash)
@@ -244,8 +220,8 @@ class TokenAuth:
         return _info(row)
 
     def by_accessor(self, accessor: str) -> TokenInfo:
-        if not isinstance(accessor, str) or not accessor or len(accessor) > 64:
-            raise ValidationError("accessor is required")
+        if not isinstance(accessor, str) or not accessor or len(accessor) > 64 or not text.is_text(accessor):
+            raise ValidationError("accessor must be 1 to 64 characters")
         row = self._first(_BY_ACCESSOR, _CORE_BY_ACCESSOR, {"accessor": accessor})
         if row is None:
             raise NotFound("no token with that accessor")
@@ -256,6 +232,15 @@ class TokenAuth:
         if info.revoked or info.seconds_left() <= 0:
             raise NotFound("no token with that accessor")
         return info
+
+    def seconds_left(self, accessor: str) -> float:
+        """How long the token with this accessor stays valid: 0 if revoked, expired or unknown, inf if it never
+        expires. What credentials derived from a token ask before they are honoured."""
+        try:
+            info = self.by_accessor(accessor)
+        except (NotFound, ValidationError):
+            return 0.0
+        return 0.0 if info.revoked else max(0.0, info.seconds_left())
 
     # ------------------------------------------------------------------------------------------- renew
 
@@ -303,23 +288,13 @@ class TokenAuth:
             self.forget(token_hash)
         return len(revoked_hashes)
 
-    def revoke_token(self, token: str) -> int:
+    def lookup_any(self, token: str) -> TokenInfo:
+        """The token's record even if revoked or expired (revoking twice answers 0, not an error)."""
         from broker.auth import hash_token
 
+        if not isinstance(token, str) or not token or len(token) > 512 or not text.is_text(token):
+            raise NotFound("no such token")
         row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": hash_token(token)})
         if row is None:
             raise NotFound("no such token")
-        return self.revoke_accessor(row.accessor)
-
-
-def _lookup_any(self: TokenAuth, token: str) -> TokenInfo:
-    """The token's record even if revoked or expired (revoking twice answers 0, not an error)."""
-    from broker.auth import hash_token
-
-    row = self._first(_BY_HASH, _CORE_BY_HASH, {"token_hash": hash_token(token)})
-    if row is None:
-        raise NotFound("no such token")
-    return _info(row)
-
-
-TokenAuth.lookup_any = _lookup_any
+        return _info(row)

@@ -207,6 +207,11 @@ class AwsCredentialRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_by: Mapped[str] = mapped_column(String(256), default="")
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Credentials die with their parent (migration 0002b): the creating token's accessor, an own expiry, and the
+    # creator's attributes (the principal they run as carries exactly those).
+    parent_accessor: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attributes: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object of str -> str
 
 
 # ---------------------------------------------------------------------------------------------------- audit

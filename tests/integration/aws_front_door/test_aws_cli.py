@@ -40,7 +40,7 @@ def cli_creds(aws_broker) -> Creds:
                      "json")
     assert out.returncode == 0, out.stderr.decode()
     data = json.loads(out.stdout)
-    assert set(data) == {"access_key_id", "secret_access_key"}
+    assert set(data) == {"access_key_id", "secret_access_key", "expires_at"}
     return Creds(data["access_key_id"], data["secret_access_key"])
 
 
@@ -99,7 +99,8 @@ def test_cli_errors(aws_broker, cli_creds, tmp_path):
 def test_broker_cli_lists_and_revokes(aws_broker, tmp_path):
     created = broker_cli(aws_broker, "aws-credentials", "create", "--policy", "key-user", "--output", "json")
     assert created.returncode == 0, created.stderr.decode()
-    creds = Creds(**json.loads(created.stdout))
+    data = json.loads(created.stdout)
+    creds = Creds(data["access_key_id"], data["secret_access_key"])
     assert ok(aws(aws_broker, creds, tmp_path, "generate-random", "--number-of-bytes", "8"))["Plaintext"]
     listed = json.loads(broker_cli(aws_broker, "aws-credentials", "list", "--output", "json").stdout)
     mine = [c for c in listed if c["AccessKeyId"] == creds.access_key_id]

@@ -209,7 +209,7 @@ def test_a_non_root_issuer_cannot_widen_rights(aws_broker, kms):
     assert other_name.status_code == 403
     own = bob.post(aws_broker.url("/aws-credentials"), json={"Policies": ["aws-issuer"]})
     assert own.status_code == 201, own.text
-    creds = Creds(**own.json())
+    creds = Creds(own.json()["access_key_id"], own.json()["secret_access_key"])
     listed = root.get(aws_broker.url("/aws-credentials")).json()["Credentials"]
     entry = next(c for c in listed if c["AccessKeyId"] == creds.access_key_id)
     assert (entry["Policies"], entry["CreatedBy"], entry["Name"]) == (["aws-issuer"], entry["Name"], entry["Name"])
