@@ -27,15 +27,12 @@ class LoggedIn:
 
 
 def _identity() -> Any:
-    return getattr(current_app.extensions["kms"], "identity", None)
+    return current_app.extensions["kms"].identity
 
 
 def authenticate(token: str) -> Principal:
     """The principal a broker token stands for (Unauthenticated when unknown, revoked or expired)."""
-    identity = _identity()
-    if identity is not None:
-        return identity.authenticate_token(token)
-    return current_app.extensions["kms_tokens"].authenticate(token)  # until the identity service is in Services
+    return _identity().authenticate_token(token)
 
 
 def principal_for(token: str) -> Principal | None:
@@ -50,11 +47,7 @@ def token_login(ctx: RequestContext, token: str) -> LoggedIn:
     the audited operation that records the console login."""
     principal = authenticate(token.strip())
     ctx.principal = principal
-    identity = _identity()
-    if identity is not None:
-        info = identity.lookup_self(ctx)
-    else:
-        info = current_app.extensions["kms_tokens"].valid_by_accessor(principal.accessor)
+    info = _identity().lookup_self(ctx)
     return LoggedIn(principal, token.strip(), info.expires_at.timestamp() if info.expires_at else None)
 
 
@@ -64,28 +57,21 @@ def _issued(ctx: RequestContext, issued: Any) -> LoggedIn:
     return LoggedIn(principal, issued.token, time.time() + issued.ttl if issued.ttl else None)
 
 
-def _service() -> Any:
-    identity = _identity()
-    if identity is None:
-        raise Unauthenticated("this login method is not available yet")
-    return identity
-
-
 def ldap_login(ctx: RequestContext, username: str, password: str) -> LoggedIn:
-    return _issued(ctx, _service().login_ldap(ctx, username, password))
+    return _issued(ctx, _identity().login_ldap(ctx, username, password))
 
 
 def approle_login(ctx: RequestContext, role_id: str, secret_id: str) -> LoggedIn:
-    return _issued(ctx, _service().login_approle(ctx, role_id, secret_id))
+    return _issued(ctx, _identity().login_approle(ctx, role_id, secret_id))
 
 
 def jwt_login(ctx: RequestContext, role: str, jwt: str) -> LoggedIn:
-    return _issued(ctx, _service().login_jwt(ctx, role, jwt))
+    return _issued(ctx, _identity().login_jwt(ctx, role, jwt))
 
 
 def logout(ctx: RequestContext) -> None:
     """Revoke a token the console itself obtained at login (LDAP, OIDC, AppRole): it dies with the session."""
-    _service().revoke_self(ctx)
+    _identity().revoke_self(ctx)
 
 
 def ldap_configured() -> bool:

@@ -157,8 +157,9 @@ def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
         notice = session.notice
         sessions().set(session, notice="")
     t = i18n.translator(g.lang)
+    form_csrf = values.pop("csrf", None)  # the login form's own value, when no session exists yet
     return render_template(f"console/{template}", t=t, lang=g.lang, languages=i18n.languages(), session=session,
-                           principal=g.ctx.principal, csrf=session.csrf if session else values.pop("csrf", ""),
+                           principal=g.ctx.principal, csrf=session.csrf if session else form_csrf or "",
                            notice=notice, request_id=g.request_id, nav=sorted(NAV, key=lambda e: NAV_ORDER.index(e[0]) if e[0] in NAV_ORDER else 99),
                            **values), status
 

@@ -212,3 +212,28 @@ def test_the_console_speaks_chinese_from_one_file(console_broker, tab: Tab) -> N
     page.get_by_role("button", name="应用").click()
     expect(page.get_by_role("heading", name="Policy simulator")).to_be_visible()
     assert tab.problems == []
+
+
+def test_ldap_login_and_logout(console_broker, tab: Tab) -> None:
+    page = tab.page
+    page.goto(f"{console_broker.addr}/ui/policies")
+    page.get_by_role("listitem").filter(has_text="LDAP").click()
+    page.get_by_label("User name").fill("alice")
+    page.get_by_label("Password").fill("alice-pw")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Policies")).to_be_visible()   # back where it was going
+    expect(page.locator(".principal")).to_have_text("ldap/alice")
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("heading", name="Log in")).to_be_visible()
+    page.goto(f"{console_broker.addr}/ui/keys")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+    assert tab.problems == []
+
+
+def test_single_sign_on_with_the_test_issuer(console_broker, tab: Tab) -> None:
+    page = tab.page
+    page.goto(f"{console_broker.addr}/ui/login")
+    page.get_by_role("link", name="Log in with Test SSO").click()
+    expect(page.get_by_role("heading", name="Keys")).to_be_visible()
+    expect(page.locator(".principal")).to_have_text("jwt/console/oidc-alice")
+    assert tab.problems == []
