@@ -10,6 +10,7 @@ from flask import g, redirect, request, url_for
 from broker import errors
 from broker.console.web import NAV, bp, form_error, notify, page, services, tr
 from broker.key_views import KeyQuery
+from broker.replication.replicated import PRIMARY_TAG, REPLICA_TAG
 
 FILTERS = ("text", "provider", "state", "spec", "tag", "alias")
 STATES = ("Enabled", "Disabled", "PendingDeletion", "PendingImport")
@@ -103,23 +104,24 @@ def _detail(key_id: str, status: int = 200, error: str = "", action: str = ""):
     if detail.allowed.get("kms:ListGrants"):
         grants = svc.policies.list_grants(g.ctx, detail.summary.key_id).get("Grants", [])
     return page("key.html", status, title=detail.summary.key_id, detail=detail, key_policy=key_policy,
-                grants=grants, error=error, failed_action=action, used_by=_used_by(detail.summary.key_id))
+                grants=grants, error=error, failed_action=action, used_by=_used_by(detail.summary.key_id, detail.summary.tags))
 
 
-def _used_by(key_id: str) -> dict[str, Any]:
-    """Which multi-keys list this key as a member, and its copies if it is a replicated key's primary (each only as
-    far as the caller may see)."""
+def _used_by(key_id: str, tags: dict[str, str]) -> dict[str, Any]:
+    """Which multi-keys list this key as a member, and — for a replicated key, as its tags say — its copies or its
+    primary (each only as far as the caller may see)."""
     svc = services()
-    out: dict[str, Any] = {"multikeys": None, "replicas": None}
+    out: dict[str, Any] = {"multikeys": None, "replicas": None, "replica_of": tags.get(REPLICA_TAG)}
     try:
         out["multikeys"] = [mk["Name"] for mk in svc.multikeys.list_multikeys(g.ctx)["MultiKeys"]
                             if key_id in mk.get("Members", [])]
     except errors.AccessDenied:
         pass
-    try:
-        out["replicas"] = svc.replicated.describe(g.ctx, key_id)["Replicas"]
-    except (errors.NotFound, errors.ValidationError, errors.AccessDenied, errors.InvalidState):
-        pass
+    if PRIMARY_TAG in tags:
+        try:
+            out["replicas"] = svc.replicated.describe(g.ctx, key_id)["Replicas"]
+        except (errors.NotFound, errors.AccessDenied):
+            pass
     return out
 
 

@@ -27,6 +27,8 @@ def test_providers_and_multikeys_with_member_health(admin: Console) -> None:
     assert all(m in card for m in members) and card.count("closed (healthy)") == 2
     used = admin.get(f"/ui/keys/{members[0]}").text.split('id="used-by"')[1].split("</ul>")[0]
     assert "member of multi-key console-multikey" in used
+    errors = api(admin.broker, "GET", "/audit/events", params={"key": members[0], "outcome": "error"}).json()
+    assert errors["Events"] == []  # looking at a key page leaves no error records behind
 
 
 def test_a_sync_plan_is_a_readable_diff_and_changes_nothing(admin: Console) -> None:
