@@ -152,7 +152,7 @@ def _check_providers(settings) -> None:
         try:
             build_provider(name, config).close()
         except (UnknownProviderKind, ValueError, TypeError, KeyError) as exc:
-            raise SettingsError(f"provider {name!r}: {exc}") from None
+            raise SettingsError(settings.redact(f"provider {name!r}: {exc}")) from None
 
 
 def _stack_providers(stack_dir: Path | None) -> dict[str, dict]:

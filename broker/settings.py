@@ -16,6 +16,11 @@ Environment: KMSB_CONFIG (path of the TOML), KMSB_DATA_DIR, KMSB_STORE_URL, KMSB
 KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUDIT_SINKS (comma-separated), KMSB_AUDIT_CHECKPOINT_RECORDS,
 KMSB_AUDIT_CHECKPOINT_SECONDS, KMSB_AUDIT_BATCH_MS, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
 output of `kms-broker stack env`).
+
+Secrets never print: provider secrets (a cloud's `secret_access_key`, `access_key_secret`, `token`, …: see
+`is_secret_field`) are held as `SecretStr`, so `repr(settings)`, dumps and logs show `**********`; the registry
+hands a provider the plain values only when it builds its SDK client. Errors name the field and the problem, never
+the value (pydantic's own messages would quote the whole input).
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from broker.auth.config import AuthSettings
 from broker.console.config import ConsoleSettings
@@ -36,6 +49,55 @@ CONFIG_NAME = "broker.toml"
 
 class SettingsError(ValueError):
     pass
+
+
+_SECRET_NAMES = frozenset({"secret_access_key", "session_token", "access_key_secret", "token", "client_secret",
+                           "password", "pin", "so_pin", "user_pin", "private_key", "api_key", "credentials_json"})
+_SECRET_SUFFIXES = ("_secret", "_password", "_secret_key", "_token", "_api_key", "_private_key")
+
+
+def is_secret_field(name: str) -> bool:
+    """Whether a provider setting holds a secret (so it is kept as a SecretStr and never printed)."""
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or lowered.endswith(_SECRET_SUFFIXES)
+
+
+def _provider_tables(value: Any) -> dict[str, dict[str, Any]]:
+    """Provider tables: name -> {kind, …}; secret fields become SecretStr. Errors never quote a value."""
+    if not isinstance(value, dict):
+        raise ValueError("providers must be a table of provider tables")
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in value.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= 64:
+            raise ValueError("a provider name is 1 to 64 characters")
+        if not isinstance(table, dict):
+            raise ValueError(f"provider {name!r} must be a table (e.g. [providers.{name}] with kind = ...)")
+        if not isinstance(table.get("kind"), str) or not table["kind"]:
+            raise ValueError(f"provider {name!r} needs kind = \"pkcs11\" | \"aws\" | \"azure\" | \"gcp\" | \"aliyun\"")
+        clean: dict[str, Any] = {}
+        for field, item in table.items():
+            if not isinstance(field, str):
+                raise ValueError(f"provider {name!r}: setting names are strings")
+            if is_secret_field(field) and item is not None:
+                if isinstance(item, SecretStr):
+                    pass
+                elif isinstance(item, str):
+                    item = SecretStr(item)
+                else:
+                    raise ValueError(f"provider {name!r}: {field} must be a string")
+            clean[field] = item
+        out[name] = clean
+    return out
+
+
+def describe(exc: ValidationError, where: str = "settings") -> str:
+    """A pydantic error as `where: field: problem` lines, without the offending input (which may hold secrets)."""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return f"{where}: " + "; ".join(lines)
 
 
 class Settings(BaseModel):
@@ -59,6 +121,22 @@ class Settings(BaseModel):
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=AuthSettings)  # [auth] table: tokens, jwt roles, ldap (broker/auth/config.py)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # [console]: sessions, OIDC (broker/console/config.py)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _providers(cls, value: Any) -> dict[str, dict[str, Any]]:
+        return _provider_tables(value)
+
+    def redact(self, text: str) -> str:
+        """`text` with every provider secret (and the LDAP bind password) replaced by ********** (for messages
+        built from exceptions a provider's SDK raised)."""
+        secrets = [v.get_secret_value() for table in self.providers.values() for v in table.values()
+                   if isinstance(v, SecretStr)]
+        if self.auth.ldap is not None and self.auth.ldap.bind_password is not None:
+            secrets.append(self.auth.ldap.bind_password.get_secret_value())
+        for secret in sorted((x for x in secrets if x), key=len, reverse=True):
+            text = text.replace(secret, "**********")
+        return text
 
     @model_validator(mode="after")
     def _defaults(self) -> Settings:
@@ -95,7 +173,7 @@ def with_providers(settings: Settings, extra: dict[str, dict[str, Any]]) -> Sett
     try:
         return Settings(**{**settings.model_dump(), "providers": {**settings.providers, **extra}})
     except ValidationError as exc:
-        raise SettingsError(str(exc)) from None
+        raise SettingsError(describe(exc)) from None
 
 
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +209,7 @@ def load_settings(data_dir: Path | None = None, config_path: Path | None = None)
     try:
         return Settings(**_env_overrides(raw))
     except ValidationError as exc:
-        raise SettingsError(f"{path}: {exc}") from None
+        raise SettingsError(describe(exc, str(path))) from None
 
 
 def write_settings(path: Path, raw: dict[str, Any]) -> None:

@@ -33,7 +33,14 @@ def build_provider(name: str, config: Mapping[str, Any]) -> Provider:
     kind = config.get("kind")
     if not kind:
         raise UnknownProviderKind(f"provider {name!r} has no 'kind'")
-    return provider_class(kind).from_config(name, config)
+    return provider_class(kind).from_config(name, _plain(config))
+
+
+def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings hold provider secrets as secret types that never print; a provider sees the plain values only
+    here, while it builds its SDK client."""
+    return {k: v.get_secret_value() if callable(getattr(v, "get_secret_value", None)) else v
+            for k, v in config.items()}
 
 
 def root_of_trust(provider: Provider) -> RootOfTrust:
