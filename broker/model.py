@@ -21,6 +21,8 @@ class KeySpec(enum.StrEnum):
     RSA_4096 = "RSA_4096"
     ECC_NIST_P256 = "ECC_NIST_P256"
     ECC_NIST_P384 = "ECC_NIST_P384"
+    ECC_NIST_P521 = "ECC_NIST_P521"
+    ECC_SECG_P256K1 = "ECC_SECG_P256K1"
 
     @property
     def is_rsa(self) -> bool:
@@ -64,6 +66,8 @@ ALLOWED_USAGES: dict[KeySpec, frozenset[KeyUsage]] = {
     KeySpec.RSA_4096: frozenset({KeyUsage.ENCRYPT_DECRYPT, KeyUsage.SIGN_VERIFY}),
     KeySpec.ECC_NIST_P256: frozenset({KeyUsage.SIGN_VERIFY}),
     KeySpec.ECC_NIST_P384: frozenset({KeyUsage.SIGN_VERIFY}),
+    KeySpec.ECC_NIST_P521: frozenset({KeyUsage.SIGN_VERIFY}),
+    KeySpec.ECC_SECG_P256K1: frozenset({KeyUsage.SIGN_VERIFY}),
 }
 
 
@@ -89,6 +93,7 @@ class SigningAlgorithm(enum.StrEnum):
     RSASSA_PKCS1_V1_5_SHA_512 = "RSASSA_PKCS1_V1_5_SHA_512"
     ECDSA_SHA_256 = "ECDSA_SHA_256"
     ECDSA_SHA_384 = "ECDSA_SHA_384"
+    ECDSA_SHA_512 = "ECDSA_SHA_512"
 
     @property
     def hash_name(self) -> str:
@@ -127,11 +132,13 @@ class EncryptionAlgorithm(enum.StrEnum):
 def signing_algorithms_for(spec: KeySpec) -> list[SigningAlgorithm]:
     if spec.is_rsa:
         return [a for a in SigningAlgorithm if not a.is_ecdsa]
-    if spec is KeySpec.ECC_NIST_P256:
-        return [SigningAlgorithm.ECDSA_SHA_256]
-    if spec is KeySpec.ECC_NIST_P384:
-        return [SigningAlgorithm.ECDSA_SHA_384]
-    return []
+    return list(_ECDSA.get(spec, ()))
+
+
+# AWS KMS: one ECDSA algorithm per curve (secp256k1, like P-256, signs SHA-256 digests).
+_ECDSA = {KeySpec.ECC_NIST_P256: (SigningAlgorithm.ECDSA_SHA_256,), KeySpec.ECC_NIST_P384: (SigningAlgorithm.ECDSA_SHA_384,),
+          KeySpec.ECC_NIST_P521: (SigningAlgorithm.ECDSA_SHA_512,),
+          KeySpec.ECC_SECG_P256K1: (SigningAlgorithm.ECDSA_SHA_256,)}
 
 
 def mac_algorithms_for(spec: KeySpec) -> list[MacAlgorithm]:
@@ -179,6 +186,7 @@ class KeyVersion:
     provider_ref: dict
     created_at: datetime
     state: str = "Enabled"  # Enabled | Destroyed
+    rotation_type: str | None = None  # how version N>1 came: "AUTOMATIC" | "ON_DEMAND" (None: not recorded)
 
 
 @dataclass

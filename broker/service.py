@@ -889,17 +889,18 @@ class KeyService(Service):
         key = call.key()
         self._check_rotatable(key)
         self._require_usable(key)
-        call.entry.key_version = self._add_version(key)
+        call.entry.key_version = self._add_version(key, "ON_DEMAND")
         return {"KeyId": key.key_id, "KeyVersion": call.entry.key_version}
 
-    def _add_version(self, key: Key) -> int:
+    def _add_version(self, key: Key, rotation_type: str) -> int:
         """Create material for version N+1 and make it primary, unless another process rotated first."""
         backend = self.provider(key.provider)
         _, current = self._version(key)
         ref = backend.create_version(current, key.spec, key.usage, label=key.key_id)
         number = key.primary_version + 1
         try:
-            added = self.store.add_version(key.key_id, KeyVersion(number, ref.to_dict(), _now()),
+            added = self.store.add_version(key.key_id, KeyVersion(number, ref.to_dict(), _now(),
+                                                                  rotation_type=rotation_type),
                                            expected_primary=key.primary_version)
         except Conflict:
             added = False
@@ -912,8 +913,14 @@ class KeyService(Service):
     def list_key_rotations(self, call: Call, key_ref: str) -> dict[str, Any]:
         key = call.key()
         versions = self.store.list_versions(key.key_id)
-        return {"Rotations": [{"KeyId": key.key_id, "KeyVersion": v.version, "RotationDate": v.created_at.isoformat()}
-                              for v in versions if v.version > 1], "Truncated": False}
+        rotations = []
+        for v in versions[1:]:
+            entry: dict[str, Any] = {"KeyId": key.key_id, "KeyVersion": v.version,
+                                     "RotationDate": v.created_at.isoformat()}
+            if v.rotation_type:
+                entry["RotationType"] = v.rotation_type
+            rotations.append(entry)
+        return {"Rotations": rotations, "Truncated": False}
 
     @operation("kms:ListKeyVersions", Need("kms:ListKeyVersions", key_arg("key_ref")))
     def list_key_versions(self, call: Call, key_ref: str) -> dict[str, Any]:
@@ -1108,7 +1115,7 @@ class KeyService(Service):
         if key.rotation_period_days is None or key.next_rotation_at is None or key.next_rotation_at > now:
             return False
         try:
-            call.entry.key_version = self._add_version(key)
+            call.entry.key_version = self._add_version(key, "AUTOMATIC")
         except errors.InvalidState:
             return False  # another process rotated it
         self.store.update_key(key.key_id, next_rotation_at=now + timedelta(days=key.rotation_period_days))
@@ -1303,16 +1310,17 @@ class KeyService(Service):
         return key
 
     @within("kms:RotateKeyOnDemand")
-    def append_version(self, call: Call, key: Key, material: Provisioned, *,
-                       expected_primary: int | None = None) -> int | None:
+    def append_version(self, call: Call, key: Key, material: Provisioned, *, expected_primary: int | None = None,
+                       rotation_type: str = "ON_DEMAND") -> int | None:
         """Add provisioned material as version N+1 of `key` and make it primary; None when `expected_primary` is
-        given and another process rotated first."""
+        given and another process rotated first. `rotation_type` is what ListKeyRotations reports for it."""
         if material.provider != key.provider:
             raise errors.ValidationError(f"material on {material.provider!r} cannot be a version of a key on "
                                          f"{key.provider!r}")
         number = key.primary_version + 1
         try:
-            added = self.store.add_version(key.key_id, KeyVersion(number, dict(material.ref), _now()),
+            added = self.store.add_version(key.key_id, KeyVersion(number, dict(material.ref), _now(),
+                                                                  rotation_type=rotation_type),
                                            expected_primary=expected_primary)
         except Conflict:
             added = False

@@ -77,7 +77,9 @@ T = TypeVar("T")
 State = kms_v1.CryptoKeyVersion.CryptoKeyVersionState
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 _ID_BAD = re.compile(r"[^a-zA-Z0-9_-]")
-_SPECS = frozenset(KeySpec)
+# Cloud KMS has no P-521 key; its secp256k1 keys (EC_SIGN_SECP256K1_SHA256) exist at HSM protection only and are
+# not mapped here (the pkcs11 provider, aws and real AWS KMS hold both).
+_SPECS = frozenset(KeySpec) - {KeySpec.ECC_NIST_P521, KeySpec.ECC_SECG_P256K1}
 # Cloud KMS import method -> the broker's (AWS) wrapping algorithm names it accepts.
 _IMPORT_METHODS = {
     "RSA_OAEP_3072_SHA1_AES_256": ("RSA_AES_KEY_WRAP_SHA_1",),

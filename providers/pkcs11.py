@@ -55,7 +55,10 @@ AUDIT_HMAC_LABEL = "kmsb-audit-hmac"
 AUDIT_SIGNING_LABEL = "kmsb-audit-signing"
 IMPORT_WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1")
 
-_CURVES = {KeySpec.ECC_NIST_P256: "secp256r1", KeySpec.ECC_NIST_P384: "secp384r1"}
+# SoftHSM 2.6.1 (OpenSSL 3 backend) generates and signs on all four AWS curves (checked: P-521 signs SHA-512
+# digests, secp256k1 SHA-256 ones, both verified by `cryptography`).
+_CURVES = {KeySpec.ECC_NIST_P256: "secp256r1", KeySpec.ECC_NIST_P384: "secp384r1", KeySpec.ECC_NIST_P521: "secp521r1",
+           KeySpec.ECC_SECG_P256K1: "secp256k1"}
 _HASH_MECH = {"sha1": Mechanism.SHA_1, "sha256": Mechanism.SHA256, "sha384": Mechanism.SHA384, "sha512": Mechanism.SHA512}
 _MGF = {"sha1": MGF.SHA1, "sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
 _HMAC_MECH = {"sha256": Mechanism.SHA256_HMAC, "sha384": Mechanism.SHA384_HMAC, "sha512": Mechanism.SHA512_HMAC}

@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 from broker import ciphertext as ct
 from broker import errors
 from broker.api.aws_input import Serialization, check_members
+from broker.api.aws_validation import check_constraints, invalid
 from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
 from broker.auth import Principal
 from broker.identity import IdentityService
@@ -48,7 +49,8 @@ _AWS_STATUS = {
     "InvalidKeyUsageException": 400, "KMSInvalidSignatureException": 400, "KMSInvalidMacException": 400,
     "InvalidImportTokenException": 400, "ExpiredImportTokenException": 400, "IncorrectKeyMaterialException": 400,
     "UnsupportedOperationException": 400, "UnrecognizedClientException": 400, "LimitExceededException": 400,
-    "ThrottlingException": 400, "ValidationException": 400, "DependencyTimeoutException": 500,
+    "ThrottlingException": 400, "ValidationException": 400, "NotAuthorizedException": 400,
+    "MalformedPolicyDocumentException": 400, "DependencyTimeoutException": 500,
     "DependencyFailureException": 500, "KMSInternalException": 500, "ServiceUnavailableException": 503,
 }
 
@@ -62,6 +64,7 @@ CustomKeyStoreNotFound = _error("CustomKeyStoreNotFound", "CustomKeyStoreNotFoun
 InvalidMarker = _error("InvalidMarker", "InvalidMarkerException")
 InvalidArn = _error("InvalidArn", "InvalidArnException")
 DryRunOperation = _error("DryRunOperation", "DryRunOperationException", 412)
+NotAuthorized = _error("NotAuthorized", "NotAuthorizedException")
 
 # AWS KMS operations the broker does not serve, with the reason (docs/aws-compat.md says the same).
 NOT_SUPPORTED = {
@@ -166,7 +169,8 @@ def dispatch() -> Response:
     if not isinstance(data, dict):
         raise Serialization("the request body must be a JSON object")
     check_members(name, data)
-    body = Body(data)
+    check_constraints(name, data)
+    body = Body(data, name)
     if body.bool("DryRun"):
         raise errors.Unsupported("DryRun is not supported by the broker")
     answer = handler(current_app.extensions["kms_service"], g.ctx, body)
@@ -179,18 +183,26 @@ def dispatch() -> Response:
 # ============================================================================================== request shape
 
 
+# Members that take an alias (name or ARN) as well as a key id or key ARN, as the AWS KMS API reference says for
+# each operation; everywhere else an alias is NotFoundException ("Invalid keyId"), as in AWS.
+ALIAS_MEMBERS = frozenset({(op, "KeyId") for op in (
+    "Decrypt", "DescribeKey", "Encrypt", "GenerateDataKey", "GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext",
+    "GenerateDataKeyWithoutPlaintext", "GenerateMac", "GetPublicKey", "Sign", "Verify", "VerifyMac")}
+    | {("ReEncrypt", "SourceKeyId"), ("ReEncrypt", "DestinationKeyId")})
+
+
 class Body:
     """Typed access to an AWS JSON request; type errors are SerializationException, missing members validation."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
+    def __init__(self, data: dict[str, Any], operation: str = "") -> None:
         self.data = data
+        self.operation = operation
 
     def _get(self, name: str, kind: type | tuple[type, ...], required: bool) -> Any:
         value = self.data.get(name)
         if value is None:
             if required:
-                raise errors.ValidationError(f"1 validation error detected: Value null at '{name[0].lower()}"
-                                             f"{name[1:]}' failed to satisfy constraint: Member must not be null")
+                raise invalid(None, name, "not be null")
             return None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise Serialization(f"{name}: unexpected JSON type {type(value).__name__}")
@@ -238,7 +250,14 @@ class Body:
 
     def key(self, name: str = "KeyId", required: bool = True) -> str | None:
         value = self.str(name, required)
-        return None if value is None else key_ref(value)
+        if value is None:
+            return None
+        ref = key_ref(value)
+        if ref.startswith("alias/") and (self.operation, name) not in ALIAS_MEMBERS:
+            if name == "TargetKeyId":
+                raise errors.ValidationError("Aliases must refer to keys. Not aliases")
+            raise errors.NotFound(f"Invalid keyId {value[:256]}")
+        return ref
 
 
 def key_ref(value: str) -> str:
@@ -597,7 +616,10 @@ def verify_mac(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 
 def _alias_name(b: Body) -> str:
     name = b.str("AliasName", required=True)
-    return key_ref(name) if name.startswith("arn:") else name
+    name = key_ref(name) if name.startswith("arn:") else name
+    if name.startswith("alias/aws/"):
+        raise NotAuthorized("alias/aws/ is reserved for AWS managed keys")
+    return name
 
 
 @operation("CreateAlias")
@@ -679,7 +701,8 @@ def rotate_key_on_demand(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 def list_key_rotations(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     if b.str("IncludeKeyMaterial") not in (None, "ROTATIONS_ONLY"):
         raise errors.Unsupported("IncludeKeyMaterial ALL_KEY_MATERIAL is not supported")
-    rotations = [{"KeyId": r["KeyId"], "RotationDate": _epoch(r["RotationDate"])}
+    rotations = [{"KeyId": r["KeyId"], "RotationDate": _epoch(r["RotationDate"]),
+                  **({"RotationType": r["RotationType"]} if r.get("RotationType") else {})}
                  for r in svc.list_key_rotations(ctx, b.key())["Rotations"]]
     for r, version in zip(rotations, range(2, len(rotations) + 2), strict=True):
         r["_marker"] = str(version)

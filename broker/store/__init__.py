@@ -91,7 +91,7 @@ def _to_key(row: KeyRow, tags: dict[str, str], aliases: list[str]) -> Key:
 
 def _to_version(row: KeyVersionRow) -> KeyVersion:
     return KeyVersion(version=row.version, provider_ref=json.loads(row.provider_ref),
-                      created_at=_utc(row.created_at), state=row.state)
+                      created_at=_utc(row.created_at), state=row.state, rotation_type=row.rotation_type)
 
 
 class Store:
@@ -222,7 +222,8 @@ class Store:
             if expected_primary is not None and row.primary_version != expected_primary:
                 return False
             s.add(KeyVersionRow(key_id=key_id, version=version.version, provider_ref=json.dumps(version.provider_ref),
-                                created_at=version.created_at, state=version.state))
+                                created_at=version.created_at, state=version.state,
+                                rotation_type=version.rotation_type))
             if make_primary:
                 row.primary_version = version.version
             try:

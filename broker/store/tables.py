@@ -35,6 +35,7 @@ class KeyVersionRow(Base):
     provider_ref: Mapped[str] = mapped_column(Text)  # JSON of ProviderKeyRef.to_dict()
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(16), default="Enabled")
+    rotation_type: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
 
 
 class AliasRow(Base):

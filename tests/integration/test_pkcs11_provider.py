@@ -89,7 +89,8 @@ def test_create_key_gives_wrapped_material_only(refs, spec: KeySpec) -> None:
             assert isinstance(public, rsa.RSAPublicKey) and public.key_size == spec.rsa_bits
         else:
             assert isinstance(public, ec.EllipticCurvePublicKey)
-            assert public.curve.name == {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1"}[spec.value]
+            assert public.curve.name == {"ECC_NIST_P256": "secp256r1", "ECC_NIST_P384": "secp384r1",
+                                         "ECC_NIST_P521": "secp521r1", "ECC_SECG_P256K1": "secp256k1"}[spec.value]
     else:
         assert "public_key" not in ref.extra
 

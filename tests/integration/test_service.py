@@ -425,7 +425,7 @@ def _verify_locally(public_der: bytes, algorithm: str, message: bytes, signature
         public.verify(signature, digest, padding.PKCS1v15(), Prehashed(h))
 
 
-@pytest.mark.parametrize("spec", ["ECC_NIST_P256", "ECC_NIST_P384", "RSA_2048"])
+@pytest.mark.parametrize("spec", ["ECC_NIST_P256", "ECC_NIST_P384", "ECC_NIST_P521", "ECC_SECG_P256K1", "RSA_2048"])
 def test_sign_verify_every_algorithm(h: Harness, spec: str) -> None:
     key = h.key(spec, "SIGN_VERIFY")
     public = h.ok("get_public_key", key)
@@ -529,7 +529,8 @@ def test_rotation_on_demand_keeps_old_ciphertexts(h: Harness) -> None:
     back = h.ok("decrypt", old, context={"v": "1"})
     assert (back["Plaintext"], back["KeyVersion"]) == (b"old", 1)
     assert h.ok("decrypt", new["CiphertextBlob"], context={"v": "2"})["Plaintext"] == b"new"
-    assert [r["KeyVersion"] for r in h.ok("list_key_rotations", key)["Rotations"]] == [2]
+    assert [(r["KeyVersion"], r["RotationType"]) for r in h.ok("list_key_rotations", key)["Rotations"]] == [
+        (2, "ON_DEMAND")]
     versions = h.ok("list_key_versions", key)
     assert versions["PrimaryVersion"] == 2 and [v["KeyVersion"] for v in versions["Versions"]] == [1, 2]
     h.fails(errors.Unsupported, "rotate_key_on_demand", h.key("HMAC_256"))
@@ -552,6 +553,8 @@ def test_rotation_schedule_and_due_job(h: Harness) -> None:
     records = h.records()[before:]
     assert [(r["action"], r["key_id"], r["key_version"]) for r in records] == [("broker:RotateKey", key, 2)]
     assert h.svc.run_due_jobs(h.ctx, now=later(91)) == {"destroyed": [], "rotated": []}  # next one is 90 days on
+    assert [(r["KeyVersion"], r["RotationType"]) for r in h.ok("list_key_rotations", key)["Rotations"]] == [
+        (2, "AUTOMATIC")]
     assert h.ok("describe_key", key)["PrimaryVersion"] == 2
     next_at = datetime.fromisoformat(h.ok("get_key_rotation_status", key)["NextRotationDate"])
     assert later(180) < next_at < later(182)
