@@ -237,3 +237,21 @@ def test_single_sign_on_with_the_test_issuer(console_broker, tab: Tab) -> None:
     expect(page.get_by_role("heading", name="Keys")).to_be_visible()
     expect(page.locator(".principal")).to_have_text("jwt/console/oidc-alice")
     assert tab.problems == []
+
+
+def test_a_form_without_its_csrf_token_is_refused(console_broker, tab: Tab) -> None:
+    key = make_key(console_broker, "csrf target")
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/keys/{key}")
+    form = page.locator("form", has=page.locator("#action-disable"))
+    form.locator("input[name=csrf]").evaluate("i => i.remove()")
+    page.locator("#action-disable").click()
+    expect(page.get_by_role("alert")).to_contain_text("CSRF")
+    assert api(console_broker, "GET", f"/keys/{key}").json()["KeyMetadata"]["KeyState"] == "Enabled"
+    page.goto(f"{console_broker.addr}/ui/keys/{key}")
+    form.locator("input[name=csrf]").evaluate("i => { i.value = 'forged'; }")
+    page.locator("#action-disable").click()
+    expect(page.get_by_role("alert")).to_contain_text("CSRF")
+    assert api(console_broker, "GET", f"/keys/{key}").json()["KeyMetadata"]["KeyState"] == "Enabled"
+    assert [p for p in tab.problems if "403" not in p] == []
