@@ -6,6 +6,7 @@ services through `Services`; nothing here authorizes or audits by itself — the
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -110,7 +111,6 @@ def check_csrf(expected: str) -> None:
     origin = request.headers.get("Origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.host:
         raise errors.AccessDenied("cross-origin request refused")
-    import hmac
     sent = request.form.get("csrf", "")
     if not expected or not sent or not hmac.compare_digest(expected, sent):
         g.operation = "broker:ConsoleCsrf"

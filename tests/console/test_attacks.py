@@ -86,6 +86,14 @@ def test_each_login_gets_a_new_session_and_logout_kills_the_old_cookie(console_b
     assert r.status_code == 401
 
 
+def test_login_never_redirects_off_the_console(console_broker) -> None:
+    for target in ("https://evil.example/", "//evil.example/ui", "/\\evil.example", "javascript:alert(1)", "/v1/keys"):
+        c = Console(console_broker, requests.Session())
+        c.get("/ui/login")
+        r = c.post("/ui/login/token", {"token": console_broker.root_token, "next": target})
+        assert r.status_code == 302 and r.headers["Location"] == "/ui/keys", (target, r.headers["Location"])
+
+
 def test_a_revoked_token_ends_its_console_session(console_broker) -> None:
     token = make_token(console_broker, ["auditor"])
     c = Console(console_broker, requests.Session())
