@@ -157,7 +157,7 @@ class Provisioned:
     provider: str
     label: str
     ref: Mapping[str, Any] = field(repr=False)
-    owner: Any = field(default=None, repr=False, compare=False)
+    owner: Call | None = field(default=None, repr=False, compare=False)
 
     def journal(self) -> dict[str, Any]:
         """What a journal keeps to settle a crash (`KeyService.restore_provisioned` takes it back)."""
@@ -1261,8 +1261,10 @@ class KeyService(Service):
     def replicate_version(self, call: Call, source: Key, target: str, *, label: str,
                           version: int | None = None) -> Provisioned:
         """`source`'s material (its primary version by default) imported into `target` through that provider's
-        own import protocol, wrapped inside the source's backend: it never exists in clear outside it."""
-        self._require_usable(source)
+        own import protocol, wrapped inside the source's backend: it never exists in clear outside it. A disabled
+        source may be copied (its copies are disabled next); one pending deletion may not."""
+        if source.state not in (KeyState.ENABLED, KeyState.DISABLED):
+            raise errors.InvalidState(f"key {source.key_id} is {source.state.value}")
         _, ref = self._version(source, version)
         return self._import_copy(source.provider, ref, source.spec, source.usage, target, label, call)
 

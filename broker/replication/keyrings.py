@@ -498,7 +498,12 @@ class MultiKeys(Service):
         data_key, wraps, key, attempts = self._unwrap(call, parsed, context, "kms:ReEncryptFrom")
         self._open_data(parsed, data_key, context)  # only a blob that authenticates under this context is rewrapped
         _, commitment, sealed = ct.unpack_multi_wrap(parsed.body)
-        existing = {ct.unpack(w).header.key_id: w for w in wraps}
+        existing = {}
+        for w in wraps:
+            try:
+                existing[ct.unpack(w).header.key_id] = w
+            except ct.MalformedCiphertext:
+                continue  # a wrap that does not parse is dropped (the one that answered was sound)
         members = [self.keys.resolve_key(k) for k in mk.members]
         todo = [k for k in members if refresh or k.key_id not in existing]
         for k in todo:
