@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import requests
 
 from broker import ciphertext as ct
 from broker import errors
@@ -27,6 +28,7 @@ from broker.services import Services
 from broker.store import Store
 from broker.store.policies import PolicyRepository
 from providers.pkcs11 import Pkcs11Provider
+from tests.support.broker import RunningBroker, start_broker
 
 ROOT = RequestContext(Principal("root", "token", ("root",)), front_door="test")
 HOSTILE = ["\ud800", "x" * 100_000, "", "../x", "alias/\ud800", "mk-\udfff"]
@@ -111,6 +113,13 @@ def test_rewrap_needs_reencrypt_on_the_answering_member_and_every_new_one(world:
     # a blob that does not authenticate under the given context gets no new wraps
     with pytest.raises(errors.InvalidCiphertext):
         world.multikeys.rewrap(full, blob, context={"t": "2"})
+    # wraps are not authenticated: a junk wrap slipped in is skipped by decrypt and dropped by rewrap
+    parsed = ct.unpack(blob)
+    wraps, commitment, sealed = ct.unpack_multi_wrap(parsed.body)
+    junk = parsed.header_bytes + ct.pack_multi_wrap([b"\x09junk", *wraps], commitment, sealed)
+    assert world.multikeys.decrypt(ROOT, junk, context={"t": "1"})["Plaintext"] == b"secret"
+    cleaned = world.multikeys.rewrap(full, junk, context={"t": "1"})
+    assert _wrap_keys(cleaned["CiphertextBlob"]) == [a, b]
 
 
 def test_decrypt_skips_a_member_the_caller_may_not_use(world: Services) -> None:
@@ -307,3 +316,118 @@ def test_sync_runs_only_as_far_as_its_caller_may(world: Services) -> None:
 def test_hostile_manifests_are_refused_with_a_clear_error(doc: str) -> None:
     with pytest.raises(ManifestError):
         parse_manifest(doc)
+
+
+# ================================================================================================ over HTTP
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+    base = tmp_path_factory.mktemp("replication-http")
+    running = start_broker(base / "data", base / "logs", workers=1, name="broker-replication-attacks",
+                           env={"KMSB_AUTH_CACHE_SECONDS": "0"})
+    yield running
+    running.server.stop()
+
+
+def _token(served: RunningBroker, name: str, statements: list[dict]) -> str:
+    api = served.session()
+    doc = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", **s} for s in statements]}
+    assert api.put(served.url(f"/policies/p-{name}"), json={"Document": doc}).status_code == 200
+    r = api.post(served.url("/auth/token/create"), json={"policies": [f"p-{name}"], "display_name": name})
+    assert r.status_code == 200, r.text
+    return r.json()["auth"]["client_token"]
+
+
+def _raw(session: requests.Session, method: str, url: str, text: str) -> requests.Response:
+    return session.request(method, url, data=text.encode(), headers={"Content-Type": "application/json"})
+
+
+def test_over_http_hostile_input_is_a_4xx_with_a_stable_code_and_changes_nothing(served: RunningBroker) -> None:
+    api = served.session()
+    key = api.post(served.url("/keys"), json={}).json()["KeyMetadata"]["KeyId"]
+    mk = api.post(served.url("/multikeys"), json={"Name": "http", "Members": [key]}).json()["MultiKey"]["MultiKeyId"]
+    before = served.snapshot()
+    cases = [
+        ("POST", "/multikeys", '{"Name": "\\ud800", "Members": ["' + key + '"]}'),
+        ("POST", "/multikeys", '{"Name": "a/../b", "Members": ["' + key + '"]}'),
+        ("POST", "/multikeys", '{"Name": "ok", "Members": ["\\ud800"]}'),
+        ("POST", "/multikeys", '{"Name": "ok", "Members": [["' + key + '"]]}'),
+        ("POST", "/multikeys", "[" * 100_000 + "]" * 100_000),
+        ("POST", f"/multikeys/{mk}/encrypt", '{"Plaintext": "eA==", "EncryptionContext": {"k": "\\ud800"}}'),
+        ("POST", f"/multikeys/{mk}/encrypt", '{"Plaintext": "eA==", "EncryptionContext": {"k": ' + "{" * 50_000 + "}"),
+        ("POST", "/multikeys/decrypt", '{"CiphertextBlob": "AAAA"}'),
+        ("POST", "/multikeys/rewrap", '{"CiphertextBlob": "' + "A" * 120_000 + '"}'),
+        ("PATCH", f"/multikeys/{mk}", '{"Quorum": 5}'),
+        ("POST", "/replicated-keys", '{"Targets": ["\\ud800"]}'),
+        ("POST", "/replicated-keys", '{"Targets": ["hsm", "hsm"]}'),
+        ("POST", "/replicated-keys", '{"Targets": "aws"}'),
+        ("GET", "/multikeys/%ED%A0%80", ""),
+        ("GET", "/multikeys/" + "m" * 3000, ""),
+        ("GET", "/replicated-keys/%ED%A0%80", ""),
+        ("POST", "/replicated-keys/" + "k" * 3000 + "/rotate", ""),
+    ]
+    for method, path, text in cases:
+        r = _raw(api, method, served.url(path), text)
+        assert 400 <= r.status_code < 500, (method, path[:60], r.status_code, r.text[:200])
+        if r.headers.get("Content-Type", "").startswith("application/json"):
+            assert r.json()["error"]["code"].endswith("Exception"), r.text[:200]
+    assert served.snapshot() == before
+
+
+def test_over_http_another_tenants_multikey_and_members_are_unreachable(served: RunningBroker) -> None:
+    api = served.session()
+    ka, kb = (api.post(served.url("/keys"), json={}).json()["KeyMetadata"]["KeyId"] for _ in range(2))
+    mk_a = api.post(served.url("/multikeys"), json={"Name": "tenant-a/db", "Members": [ka]}).json()["MultiKey"]
+    blob = api.post(served.url(f"/multikeys/{mk_a['MultiKeyId']}/encrypt"),
+                    json={"Plaintext": "YQ=="}).json()["CiphertextBlob"]
+    b = served.session(_token(served, "tenant-b", [{"Action": "kms:*", "Resource": ["multikey/tenant-b/*",
+                                                                                   f"key/{kb}"]}]))
+    for method, path, body in [("GET", f"/multikeys/{mk_a['MultiKeyId']}", None),
+                               ("GET", "/multikeys/tenant-a/db", None),
+                               ("PATCH", "/multikeys/tenant-a/db", {"Members": [kb]}),
+                               ("DELETE", "/multikeys/tenant-a/db", None),
+                               ("POST", "/multikeys/tenant-a/db/encrypt", {"Plaintext": "YQ=="}),
+                               ("POST", "/multikeys/decrypt", {"CiphertextBlob": blob}),
+                               ("POST", "/multikeys/rewrap", {"CiphertextBlob": blob}),
+                               ("POST", "/multikeys", {"Name": "tenant-b/x", "Members": [kb, ka]}),
+                               ("GET", f"/replicated-keys/{ka}", None),
+                               ("POST", f"/replicated-keys/{ka}/rotate", None)]:
+        r = b.request(method, served.url(path), json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "AccessDeniedException", (method, path, r.text)
+    assert api.get(served.url("/multikeys/tenant-a/db")).json()["MultiKey"]["Members"][0]["KeyId"] == ka
+
+
+def test_through_the_aws_door_a_multikey_is_guarded_the_same(served: RunningBroker) -> None:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    api = served.session()
+
+    def client(policies: list[str]) -> object:
+        r = api.post(served.url("/aws-credentials"), json={"Policies": policies, "Name": "-".join(policies)})
+        assert r.status_code == 201, r.text
+        return boto3.client("kms", endpoint_url=served.addr, region_name="us-east-1",
+                            aws_access_key_id=r.json()["access_key_id"],
+                            aws_secret_access_key=r.json()["secret_access_key"],
+                            config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+    ka, kb = (api.post(served.url("/keys"), json={}).json()["KeyMetadata"]["KeyId"] for _ in range(2))
+    assert api.post(served.url("/multikeys"), json={"Name": "aws-door/ab", "Members": [ka, kb]}).status_code == 201
+    root = client(["root"])
+    blob = root.encrypt(KeyId="multikey/aws-door/ab", Plaintext=b"via aws")["CiphertextBlob"]
+    _token(served, "aws-a", [{"Action": ["kms:Encrypt", "kms:Decrypt"], "Resource": f"key/{ka}"}])
+    only_a = client(["p-aws-a"])
+    for call in (lambda: only_a.encrypt(KeyId="multikey/aws-door/ab", Plaintext=b"x"),
+                 lambda: only_a.generate_data_key(KeyId="multikey/aws-door/ab", KeySpec="AES_256"),
+                 lambda: only_a.generate_data_key_without_plaintext(KeyId="multikey/aws-door/ab", NumberOfBytes=16)):
+        with pytest.raises(ClientError) as denied:
+            call()
+        assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert only_a.decrypt(CiphertextBlob=blob)["Plaintext"] == b"via aws"  # answered by `a`, the member it may use
+    for key_id in ("multikey/\ud800", "multikey/" + "m" * 3000, "multikey/", "multikey/a/../b"):
+        with pytest.raises(ClientError) as bad:
+            root.encrypt(KeyId=key_id, Plaintext=b"x")
+        assert bad.value.response["Error"]["Code"] in ("ValidationException", "NotFoundException"), key_id[:40]
+        assert 400 <= bad.value.response["ResponseMetadata"]["HTTPStatusCode"] < 500

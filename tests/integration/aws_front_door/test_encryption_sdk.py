@@ -96,12 +96,12 @@ def test_a_cross_cloud_multi_key(aws_broker, session, kms, sdk):
     from tests.integration.aws_front_door.conftest import ACCOUNT
 
     members = [kms.create_key(CustomKeyStoreId=s)["KeyMetadata"]["KeyId"] for s in ("hsm", "aliyun")]
-    r = aws_broker.session().post(aws_broker.url("/multikeys"), json={"Name": f"mk-{members[0][:8]}",
+    r = aws_broker.session().post(aws_broker.url("/multikeys"), json={"Name": f"sdk-{members[0][:8]}",
                                                                       "Members": members})
     assert r.status_code == 201, r.text
     multi_id = r.json()["MultiKey"]["MultiKeyId"]
     arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/multikey/{multi_id}"
-    by_name = kms.encrypt(KeyId=f"multikey/mk-{members[0][:8]}", Plaintext=b"everywhere", EncryptionContext={"a": "b"})
+    by_name = kms.encrypt(KeyId=f"multikey/sdk-{members[0][:8]}", Plaintext=b"everywhere", EncryptionContext={"a": "b"})
     assert by_name["KeyId"] == arn
     out = kms.decrypt(CiphertextBlob=by_name["CiphertextBlob"], EncryptionContext={"a": "b"})
     assert out["Plaintext"] == b"everywhere" and out["KeyId"] == arn
