@@ -37,6 +37,18 @@ def _units(data_dir: Path) -> Counter:
     return Counter(rows)
 
 
+def _journal_rows(data_dir: Path) -> int:
+    if not (data_dir / "broker.db").exists():
+        return 0
+    con = _db(data_dir)
+    try:
+        return con.execute("select count(*) from sync_journal").fetchone()[0]
+    except sqlite3.OperationalError:  # not migrated yet
+        return 0
+    finally:
+        con.close()
+
+
 def _open_journal(data_dir: Path) -> int:
     con = _db(data_dir)
     try:
@@ -45,6 +57,7 @@ def _open_journal(data_dir: Path) -> int:
         con.close()
 
 
+@pytest.mark.timeout(1200)
 def test_kill_apply_at_random_points_then_converge(world: World, tmp_path: Path) -> None:
     preload()
     rng = random.Random(8)
@@ -66,8 +79,14 @@ def test_kill_apply_at_random_points_then_converge(world: World, tmp_path: Path)
             old = rng.choice(keys[:-5] or keys)
             old["tags"] = {**old["tags"], "touched": str(run)}
         manifest = write_manifest(tmp_path / f"m{run}.yaml", {"manifest": "crash", "concurrency": 3, "keys": keys})
+        journaled = _journal_rows(data_dir)
         proc = start_forked_apply(world, data_dir, manifest)
-        time.sleep(rng.uniform(0.1, 1.2))
+        # kill while it creates: once it journaled its first new intent (reading the clouds' inventories before
+        # that takes longer and longer as they fill), at a random point of the creates that follow
+        deadline = time.monotonic() + 60
+        while proc.exitcode is None and _journal_rows(data_dir) == journaled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.8))
         if proc.exitcode is None:
             killed_mid_run += 1
             proc.kill()
@@ -76,6 +95,8 @@ def test_kill_apply_at_random_points_then_converge(world: World, tmp_path: Path)
         code, report = run_sync(world, data_dir, "apply", manifest)
         assert code == 0, json.dumps(report, indent=1)
         resumed.update(report["resumed"])
+        print(f"run {run}: killed {proc.exitcode == -signal.SIGKILL}, resumed {report['resumed']}, "
+              f"resume apply {report['seconds']:.1f}s", flush=True)
         wanted = Counter((f"crash/{k['name']}", t) for k in keys
                          for t in (["@primary", *k["targets"]] if k.get("replicate") else k["targets"]))
         assert _units(data_dir) == wanted  # exactly one key per (entry, target): no duplicates, none missing
@@ -83,6 +104,7 @@ def test_kill_apply_at_random_points_then_converge(world: World, tmp_path: Path)
     code, plan = run_sync(world, data_dir, "plan", manifest)
     assert code == 0 and plan["actions"] == [], plan
     assert killed_mid_run >= RUNS // 2, killed_mid_run
+    assert sum(resumed.values()) > 0, resumed  # some kill landed between a journal intent and its "done"
     print(f"killed mid-run {killed_mid_run}/{RUNS}; settled on resume: {dict(resumed)}")
     _assert_no_orphans(world, data_dir)
 

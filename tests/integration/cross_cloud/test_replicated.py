@@ -89,3 +89,46 @@ def test_target_without_import_is_refused_and_nothing_is_left(world: World) -> N
     assert r.status_code == 400, r.text  # a standard vault has no symmetric BYOK
     after = world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]
     assert len(after) == len(before)
+
+
+def test_another_tenants_replicated_key_is_unreachable(world: World) -> None:
+    """A replicated key (primary + copies) belongs to whoever may use its keys: another tenant reaches neither the
+    primary nor a copy, and rotation needs the right on the primary and on every copy."""
+    from broker.auth import TokenAuth
+    from broker.store import Store
+
+    r = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws", "aliyun"]})
+    assert r.status_code == 201, r.text
+    primary = r.json()["KeyMetadata"]["KeyId"]
+    copies = {c["Target"]: c["KeyId"] for c in r.json()["Replicas"]}
+    mine = world.key("hsm")
+
+    def doc(resources: list[str]) -> dict:
+        return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": resources}]}
+
+    policies = {"repl-other": doc([f"key/{mine}"]), "repl-primary-only": doc([f"key/{primary}"])}
+    for name, d in policies.items():
+        assert world.api.put(world.broker.url(f"/policies/{name}"), json={"Document": d}).status_code == 200
+    store = Store(f"sqlite:///{world.broker.data_dir / 'broker.db'}")
+    try:
+        tokens = TokenAuth(store)
+        other = world.broker.session(tokens.create("repl-other", ["repl-other"])[0])
+        primary_only = world.broker.session(tokens.create("repl-primary-only", ["repl-primary-only"])[0])
+    finally:
+        store.dispose()
+    for path, method in [(f"/replicated-keys/{primary}", "GET"), (f"/replicated-keys/{primary}/rotate", "POST"),
+                         (f"/keys/{copies['aws']}", "GET"), (f"/keys/{copies['aliyun']}/encrypt", "POST")]:
+        r = other.request(method, world.broker.url(path), json={"Plaintext": b64(b"x")} if "encrypt" in path else None)
+        assert r.status_code == 403, (path, r.text)
+    # the primary's owner without rights on the copies: sees the copies' ids only, and cannot rotate them
+    described = primary_only.get(world.broker.url(f"/replicated-keys/{primary}")).json()
+    assert [sorted(c) for c in described["Replicas"]] == [["KeyId", "Target"], ["KeyId", "Target"]]
+    before = world.api.get(world.broker.url(f"/replicated-keys/{primary}")).json()
+    refused = primary_only.post(world.broker.url(f"/replicated-keys/{primary}/rotate"))
+    assert refused.status_code == 403, refused.text
+    assert world.api.get(world.broker.url(f"/replicated-keys/{primary}")).json() == before
+    # a copy is not a primary; tags cannot turn a key into one
+    assert world.api.post(world.broker.url(f"/replicated-keys/{copies['aws']}/rotate")).status_code == 400
+    planted = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws"],
+                                                                         "Tags": {"kmsb:replica-of": primary}})
+    assert planted.status_code == 400, planted.text
