@@ -57,7 +57,6 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     app.extensions["kms_service"] = service
     app.extensions["kms_settings"] = settings
     public = {r.operation for r in ROUTES if not r.authenticated}
-    app.extensions["kms_tokens"] = services.identity.token_store  # LEGACY: the keyring admin routes mint by hand
     # Front doors with their own credentials (e.g. SigV4) register `blueprint name -> fn(request) -> Principal`.
     authenticators: dict[str, Callable[[Request], Principal]] = app.extensions.setdefault("kms_authenticators", {})
 

@@ -156,8 +156,8 @@ class IdentityService(Service):
 
     @property
     def token_store(self) -> TokenAuth:
-        """LEGACY: the keyring bridge's admin routes still mint keyring tokens here by hand; they move to a
-        declared keyring operation (which decides no-escalation with `Call.covers`) and this goes away."""
+        """The process's one token store, for the composition root to hand to the keyring services (their declared
+        operations mint database tokens and decide no-escalation themselves, with `Call.covers`)."""
         return self._tokens
 
     # =========================================================================================== tokens

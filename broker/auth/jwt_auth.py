@@ -26,6 +26,7 @@ from broker.store import Store
 from broker.store.tables import JwtRoleRow
 
 MAX_JWT = 16 * 1024
+MAX_SUBJECT = 200
 ROLE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -178,8 +179,10 @@ class JwtAuth:
         claims = self._decode(role, token, header, alg)
         self._check_bound_claims(role, claims)
         subject = _values(_claim(claims, role.user_claim))
-        if len(subject) != 1 or not subject[0]:
-            raise Unauthenticated(f"jwt login refused: user claim {role.user_claim!r} missing or not a single value")
+        if len(subject) != 1 or not subject[0] or len(subject[0]) > MAX_SUBJECT:
+            # a long subject is refused, never cut: two subjects with one prefix would be one principal
+            raise Unauthenticated(f"jwt login refused: user claim {role.user_claim!r} missing, not a single value "
+                                  f"or longer than {MAX_SUBJECT} characters")
         policies = list(role.policies)
         for claim_name, mapping in role.claim_policies.items():
             for value in _values(_claim(claims, claim_name)):
@@ -192,7 +195,7 @@ class JwtAuth:
             if values:
                 attributes[attr] = ",".join(values)[:512]
         attributes["role"] = role_name  # set last: a claim can never pose as another role
-        return JwtIdentity(role_name, subject[0][:200], policies, attributes)
+        return JwtIdentity(role_name, subject[0], policies, attributes)
 
     def _decode(self, role: JwtRole, token: str, header: dict, alg: str) -> dict:
         keys = role.public_keys if role.public_keys else self._signing_key(role, token, header)

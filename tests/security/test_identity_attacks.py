@@ -143,6 +143,9 @@ def test_an_approle_writer_cannot_hand_on_a_policy_it_does_not_hold(ab):
     secret = ab.session(narrow).post(ab.url("/auth/approle/role/app2/secret-id"), json={}).json()["data"]
     login = anon().post(ab.url("/auth/approle/login"), json={"role_id": role_id, "secret_id": secret["secret_id"]})
     assert login.status_code == 200 and login.json()["auth"]["policies"] == ["manage-app2"]
+    (rec,) = records(ab, login.headers["X-Request-Id"])  # the login's record names who logged in
+    assert (rec["action"], rec["outcome"], rec["principal"], rec["auth_method"]) == (
+        "broker:Login", "allowed", "approle/app2", "approle")
 
 
 def test_a_role_writer_cannot_mint_credentials_for_a_role_wider_than_itself(ab):
@@ -155,6 +158,30 @@ def test_a_role_writer_cannot_mint_credentials_for_a_role_wider_than_itself(ab):
     assert identity_rows(ab) == before
     # rewriting it down to what the writer holds is fine
     assert ab.session(narrow).post(ab.url("/auth/approle/role/app2"), json={"policies": []}).status_code == 204
+
+
+def test_a_role_writer_cannot_reach_another_role(ab):
+    """ManageAuth on auth/approle/role/app2 names that one role: not app3, not app2x, not a glob."""
+    assert ab.session().post(ab.url("/auth/approle/role/app3"), json={"policies": []}).status_code == 204
+    narrow = token(ab, ["manage-app2"])["client_token"]
+    before = identity_rows(ab)
+    for method, path in (("GET", "/auth/approle/role/app3/role-id"), ("POST", "/auth/approle/role/app3/secret-id"),
+                         ("POST", "/auth/approle/role/app2x"), ("GET", "/auth/jwt/role/ci")):
+        r = ab.session(narrow).request(method, ab.url(path), json={} if method == "POST" else None)
+        assert r.status_code == 403, (path, r.text)
+    assert identity_rows(ab) == before
+
+
+def test_credentials_of_another_principal_cannot_be_revoked(ab):
+    mine = ab.session().post(ab.url("/aws-credentials"), json={"Policies": []}).json()["access_key_id"]
+    theirs = ab.session().post(ab.url("/aws-credentials"), json={"Policies": []}).json()["access_key_id"]
+    put_policy(ab, "revoke-mine", allow((["broker:RevokeAwsCredentials"], f"aws-credentials/{mine}")))
+    holder = token(ab, ["revoke-mine"])["client_token"]
+    r = ab.session(holder).delete(ab.url(f"/aws-credentials/{theirs}"))
+    assert r.status_code == 403 and error_code(r) == "AccessDeniedException"
+    assert ab.session(holder).delete(ab.url(f"/aws-credentials/{mine}")).status_code == 200
+    listed = {c["AccessKeyId"]: c["Status"] for c in ab.session().get(ab.url("/aws-credentials")).json()["Credentials"]}
+    assert (listed[mine], listed[theirs]) == ("Inactive", "Active")
 
 
 def test_a_jwt_role_writer_cannot_hand_on_a_policy_it_does_not_hold(ab, keys):  # noqa: F811
@@ -176,6 +203,14 @@ def test_a_jwt_role_writer_cannot_hand_on_a_policy_it_does_not_hold(ab, keys):  
     assert login.status_code == 200, login.text
     assert login.json()["auth"]["policies"] == ["manage-ci2"]
     assert login.json()["auth"]["metadata"] == {"role": "ci2"}
+
+
+def test_a_signed_jwt_with_hostile_claims_is_a_4xx_not_a_500(ab, keys):  # noqa: F811
+    for claims in (keys.claims(sub=SURROGATE), keys.claims(sub="x" * 5_000),
+                   keys.claims(repository="org/" + SURROGATE), keys.claims(sub=["a", "b"]), keys.claims(sub=None)):
+        r = anon().post(ab.url("/auth/jwt/login"), json={"role": "ci", "jwt": keys.sign_rsa(claims)})
+        assert r.status_code in (400, 401), r.text
+        assert SURROGATE not in r.text
 
 
 def test_ldap_group_mappings_cannot_be_written_through_the_api(ab):
