@@ -127,7 +127,15 @@ def _headers(response: Response) -> Response:
     response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
     if request.endpoint != "console.static":
         response.headers["Cache-Control"] = "no-store"
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = "max-age=31536000"
     return response
+
+
+@bp.route("/<path:anything>", methods=["GET", "POST"])
+def unknown(anything: str) -> Response:
+    """Any other path under /ui: a 404 page (after login), not the API's JSON."""
+    raise errors.NotFound(tr("error.not_found"))
 
 
 def secure_cookies() -> bool:

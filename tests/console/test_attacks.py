@@ -104,6 +104,31 @@ def test_a_revoked_token_ends_its_console_session(console_broker) -> None:
     assert r.status_code == 302 and "/ui/login" in r.headers["Location"]
 
 
+def test_an_idle_or_overdue_session_is_refused_and_forgotten(console_broker) -> None:
+    """The clocks the server keeps, moved back in the session file (no waiting): idle, then past its maximum."""
+    db = console_broker.data_dir / "console" / "sessions.db"
+    for column, value in (("seen", "seen - 3600"), ("expires", "created - 1")):
+        c = Console(console_broker, requests.Session())
+        c.login(console_broker.root_token)
+        key = make_key(console_broker)
+        c.get(f"/ui/keys/{key}")
+        with sqlite3.connect(db) as con:
+            before = con.execute("select count(*) from sessions").fetchone()[0]
+            con.execute(f"update sessions set {column} = {value}")  # every session: this test's broker only
+        r = c.get("/ui/keys")
+        assert r.status_code == 302 and "/ui/login" in r.headers["Location"], column
+        r = c.post(f"/ui/keys/{key}/disable")
+        assert r.status_code == 401 and _state(console_broker, key) == "Enabled"
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from sessions").fetchone()[0] < before
+
+
+def test_unknown_console_paths_are_html_404s(admin: Console) -> None:
+    r = admin.get("/ui/no/such/page")
+    assert r.status_code == 404 and 'role="alert"' in r.text and "text/html" in r.headers["Content-Type"]
+    assert requests.get(admin.url("/ui/no/such/page"), allow_redirects=False).status_code == 302
+
+
 def test_cookies_hold_only_an_opaque_session_id_and_the_token_stays_server_side(console_broker) -> None:
     token = make_token(console_broker, ["auditor"])
     c = Console(console_broker, requests.Session())
