@@ -100,7 +100,7 @@ def _guard() -> Response | None:
     if current() is None:
         if request.method == "GET":
             return redirect(url_for("console.login", next=request.full_path.rstrip("?")))
-        raise errors.Unauthenticated("your console session has ended; log in again")
+        raise errors.Unauthenticated(tr("error.session_ended"))
     if request.method not in ("GET", "HEAD"):
         check_csrf(current().csrf)
     return None
@@ -110,11 +110,11 @@ def check_csrf(expected: str) -> None:
     """Every state change carries the session's CSRF value and, when the browser says, comes from this origin."""
     origin = request.headers.get("Origin")
     if origin and origin != "null" and urlsplit(origin).netloc != request.host:
-        raise errors.AccessDenied("cross-origin request refused")
+        raise errors.AccessDenied(tr("error.cross_origin"))
     sent = request.form.get("csrf", "")
     if not expected or not sent or not hmac.compare_digest(expected, sent):
         g.operation = "broker:ConsoleCsrf"
-        raise errors.AccessDenied("the form's CSRF token is missing or wrong; reload the page and try again")
+        raise errors.AccessDenied(tr("error.csrf"))
 
 
 @bp.after_request
