@@ -334,6 +334,7 @@ _GROUPS = [
     ("broker.cli_admin", "admin_groups"),          # tokens, policies, audit (a list of groups)
     ("broker.cli_sync", "sync"),                   # declarative keys across providers (docs/sync.md)
     ("broker.cli_approval", "approval"),           # quorum-approved operations
+    ("broker.cli_backup", "backup"),               # backup custodians|create|verify|restore
     ("broker.cli_files", "commands"),              # client-side envelope encryption of files (docs/envelope.md)
 ]
 

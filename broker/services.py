@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from broker.approval_kinds import builtin_kinds
 from broker.approvals import ApprovalService
 from broker.auth.config import AuthSettings
+from broker.backup.service import BackupService
 from broker.gate import RequestContext
 from broker.identity import IdentityService
 from broker.policy_admin import PolicyAdmin
@@ -34,6 +35,7 @@ class Services:
     replicated: ReplicatedKeys
     sync: Sync
     identity: IdentityService
+    backups: BackupService
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
@@ -41,7 +43,8 @@ class Services:
     def over(cls, keys: KeyService, settings: Settings | None = None) -> Services:
         """Every other service, built around a KeyService (which owns the store, the providers and the gate).
         Without settings (tests): default [auth] settings and no keyring bridge."""
-        approvals = ApprovalService(keys, TrustRepository(keys.store), keys.root)
+        trust = TrustRepository(keys.store)
+        approvals = ApprovalService(keys, trust, keys.root)
         for kind in builtin_kinds():
             approvals.register(kind)
         replication = ReplicationRepo(keys.store)
@@ -51,7 +54,8 @@ class Services:
                                    cache_seconds=settings.auth_cache_seconds if settings is not None else 1.0)
         services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals,
                        multikeys=MultiKeys(keys, replication), replicated=replicated,
-                       sync=Sync(keys, replication, replicated), identity=identity)
+                       sync=Sync(keys, replication, replicated), identity=identity,
+                       backups=BackupService(keys, trust, keys.root))
         if settings is not None:
             from keyring_bridge.approle import KeyringAppRoles
             from keyring_bridge.keyring import KeyringService

@@ -12,6 +12,7 @@ one rule: anything secret in a ref (e.g. pkcs11 material) must already be wrappe
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -337,6 +338,11 @@ class RootPackage:
                        recipient=str(data["recipient"]))
         except (KeyError, TypeError, ValueError):
             raise ProviderInvalidInput("not a root-of-trust package") from None
+
+
+def key_fingerprint(spki_der: bytes) -> str:
+    """The name of a recipient public key: its SPKI digest (public; labels trusted objects in an HSM)."""
+    return "sha256:" + hashlib.sha256(spki_der).hexdigest()[:32]
 
 
 class RootOfTrust(abc.ABC):

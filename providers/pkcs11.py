@@ -47,6 +47,7 @@ from providers.base import (
     ProviderUnsupported,
     RootOfTrust,
     RootPackage,
+    key_fingerprint,
 )
 
 DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
@@ -503,11 +504,6 @@ _OAEP_MECH = {"mechanism": Mechanism.RSA_PKCS_OAEP, "mechanism_param": _OAEP_SHA
 _RSA_UNWRAPPER = {Attribute.TOKEN: False, Attribute.PRIVATE: True, Attribute.SENSITIVE: True,
                   Attribute.EXTRACTABLE: False, Attribute.UNWRAP: True, Attribute.DECRYPT: True,
                   Attribute.SIGN: False}
-
-
-def key_fingerprint(spki_der: bytes) -> str:
-    """The name of a recipient public key: its SPKI digest (public; labels trusted objects in the HSM)."""
-    return "sha256:" + hashlib.sha256(spki_der).hexdigest()[:32]
 
 
 def _rsa_public_parts(spki_der: bytes) -> dict:

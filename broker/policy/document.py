@@ -40,7 +40,7 @@ PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateTok
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
 LookupSelfToken RenewSelfToken RevokeSelfToken Login Sync
 ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval Approve Veto ExecuteApproval EscrowRelease
-DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup
+DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup ManageCustodians RestoreBackup
 """.split())
 KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in """
 Read ReadMetadata Write Delete List Create Rotate SetRotation Import Export Request DescribeMount CreateMount

@@ -347,6 +347,7 @@ class BackupCustodianSetRow(Base):
     shares: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    mac: Mapped[str] = mapped_column(String(128), default="")  # HSM audit-key HMAC of the set (0009)
 
 
 class ClusterNodeRow(Base):
@@ -360,3 +361,4 @@ class ClusterNodeRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64), default="")  # root KEK check value once joined
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    mac: Mapped[str] = mapped_column(String(128), default="")  # HSM audit-key HMAC of name + transport key (0009)

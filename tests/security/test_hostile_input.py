@@ -69,7 +69,8 @@ def creds(broker: RunningBroker) -> AwsCreds:
 def body_routes(broker: RunningBroker, key_id: str) -> list[tuple[str, str]]:
     """(method, path) of every native route that reads a body, from the served document, path filled in."""
     doc = requests.get(broker.url("/openapi.json"), timeout=10).json()
-    fill = {"key": key_id, "mk": "no-such-multikey", "name": "x", "grant_id": "g", "access_key_id": "AKIAX"}
+    fill = {"key": key_id, "mk": "no-such-multikey", "name": "x", "grant_id": "g", "access_key_id": "AKIAX",
+            "operation": "root-token", "request_id": "apr-" + "0" * 24}
     out = []
     for path, ops in doc["paths"].items():
         for method, spec in ops.items():
