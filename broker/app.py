@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     import broker.api.auth_routes  # noqa: F401  - identity routes (/v1/auth/...) register on the native blueprint
     import broker.api.backup_routes  # noqa: F401 - backups over the API (/v1/backups)
     import broker.api.multikey_routes  # noqa: F401 - multi-keys and replicated keys (/v1/multikeys, /v1/replicated-keys)
+    import broker.api.node_routes  # noqa: F401 - cluster nodes (/v1/nodes)
     import broker.api.policy_routes  # noqa: F401 - registers its routes on the native blueprint
     import keyring_bridge.admin_routes  # noqa: F401 - keyring bridge admin routes (/v1/keyring/...)
     from broker.api import aws, aws_credentials  # noqa: F401 - AWS front door; its credential routes join ROUTES

@@ -67,8 +67,10 @@ def main() -> None:
 
 @main.command()
 @DATA_DIR
+@click.option("--store-url", default=None, help="the store (default: SQLite in the data folder); a cluster's first "
+              "node names its PostgreSQL database here")
 @OUTPUT
-def init(data_dir: Path | None, output: str) -> None:
+def init(data_dir: Path | None, store_url: str | None, output: str) -> None:
     """Create the SoftHSM token, root KEK, store and settings in the data folder; print the root token once."""
     from broker.auth import TokenAuth
     from broker.settings import CONFIG_NAME, embedded_defaults, write_settings
@@ -85,6 +87,8 @@ def init(data_dir: Path | None, output: str) -> None:
     except (OSError, RuntimeError) as exc:
         _fail(f"cannot create the SoftHSM token ({type(exc).__name__}: is softhsm2 installed?)")
     raw = embedded_defaults(folder)
+    if store_url:
+        raw["store_url"] = store_url
     store = Store(raw["store_url"])
     store.migrate()
     token, accessor = TokenAuth(store).create("root", ["root"])
@@ -335,6 +339,7 @@ _GROUPS = [
     ("broker.cli_sync", "sync"),                   # declarative keys across providers (docs/sync.md)
     ("broker.cli_approval", "approval"),           # quorum-approved operations
     ("broker.cli_backup", "backup"),               # backup custodians|create|verify|restore
+    ("broker.cli_node", "node"),                   # node join|list|remove
     ("broker.cli_files", "commands"),              # client-side envelope encryption of files (docs/envelope.md)
 ]
 

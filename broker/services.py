@@ -12,6 +12,7 @@ from broker.auth.config import AuthSettings
 from broker.backup.service import BackupService
 from broker.gate import RequestContext
 from broker.identity import IdentityService
+from broker.nodes import NodeService
 from broker.policy_admin import PolicyAdmin
 from broker.replication.keyrings import MultiKeys
 from broker.replication.replicated import ReplicatedKeys
@@ -36,6 +37,7 @@ class Services:
     sync: Sync
     identity: IdentityService
     backups: BackupService
+    nodes: NodeService
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
@@ -45,7 +47,8 @@ class Services:
         Without settings (tests): default [auth] settings and no keyring bridge."""
         trust = TrustRepository(keys.store)
         approvals = ApprovalService(keys, trust, keys.root)
-        for kind in builtin_kinds():
+        nodes = NodeService(keys, trust, keys.root)
+        for kind in [*builtin_kinds(), nodes.join_kind()]:
             approvals.register(kind)
         replication = ReplicationRepo(keys.store)
         replicated = ReplicatedKeys(keys, replication)
@@ -55,7 +58,7 @@ class Services:
         services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals,
                        multikeys=MultiKeys(keys, replication), replicated=replicated,
                        sync=Sync(keys, replication, replicated), identity=identity,
-                       backups=BackupService(keys, trust, keys.root))
+                       backups=BackupService(keys, trust, keys.root), nodes=nodes)
         if settings is not None:
             from keyring_bridge.approle import KeyringAppRoles
             from keyring_bridge.keyring import KeyringService
