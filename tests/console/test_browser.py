@@ -255,3 +255,32 @@ def test_a_form_without_its_csrf_token_is_refused(console_broker, tab: Tab) -> N
     expect(page.get_by_role("alert")).to_contain_text("CSRF")
     assert api(console_broker, "GET", f"/keys/{key}").json()["KeyMetadata"]["KeyState"] == "Enabled"
     assert [p for p in tab.problems if "403" not in p] == []
+
+
+CONTRAST = """() => {
+  const rgb = s => (s.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => { const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+                               return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const background = el => { for (; el; el = el.parentElement) { const c = rgb(getComputedStyle(el).backgroundColor);
+                               if (c.length < 4 || c[3] > 0) { return c.slice(0, 3); } } return [255, 255, 255]; };
+  const low = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    const style = getComputedStyle(el);
+    if (!own || style.visibility === 'hidden' || style.display === 'none' || el.closest('svg')) { continue; }
+    const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) { low.push(el.tagName + '.' + el.className + ' ' + ratio.toFixed(2) + ' ' + el.textContent.trim().slice(0, 30)); }
+  }
+  return low;
+}"""
+
+
+def test_text_contrast_meets_wcag_aa(console_broker, auditor_token, tab: Tab) -> None:
+    key = make_key(console_broker, "contrast", Tags={"team": "a11y"})
+    api(console_broker, "POST", f"/keys/{make_key(console_broker, 'disabled one')}/disable")
+    page = tab.page
+    login_with_token(page, console_broker.addr, auditor_token)   # disabled buttons too
+    for path in ["/ui/keys", f"/ui/keys/{key}", "/ui/policies", "/ui/simulator", "/ui/login?method=ldap"]:
+        page.goto(f"{console_broker.addr}{path}")
+        assert page.evaluate(CONTRAST) == [], path
