@@ -583,7 +583,13 @@ class GcpProvider(Provider):
                                                       timeout=self.timeout))
         except Exception as err:  # noqa: BLE001 - mapped
             raise _map_error(err) from None
-        by_alg = {self._algorithm(s, u)[1]: (s, u) for s, usages in ALLOWED_USAGES.items() for u in usages}
+        by_alg = {}
+        for spec_, usages in ALLOWED_USAGES.items():
+            for usage_ in usages:
+                try:
+                    by_alg[self._algorithm(spec_, usage_)[1]] = (spec_, usage_)
+                except ProviderUnsupported:
+                    continue  # a spec Cloud KMS has no algorithm for (e.g. ECC_NIST_P521) is never in its inventory
         for key in keys:
             spec, usage = by_alg.get(key.version_template.algorithm.name, (None, None))
             enabled = key.primary.state == State.ENABLED if key.primary.name else True
