@@ -13,7 +13,9 @@ import hmac
 import os
 import re
 import secrets
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -231,6 +233,8 @@ class KeyService(Service):
         # one the default provider offers (a pkcs11 token), if it offers one.
         self.root = root if root is not None else _offered_root(self.providers, default_provider)
         self._refs: dict[tuple[str, int], ProviderKeyRef] = {}
+        self._registered: weakref.WeakKeyDictionary[Call, set[str]] = weakref.WeakKeyDictionary()
+        self._registered_lock = threading.Lock()
 
     @property
     def policy(self) -> PolicyEngine:
@@ -1309,7 +1313,19 @@ class KeyService(Service):
                   origin=origin, description=check_description(description), created_at=_now(),
                   tags=check_tags(dict(tags or {})))
         self.store.add_key(key, KeyVersion(1, dict(material.ref), _now()))
+        with self._registered_lock:
+            self._registered.setdefault(call, set()).add(key_id)
         return key
+
+    @internal
+    def registered_metadata(self, call: Call, key: Key) -> dict[str, Any]:
+        """KeyMetadata of a key this same call registered (what CreateKey answers, whatever the caller may
+        describe); AccessDenied for any other key."""
+        with self._registered_lock:
+            mine = key.key_id in self._registered.get(call, ())
+        if not mine:
+            raise errors.AccessDenied(f"{call.principal.name} did not create {key.key_id} here")
+        return self._metadata(key)
 
     @within("kms:RotateKeyOnDemand")
     def append_version(self, call: Call, key: Key, material: Provisioned, *, expected_primary: int | None = None,

@@ -118,7 +118,7 @@ class ReplicatedKeys(Service):
                                    description=description, tags={**tags, REPLICA_TAG: primary_id})
             self.repo.add_replica(primary_id, copy.provider, rid)
         call.entry.extra["replicas"] = {copy.provider: rid for rid, copy in made}
-        return self._describe(call, primary)
+        return self._describe(call, primary, self.keys.registered_metadata(call, primary))
 
     def _primary(self, call: Call) -> Key:
         primary = call.key()
@@ -126,7 +126,7 @@ class ReplicatedKeys(Service):
             raise errors.ValidationError(f"key {primary.key_id} is not the primary of a replicated key")
         return primary
 
-    def _describe(self, call: Call, primary: Key) -> dict[str, Any]:
+    def _describe(self, call: Call, primary: Key, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         copies = []
         for target, rid in sorted(self.repo.replicas(primary.key_id).items()):
             copy: dict[str, Any] = {"Target": target, "KeyId": rid}
@@ -135,10 +135,10 @@ class ReplicatedKeys(Service):
             except errors.NotFound:
                 copy.update(KeyState="Missing", PrimaryVersion=None)
             else:
-                if call.holds("kms:DescribeKey", key):
+                if metadata is not None or call.holds("kms:DescribeKey", key):
                     copy.update(KeyState=key.state.value, PrimaryVersion=key.primary_version)
             copies.append(copy)
-        return {"KeyMetadata": self.keys.metadata_of(call, primary), "Replicas": copies}
+        return {"KeyMetadata": metadata or self.keys.metadata_of(call, primary), "Replicas": copies}
 
     @operation("kms:DescribeKey", Need("kms:DescribeKey", key_arg("key_ref", details=True)))
     def describe(self, call: Call, key_ref: str) -> dict[str, Any]:

@@ -106,7 +106,10 @@ def test_another_tenants_replicated_key_is_unreachable(world: World) -> None:
     def doc(resources: list[str]) -> dict:
         return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:*", "Resource": resources}]}
 
-    policies = {"repl-other": doc([f"key/{mine}"]), "repl-primary-only": doc([f"key/{primary}"])}
+    creator = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:CreateKey",
+                                                      "Resource": ["provider/hsm", "provider/aws"]}]}
+    policies = {"repl-other": doc([f"key/{mine}"]), "repl-primary-only": doc([f"key/{primary}"]),
+                "repl-creator": creator}
     for name, d in policies.items():
         assert world.api.put(world.broker.url(f"/policies/{name}"), json={"Document": d}).status_code == 200
     store = Store(f"sqlite:///{world.broker.data_dir / 'broker.db'}")
@@ -114,6 +117,7 @@ def test_another_tenants_replicated_key_is_unreachable(world: World) -> None:
         tokens = TokenAuth(store)
         other = world.broker.session(tokens.create("repl-other", ["repl-other"])[0])
         primary_only = world.broker.session(tokens.create("repl-primary-only", ["repl-primary-only"])[0])
+        creator_api = world.broker.session(tokens.create("repl-creator", ["repl-creator"])[0])
     finally:
         store.dispose()
     for path, method in [(f"/replicated-keys/{primary}", "GET"), (f"/replicated-keys/{primary}/rotate", "POST"),
@@ -127,6 +131,16 @@ def test_another_tenants_replicated_key_is_unreachable(world: World) -> None:
     refused = primary_only.post(world.broker.url(f"/replicated-keys/{primary}/rotate"))
     assert refused.status_code == 403, refused.text
     assert world.api.get(world.broker.url(f"/replicated-keys/{primary}")).json() == before
+    # creating needs kms:CreateKey on the HSM and on every target, and answers what it made (as CreateKey does)
+    count = len(world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"])
+    denied = creator_api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws", "aliyun"]})
+    assert denied.status_code == 403, denied.text
+    assert len(world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]) == count
+    made = creator_api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws"]})
+    assert made.status_code == 201, made.text
+    assert made.json()["KeyMetadata"]["Provider"] == "hsm" and made.json()["Replicas"][0]["KeyState"] == "Enabled"
+    assert creator_api.get(world.broker.url(f"/replicated-keys/{made.json()['KeyMetadata']['KeyId']}")
+                           ).status_code == 403  # creating a key is not describing it afterwards
     # a copy is not a primary; tags cannot turn a key into one
     assert world.api.post(world.broker.url(f"/replicated-keys/{copies['aws']}/rotate")).status_code == 400
     planted = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws"],
