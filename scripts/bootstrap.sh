@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything kms-broker needs on a Debian machine, idempotently.
 #   scripts/bootstrap.sh          runtime: SoftHSM2 + the Python package
-#   scripts/bootstrap.sh --test   also the test servers (PostgreSQL, MariaDB + hashicorp plugin, slapd), Debian's
+#   scripts/bootstrap.sh --test   also the test servers (PostgreSQL, MariaDB + hashicorp plugin, slapd, HAProxy in
+#                                 front of the cluster tests' broker nodes), Debian's
 #                                 Chromium for the console's browser tests (Playwright drives /usr/bin/chromium: its
 #                                 own browser download is not used) and the test extras
 set -euo pipefail
@@ -15,7 +16,8 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 
 apt_pkgs=(softhsm2 opensc)
 if [ "$want_test" = 1 ]; then
-  apt_pkgs+=(postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management slapd ldap-utils chromium)
+  apt_pkgs+=(postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management slapd ldap-utils chromium
+            haproxy)
 fi
 
 missing=()
