@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import HTTPException
@@ -13,12 +13,15 @@ from broker import errors
 from broker.api.limits import MAX_BODY_BYTES, TOO_LARGE, request_id
 from broker.audit.setup import build_audit_log
 from broker.auth import Principal
+from broker.gate import dependency_error
+from broker.jobs import Job, JobRunner, holder_id, start_loop
 from broker.policy import PolicyEngine
 from broker.policy.document import KMS_ACTIONS
 from broker.service import KeyService, RequestContext
 from broker.services import Services
 from broker.settings import Settings
 from broker.store import Store
+from broker.store.leases import JobLeases
 from broker.store.policies import PolicyRepository
 from providers.registry import build_provider, root_of_trust
 
@@ -99,6 +102,10 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        mapped = dependency_error(exc)  # outside an operation (e.g. the token lookup): retryable, as inside one
+        if mapped is not None:
+            log.warning("store unavailable in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__)
+            return refuse(mapped)
         log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__,
                   exc_info=exc)
         return refuse(errors.BrokerError("internal error"))
@@ -110,7 +117,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
         init_console(app, settings.console, settings.data_dir)  # the management console under /ui
     if run_jobs:
-        _start_jobs(service, settings.job_interval_seconds)
+        start_jobs(services, settings)
     return app
 
 
@@ -133,14 +140,27 @@ def audit_refusal(service: KeyService, exc: errors.BrokerError) -> errors.Broker
     return exc
 
 
-def _start_jobs(service: KeyService, interval: int) -> None:
-    """Due deletions and rotations, in every process: the jobs are safe to run concurrently."""
-    def loop() -> None:
-        stop = threading.Event()
-        while not stop.wait(interval):
-            try:
-                service.run_due_jobs(RequestContext(SYSTEM, front_door="jobs"))
-            except Exception as exc:  # noqa: BLE001 - a failed round must not kill the loop
-                log.warning("background jobs failed: %s", type(exc).__name__)
+def cluster_jobs(services: Services, period: float) -> list[Job]:
+    """The jobs every node ticks, each run once per period across the cluster (broker/jobs.py): due deletions and
+    rotations of keys, and keyring entries' rotation schedules. Each step is a declared operation run as SYSTEM."""
+    every = timedelta(seconds=period)
 
-    threading.Thread(target=loop, name="kmsb-jobs", daemon=True).start()
+    def ctx() -> RequestContext:
+        return RequestContext(SYSTEM, front_door="jobs")
+
+    jobs = [Job("keys", every, lambda now: services.keys.run_due_jobs(ctx(), now))]
+    if services.keyring is not None:
+        keyring = services.keyring
+        jobs.append(Job("keyring-rotation", every, lambda now: keyring.rotate_due(ctx(), now)))
+    return jobs
+
+
+def start_jobs(services: Services, settings: Settings, *, only: str | None = None,
+               thread_name: str = "kmsb-jobs") -> None:
+    """Tick the cluster's jobs in this worker (leased: one process runs each per period; `only` names one) and,
+    for the API's loop, bound the SQLite WAL (node upkeep, not leased)."""
+    store = services.keys.store
+    jobs = [j for j in cluster_jobs(services, settings.job_interval_seconds) if only is None or j.name == only]
+    runner = JobRunner(JobLeases(store.engine), holder_id(settings.data_dir))
+    start_loop(runner, jobs, settings.job_interval_seconds, local=store.bound_wal if only is None else None,
+               name=thread_name)

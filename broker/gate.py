@@ -40,6 +40,7 @@ from broker.audit import AuditLog
 from broker.auth import Principal
 from broker.model import InvalidTransition, Key
 from broker.policy import Decision, PolicyEngine
+from broker.store import unavailable as store_unavailable
 from providers import base as pb
 
 MAX_CONTEXT_PAIRS = 64
@@ -348,6 +349,12 @@ class Gate:
         except InvalidTransition as exc:
             outcome, code = "error", errors.InvalidState.code
             raise errors.InvalidState(str(exc)) from None
+        except Exception as exc:
+            outcome, code = "error", errors.BrokerError.code
+            if store_unavailable(exc):
+                code = errors.NotReady.code
+                raise errors.NotReady("the store is unavailable; retry") from None
+            raise
         except BaseException:
             outcome, code = "error", errors.BrokerError.code
             raise
@@ -400,6 +407,12 @@ class Gate:
     def audit_rejected(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
         """Audit a request a front door refused before it reached an operation (bad token, bad body, …)."""
         self._write(ctx, AuditEntry(action), "denied" if denied else "error", code, 0.0)
+
+
+def dependency_error(exc: BaseException) -> errors.BrokerError | None:
+    """NotReady (503, retryable) when `exc` is the store out of reach rather than a bug; None otherwise. For the
+    front doors' last-resort handlers, so a failure outside an operation (a token lookup) answers as one inside."""
+    return errors.NotReady("the store is unavailable; retry") if store_unavailable(exc) else None
 
 
 def provider_error(exc: pb.ProviderError) -> errors.BrokerError:

@@ -1137,6 +1137,17 @@ class KeyService(Service):
                 status[name] = f"unavailable: {exc}"
         return status
 
+    @internal
+    def dependencies(self) -> dict[str, str]:
+        """Whether a request could complete now, beside the providers (for /v1/ready): the audit log can make a
+        record durable (a full disk fails every key operation) and the store answers. Never raises; names no key."""
+        try:
+            self.store.ping()
+            store = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure: not ready, named by its type only
+            store = f"unavailable: {type(exc).__name__}"
+        return {"audit": self.audit.health(), "store": store}
+
     # =========================================================================================== sibling doors
     # The only way other services reach key material, providers or the catalog: each takes the caller's Call and
     # refuses unless that call authorized a fitting action on the key (or provider) it touches. Provider refs cross

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from broker.settings import Settings
+
+_SUN_PATH_MAX = 108  # sockaddr_un.sun_path on Linux, the terminating NUL included
 
 
 class GunicornApp(BaseApplication):
@@ -49,8 +52,18 @@ def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
             stop_bridge_process(bridge)
 
 
+def control_socket(data_dir: Path) -> dict[str, Any]:
+    """gunicorn's control socket, one per data folder (its default, ~/.gunicorn/gunicorn.ctl, is one per user: a
+    second broker on the host would take it over). Off when the folder's path is too long for a Unix socket."""
+    path = Path(data_dir) / "gunicorn.ctl"
+    if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+        return {"control_socket_disable": True}
+    return {"control_socket": str(path), "control_socket_mode": 0o600}
+
+
 def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
     GunicornApp(partial(_create_api, settings), {
+        **control_socket(settings.data_dir),
         "bind": bind,
         "workers": workers,
         "threads": threads,

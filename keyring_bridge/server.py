@@ -29,7 +29,7 @@ def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | Non
         "accesslog": None, "errorlog": "-", "loglevel": "info",
         # mariadbd opens a new connection per request; keep-alive only helps other clients
         "keepalive": 5, "timeout": 60, "graceful_timeout": 10, "proc_name": "kms-broker-keyring",
-        "control_socket_disable": True,  # the API arbiter owns ~/.gunicorn/gunicorn.ctl; two arbiters would fight over it
+        "control_socket_disable": True,  # the API arbiter has the data folder's gunicorn.ctl; one arbiter per socket
     }
     if certfile:
         options.update(certfile=certfile, keyfile=keyfile)

@@ -33,6 +33,7 @@ from flask import Flask, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
+from broker.gate import dependency_error
 from broker.service import KeyService, RequestContext
 from broker.services import Services
 from broker.settings import Settings
@@ -160,7 +161,7 @@ def _parse(rest: str, mounts: dict[str, int]) -> tuple[str, str, str]:
 
 
 def create_bridge_app(settings: Settings, *, service: KeyService | None = None, run_jobs: bool = False) -> Flask:
-    from broker.app import SYSTEM, build_service
+    from broker.app import build_service
 
     app = Flask("kms_broker_keyring")
     app.config["MAX_CONTENT_LENGTH"] = 256 * 1024
@@ -233,6 +234,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
                 return refuse(errors.NotFound("no handler"))
             if exc.code in (400, 405, 413, 415):
                 return _errors(exc.code or 400, exc.description or "bad request")
+        exc = dependency_error(exc) or exc  # outside an operation (the token lookup): the store is down, not a bug
         if not isinstance(exc, errors.BrokerError | DropConnection):
             log.error("keyring bridge error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__)
         return refuse(exc)
@@ -266,9 +268,16 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
 
     @app.route("/v1/sys/health", methods=["GET", "HEAD"])
     def health():
+        """Vault's health shape; 503 when this node could not serve a key now (HSM, audit sink or store down), so a
+        load balancer's check on this listener takes the node out of rotation as `/v1/ready` does on the API."""
+        service = services.keys
+        status = {**service.readiness(), **service.dependencies()}
+        ok = all(v == "ok" for v in status.values())
         now = int(time.time())
-        return {"initialized": True, "sealed": False, "standby": False, "server_time_utc": now,
+        body = {"initialized": True, "sealed": False, "standby": False, "server_time_utc": now,
                 "version": "kms-broker-keyring", "cluster_name": "kms-broker"}
+        return (body, 200) if ok else ({**body, "kmsb_not_ready": sorted(k for k, v in status.items() if v != "ok")},
+                                       503)
 
     @app.route("/v1/auth/approle/login", methods=["POST", "PUT"])
     def approle_login():
@@ -334,18 +343,13 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
 
     app.wsgi_app = _Dropper(app.wsgi_app)
     if run_jobs:
-        _start_rotation_loop(keyring, SYSTEM, settings.job_interval_seconds)
+        _start_rotation_loop(services, settings)
     return app
 
 
-def _start_rotation_loop(keyring: KeyringService, system, interval: int) -> None:
-    """Scheduled rotations in every bridge worker: safe concurrently (compare-and-set on the latest version)."""
-    def loop() -> None:
-        stop = threading.Event()
-        while not stop.wait(interval):
-            try:
-                keyring.rotate_due(RequestContext(system, front_door="jobs"))
-            except Exception as exc:  # noqa: BLE001 - a failed round must not kill the loop
-                log.warning("keyring rotation job failed: %s", type(exc).__name__)
+def _start_rotation_loop(services: Services, settings: Settings) -> None:
+    """The keyring's rotation schedules, leased like every cluster job (broker/jobs.py): the API's loop ticks the
+    same lease, so a schedule rotates once per period whichever process gets there first."""
+    from broker.app import start_jobs
 
-    threading.Thread(target=loop, name="kmsb-keyring-jobs", daemon=True).start()
+    start_jobs(services, settings, only="keyring-rotation", thread_name="kmsb-keyring-jobs")

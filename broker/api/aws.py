@@ -144,6 +144,11 @@ def _http_error(exc: HTTPException) -> Response:
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
+    from broker.gate import dependency_error
+
+    mapped = dependency_error(exc)  # outside an operation (SigV4 credential lookup): 503, retryable
+    if mapped is not None:
+        return _refuse(mapped)
     log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__, exc_info=exc)
     return _refuse(_error("Internal", "KMSInternalException", 500)("internal error"))
 

@@ -339,12 +339,13 @@ def health():
     return {"status": "ok"}
 
 
-@op("/ready", "GET", "Ready", "Readiness: every provider (the HSM included) can serve", authenticated=False,
-    audited=False)
+@op("/ready", "GET", "Ready", "Readiness: every provider (the HSM included), the audit log and the store can serve",
+    authenticated=False, audited=False)
 def ready():
-    status = current_app.extensions["kms_service"].readiness()
-    ok = all(v == "ok" for v in status.values())
-    return ({"status": "ready" if ok else "not ready", "providers": status}, 200 if ok else 503)
+    service = current_app.extensions["kms_service"]
+    status, dependencies = service.readiness(), service.dependencies()
+    ok = all(v == "ok" for v in (*status.values(), *dependencies.values()))
+    return ({"status": "ready" if ok else "not ready", "providers": status, **dependencies}, 200 if ok else 503)
 
 
 @op("/openapi.json", "GET", "OpenAPI", "This API's OpenAPI 3.1 document", authenticated=False, audited=False)

@@ -154,6 +154,20 @@ class AuditLog:
         except Exception:  # noqa: BLE001 - any failure of a sink means: refuse
             raise NotReady("audit log cannot be written; request refused") from None
 
+    def health(self) -> str:
+        """For readiness probes: "ok", or why a record could not be made durable now. Never raises, writes no
+        record (each durable sink's `ready()`: the file sink writes and fsyncs a probe beside the log)."""
+        if self._closed:
+            return "closed"
+        for sink in self._durable:
+            try:
+                sink.ready()
+            except OSError as exc:
+                return f"{sink.name} sink unavailable: {exc.strerror or type(exc).__name__}"
+            except Exception as exc:  # noqa: BLE001 - any failure of a durable sink: not ready
+                return f"{sink.name} sink unavailable: {type(exc).__name__}"
+        return "ok"
+
     def write(self, body: dict) -> dict:
         """Append one record and return it (with seq and hashes) once it is durable; NotReady (503) if it is not."""
         if self._closed:

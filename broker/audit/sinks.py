@@ -13,6 +13,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger("kms_broker.audit")
+READY_PROBE_BYTES = 64 * 1024  # about one batch of records: less free space than this is a full disk
 
 
 class Sink:
@@ -30,6 +32,10 @@ class Sink:
 
     def check(self) -> None:
         """Cheap test that the sink can take a record now; raises OSError (or any error) if not."""
+
+    def ready(self) -> None:
+        """A real test for readiness probes (may do I/O, writes no record); raises if the sink cannot persist."""
+        self.check()
 
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
         """Persist the batch; return an undo that removes it again (used when a later durable sink fails)."""
@@ -61,6 +67,19 @@ class FileSink(Sink):
             raise IsADirectoryError(f"audit file {self.path} is not a regular file")
         if not os.access(self.path, os.W_OK):
             raise PermissionError(f"audit file {self.path} is not writable")
+
+    def ready(self) -> None:
+        """`check()`, then a small write + fsync beside the log: a full disk (ENOSPC) or a read-only remount shows
+        here, where permission bits alone look fine."""
+        self.check()
+        probe = self.path.with_name(f".ready-{os.getpid()}-{threading.get_ident()}")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * READY_PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
 
     def size(self) -> int:
         try:
@@ -131,6 +150,9 @@ class StoreSink(Sink):
 
     def check(self) -> None:
         pass  # a failing store shows on the batch that tries it; the writer then refuses until a probe succeeds
+
+    def ready(self) -> None:
+        self.probe()
 
     def probe(self) -> None:
         with self.engine.connect() as conn:

@@ -11,21 +11,29 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import bindparam, create_engine, delete, event, select
+from sqlalchemy import bindparam, create_engine, delete, event, literal, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from broker.store.tables import AliasRow, AuthTokenRow, ImportTokenRow, KeyRow, KeyVersionRow, TagRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The WAL of a busy SQLite store: every audited request appends a few pages (the audit row and its indexes), and the
+# file keeps its high-water size. Checkpoint every WAL_PAGES pages (SQLite's default is 1000, ~4 MiB) and cut the
+# file back to WAL_LIMIT after each; `Store.bound_wal` (the job loop) truncates it when readers kept a checkpoint
+# from resetting it.
+WAL_PAGES = 256
+WAL_LIMIT = 1 << 20
 
 
 _KEYS, _VERSIONS, _TOKENS = KeyRow.__table__, KeyVersionRow.__table__, AuthTokenRow.__table__
 _KEY_BY_ID = select(_KEYS).where(_KEYS.c.key_id == bindparam("key_id"))
 _VERSION_BY_ID = select(_VERSIONS).where(_VERSIONS.c.key_id == bindparam("key_id"),
                                          _VERSIONS.c.version == bindparam("version"))
+_PING = select(literal(1))
 _TOKEN_BY_HASH = select(_TOKENS).where(_TOKENS.c.token_hash == bindparam("token_hash"))
 
 
@@ -66,6 +74,14 @@ class _Reader:
                 conn.close()
             except Exception:  # noqa: BLE001 - closing at shutdown: nothing useful to do with a failure
                 pass
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is `exc` the store being out of reach (server down or restarting, connection lost, pool exhausted, disk
+    full or locked for SQLite) rather than a bug? Such failures answer 503 and heal by themselves once the store is
+    back: the pool re-connects (pre-ping) and the hot-path readers drop a broken connection."""
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 class Conflict(Exception):
@@ -120,6 +136,32 @@ class Store:
         with self.engine.begin() as connection:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "heads")
+
+    def bound_wal(self, limit: int = WAL_LIMIT) -> int | None:
+        """SQLite only: when the WAL file is over `limit` bytes, checkpoint it and truncate it to zero (waiting at
+        most a second for readers). Returns the WAL's size afterwards (None for other stores)."""
+        if self.engine.dialect.name != "sqlite" or not self.engine.url.database:
+            return None
+        wal = Path(f"{self.engine.url.database}-wal")
+        try:
+            if wal.stat().st_size <= limit:
+                return wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA busy_timeout=1000")
+            try:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+        try:
+            return wal.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def ping(self) -> None:
+        """One round trip to the store (readiness); raises what the driver raises."""
+        self.first(_PING, {})
 
     def dispose(self) -> None:
         self._reader.close()
@@ -356,6 +398,8 @@ class Store:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")

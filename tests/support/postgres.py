@@ -23,6 +23,7 @@ from tests.support.procs import Server, free_port, start_server
 
 TEST_USER = "kmsb-test"
 SUPERUSER = "kmsb"
+MAX_CONNECTIONS = 200  # a cluster test runs three nodes of several workers, each with its pools
 
 
 def pg_bin_dir() -> Path:
@@ -69,6 +70,30 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def halt(self) -> None:
+        """Fast shutdown (SIGINT) of our postmaster, keeping its data: an outage `resume` ends."""
+        proc = self.server.proc
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            proc.wait(30)
+
+    def resume(self, log_dir: Path) -> None:
+        """Start the same cluster again (same data, port and sockets) after `halt`."""
+        self.server = start_server("postgres-again", self._command(), log_dir=log_dir, ready=self._ready,
+                                   cwd=self.root, timeout=60)
+
+    def _command(self) -> list[str]:
+        return _as_user(_os_user(), [str(pg_bin_dir() / "postgres"), "-D", str(self.root / "data"), "-h",
+                                     "127.0.0.1", "-p", str(self.port), "-k", str(self.root / "sock"),
+                                     "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                                     "-c", f"max_connections={MAX_CONNECTIONS}"])
+
+    def _ready(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres", driver="postgresql"), connect_timeout=2):
+            return True
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT: disconnect clients, checkpoint) of our postmaster, then clean up its dir."""
         proc = self.server.proc
@@ -102,17 +127,6 @@ def start_postgres(log_dir: Path) -> PostgresServer:
         check=True, capture_output=True, cwd=root,
     )
     pwfile.unlink()
-    port = free_port()
-    cmd = _as_user(user, [str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-                          "-k", str(sockets), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                          "-c", "full_page_writes=off", "-c", "max_connections=50"])
-    pg = PostgresServer(None, root, port, password)  # type: ignore[arg-type]
-
-    def ready() -> bool:
-        import psycopg
-
-        with psycopg.connect(pg.url("postgres", driver="postgresql"), connect_timeout=2):
-            return True
-
-    pg.server = start_server("postgres", cmd, log_dir=log_dir, ready=ready, cwd=root, timeout=60)
+    pg = PostgresServer(None, root, free_port(), password)  # type: ignore[arg-type]
+    pg.server = start_server("postgres", pg._command(), log_dir=log_dir, ready=pg._ready, cwd=root, timeout=60)
     return pg
