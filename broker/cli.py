@@ -341,6 +341,7 @@ _GROUPS = [
     ("broker.cli_backup", "backup"),               # backup custodians|create|verify|restore
     ("broker.cli_node", "node"),                   # node join|list|remove
     ("broker.cli_files", "commands"),              # client-side envelope encryption of files (docs/envelope.md)
+    ("broker.cli_jobs", "jobs"),                   # background jobs, leased across the cluster
 ]
 
 

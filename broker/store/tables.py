@@ -362,3 +362,17 @@ class ClusterNodeRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     mac: Mapped[str] = mapped_column(String(128), default="")  # HSM audit-key HMAC of name + transport key (0009)
+
+
+class JobLeaseRow(Base):
+    """One background job (migration 0010): who runs it now (until `lease_until`) and when it is next due."""
+
+    __tablename__ = "job_leases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255), default="")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    next_due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    last_holder: Mapped[str] = mapped_column(String(255), default="")
