@@ -98,7 +98,9 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
         code = _HTTP_CODES.get(exc.code or 500, "ValidationException")
         message = TOO_LARGE if exc.code == 413 else exc.description or ""
         err = type("HttpError", (errors.BrokerError,), {"code": code, "status": exc.code or 400})(message)
-        return refuse(err)
+        body, status = refuse(err)
+        allow = [(k, v) for k, v in exc.get_headers() if k.lower() == "allow"]  # a 405 names what is allowed
+        return body, status, allow
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from broker.client import BrokerClient, BrokerClientError
+from broker.cli_errors import CleanErrors, fail
+from broker.client import BrokerClient
 
 OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
                       help="text for people, json for scripts")
@@ -42,21 +43,10 @@ def _client() -> BrokerClient:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+    fail(message, code)
 
 
-class _ClientErrors(click.Group):
-    """Turn client errors into one clean line on stderr and exit 1 (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrokerClientError as exc:
-            _fail(f"{exc.code}: {exc.message}")
-
-
-@click.group(cls=_ClientErrors)
+@click.group(cls=CleanErrors)
 @click.version_option(package_name="kms-broker")
 def main() -> None:
     """kms-broker: one KMS API over a PKCS#11 HSM and four clouds."""

@@ -29,6 +29,9 @@ class BrokerClient:
         self._session = requests.Session()
         self._session.verify = verify
         if token:
+            if not (token.isascii() and token.isprintable()):
+                raise BrokerClientError(0, "InvalidToken", "the token has characters no broker token has "
+                                                           "(non-ASCII or control characters); check KMSB_TOKEN")
             self._session.headers["X-KMSB-Token"] = token
         self.timeout = timeout
 
@@ -42,13 +45,18 @@ class BrokerClient:
         except requests.RequestException as exc:
             raise BrokerClientError(0, "ConnectionError", f"cannot reach {self.addr}: {type(exc).__name__}") from None
         try:
-            data = response.json()
+            data = response.json() if response.content.strip() else {}
         except ValueError:
-            data = {}
+            data = None
         if response.status_code >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
-            raise BrokerClientError(response.status_code, err.get("code", "HTTPError"),
-                                    err.get("message", response.reason), err.get("request_id", ""))
+            err = err if isinstance(err, dict) else {}
+            raise BrokerClientError(response.status_code, str(err.get("code", "HTTPError")),
+                                    str(err.get("message", response.reason)), str(err.get("request_id", "")))
+        if not isinstance(data, dict):
+            raise BrokerClientError(response.status_code, "UnexpectedResponse",
+                                    f"{self.addr} did not answer like a kms-broker (HTTP {response.status_code}, "
+                                    "not a JSON object)")
         return data
 
     @staticmethod

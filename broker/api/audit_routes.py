@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from broker.api.native import Ctx, Svc, op, parse_query
+from broker.api.schemas import Timestamp
 from broker.audit.query import AuditFilter
 from broker.errors import ValidationError
 
@@ -19,8 +20,8 @@ class AuditQuery(BaseModel):
     principal: str | None = Field(default=None, max_length=256)
     action: str | None = Field(default=None, max_length=128, description="e.g. kms:Encrypt")
     outcome: Literal["allowed", "denied", "error"] | None = None
-    since: datetime | None = Field(default=None, description="ISO 8601, inclusive")
-    until: datetime | None = Field(default=None, description="ISO 8601, exclusive")
+    since: Timestamp | None = Field(default=None, description="RFC 3339, inclusive")
+    until: Timestamp | None = Field(default=None, description="RFC 3339, exclusive")
     limit: int = Field(default=100, ge=1, le=1000)
     marker: str | None = Field(default=None, pattern=r"^[0-9]{1,18}$", description="NextMarker of the previous page")
     order: Literal["asc", "desc"] = "asc"

@@ -153,7 +153,7 @@ def _unexpected(exc: Exception) -> Response:
     return _refuse(_error("Internal", "KMSInternalException", 500)("internal error"))
 
 
-@bp.post("/")
+@bp.post("/", provide_automatic_options=False)
 def dispatch() -> Response:
     target = request.headers.get("X-Amz-Target", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else None
@@ -166,11 +166,9 @@ def dispatch() -> Response:
     if content_type not in CONTENT_TYPES:
         raise Serialization(f"Content-Type must be {_JSON}")
     try:
-        data = load_json(read_body(request))
+        data = load_json(read_body(request), empty={})
     except BadJson as exc:
         raise Serialization(exc.message) from None
-    if data is None:
-        data = {}
     if not isinstance(data, dict):
         raise Serialization("the request body must be a JSON object")
     check_members(name, data)

@@ -74,11 +74,11 @@ def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def load_json(raw: bytes | str) -> Any:
-    """Parse a request body within the limits above; an empty body is None."""
+def load_json(raw: bytes | str, empty: Any = None) -> Any:
+    """Parse a request body within the limits above; a blank body is `empty` (JSON `null` is None)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if not data.strip():
-        return None
+        return empty
     if too_deep(data):
         raise BadJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:

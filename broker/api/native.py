@@ -67,13 +67,11 @@ def _first_problem(exc: PydanticError) -> str:
 
 def parse(model: type[BaseModel]) -> BaseModel:
     """Validate the JSON body against `model`; any problem is a ValidationException naming the field."""
-    data = load_json(read_body(request))
-    if data is None:
-        data = {}
+    data = load_json(read_body(request), empty={})
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, strict=True)  # the JSON types the document shows, nothing coerced
     except PydanticError as exc:
         raise ValidationError(_first_problem(exc)) from None
 
@@ -110,7 +108,8 @@ def op(rule: str, method: str, operation: str, summary: str, body: type[BaseMode
             return _jsonable(result if result is not None else {}), code
 
         view.route_doc = doc  # type: ignore[attr-defined]
-        bp.add_url_rule(rule, operation, view, methods=[method])
+        # no automatic OPTIONS: it would answer (unaudited) for every route; OPTIONS is a 405 naming the methods
+        bp.add_url_rule(rule, operation, view, methods=[method], provide_automatic_options=False)
         ROUTES.append(doc)
         return fn
     return register

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -22,6 +24,19 @@ B64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$
 B64 = Annotated[bytes, BeforeValidator(_b64),
                 WithJsonSchema({"type": "string", "contentEncoding": "base64", "pattern": B64_PATTERN})]
 Context = dict[str, str]
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with a time zone, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+# What the document says (format date-time) and nothing else: pydantic alone would also take 0.5 as epoch seconds.
+Timestamp = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class Body(BaseModel):
@@ -31,18 +46,18 @@ class Body(BaseModel):
 class CreateKey(Body):
     KeySpec: str = "SYMMETRIC_DEFAULT"
     KeyUsage: str | None = None
-    Description: str = ""
+    Description: str = Field(default="", max_length=8192)
     Tags: dict[str, str] | list[dict[str, str]] | None = None
     Origin: Literal["AWS_KMS", "EXTERNAL"] = "AWS_KMS"
     Provider: str | None = None
 
 
 class UpdateKey(Body):
-    Description: str
+    Description: str = Field(max_length=8192)
 
 
 class ScheduleDeletion(Body):
-    PendingWindowInDays: int = 30
+    PendingWindowInDays: int = Field(default=30, ge=7, le=30)
 
 
 class Encrypt(Body):
@@ -68,7 +83,7 @@ class ReEncrypt(Body):
 
 class GenerateDataKey(Body):
     KeySpec: str | None = None
-    NumberOfBytes: int | None = None
+    NumberOfBytes: int | None = Field(default=None, ge=1, le=1024)
     EncryptionContext: Context | None = None
 
 
@@ -78,7 +93,7 @@ class GenerateDataKeyPair(Body):
 
 
 class GenerateRandom(Body):
-    NumberOfBytes: int
+    NumberOfBytes: int = Field(ge=1, le=1024)
     Provider: str | None = None
 
 
@@ -119,7 +134,7 @@ class UntagKey(Body):
 
 
 class EnableRotation(Body):
-    RotationPeriodInDays: int = 365
+    RotationPeriodInDays: int = Field(default=365, ge=90, le=2560)
 
 
 class ImportParameters(Body):
