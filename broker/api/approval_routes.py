@@ -67,9 +67,10 @@ def request_approval(svc: Svc, ctx: Ctx, b: RequestApproval):
     return approvals().request(ctx, b.Operation, b.Params, b.Reason).to_dict()
 
 
-@op("/approvals", "GET", "ListApprovals", "Approval requests (?State=pending|vetoed|executed|expired)")
+@op("/approvals", "GET", "ListApprovals", "Approval requests (?State=pending|vetoed|executed|expired)",
+    query=ListQuery)
 def list_approvals(svc: Svc, ctx: Ctx):
-    state = parse_query(ListQuery).State
+    state = parse_query().State
     return {"Requests": [v.to_dict() for v in approvals().list_requests(ctx, state)]}
 
 

@@ -79,7 +79,7 @@ def _args_for(cmd: click.Command, files: Path) -> list[str]:
         elif param.name == "dst":
             value = str(files / "out.bin")
         else:
-            value = DUMMY[param.name]
+            value = DUMMY.get(param.name, "x")
         if isinstance(param, click.Argument):
             args.append(value)
         else:

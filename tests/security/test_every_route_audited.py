@@ -118,7 +118,7 @@ def _native_calls(broker: RunningBroker, key_id: str) -> list[tuple[str, str, st
     calls = []
     for path, ops in doc["paths"].items():
         for method, spec in ops.items():
-            concrete = re.sub(r"\{(\w+)\}", lambda m: fill[m.group(1)], path)[len("/v1"):]
+            concrete = re.sub(r"\{(\w+)\}", lambda m: fill.get(m.group(1), "x"), path)[len("/v1"):]
             calls.append((spec["operationId"], method.upper(), concrete))
     return calls
 
