@@ -39,7 +39,7 @@ from broker import errors
 from broker.audit import AuditLog
 from broker.auth import Principal
 from broker.model import InvalidTransition, Key
-from broker.policy import Decision, PolicyEngine
+from broker.policy import Decision, PolicyDocument, PolicyEngine
 from broker.store import unavailable as store_unavailable
 from providers import base as pb
 
@@ -128,14 +128,20 @@ DECLARED: dict[str, Declaration] = {}
 
 
 def key_arg(name: str, *, details: bool = False, optional: bool = False) -> Resolver:
-    """The key named (id, ARN or alias) by argument `name`, resolved through the service's `resolve_key`."""
+    """The key named (id, ARN or alias) by argument `name`, resolved through the service's `resolve_key`. A key
+    named by an alias carries it as the condition value kms:RequestAlias."""
     def resolve(host: Any, args: Mapping[str, Any]) -> Target | None:
         ref = args.get(name)
         if ref is None and optional:
             return NOTHING
-        return Target(key=host.resolve_key(ref, details=details))
+        return Target(key=host.resolve_key(ref, details=details), conditions=request_alias(ref))
     resolve.arg = name  # type: ignore[attr-defined]
     return resolve
+
+
+def request_alias(ref: Any) -> dict[str, tuple[str, ...]]:
+    """kms:RequestAlias for a key reference that is an alias name (what AWS's condition key is), else nothing."""
+    return {"kms:RequestAlias": (ref,)} if isinstance(ref, str) and ref.startswith("alias/") else {}
 
 
 def resource(render: Callable[[Mapping[str, Any]], str]) -> Resolver:
@@ -250,6 +256,12 @@ class Call:
         """May the caller do `action` on this resource? (Filtering and the no-escalation rule; never raises.)"""
         target = Target(key=key, resource=resource, conditions=dict(conditions or {}))
         return self._gate.decide(self.ctx, action, target, context).allowed
+
+    def holds_under(self, action: str, key: Key, key_policy: PolicyDocument) -> bool:
+        """Would the caller hold `action` on `key` if the key's policy were `key_policy`? (AWS's lock-out safety
+        check: a key policy its writer could not change again is refused unless the writer says it means it.)"""
+        return self._gate.policy.decide(self.ctx.principal, action, key, {}, source_ip=self.ctx.source_ip,
+                                        key_policy=key_policy).allowed
 
     def widened_by(self, key: Key, after: Mapping[str, Iterable[str]]) -> list[str]:
         """The actions the caller might gain on `key` if its tags/aliases became `after` (condition values:

@@ -40,8 +40,9 @@ from broker.gate import (
 from broker.model import Key
 from broker.policy.builtin import BUILTIN_DOCUMENTS, RESERVED, builtin
 from broker.policy.document import ACTION_ALIASES, ALL_ACTIONS, GRANT_OPERATIONS, parse_document
-from broker.policy.escalation import identity_policy_excess, key_policy_excess
-from broker.policy.evaluate import DEFAULT_KEY_POLICY, ContextAtLeast, parse_time_value
+from broker.policy.escalation import identity_policy_excess
+from broker.policy.evaluate import DEFAULT_KEY_POLICY_TEXT, ContextAtLeast, parse_time_value
+from broker.policy.key_policies import check_writer, read_key_policy
 from broker.service import KeyService
 from broker.store.policies import PolicyRepository
 from broker.store.tables import GrantRow
@@ -251,24 +252,33 @@ class PolicyAdmin(Service):
     # ---------------------------------------------------------------------------------- key policies
 
     @operation("kms:PutKeyPolicy", Need("kms:PutKeyPolicy", key_arg("key_ref")), mutates=True)
-    def put_key_policy(self, call: Call, key_ref: str, document: Any, policy_name: str = "default") -> None:
+    def put_key_policy(self, call: Call, key_ref: str, document: Any, policy_name: str = "default", *,
+                       bypass_lockout: bool = False) -> None:
+        """`document`: the policy's JSON text (kept byte for byte) or an object. Refused: a malformed document, one
+        that allows what its writer may not do on the key (no escalation), one that would lock its writer out of
+        PutKeyPolicy (AWS's safety check; `bypass_lockout` is AWS's BypassPolicyLockoutSafetyCheck)."""
         key = call.key()
         if policy_name != "default":
             raise errors.ValidationError("PolicyName must be default")
-        parsed = parse_document(document, key_policy=True)
-        excess = key_policy_excess(parsed, lambda action: call.holds(action, key))
-        if excess:
-            raise errors.AccessDenied(f"{call.principal.name} may not write a key policy allowing what it may not do "
-                                      f"on {key.key_id} itself: {_few(excess)}")
-        self.repo.put_key_policy(key.key_id, document, _now())
+        policy = read_key_policy(document)
+        check_writer(call, key, policy, bypass_lockout=bypass_lockout is True)
+        if bypass_lockout is True:
+            call.entry.extra["bypass_policy_lockout_safety_check"] = True
+        self.repo.put_key_policy(key.key_id, policy.text, _now())
         self._forget(("key-policy", key.key_id))
 
     @operation("kms:GetKeyPolicy", Need("kms:GetKeyPolicy", key_arg("key_ref")))
     def get_key_policy(self, call: Call, key_ref: str, policy_name: str = "default") -> dict[str, Any]:
+        """The key policy as its writer wrote it ("PolicyText") and as an object ("Policy"); AWS's default key
+        policy for a key that has no other."""
         if policy_name != "default":
             raise errors.NotFound(f"key policy {str(policy_name)[:64]} not found")
-        document = self.repo.get_key_policy(call.key().key_id) or DEFAULT_KEY_POLICY.raw
-        return {"Policy": document, "PolicyName": "default"}
+        text = self.repo.get_key_policy_text(call.key().key_id) or DEFAULT_KEY_POLICY_TEXT
+        try:
+            document = json.loads(text)
+        except ValueError:
+            document = None
+        return {"Policy": document, "PolicyText": text, "PolicyName": "default"}
 
     @operation("kms:ListKeyPolicies", Need("kms:ListKeyPolicies", key_arg("key_ref")))
     def list_key_policies(self, call: Call, key_ref: str) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from broker.gate import (
     key_arg,
     operation,
     provider_error,
+    request_alias,
     resource,
     valid_text,
     within,
@@ -76,6 +77,7 @@ from broker.model import (
     signing_algorithms_for,
 )
 from broker.policy import PolicyEngine
+from broker.policy.key_policies import check_writer, read_key_policy
 from broker.store import Conflict, Store
 from providers import base as pb
 from providers.base import Provider, ProviderKeyRef, RootOfTrust
@@ -174,7 +176,7 @@ def _ciphertext_key(host: KeyService, args: Mapping[str, Any]) -> Target:
     named_ref = args.get("key_ref", args.get("source_key_ref"))
     named = host.resolve_key(named_ref) if named_ref else None
     if named is not None and named.spec.is_rsa:
-        return Target(key=named)
+        return Target(key=named, conditions=request_alias(named_ref))
     blob = check_bytes(args["blob"], "CiphertextBlob", high=MAX_CIPHERTEXT)
     try:
         header = ct.unpack(blob).header
@@ -186,7 +188,7 @@ def _ciphertext_key(host: KeyService, args: Mapping[str, Any]) -> Target:
         raise errors.InvalidCiphertext("the ciphertext refers to a key that does not exist") from None
     if named is not None and named.key_id != key.key_id:
         raise errors.IncorrectKey("the ciphertext was not encrypted under the key you named")
-    return Target(key=key)
+    return Target(key=key, conditions=request_alias(named_ref))
 
 
 _ciphertext_key.arg = "blob"  # type: ignore[attr-defined]
@@ -352,7 +354,10 @@ class KeyService(Service):
     @operation("kms:CreateKey", Need("kms:CreateKey", _provider_resource), mutates=True)
     def create_key(self, call: Call, *, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", tags: Mapping[str, str] | None = None, origin: str = "AWS_KMS",
-                   provider: str | None = None) -> dict[str, Any]:
+                   provider: str | None = None, policy: Any = None,
+                   bypass_policy_lockout: bool = False) -> dict[str, Any]:
+        """A new key; `policy` (a key policy, as text or object) is checked as PutKeyPolicy checks it — on the new
+        key, as the default key policy lets its creator act — before anything is made, and stored with the key."""
         try:
             spec = KeySpec(key_spec)
         except ValueError:
@@ -381,15 +386,19 @@ class KeyService(Service):
         key_id = str(uuid.uuid4())
         call.entry.key_id = key_id
         now = _now()
-        first = None
-        state = KeyState.PENDING_IMPORT
-        if origin_value is Origin.BROKER:
-            ref = backend.create_key(spec, usage, label=key_id)
-            first = KeyVersion(1, ref.to_dict(), now)
-            state = KeyState.ENABLED
-        key = Key(key_id=key_id, provider=provider_name, spec=spec, usage=usage, state=state,
-                  origin=origin_value, description=description, created_at=now, tags=tags)
-        self.store.add_key(key, first)
+        born = origin_value is Origin.BROKER
+        key = Key(key_id=key_id, provider=provider_name, spec=spec, usage=usage,
+                  state=KeyState.ENABLED if born else KeyState.PENDING_IMPORT, origin=origin_value,
+                  description=description, created_at=now, tags=tags)
+        key_policy = None
+        if policy is not None:
+            key_policy = read_key_policy(policy)
+            check_writer(call, key, key_policy, bypass_lockout=bypass_policy_lockout is True)
+            call.entry.extra["key_policy"] = True
+        first = KeyVersion(1, backend.create_key(spec, usage, label=key_id).to_dict(), now) if born else None
+        self.store.add_key(key, first, key_policy=key_policy.text if key_policy else None)
+        if key_policy is not None:  # decisions made while checking it cached "no key policy" for the new key
+            self.gate.policy.forget(("key-policy", key_id), ("grants", key_id))
         return self._metadata(key)
 
     @operation("kms:DescribeKey", Need("kms:DescribeKey", key_arg("key_ref", details=True)))

@@ -238,18 +238,12 @@ class Body:
     def list(self, name: str, required: bool = False) -> list | None:
         return self._get(name, list, required)
 
-    def document(self, name: str, required: bool = False) -> Any:
-        """A member holding a JSON document as a string (a key policy), read within the same limits as a body."""
-        raw = self.str(name, required)
-        if raw is None:
-            return None
-        try:
-            value = load_json(raw)
-        except BadJson as exc:
-            raise errors.ValidationError(f"{name}: {exc.message.replace('the request body', 'the document')}") from None
-        if value is None:
-            raise errors.ValidationError(f"{name}: the document is empty")
-        return value
+    def policy(self, required: bool = False) -> str | None:
+        """The Policy member: a key policy's JSON text, handed on unparsed (it is stored as written)."""
+        text = self.str("Policy", required)
+        if text is not None and len(text) > 32_768:
+            raise errors.ValidationError("Policy is at most 32768 characters")
+        return text
 
     def key(self, name: str = "KeyId", required: bool = True) -> str | None:
         value = self.str(name, required)
@@ -391,13 +385,10 @@ def _symmetric_only(body: Body, *names: str) -> None:
 
 @operation("CreateKey")
 def create_key(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
-    if b.str("Policy") is not None:
-        raise errors.Unsupported("a key policy at CreateKey is not supported; call PutKeyPolicy after CreateKey")
     if b.bool("MultiRegion"):
         raise errors.Unsupported("multi-Region keys are not supported by the broker")
     if b.str("XksKeyId") is not None:
         raise errors.Unsupported("XksKeyId (adopting an existing external key) is not supported")
-    b.bool("BypassPolicyLockoutSafetyCheck")
     provider = _provider_for(svc, b.str("CustomKeyStoreId"))
     origin = b.str("Origin") or "AWS_KMS"
     if origin in ("AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"):
@@ -407,7 +398,8 @@ def create_key(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     spec = b.str("KeySpec") or b.str("CustomerMasterKeySpec") or "SYMMETRIC_DEFAULT"
     tags = b.list("Tags")
     meta = svc.create_key(ctx, key_spec=spec, key_usage=b.str("KeyUsage"), description=b.str("Description") or "",
-                          tags=tags, origin=origin, provider=provider)
+                          tags=tags, origin=origin, provider=provider, policy=b.policy(),
+                          bypass_policy_lockout=b.bool("BypassPolicyLockoutSafetyCheck"))
     return {"KeyMetadata": key_metadata(meta)}
 
 
@@ -786,19 +778,16 @@ def _admin() -> Any:
 
 @operation("PutKeyPolicy")
 def put_key_policy(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
-    b.bool("BypassPolicyLockoutSafetyCheck")
-    if len(b.str("Policy", required=True)) > 32_768:
-        raise errors.ValidationError("Policy is at most 32768 characters")
-    document = b.document("Policy", required=True)
-    _admin().put_key_policy(ctx, b.key(), document, b.str("PolicyName") or "default")
+    """The policy text goes to the service as written: it is stored byte for byte, and GetKeyPolicy returns it."""
+    _admin().put_key_policy(ctx, b.key(), b.policy(required=True), b.str("PolicyName") or "default",
+                            bypass_lockout=b.bool("BypassPolicyLockoutSafetyCheck"))
     return {}
 
 
 @operation("GetKeyPolicy")
 def get_key_policy(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     out = _admin().get_key_policy(ctx, b.key(), b.str("PolicyName") or "default")
-    policy = out["Policy"]
-    return {"Policy": policy if isinstance(policy, str) else json.dumps(policy), "PolicyName": out["PolicyName"]}
+    return {"Policy": out["PolicyText"], "PolicyName": out["PolicyName"]}
 
 
 @operation("ListKeyPolicies")

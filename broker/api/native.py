@@ -124,7 +124,8 @@ Ctx = RequestContext
 @op("/keys", "POST", "CreateKey", "Create a key on a provider (default: the pkcs11 root of trust)", s.CreateKey, 201)
 def create_key(svc: Svc, ctx: Ctx, b: s.CreateKey):
     return {"KeyMetadata": svc.create_key(ctx, key_spec=b.KeySpec, key_usage=b.KeyUsage, description=b.Description,
-                                          tags=b.Tags, origin=b.Origin, provider=b.Provider)}
+                                          tags=b.Tags, origin=b.Origin, provider=b.Provider, policy=b.Policy,
+                                          bypass_policy_lockout=b.BypassPolicyLockoutSafetyCheck)}
 
 
 @op("/keys", "GET", "ListKeys", "List keys (paginated with limit and marker)", query=s.ListQuery)

@@ -44,7 +44,7 @@ def simulate(svc: Svc, ctx: Ctx, b: s.Simulate):
 
 @op("/keys/<path:key>/policy", "PUT", "PutKeyPolicy", "Set the key policy (validated)", s.PutKeyPolicy)
 def put_key_policy(svc: Svc, ctx: Ctx, b: s.PutKeyPolicy, key: str):
-    _admin().put_key_policy(ctx, key, b.Policy, b.PolicyName)
+    _admin().put_key_policy(ctx, key, b.Policy, b.PolicyName, bypass_lockout=b.BypassPolicyLockoutSafetyCheck)
 
 
 @op("/keys/<path:key>/policy", "GET", "GetKeyPolicy", "The key policy (the default one if none was set)",

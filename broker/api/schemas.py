@@ -50,6 +50,8 @@ class CreateKey(Body):
     Tags: dict[str, str] | list[dict[str, str]] | None = None
     Origin: Literal["AWS_KMS", "EXTERNAL"] = "AWS_KMS"
     Provider: str | None = None
+    Policy: dict | None = None
+    BypassPolicyLockoutSafetyCheck: bool = False
 
 
 class UpdateKey(Body):
@@ -178,6 +180,7 @@ class PutPolicy(Body):
 class PutKeyPolicy(Body):
     Policy: dict
     PolicyName: str = "default"
+    BypassPolicyLockoutSafetyCheck: bool = False
 
 
 class CreateGrant(Body):

@@ -28,7 +28,7 @@ from broker.policy.evaluate import (
     name_matches,
 )
 
-__all__ = ["Decision", "PolicyEngine"]
+__all__ = ["Decision", "PolicyDocument", "PolicyEngine"]
 
 log = logging.getLogger("kms_broker.policy")
 _GLOB = "*?[$"
@@ -118,19 +118,32 @@ class PolicyEngine:
 
     def decide(self, principal: Principal, action: str, key: Key | None, context: dict | None = None, *,
                resource: str | None = None, source_ip: str = "", now: datetime | None = None,
-               conditions: Mapping[str, Sequence[str]] | None = None) -> Decision:
-        """conditions: request facts only the service knows (e.g. a new grant's kms:GrantOperations)."""
+               conditions: Mapping[str, Sequence[str]] | None = None,
+               key_policy: PolicyDocument | None = None) -> Decision:
+        """conditions: request facts only the service knows (e.g. a new grant's kms:GrantOperations).
+        key_policy: decide as if the key's policy were this one (a policy about to be written)."""
         if principal.is_root:
             return Decision(True, "root")
         facts = Facts(principal=principal, action=action, key=key, resource=resource,
                       context=context if context is not None else {},
                       source_ip=source_ip, now=now or datetime.now(UTC), request=dict(conditions or {}),
-                      load_tags=(lambda: self._store.get_key(key.key_id).tags) if key and self._store else None,
-                      load_aliases=(lambda: self._store.get_key(key.key_id).aliases) if key and self._store else None)
+                      load_tags=self._loader(key, "tags"), load_aliases=self._loader(key, "aliases"))
         on_key = key is not None
-        return evaluate(facts, self.identity_documents(principal),
-                        self.key_policy(key.key_id) if on_key else None,
+        if on_key and key_policy is None:
+            key_policy = self.key_policy(key.key_id)
+        return evaluate(facts, self.identity_documents(principal), key_policy,
                         self.grants(key.key_id) if on_key else ())
+
+    def _loader(self, key: Key | None, what: str) -> Callable[[], Any] | None:
+        """Reads a key's tags or aliases from the store when a decision needs them (nothing for a key that is
+        not stored yet: a CreateKey's new key)."""
+        if key is None or self._store is None:
+            return None
+
+        def load() -> Any:
+            stored = self._store.get_key(key.key_id)
+            return getattr(stored, what) if stored is not None else ({} if what == "tags" else ())
+        return load
 
     def widened_by(self, principal: Principal, key: Key, after: Mapping[str, Sequence[str]], *,
                    source_ip: str = "") -> list[str]:
@@ -141,8 +154,7 @@ class PolicyEngine:
         statements = attribute_statements(principal, self.identity_documents(principal), self.key_policy(key.key_id))
         if not statements:
             return []
-        load_tags = (lambda: self._store.get_key(key.key_id).tags) if self._store else None
-        load_aliases = (lambda: self._store.get_key(key.key_id).aliases) if self._store else None
+        load_tags, load_aliases = self._loader(key, "tags"), self._loader(key, "aliases")
         now = datetime.now(UTC)
         out = []
         for action in sorted(ALL_ACTIONS - set(ACTION_ALIASES)):
@@ -176,7 +188,7 @@ class PolicyEngine:
                         continue
                     if st.effect == "Deny":
                         return False
-                    if st.conditions:
+                    if st.conditions or st.not_resources:
                         continue
                     held = held or any(_pattern_covers(p, resource_glob) for p in st.resources)
             if not held:

@@ -2,12 +2,17 @@
 
     {"Version": "2012-10-17",
      "Statement": [{"Sid": "...", "Effect": "Allow" | "Deny",
-                    "Principal": "*" | {"Broker": "name-glob" | [...], "Account": "self"},   (key policies only)
+                    "Principal": "*" | {"AWS": arn | account | [...], "Broker": "name-glob" | [...],
+                                        "Account": "self", "Service": …}   or "NotPrincipal"   (key policies only)
                     "Action": "kms:Encrypt" | ["kms:*", ...]   or "NotAction",
-                    "Resource": "*" | "key/<id>" | "alias/<name>" | "provider/<name>" | "keyring/<mount>/<id>" | [...],
+                    "Resource": "*" | "key/<id>" | "alias/<name>" | "provider/<name>" | "keyring/<mount>/<id>" | [...]
+                                or "NotResource",
                     "Condition": {"<Operator>": {"<condition key>": "value" | [...]}}}]}
 
-Invalid documents are refused with the JSON path of the first bad element.
+Invalid documents are refused with the JSON path of the first bad element. One language for both dialects: the
+broker's own principal elements and AWS's (broker/policy/principals.py maps AWS principals onto broker principals),
+AWS's condition keys next to the broker's, action names matched case-insensitively as AWS does. A key policy may
+name `kms:` actions that do not exist (AWS accepts them; they match nothing).
 
 Two rules keep a statement from meaning more than it says:
 * a resource pattern is "*" or "<type>/<name glob>" with a literal type ("key*" would also name "keyring/…"), or a KMS
@@ -24,7 +29,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker.auth import Principal
 from broker.errors import ValidationError
+from broker.policy.principals import Named, parse_principal
 
 KMS_ACTIONS = frozenset(f"kms:{name}" for name in """
 CreateKey DescribeKey ListKeys UpdateKeyDescription EnableKey DisableKey ScheduleKeyDeletion CancelKeyDeletion
@@ -64,18 +71,50 @@ _NUMERIC_OPS = {"NumericEquals", "NumericNotEquals", "NumericLessThan", "Numeric
                 "NumericGreaterThan", "NumericGreaterThanEquals"}
 _DATE_OPS = {"DateEquals", "DateNotEquals", "DateLessThan", "DateLessThanEquals", "DateGreaterThan",
              "DateGreaterThanEquals"}
-BASE_OPERATORS = _STRING_OPS | _NUMERIC_OPS | _DATE_OPS | {"IpAddress", "NotIpAddress", "Bool", "Null"}
+_ARN_OPS = {"ArnEquals", "ArnLike", "ArnNotEquals", "ArnNotLike"}
+BASE_OPERATORS = _STRING_OPS | _NUMERIC_OPS | _DATE_OPS | _ARN_OPS | {"IpAddress", "NotIpAddress", "Bool", "Null"}
 
 _FIXED_KEYS = {"kms:EncryptionContextKeys", "kms:KeySpec", "kms:KeyUsage", "kms:KeyOrigin", "kms:Provider",
                "kms:GrantOperations", "kms:GranteePrincipal", "kms:RetiringPrincipal", "kms:ResourceAliases",
+               "kms:CallerAccount", "kms:ViaService", "kms:GrantIsForAWSResource", "kms:RequestAlias",
                "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
-               "broker:PrincipalName", "broker:AuthMethod"}
+               "broker:PrincipalName", "broker:AuthMethod",
+               "aws:EpochTime", "aws:PrincipalArn", "aws:PrincipalAccount", "aws:ViaAWSService",
+               "aws:PrincipalIsAWSService"}
+# AWS global keys with the same meaning as a broker key: read as that key.
+_SAME_AS = {"aws:SourceIp": "broker:SourceIp", "aws:CurrentTime": "broker:CurrentTime"}
 _PREFIX_KEYS = ("kms:EncryptionContext:", "kms:ResourceTag/", "broker:PrincipalTag/")
-MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases"}
+_SAME_PREFIX = {"aws:PrincipalTag/": "broker:PrincipalTag/", "aws:ResourceTag/": "kms:ResourceTag/"}
+# AWS global keys about AWS infrastructure the broker does not have (VPCs, organizations, calling services, MFA,
+# federation): accepted, and absent from every request, exactly as in an AWS request that has none of them.
+ABSENT_KEYS = frozenset({
+    "aws:SourceVpc", "aws:SourceVpce", "aws:VpcSourceIp", "aws:SourceArn", "aws:SourceAccount", "aws:SourceOrgID",
+    "aws:SourceOrgPaths", "aws:PrincipalOrgID", "aws:PrincipalOrgPaths", "aws:PrincipalServiceName",
+    "aws:PrincipalServiceNamesList", "aws:CalledVia", "aws:CalledViaFirst", "aws:CalledViaLast",
+    "aws:MultiFactorAuthPresent", "aws:MultiFactorAuthAge", "aws:TokenIssueTime", "aws:SourceIdentity",
+    "aws:FederatedProvider"})
+MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases",
+                     "aws:PrincipalOrgPaths", "aws:PrincipalServiceNamesList", "aws:CalledVia", "aws:SourceOrgPaths"}
+_CANONICAL = {k.lower(): k for k in (*_FIXED_KEYS, *ABSENT_KEYS)} | {k.lower(): v for k, v in _SAME_AS.items()}
+_PREFIXES = [(p.lower(), p) for p in _PREFIX_KEYS] + [(p.lower(), v) for p, v in _SAME_PREFIX.items()]
+
+
+def canonical_condition_key(key: str) -> str | None:
+    """The key a condition tests, in its canonical spelling (condition key names are case-insensitive, as in AWS;
+    AWS global keys with a broker equivalent read as it), or None for a key the language does not know. The part
+    after a prefix (a tag or context key) keeps its spelling."""
+    fixed = _CANONICAL.get(key.lower())
+    if fixed is not None:
+        return fixed
+    lowered = key.lower()
+    for prefix, canonical in _PREFIXES:
+        if lowered.startswith(prefix) and len(key) > len(prefix):
+            return canonical + key[len(prefix):]
+    return None
 
 
 def known_condition_key(key: str) -> bool:
-    return key in _FIXED_KEYS or any(key.startswith(p) and len(key) > len(p) for p in _PREFIX_KEYS)
+    return canonical_condition_key(key) is not None
 
 
 def split_operator(op: str) -> tuple[str | None, str, bool]:
@@ -103,16 +142,24 @@ class Statement:
     index: int
     sid: str
     effect: str
-    actions: tuple[str, ...]
+    actions: tuple[str, ...]  # lower-cased patterns: action names match case-insensitively (as in AWS)
     not_actions: bool
     resources: tuple[str, ...]
-    principals: tuple[str, ...] | None  # None: identity policy statement (no Principal element)
-    account_self: bool
+    principals: tuple[Named, ...] | None  # None: identity policy statement (no Principal element)
+    account_self: bool  # the Principal names this account: the statement hands the key to identity policies
     conditions: tuple[Condition, ...] = field(default_factory=tuple)
+    not_principal: bool = False  # NotPrincipal: every principal but the ones named
+    not_resources: bool = False  # NotResource: every resource but the ones named
 
     def matches_action(self, action: str) -> bool:
+        action = action.lower()
         hit = any(fnmatch.fnmatchcase(action, pattern) for pattern in self.actions)
         return not hit if self.not_actions else hit
+
+    def names(self, principal: Principal) -> bool:
+        """Whether the Principal (NotPrincipal: anything but it) names `principal` directly."""
+        hit = any(entry.names(principal) for entry in self.principals or ())
+        return not hit if self.not_principal else hit
 
     def action_names(self) -> frozenset[str]:
         """Every action of the language this statement names (NotAction: every other one)."""
@@ -133,13 +180,20 @@ def _as_list(value: Any, path: str) -> list[str]:
     raise ValidationError(f"{path}: must be a string or a non-empty list of strings")
 
 
-def _check_action(pattern: str, path: str) -> tuple[str, ...]:
-    """A valid action pattern, as the patterns it is matched by ("kms:ReEncrypt" names its two checks)."""
-    if not re.fullmatch(r"[a-z]+:[A-Za-z*?]+|\*", pattern):
+_LOWER_ACTIONS = frozenset(a.lower() for a in ALL_ACTIONS)
+_LOWER_ALIASES = {k.lower(): tuple(v.lower() for v in vs) for k, vs in ACTION_ALIASES.items()}
+
+
+def _check_action(pattern: str, path: str, *, key_policy: bool = False) -> tuple[str, ...]:
+    """A valid action pattern, as the lower-cased patterns it is matched by ("kms:ReEncrypt" names its two checks).
+    A key policy may name a `kms:` action that does not exist, as AWS accepts: it matches nothing."""
+    if not re.fullmatch(r"[A-Za-z]+:[A-Za-z*?]+|\*", pattern):
         raise ValidationError(f"{path}: {pattern!r} is not an action")
-    if not any(fnmatch.fnmatchcase(a, pattern) for a in ALL_ACTIONS):
+    lowered = pattern.lower()
+    if not any(fnmatch.fnmatchcase(a, lowered) for a in _LOWER_ACTIONS) \
+            and not (key_policy and lowered.startswith("kms:")):
         raise ValidationError(f"{path}: unknown action {pattern!r}")
-    return ACTION_ALIASES.get(pattern, (pattern,))
+    return _LOWER_ALIASES.get(lowered, (lowered,))
 
 
 def resource_pattern(pattern: str, path: str) -> str:
@@ -226,7 +280,8 @@ def parse_document(document: Any, *, key_policy: bool = False) -> PolicyDocument
         path = f"Statement[{index}]"
         if not isinstance(st, dict):
             raise ValidationError(f"{path}: must be an object")
-        extra = set(st) - {"Sid", "Effect", "Principal", "Action", "NotAction", "Resource", "Condition"}
+        extra = set(st) - {"Sid", "Effect", "Principal", "NotPrincipal", "Action", "NotAction", "Resource",
+                           "NotResource", "Condition"}
         if extra:
             raise ValidationError(f"{path}.{sorted(extra)[0]}: unknown element")
         effect = st.get("Effect")
@@ -237,35 +292,47 @@ def parse_document(document: Any, *, key_policy: bool = False) -> PolicyDocument
         action_field = "Action" if "Action" in st else "NotAction"
         listed = isinstance(st[action_field], list)
         actions = [pattern for i, a in enumerate(_as_list(st[action_field], f"{path}.{action_field}"))
-                   for pattern in _check_action(a, f"{path}.{action_field}[{i}]" if listed else f"{path}.{action_field}")]
-        listed = isinstance(st.get("Resource"), list)
-        resources = [resource_pattern(r, f"{path}.Resource[{i}]" if listed else f"{path}.Resource")
-                     for i, r in enumerate(_as_list(st.get("Resource", "*"), f"{path}.Resource"))]
-        principals, account_self = _parse_principal(st.get("Principal"), f"{path}.Principal", key_policy)
+                   for pattern in _check_action(a, f"{path}.{action_field}[{i}]" if listed else f"{path}.{action_field}",
+                                                key_policy=key_policy)]
+        if "Resource" in st and "NotResource" in st:
+            raise ValidationError(f"{path}: give Resource or NotResource, not both")
+        resource_field = "NotResource" if "NotResource" in st else "Resource"
+        listed = isinstance(st.get(resource_field), list)
+        resources = [resource_pattern(r, f"{path}.{resource_field}[{i}]" if listed else f"{path}.{resource_field}")
+                     for i, r in enumerate(_as_list(st.get(resource_field, "*"), f"{path}.{resource_field}"))]
+        principals, account_self, not_principal = _parse_principal(st, path, key_policy)
         conditions = _parse_conditions(st.get("Condition"), f"{path}.Condition")
         statements.append(Statement(index, str(st.get("Sid", "")), effect, tuple(actions), action_field == "NotAction",
-                                    tuple(resources), principals, account_self, tuple(conditions)))
+                                    tuple(resources), principals, account_self, tuple(conditions),
+                                    not_principal=not_principal, not_resources=resource_field == "NotResource"))
     return PolicyDocument(tuple(statements), document)
 
 
-def _parse_principal(value: Any, path: str, key_policy: bool) -> tuple[tuple[str, ...] | None, bool]:
-    if value is None:
+def _parse_principal(st: dict[str, Any], path: str,
+                     key_policy: bool) -> tuple[tuple[Named, ...] | None, bool, bool]:
+    """(entries, names this account, NotPrincipal) of a statement's Principal or NotPrincipal element."""
+    present = [f for f in ("Principal", "NotPrincipal") if f in st]
+    if not present:
         if key_policy:
-            raise ValidationError(f"{path}: a key policy statement needs a Principal")
-        return None, False
+            raise ValidationError(f"{path}.Principal: a key policy statement needs a Principal")
+        return None, False, False
     if not key_policy:
-        raise ValidationError(f"{path}: identity policies take no Principal (they apply to whoever holds them)")
-    if value == "*":
-        return ("*",), False
-    if not isinstance(value, dict) or not value or set(value) - {"Broker", "Account"}:
-        raise ValidationError(f"{path}: must be \"*\" or an object with Broker and/or Account")
-    account_self = False
-    if "Account" in value:
-        if value["Account"] != "self":
-            raise ValidationError(f"{path}.Account: only \"self\" (the identity policies of this broker) is valid")
-        account_self = True
-    names = tuple(_as_list(value["Broker"], f"{path}.Broker")) if "Broker" in value else ()
-    return names, account_self
+        raise ValidationError(f"{path}.{present[0]}: identity policies take no Principal (they apply to whoever "
+                              "holds them)")
+    if len(present) == 2:
+        raise ValidationError(f"{path}: give Principal or NotPrincipal, not both")
+    field_name = present[0]
+    entries = parse_principal(st[field_name], f"{path}.{field_name}")
+    negated = field_name == "NotPrincipal"
+    # In a NotPrincipal the account names no one: AWS asks for it beside a user there, and excludes only the user.
+    return entries, not negated and any(e.kind == "account" for e in entries), negated
+
+
+def _scalar(value: Any) -> Any:
+    """AWS takes JSON booleans and numbers as condition values: compared as their text ("true", "30")."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if isinstance(value, int | float) else value
 
 
 def _parse_conditions(value: Any, path: str) -> list[Condition]:
@@ -280,13 +347,12 @@ def _parse_conditions(value: Any, path: str) -> list[Condition]:
             raise ValidationError(f"{path}.{operator}: unknown condition operator")
         if not isinstance(block, dict) or not block:
             raise ValidationError(f"{path}.{operator}: must be an object of condition keys")
-        for key, raw in block.items():
-            where = f"{path}.{operator}.{key}"
-            if not known_condition_key(key):
+        for written, raw in block.items():
+            where = f"{path}.{operator}.{written}"
+            key = canonical_condition_key(written)
+            if key is None:
                 raise ValidationError(f"{where}: unknown condition key")
-            if isinstance(raw, bool | int | float) and not isinstance(raw, str):
-                raw = str(raw).lower() if isinstance(raw, bool) else str(raw)
-            values = _as_list(raw, where)
+            values = _as_list([_scalar(v) for v in raw] if isinstance(raw, list) else _scalar(raw), where)
             _check_values(base, key, values, where)
             out.append(Condition(operator, qualifier, base, if_exists, key, tuple(values)))
     return out

@@ -5,11 +5,13 @@ Pure: the caller passes the two questions the gate answers about the writer (`Ca
 
 * **Key policy** (applies to one key): every action an Allow statement names (NotAction: every other action of the
   language) must be one the writer may perform on that key now. Principals, conditions and resources of the written
-  statement are not needed: they can only narrow it, and the key policy is consulted for that key alone.
+  statement are not needed: they can only narrow it, and the key policy is consulted for that key alone. This reads
+  AWS statements the same way: an `AWS` principal (a user, a role, the account root, `*`), a `NotPrincipal` (every
+  principal but some) or a `NotResource` narrows at most; a `kms:` action that does not exist adds nothing.
 * **Identity policy** (applies to whoever holds its name, on any resource): every action an Allow statement names
   must be held by the writer, through its own identity policies and unconditionally, on every resource the
   statement's Resource patterns can name ("key/ab*" is checked as "everything under key/ab", a variable as the
-  whole part before it).
+  whole part before it; a NotResource statement as "*").
 
 Deny statements are never checked: they only take rights away. What the rule does not bound is *restoring* rights
 by removing a restriction (a Deny, a disabled key): those rights were granted by someone else's policy.
@@ -37,7 +39,8 @@ def identity_policy_excess(document: PolicyDocument, covers: Callable[[str, str]
     for st in document.statements:
         if st.effect != "Allow":
             continue
-        for pattern in st.resources:
+        # NotResource names everything but its patterns: checked as "*"
+        for pattern in ("*",) if st.not_resources else st.resources:
             scope = _scope(pattern)
             missing += [f"{a} on {pattern}" for a in sorted(st.action_names()) if not covers(a, scope)]
     return sorted(set(missing))

@@ -8,6 +8,11 @@ Combination (as AWS KMS documents it for one account):
   4. a grant on the key covers the operation and its encryption-context constraints → allow;
   5. otherwise deny (default deny). Actions on no key (CreateKey, ListKeys, …) use identity policies only.
 
+One evaluation order whatever dialect a statement is written in (the broker's `Broker`/`Account` elements or AWS's
+`AWS` principals, `NotPrincipal`, `NotResource`, AWS's condition keys): explicit deny first. Requests reach the
+broker directly, never through an AWS service: `kms:ViaService` is absent, `kms:GrantIsForAWSResource` is false,
+`kms:CallerAccount` is the broker's account (broker/policy/principals.py).
+
 Grants are AWS's: the grantee is one exact principal name (never a pattern), and a grant's RetireGrant operation lets
 its grantee retire *that* grant only; a grant's retiring principal may retire it too (both after explicit denies).
 Resource patterns match only resources of their own type, and a variable's value is matched literally and never
@@ -16,8 +21,10 @@ spans a "/" (a principal named "*" or "kv/x" does not widen "keyring/${broker:Pr
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,13 +32,33 @@ from datetime import UTC, datetime, time
 
 from broker.auth import Principal
 from broker.model import Key
-from broker.policy.document import MULTI_VALUED_KEYS, Condition, PolicyDocument, Statement, parse_document
+from broker.policy.document import (
+    MULTI_VALUED_KEYS,
+    Condition,
+    PolicyDocument,
+    Statement,
+    canonical_condition_key,
+    parse_document,
+)
+from broker.policy.principals import ACCOUNT, ACCOUNT_ROOT, user_arn
 
-DEFAULT_KEY_POLICY = parse_document({
-    "Version": "2012-10-17",
-    "Statement": [{"Sid": "Enable identity policies", "Effect": "Allow", "Principal": {"Account": "self"},
-                   "Action": "kms:*", "Resource": "*"}],
-}, key_policy=True)
+# AWS's default key policy, in the very text GetKeyPolicy answers with for a key that has no other: it hands the key
+# to the identity policies of the account's principals.
+DEFAULT_KEY_POLICY_TEXT = """{
+  "Version" : "2012-10-17",
+  "Id" : "key-default-1",
+  "Statement" : [ {
+    "Sid" : "Enable IAM User Permissions",
+    "Effect" : "Allow",
+    "Principal" : {
+      "AWS" : "%s"
+    },
+    "Action" : "kms:*",
+    "Resource" : "*"
+  } ]
+}""" % ACCOUNT_ROOT  # noqa: UP031 - the braces of the JSON text
+DEFAULT_KEY_POLICY = parse_document(json.loads(DEFAULT_KEY_POLICY_TEXT), key_policy=True)
+_GRANT_ACTIONS = {"kms:CreateGrant", "kms:ListGrants", "kms:RevokeGrant"}
 
 _VARIABLE = re.compile(r"\$\{([^}]+)\}")
 _NO_MATCH = "\x00unresolved-variable\x00"
@@ -111,12 +138,15 @@ class Decision:
 
 def condition_values(key: str, facts: Facts) -> list[str] | None:
     """The request's value(s) for a condition key, or None when the key is absent."""
+    key = canonical_condition_key(key) or key
     ctx, k, p = facts.context, facts.key, facts.principal
     if key in facts.request:
         return list(facts.request[key]) or None
     if key.startswith("kms:EncryptionContext:"):
-        name = key[len("kms:EncryptionContext:"):]
-        return [ctx[name]] if name in ctx else None
+        # AWS: the context key in the condition key is not case-sensitive (the value is). Keys that differ only by
+        # case give several values; condition_holds decides them for the worst case.
+        name = key[len("kms:EncryptionContext:"):].lower()
+        return [v for c, v in ctx.items() if c.lower() == name] or None
     if key == "kms:EncryptionContextKeys":
         return list(ctx) or None
     if key == "kms:ResourceAliases":
@@ -138,6 +168,13 @@ def condition_values(key: str, facts: Facts) -> list[str] | None:
         "broker:TimeOfDay": facts.now.astimezone(UTC).strftime("%H:%M:%S"),
         "broker:PrincipalName": p.name,
         "broker:AuthMethod": p.auth_method,
+        "kms:CallerAccount": ACCOUNT,
+        "kms:GrantIsForAWSResource": "false" if facts.action in _GRANT_ACTIONS else None,
+        "aws:EpochTime": str(int(facts.now.timestamp())),
+        "aws:PrincipalArn": user_arn(p),
+        "aws:PrincipalAccount": ACCOUNT,
+        "aws:ViaAWSService": "false",
+        "aws:PrincipalIsAWSService": "false",
     }
     value = simple.get(key)
     return [value] if value is not None else None
@@ -164,7 +201,9 @@ def substitute(text: str, facts: Facts, *, glob: bool = False, segment: bool = F
 
 
 def parse_time_value(value: str) -> datetime | time | None:
-    """ISO 8601 date-time (naive = UTC) or a time of day HH:MM[:SS] (UTC)."""
+    """ISO 8601 date-time (naive = UTC), epoch seconds (as AWS takes them), or a time of day HH:MM[:SS] (UTC)."""
+    if re.fullmatch(r"\d{1,12}", value):
+        return datetime.fromtimestamp(int(value), UTC)
     if re.fullmatch(r"\d{2}:\d{2}(:\d{2})?", value):
         try:
             return time.fromisoformat(value)
@@ -182,8 +221,8 @@ def _compare(base: str, request_value: str, policy_value: str) -> bool:
         return request_value == policy_value
     if base in ("StringEqualsIgnoreCase", "StringNotEqualsIgnoreCase"):
         return request_value.lower() == policy_value.lower()
-    if base in ("StringLike", "StringNotLike"):
-        return fnmatch.fnmatchcase(request_value, policy_value)
+    if base in ("StringLike", "StringNotLike", "ArnLike", "ArnNotLike", "ArnEquals", "ArnNotEquals"):
+        return fnmatch.fnmatchcase(request_value, policy_value)  # AWS: ArnEquals takes wildcards as ArnLike does
     if base == "Bool":
         return request_value.lower() == policy_value.lower()
     if base in ("IpAddress", "NotIpAddress"):
@@ -214,12 +253,16 @@ def _ordered(relation: str, a, b) -> bool:
 
 
 _NEGATED = {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "NotIpAddress", "NumericNotEquals",
-            "DateNotEquals"}
+            "DateNotEquals", "ArnNotEquals", "ArnNotLike"}
+_GLOBS = {"StringLike", "StringNotLike", "ArnLike", "ArnNotLike", "ArnEquals", "ArnNotEquals"}
 
 
-def condition_holds(cond: Condition, facts: Facts) -> bool:
+def condition_holds(cond: Condition, facts: Facts, *, deny: bool = False) -> bool:
+    """Whether a condition holds for the request. `deny`: it guards a Deny, so a single-valued key that has several
+    values (encryption-context keys differing only by case) holds if any value satisfies it; for an Allow, only
+    if every value does."""
     request = condition_values(cond.key, facts)
-    policy = [substitute(v, facts, glob=cond.base in ("StringLike", "StringNotLike")) for v in cond.values]
+    policy = [substitute(v, facts, glob=cond.base in _GLOBS) for v in cond.values]
     if cond.base == "Null":
         return (request is None) == (policy[0].lower() == "true")
     if request is None:
@@ -230,8 +273,9 @@ def condition_holds(cond: Condition, facts: Facts) -> bool:
         return cond.if_exists or cond.base in _NEGATED
     negated = cond.base in _NEGATED
     if cond.qualifier is None and cond.key not in MULTI_VALUED_KEYS:
-        hit = any(_compare(cond.base, request[0], p) for p in policy)
-        return not hit if negated else hit
+        held = [(not hit) if negated else hit for hit in (any(_compare(cond.base, r, p) for p in policy)
+                                                         for r in request)]
+        return any(held) if deny else all(held)
     per_value = [any(_compare(cond.base, r, p) for p in policy) for r in request]
     if negated:
         per_value = [not v for v in per_value]
@@ -259,6 +303,11 @@ def name_matches(name: str, pattern: str) -> bool:
 
 
 def _resource_matches(statement: Statement, facts: Facts) -> bool:
+    hit = _resource_named(statement, facts)
+    return not hit if statement.not_resources else hit
+
+
+def _resource_named(statement: Statement, facts: Facts) -> bool:
     names = None
     for pattern in statement.resources:
         pattern = substitute(pattern, facts, glob=True, segment=True)
@@ -279,9 +328,11 @@ def _unknown(cond: Condition, facts: Facts) -> bool:
     """Whether a condition depends on context pairs an open context (ContextAtLeast) does not fix."""
     if not isinstance(facts.context, ContextAtLeast):
         return False
-    keys = [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]
+    keys = [canonical_condition_key(k) or k for k in
+            [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]]
+    fixed = {c.lower() for c in facts.context}
     return any(k == "kms:EncryptionContextKeys" or (k.startswith("kms:EncryptionContext:")
-                                                     and k[len("kms:EncryptionContext:"):] not in facts.context)
+                                                     and k[len("kms:EncryptionContext:"):].lower() not in fixed)
                for k in keys)
 
 
@@ -292,13 +343,13 @@ def statement_applies(statement: Statement, facts: Facts) -> bool:
         if _unknown(cond, facts):
             if statement.effect != "Deny":
                 return False  # unknown: an Allow does not apply, a Deny does (the worst case of every context)
-        elif not condition_holds(cond, facts):
+        elif not condition_holds(cond, facts, deny=statement.effect == "Deny"):
             return False
     return True
 
 
 def _principal_named(statement: Statement, principal: Principal) -> bool:
-    return any(p == "*" or fnmatch.fnmatchcase(principal.name, p) for p in statement.principals or ())
+    return statement.principals is not None and statement.names(principal)
 
 
 def grant_allows(grant: Grant, facts: Facts) -> bool:
@@ -328,15 +379,27 @@ def _retires_own_grant(facts: Facts) -> bool:
 
 
 def _about_context(cond: Condition) -> bool:
-    keys = [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]
+    keys = [canonical_condition_key(k) or k for k in
+            [cond.key] + [m.group(1) for v in cond.values for m in _VARIABLE.finditer(v)]]
     return any(k.startswith("kms:EncryptionContext") for k in keys)
 
 
 def _applies_in_some_context(statement: Statement, facts: Facts) -> bool:
-    """Whether the statement applies to this request for some encryption context (its context conditions are taken
-    as satisfiable; everything else is decided on the facts)."""
-    return statement.matches_action(facts.action) and _resource_matches(statement, facts) and all(
-        _about_context(c) or condition_holds(c, facts) for c in statement.conditions)
+    """Whether the statement applies to this request for some encryption context and some name the key can be called
+    by (its context conditions are taken as satisfiable; kms:RequestAlias as each of the key's aliases, or none;
+    everything else is decided on the facts)."""
+    if not (statement.matches_action(facts.action) and _resource_matches(statement, facts)):
+        return False
+    if not any((canonical_condition_key(c.key) or c.key) == "kms:RequestAlias" for c in statement.conditions):
+        return _conditions_satisfiable(statement, facts)
+    names: list[tuple[str, ...]] = [()] + [(a,) for a in facts.aliases()]
+    return any(_conditions_satisfiable(statement, dataclasses.replace(
+        facts, request={**facts.request, "kms:RequestAlias": name})) for name in names)
+
+
+def _conditions_satisfiable(statement: Statement, facts: Facts) -> bool:
+    return all(_about_context(c) or condition_holds(c, facts, deny=statement.effect == "Deny")
+               for c in statement.conditions)
 
 
 def attribute_statements(principal: Principal, identity: Sequence[tuple[str, PolicyDocument]],
@@ -351,7 +414,12 @@ def attribute_statements(principal: Principal, identity: Sequence[tuple[str, Pol
 
 def _tests_attributes(st: Statement) -> bool:
     texts = list(st.resources) + [c.key for c in st.conditions] + [v for c in st.conditions for v in c.values]
-    return any(t.startswith("alias/") or "kms:ResourceTag/" in t or "kms:ResourceAliases" in t for t in texts)
+    return any(t.startswith("alias/") or any(word in t.lower() for word in _ATTRIBUTE_WORDS) for t in texts)
+
+
+# Condition keys (or variables) a change of a key's tags or aliases can satisfy: kms:ResourceTag/ (aws:ResourceTag/),
+# kms:ResourceAliases, and kms:RequestAlias (a new alias is a new name to call the key by).
+_ATTRIBUTE_WORDS = ("resourcetag/", "resourcealiases", "requestalias")
 
 
 def change_widens(before: Facts, after: Facts, statements: Sequence[Statement]) -> bool:

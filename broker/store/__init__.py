@@ -18,7 +18,15 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
-from broker.store.tables import AliasRow, AuthTokenRow, ImportTokenRow, KeyRow, KeyVersionRow, TagRow
+from broker.store.tables import (
+    AliasRow,
+    AuthTokenRow,
+    ImportTokenRow,
+    KeyPolicyRow,
+    KeyRow,
+    KeyVersionRow,
+    TagRow,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The WAL of a busy SQLite store: every audited request appends a few pages (the audit row and its indexes), and the
@@ -174,7 +182,9 @@ class Store:
 
     # -------------------------------------------------------------------------------------------- keys
 
-    def add_key(self, key: Key, first_version: KeyVersion | None) -> None:
+    def add_key(self, key: Key, first_version: KeyVersion | None, *, key_policy: str | None = None,
+                policy_time: datetime | None = None) -> None:
+        """A new key (and its first version, and a key policy text given at creation), in one transaction."""
         with self.session() as s:
             s.add(KeyRow(
                 key_id=key.key_id, provider=key.provider, spec=key.spec.value, usage=key.usage.value,
@@ -184,6 +194,8 @@ class Store:
             s.flush()
             for k, v in key.tags.items():
                 s.add(TagRow(key_id=key.key_id, tag_key=k, tag_value=v))
+            if key_policy is not None:
+                s.add(KeyPolicyRow(key_id=key.key_id, document=key_policy, updated_at=policy_time or key.created_at))
             if first_version is not None:
                 s.add(KeyVersionRow(key_id=key.key_id, version=first_version.version,
                                     provider_ref=json.dumps(first_version.provider_ref),
