@@ -232,3 +232,17 @@ def test_rotating_custodians_needs_m_current_shares(source: Source) -> None:
     # bad counts are a clear error
     done = kmsb("backup", "custodians", "--shares", "3", "--threshold", "5", "--data-dir", data_dir)
     assert done.returncode == 1 and "threshold" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_backup_over_the_api_needs_create_backup(source: Source) -> None:
+    broker = source.broker
+    r = broker.session().post(broker.url("/backups"))
+    assert r.status_code == 201, r.text
+    archive = source.base / "api.kmsb"
+    archive.write_bytes(base64.b64decode(r.json()["Archive"]))
+    assert kmsb("backup", "verify", str(archive)).returncode == 0
+    s = broker.session()
+    token = s.post(broker.url("/auth/token/create"), json={"display_name": "reader", "policies": ["key-admin"]})
+    assert token.ok, token.text
+    r = broker.session(token.json()["auth"]["client_token"]).post(broker.url("/backups"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "AccessDeniedException"
