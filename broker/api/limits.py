@@ -82,7 +82,8 @@ def load_json(raw: bytes | str, empty: Any = None) -> Any:
     if too_deep(data):
         raise BadJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+        # UTF-8 only (json.loads would also guess UTF-16/32); surrogates pass here so check_text can name them
+        value = json.loads(data.decode("utf-8", "surrogatepass"), parse_constant=_no_constant, parse_float=_finite)
     except RecursionError:
         raise BadJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
