@@ -375,6 +375,14 @@ class RootOfTrust(abc.ABC):
     @abc.abstractmethod
     def audit_public_key(self) -> bytes: ...
 
+    @abc.abstractmethod
+    def audit_marks(self, slot: bytes) -> list[bytes]:
+        """The audit high-water marks stored under `slot` (broker.audit.mark): readable only with the HSM's PIN."""
+
+    @abc.abstractmethod
+    def replace_audit_mark(self, slot: bytes, value: bytes) -> None:
+        """Store `value` as the mark of `slot`, replacing the previous one (written only with the HSM's PIN)."""
+
     # -- import wrapping
     @abc.abstractmethod
     def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes: ...

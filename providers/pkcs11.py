@@ -54,6 +54,7 @@ DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
 ROOT_KEK_LABEL = "kmsb-root-kek"
 AUDIT_HMAC_LABEL = "kmsb-audit-hmac"
 AUDIT_SIGNING_LABEL = "kmsb-audit-signing"
+AUDIT_MARK_LABEL = "kmsb-audit-mark"
 IMPORT_WRAPPING_ALGORITHMS = ("RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1")
 
 # SoftHSM 2.6.1 (OpenSSL 3 backend) generates and signs on all four AWS curves (checked: P-521 signs SHA-512
@@ -584,6 +585,28 @@ class Pkcs11RootOfTrust(RootOfTrust):
         """SubjectPublicKeyInfo (DER) of the audit signing key: all a verifier of checkpoints needs."""
         return self._p._call(lambda session: encode_ec_public_key(
             self._audit_signing(session, ObjectClass.PUBLIC_KEY)))
+
+    @staticmethod
+    def _marks(session: Any, slot: bytes) -> list[Any]:
+        return list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: AUDIT_MARK_LABEL,
+                                         Attribute.OBJECT_ID: slot}))
+
+    def audit_marks(self, slot: bytes) -> list[bytes]:
+        """The values of the audit high-water marks stored under `slot` (private token objects: PIN to read)."""
+        return self._p._call(lambda session: [bytes(o[Attribute.VALUE]) for o in self._marks(session, slot)])
+
+    def replace_audit_mark(self, slot: bytes, value: bytes) -> None:
+        """Store `value` as the mark of `slot`: the new object is created before the old ones are destroyed (a
+        crash in between leaves both; readers take the highest). CKA_VALUE of a data object is read-only."""
+        def run(session: Any) -> None:
+            old = self._marks(session, slot)
+            session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
+                                   Attribute.MODIFIABLE: False, Attribute.LABEL: AUDIT_MARK_LABEL,
+                                   Attribute.APPLICATION: "kms-broker audit", Attribute.OBJECT_ID: slot,
+                                   Attribute.VALUE: value})
+            for obj in old:
+                obj.destroy()
+        self._p._call(run)
 
     # ------------------------------------------------------------------------------------------ import wrapping
 

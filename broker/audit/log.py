@@ -1,8 +1,8 @@
-"""AuditLog: the writer every KeyService call goes through.
+"""AuditLog: the writer every declared operation goes through.
 
 * One chain per audit file, shared by every process on the host: a writer holds an exclusive flock on
-  `<file>.lock`, which also keeps the chain head (seq, hash, last checkpoint) so a writer never re-reads the log.
-  If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
+  `<file>.lock`, which also keeps the chain head (seq, hash, last checkpoint, open intents) so a writer never re-reads
+  the log. If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
 * Group commit: `write()` queues the record and blocks until a per-process writer thread has made it durable in
   every durable sink. The thread takes whatever is queued (after a short window when callers arrive together) and
   commits it as one batch: one append + one fsync for the file, one transaction for the store. The chain lock is
@@ -12,10 +12,18 @@
   that did happen.
 * Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
   NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
+* Intents: an operation that changes state is announced by an *intent* record (durable before the change) and closed
+  by its outcome record (`intent_seq`). Intents carry the id of their writer's lease (lease.py); an intent whose
+  writer died without an outcome is closed by any other writer with an `interrupted` outcome naming it.
+* Crash recovery (`reconcile()` at start, and whenever a writer finds the head stale): the file is the durable copy.
+  A torn last write is cut (it was never acknowledged); records the file holds and the store copy lacks — the one
+  batch a crash between the two writes can leave — are copied in when they extend the store's chain; a
+  `broker:ReconcileAudit` record says what was done.
 * Checkpoints: with a signer (the HSM's audit signing key), a signed checkpoint record (see chain.py) closes the
   run of events since the last one before an event that would make the run longer than `checkpoint_records` events
-  or `checkpoint_seconds` wide (by the records' own times). An idle writer also covers a run older than that time.
-  Checkpoints go before events, never after them: the last line after a request is that request's record.
+  or `checkpoint_seconds` wide (by the records' own times). An idle writer also covers a run older than that time, and
+  `close(checkpoint=True)` covers the tail at a clean shutdown. Checkpoints go before events, never after them.
+  Once a signed checkpoint is durable, the HSM's high-water mark (mark.py) moves to it.
 """
 
 from __future__ import annotations
@@ -28,20 +36,32 @@ import os
 import queue
 import threading
 import time
+import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from broker.audit.chain import GENESIS, checkpoint_message, key_fingerprint, public_key_pem, seal_record
+from broker.audit.lease import WriterLease, alive, sweep
+from broker.audit.mark import Mark, MarkStore
 from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, chain_id, encode
 from broker.errors import NotReady, Unsupported
 
 log = logging.getLogger("kms_broker.audit")
 PUBLIC_KEY_NAME = "audit-signing.pub.pem"
 _WAIT_SECONDS = 60.0
-_MAX_BATCH = 1000
+MAX_BATCH = 1000
+# The most records one batch can put in the file before a crash keeps them from the store: its events, a checkpoint
+# before each, and the reconciliation records in front of them.
+CRASH_GAP = 2 * MAX_BATCH + 256
+_REAP_SECONDS = 2.0
+RECONCILE_ACTION = "broker:ReconcileAudit"
+_CHECKPOINTS = ("checkpoint", "checkpoint-deferred")
+_OPEN_LOGS: weakref.WeakSet[AuditLog] = weakref.WeakSet()
 
 
 def _epoch(iso: str) -> float:
@@ -51,6 +71,10 @@ def _epoch(iso: str) -> float:
         return time.time()
 
 
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
 @dataclass
 class _Head:
     seq: int = 0
@@ -58,9 +82,10 @@ class _Head:
     cp_seq: int = 0                       # seq of the last checkpoint (0: none yet)
     uncovered_since: float | None = None  # time of the first event after it
     size: int = -1                        # file size after the last batch (-1: no file sink / unknown)
+    open: dict[str, str] = field(default_factory=dict)  # intent seq -> writer id, for intents without an outcome
 
     def dump(self) -> bytes:
-        return json.dumps(self.__dict__).encode()
+        return json.dumps(asdict(self)).encode()
 
     @classmethod
     def load(cls, raw: bytes) -> _Head | None:
@@ -68,6 +93,13 @@ class _Head:
             return cls(**json.loads(raw)) if raw else None
         except (ValueError, TypeError):
             return None
+
+    def track(self, record: dict) -> None:
+        """Keep the set of open intents in step with a record appended to (or read from) the chain."""
+        if record.get("phase") == "intent":
+            self.open[str(record.get("seq"))] = str(record.get("writer", ""))
+        elif record.get("intent_seq") is not None:
+            self.open.pop(str(record["intent_seq"]), None)
 
 
 class _Pending:
@@ -84,11 +116,13 @@ class AuditLog:
     def __init__(self, path: Path, hmac: Callable[[bytes], bytes], fsync: bool = False, *,
                  sinks: Sequence[str] = ("file",), engine=None, signer: Callable[[bytes], bytes] | None = None,
                  public_key: bytes | None = None, checkpoint_records: int = 1000,
-                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0) -> None:
+                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0, marks: MarkStore | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.chain = chain_id(self.path)
         self._hmac = hmac
-        self.counters = {"records": 0, "batches": 0, "fsyncs": 0, "checkpoints": 0, "failures": 0}
+        self.counters = {"records": 0, "batches": 0, "fsyncs": 0, "checkpoints": 0, "failures": 0,
+                         "interrupted": 0, "marks": 0, "mark_failures": 0}
         self.file: FileSink | None = None
         self.store: StoreSink | None = None
         self._durable: list[Sink] = []
@@ -100,7 +134,7 @@ class AuditLog:
             elif name == "store":
                 if engine is None:
                     raise ValueError("the store audit sink needs the store's engine")
-                self.store = StoreSink(engine, chain_id(self.path))
+                self.store = StoreSink(engine, self.chain)
                 self._durable.append(self.store)
             elif name == "stdout":
                 self._copies.append(StdoutSink())
@@ -114,10 +148,14 @@ class AuditLog:
         self._key_id = key_fingerprint(public_key) if public_key else None
         if signer is not None and public_key is None:
             raise ValueError("a checkpoint signer needs its public key")
+        self._marks = marks if signer is not None else None
+        self._last_mark: tuple[int, str] | None = None  # the mark this process wrote or found its chain holds
         self.checkpoint_records = checkpoint_records
         self.checkpoint_seconds = checkpoint_seconds
         self._batch_window = batch_ms / 1000.0
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self.leases = self.path.with_name(self.path.name + ".writers")
+        self._lease: WriterLease | None = None
         self._lock_fd = -1
         self._lock_pid = 0
         self._thread_lock = threading.Lock()
@@ -126,9 +164,12 @@ class AuditLog:
         self._pid = 0
         self._start_lock = threading.Lock()
         self._failing_since: float | None = None
+        self._findings: dict[str, Any] | None = None
+        self._next_reap = 0.0
         self._closed = False
         if public_key is not None:
             self._publish_public_key(public_key)
+        _OPEN_LOGS.add(self)
 
     # ------------------------------------------------------------------------------------------ public
 
@@ -189,30 +230,59 @@ class AuditLog:
             raise Unsupported("audit queries need the store audit sink (audit_sinks = [..., \"store\"])")
         return query_events(self.store.engine, flt, limit=limit, after=after, descending=descending)
 
+    def reconcile(self) -> dict[str, Any]:
+        """At start: recover the head, bring the store copy up to the file, close the intents of writers that are
+        gone with `interrupted` outcomes, drop their leases; and say (in the log) if the chain lacks the checkpoint
+        the HSM pinned. Returns what was done."""
+        with self._locked() as head:
+            findings = dict(self._findings or {})
+            records = self._housekeeping(head, force=True)
+            unsynced = self._store_batch(head, records) if records else []
+            sweep(self.leases)
+            mark_problem = self._mark_problem(head)
+        self._sync(unsynced)
+        if mark_problem:
+            log.error("%s", mark_problem)
+        findings["interrupted"] = [r["intent_seq"] for r in records if r.get("outcome") == "interrupted"]
+        if mark_problem:
+            findings["mark"] = mark_problem
+        return findings
+
     def checkpoint_now(self) -> dict | None:
         """Cover the chain head with a signed checkpoint now (e.g. at shutdown); None if it is covered already."""
         if self._signer is None:
             return None
         with self._locked() as head:
-            if head.seq == head.cp_seq:
-                return None
-            records = [self._checkpoint(head)]
-            self._persist(head, records)
-            unsynced = self.file.take_unsynced() if self.file is not None else []
-        if unsynced:
-            self.file.sync(unsynced)  # type: ignore[union-attr]
-        return records[0]
+            records = self._housekeeping(head)
+            checkpoint = None
+            if head.seq != head.cp_seq:
+                checkpoint = self._checkpoint(head)
+                records.append(checkpoint)
+            unsynced = self._store_batch(head, records) if records else []
+        self._sync(unsynced)
+        return checkpoint
 
-    def close(self) -> None:
+    def close(self, *, checkpoint: bool = False) -> None:
+        """Stop this process's writer. With `checkpoint` (a clean shutdown) the tail is covered by a signed
+        checkpoint first, so nothing written before the shutdown is in the uncovered window."""
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
             self._queue.put(None)
             self._thread.join(10)
+        if checkpoint and not self._closed:
+            try:
+                self.checkpoint_now()
+            except Exception as exc:  # noqa: BLE001 - a shutdown must finish; the next start reconciles
+                log.error("audit checkpoint at shutdown failed: %s", type(exc).__name__)
         self._closed = True
         for sink in self._durable + self._copies:
             sink.close()
         if self._lock_fd >= 0 and self._lock_pid == os.getpid():
             os.close(self._lock_fd)
         self._lock_fd = -1
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        _OPEN_LOGS.discard(self)
 
     # ------------------------------------------------------------------------------------------ writer thread
 
@@ -236,13 +306,13 @@ class AuditLog:
             try:
                 first = self._queue.get(timeout=idle)
             except queue.Empty:
-                self._idle_checkpoint()
+                self._idle()
                 continue
             if first is None:
                 return
             batch = [first]
             deadline = time.monotonic() + (self._batch_window if last_size > 1 else 0.0)
-            while len(batch) < _MAX_BATCH:
+            while len(batch) < MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -272,18 +342,20 @@ class AuditLog:
                 p.record = record
                 p.done.set()
 
-    def _idle_checkpoint(self) -> None:
-        if self._signer is None or self._closed:
+    def _idle(self) -> None:
+        """Between batches: close the intents of dead writers, and cover a run older than `checkpoint_seconds`."""
+        if self._closed:
             return
         try:
             with self._locked() as head:
-                if head.uncovered_since is not None and time.time() - head.uncovered_since >= self.checkpoint_seconds:
-                    self._persist(head, [self._checkpoint(head)])
-                unsynced = self.file.take_unsynced() if self.file is not None else []
-            if unsynced:
-                self.file.sync(unsynced)  # type: ignore[union-attr]
+                records = self._housekeeping(head)
+                if self._signer is not None and head.uncovered_since is not None \
+                        and time.time() - head.uncovered_since >= self.checkpoint_seconds:
+                    records.append(self._checkpoint(head))
+                unsynced = self._store_batch(head, records) if records else []
+            self._sync(unsynced)
         except Exception as exc:  # noqa: BLE001 - the next batch will fail and refuse if the sinks are broken
-            log.warning("idle audit checkpoint failed: %s", type(exc).__name__)
+            log.warning("idle audit housekeeping failed: %s", type(exc).__name__)
 
     # ------------------------------------------------------------------------------------------ chain
 
@@ -291,24 +363,45 @@ class AuditLog:
         """Chain, checkpoint and persist one batch under the cross-process lock; returns the event records."""
         events: list[dict] = []
         with self._locked() as head:
-            records: list[dict] = []
+            records = self._housekeeping(head)
             for body in bodies:
-                at = _epoch(body.get("time", ""))
-                if self._signer is not None and self._checkpoint_due(head, at):
-                    records.append(self._checkpoint(head, defer=True))  # BEFORE the event: a request's record stays the last line
-                record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
-                head.seq, head.hash = record["seq"], record["hash"]
-                records.append(record)
-                events.append(record)
-                if head.uncovered_since is None:
-                    head.uncovered_since = at
-            self._persist(head, records)
-            unsynced = self.file.take_unsynced() if self.file is not None else []
-        if unsynced:
-            self.file.sync(unsynced)  # type: ignore[union-attr] - outside the lock: the next batch appends meanwhile
+                events.append(self._append(head, records, body))
+            unsynced = self._store_batch(head, records)
+        self._sync(unsynced)  # outside the lock: the next batch (of any process) appends meanwhile
         self.counters["records"] += len(events)
         self.counters["batches"] += 1
         return events
+
+    def _append(self, head: _Head, records: list[dict], body: dict) -> dict:
+        """Seal one event onto the chain (after the checkpoint that is due before it, if one is)."""
+        at = _epoch(body.get("time", ""))
+        if self._signer is not None and self._checkpoint_due(head, at):
+            records.append(self._checkpoint(head, defer=True))  # BEFORE the event: a request's record stays last
+        if body.get("phase") == "intent":
+            body = {**body, "writer": self._writer_id()}
+        record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
+        head.seq, head.hash = record["seq"], record["hash"]
+        head.track(record)
+        records.append(record)
+        if head.uncovered_since is None:
+            head.uncovered_since = at
+        return record
+
+    def _store_batch(self, head: _Head, records: list[dict]) -> list[int]:
+        """Persist sealed records; a signed checkpoint among them is made durable and then becomes the HSM's mark
+        (inside the lock, so marks move in chain order). Returns the file descriptors still to fsync."""
+        self._persist(head, records)
+        unsynced = self.file.take_unsynced() if self.file is not None else []
+        signed = [r for r in records if r.get("type") == "checkpoint"]
+        if signed and self._marks is not None:
+            self._sync(unsynced)
+            unsynced = []
+            self._advance_mark(signed[-1])
+        return unsynced
+
+    def _sync(self, unsynced: list[int]) -> None:
+        if unsynced:
+            self.file.sync(unsynced)  # type: ignore[union-attr]
 
     def _checkpoint_due(self, head: _Head, at: float) -> bool:
         """Before appending an event at time `at`: does the run since the last checkpoint need closing first?
@@ -329,8 +422,8 @@ class AuditLog:
         assert self._signer is not None
         checkpoint = {
             "type": "checkpoint", "seq": head.seq + 1, "count": head.seq, "head_hash": head.hash,
-            "time": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "every_records": self.checkpoint_records, "every_seconds": self.checkpoint_seconds, "key_id": self._key_id,
+            "time": _now_iso(), "every_records": self.checkpoint_records,
+            "every_seconds": self.checkpoint_seconds, "key_id": self._key_id,
         }
         try:
             checkpoint["signature"] = base64.b64encode(self._signer(checkpoint_message(checkpoint))).decode()
@@ -370,7 +463,9 @@ class AuditLog:
 
     @contextmanager
     def _locked(self) -> Iterator[_Head]:
-        """Exclusive across processes: yields the chain head, saves it if the block succeeds."""
+        """Exclusive across processes: yields the chain head, saves it if the block succeeds. The head is saved only
+        after both sinks took a batch, so a process that died inside this block leaves a head that does not match
+        the file: the next writer recovers it from the log."""
         if self._lock_fd < 0 or self._lock_pid != os.getpid():
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._lock_pid = os.getpid()
@@ -382,7 +477,8 @@ class AuditLog:
             self._thread_lock.release()
             raise
         try:
-            head = _Head.load(os.pread(fd, 4096, 0))
+            self._findings = None
+            head = _Head.load(os.pread(fd, os.fstat(fd).st_size, 0))
             if head is None or (self.file is not None and head.size != self.file.size()):
                 head = self._recover()
             yield head
@@ -393,42 +489,168 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_UN)
             self._thread_lock.release()
 
-    def _recover(self) -> _Head:
-        """Rebuild the head from the log itself (the file if there is one, else the store)."""
-        head = _Head()
-        if self.file is not None:
-            if not self.path.exists():
-                head.size = 0
-                return head
-            with open(self.path, "r+b") as f:
-                data = f.read()
-                if data and not data.endswith(b"\n"):  # a torn, never acknowledged last write
-                    cut = data.rfind(b"\n") + 1
-                    log.error("audit file ends in a partial record; cutting it at byte %d", cut)
-                    f.truncate(cut)
-                    data = data[:cut]
-            for number, line in enumerate(data.splitlines(), 1):
-                record = json.loads(line)
-                self._advance(head, record, number)
-            head.size = len(data)
-            return head
-        assert self.store is not None
-        from sqlalchemy import select
+    # ------------------------------------------------------------------------------------------ recovery
 
-        table = self.store.table
-        with self.store.engine.connect() as conn:
-            for row in conn.execute(select(table.c.record).where(table.c.chain == self.store.chain)
-                                    .order_by(table.c.seq)):
-                self._advance(head, json.loads(row.record), head.seq + 1)
+    def _recover(self) -> _Head:
+        """Rebuild the head from the log itself (the file if there is one, else the store), cutting a torn last
+        write and copying into the store the records a crash kept from it. What was done goes to `_findings`."""
+        head = _Head()
+        findings: dict[str, Any] = {}
+        if self.file is None:
+            assert self.store is not None
+            from sqlalchemy import select
+
+            table = self.store.table
+            with self.store.engine.connect() as conn:
+                for row in conn.execute(select(table.c.record).where(table.c.chain == self.store.chain)
+                                        .order_by(table.c.seq)):
+                    self._advance(head, json.loads(row.record), head.seq + 1)
+            return head
+        if not self.path.exists():
+            head.size = 0
+            return head
+        stored = self.store.head() if self.store is not None else None
+        stored_seq = stored[0] if stored else 0
+        missing: list[tuple[dict, bytes]] = []
+        with open(self.path, "r+b") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):  # a torn, never acknowledged last write
+                cut = data.rfind(b"\n") + 1
+                log.error("audit file ends in a partial record; cutting it at byte %d", cut)
+                findings["torn_bytes"] = len(data) - cut
+                f.truncate(cut)
+                data = data[:cut]
+        for number, line in enumerate(data.splitlines(keepends=True), 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                log.error("audit file line %d is not a record; `kms-broker audit verify` reports it", number)
+                continue
+            self._advance(head, record, number)
+            if self.store is not None and head.seq > stored_seq:
+                missing.append((record, line))
+        head.size = len(data)
+        if missing:
+            restored = self._copy_to_store(missing, stored)
+            if restored:
+                findings["restored_to_store"] = restored
+        if findings:
+            self._findings = findings
         return head
+
+    def _copy_to_store(self, missing: list[tuple[dict, bytes]], stored: tuple[int, str] | None) -> list[int] | None:
+        """Copy the file's tail into the store if it is what a crash leaves: one batch, extending the store's chain.
+        Anything else (a store cut deeper, a chain that does not link) is left for `audit verify` to report."""
+        assert self.store is not None
+        first = missing[0][0]
+        expected_seq, expected_hash = (stored[0] + 1, stored[1]) if stored else (1, GENESIS)
+        if first.get("seq") != expected_seq or first.get("prev_hash") != expected_hash:
+            log.error("the audit store copy does not link to the file at seq %s: left for `audit verify`", expected_seq)
+            return None
+        if len(missing) > CRASH_GAP:
+            log.error("the audit store copy lacks %d records: more than a crash leaves; left for `audit verify`",
+                      len(missing))
+            return None
+        self.store.copy_in(missing)
+        log.warning("audit store copy reconciled from the file: seq %d..%d", expected_seq, missing[-1][0]["seq"])
+        return [expected_seq, missing[-1][0]["seq"]]
 
     @staticmethod
     def _advance(head: _Head, record: dict, number: int) -> None:
         head.seq, head.hash = record.get("seq", number), record["hash"]
-        if record.get("type") in ("checkpoint", "checkpoint-deferred"):
+        if record.get("type") in _CHECKPOINTS:
             head.cp_seq, head.uncovered_since = head.seq, None
         elif head.uncovered_since is None:
             head.uncovered_since = _epoch(record.get("time", ""))
+        head.track(record)
+
+    def _housekeeping(self, head: _Head, *, force: bool = False) -> list[dict]:
+        """Records owed before the next batch: what a recovery did, and `interrupted` outcomes for the intents of
+        writers that are gone (checked every few seconds, or now with `force`)."""
+        records: list[dict] = []
+        if self._findings:
+            self._append(head, records, self._system_body(RECONCILE_ACTION, self._findings))
+            self._findings = None
+        if head.open and (force or time.monotonic() >= self._next_reap):
+            self._next_reap = time.monotonic() + _REAP_SECONDS
+            for seq, writer in sorted(head.open.items(), key=lambda item: int(item[0])):
+                if not alive(self.leases, writer):
+                    self._append(head, records, self._interrupted(int(seq), writer))
+                    self.counters["interrupted"] += 1
+        return records
+
+    def _interrupted(self, seq: int, writer: str) -> dict:
+        """The outcome of an intent whose writer died first: who and what from the intent, the effect unknown."""
+        intent = self._record_at(seq) or {}
+        copied = {k: v for k, v in intent.items() if k not in (
+            "type", "seq", "prev_hash", "hash", "phase", "outcome", "error_code", "time", "latency_ms", "writer")}
+        return {**copied, "time": _now_iso(), "outcome": "interrupted", "error_code": None, "latency_ms": None,
+                "intent_seq": seq, "interrupted_writer": writer,
+                "reason": "the process that wrote the intent ended before its outcome; the effect may or may not "
+                          "have happened"}
+
+    @staticmethod
+    def _system_body(action: str, details: dict[str, Any]) -> dict:
+        return {**details, "time": _now_iso(), "request_id": str(uuid.uuid4()), "principal": "broker",
+                "auth_method": "internal", "source_ip": "", "front_door": "audit", "action": action,
+                "key_id": None, "key_version": None, "provider": None, "encryption_context": {},
+                "outcome": "allowed", "error_code": None, "latency_ms": None}
+
+    def _record_at(self, seq: int) -> dict | None:
+        record = self.store.record_at(seq) if self.store is not None else None
+        if record is None and self.file is not None:
+            record = self.file.record_at(seq)
+        return record
+
+    def _writer_id(self) -> str:
+        """This process's lease on the chain (taken on its first intent; a forked child takes its own)."""
+        if self._lease is None or self._lease.pid != os.getpid():
+            self._lease = WriterLease(self.leases)
+        return self._lease.writer_id
+
+    # ------------------------------------------------------------------------------------------ high-water mark
+
+    def _advance_mark(self, checkpoint: dict) -> None:
+        """Move the HSM's mark to a durable signed checkpoint, only forward and only from a chain that still holds
+        the current mark (so a cut under it stays visible). A failure is logged: the mark lags, nothing is lost."""
+        assert self._marks is not None
+        try:
+            current = self._marks.read(self.chain)
+            if current is not None:
+                if current.seq >= checkpoint["seq"]:
+                    return
+                if (current.seq, current.hash) != self._last_mark and not self._holds(current):
+                    self.counters["mark_failures"] += 1
+                    log.error("the audit chain does not hold the checkpoint the HSM pinned (seq %d): it was cut or "
+                              "replaced; the mark stays there", current.seq)
+                    return
+            self._marks.write(self.chain, Mark(checkpoint["seq"], checkpoint["hash"], checkpoint.get("key_id"),
+                                               checkpoint.get("time")))
+            self._last_mark = (checkpoint["seq"], checkpoint["hash"])
+            self.counters["marks"] += 1
+        except Exception as exc:  # noqa: BLE001 - the HSM may be down: the mark lags behind, verify still holds
+            self.counters["mark_failures"] += 1
+            log.error("audit high-water mark not moved: %s", type(exc).__name__)
+
+    def _holds(self, mark: Mark) -> bool:
+        record = self._record_at(mark.seq)
+        if record is not None and record.get("hash") == mark.hash:
+            self._last_mark = (mark.seq, mark.hash)
+            return True
+        return False
+
+    def _mark_problem(self, head: _Head) -> str | None:
+        """Why the chain does not hold the HSM's mark, or None (also None when the HSM cannot be asked)."""
+        if self._marks is None:
+            return None
+        try:
+            mark = self._marks.read(self.chain)
+        except Exception:  # noqa: BLE001 - an HSM outage is reported by the checkpoints, not here
+            return None
+        if mark is None or self._holds(mark):
+            return None
+        return (f"the audit chain ends at seq {head.seq} and does not hold the checkpoint the HSM pinned (seq "
+                f"{mark.seq}): it was cut or replaced; `kms-broker audit verify` reports it")
 
     def _publish_public_key(self, spki_der: bytes) -> None:
         """Write the checkpoint verification key beside the log (once; an existing different key is reported)."""
@@ -441,3 +663,12 @@ class AuditLog:
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         tmp.write_bytes(pem)
         os.replace(tmp, path)
+
+
+def close_all() -> None:
+    """A clean end of this process: cover every open chain's tail with a checkpoint and stop its writer."""
+    for audit in list(_OPEN_LOGS):
+        try:
+            audit.close(checkpoint=True)
+        except Exception as exc:  # noqa: BLE001 - one failing log must not keep the others open
+            log.error("closing the audit log %s failed: %s", audit.path, type(exc).__name__)

@@ -14,7 +14,7 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,60 @@ class FileSink(Sink):
         for fd in self.take_unsynced():
             os.close(fd)
 
+    def records_after(self, seq: int) -> list[tuple[dict, bytes]]:
+        """The complete records with a seq above `seq`, read backwards from the end (the tail only), in file order."""
+        found: list[tuple[dict, bytes]] = []
+        for record, line in self._backwards():
+            if not isinstance(record.get("seq"), int) or record["seq"] <= seq:
+                break
+            found.append((record, line))
+        found.reverse()
+        return found
+
+    def record_at(self, seq: int) -> dict | None:
+        """The record with this seq, searched backwards from the end (None if the file does not hold it)."""
+        for record, _ in self._backwards():
+            if record.get("seq") == seq:
+                return record
+            if isinstance(record.get("seq"), int) and record["seq"] < seq:
+                return None
+        return None
+
+    def _backwards(self, block: int = 1 << 16) -> Iterator[tuple[dict, bytes]]:
+        """Complete JSON lines from the end of the file towards its start (a torn last write is skipped)."""
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            end = f.seek(0, os.SEEK_END)
+            while end > 0:  # stop at the last newline: what follows it was never a complete record
+                start = max(0, end - block)
+                f.seek(start)
+                cut = f.read(end - start).rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            leftover = b""
+            first = True
+            while end > 0:
+                start = max(0, end - block)
+                f.seek(start)
+                parts = (f.read(end - start) + leftover).split(b"\n")
+                end = start
+                if first:
+                    parts.pop()  # the empty string after the final newline
+                    first = False
+                leftover = parts.pop(0) if start > 0 and parts else b""
+                for line in reversed(parts):
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict):
+                        yield record, line + b"\n"
+
     def sync(self, fds: list[int]) -> None:
         """One fsync makes every append before it durable (the file's data, whoever wrote it)."""
         try:
@@ -194,6 +248,17 @@ class StoreSink(Sink):
         conn, self._conn = self._conn, None
         if conn is not None and self._pid == os.getpid():
             conn.close()
+
+    def record_at(self, seq: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(self.table.c.record).where(self.table.c.chain == self.chain,
+                                                                 self.table.c.seq == seq)).first()
+        return json.loads(row.record) if row else None
+
+    def copy_in(self, records: list[tuple[dict, bytes]]) -> None:
+        """Insert records the file holds and this copy lacks (reconciliation after a crash), in one transaction."""
+        with self.engine.begin() as conn:
+            conn.execute(self._insert, [row_of(r, line, self.chain) for r, line in records])
 
     def head(self) -> tuple[int, str] | None:
         with self.engine.connect() as conn:
