@@ -7,10 +7,14 @@ the only way into the body, and it does, in order:
 1. refuse at once if the audit log cannot take a record (fail closed, nothing happens);
 2. derive every declared resource from the arguments (resolve a key, read a ciphertext's header, name a keyring
    entry) and ask the policy engine for each (default deny);
-3. for an operation that changes state, make an *intent* record durable before the body runs;
+3. for an operation that changes state (`mutates=True`), make an *intent* record durable before the body runs, so a
+   crash at any instant leaves either no effect or a record of it (the next start closes an intent left without an
+   outcome as `interrupted`); an operation that creates a key (`creates_key=True`) gets its id before the intent,
+   which names it;
 4. run the body with a `Call`: who asks, the resolved targets, the audit entry, and — for the few operations whose
    resource is only known inside (a multi-key's answering member) — `require` for the actions it declared `dynamic`;
-5. write the outcome record (durable before anything is returned), whatever happened.
+5. write the outcome record (durable before anything is returned), whatever happened; it names its intent
+   (`intent_seq`). A read-only operation writes only this one record.
 
 Services subclass `Service`; a public method that is neither an `operation` nor marked `within`/`internal` fails at
 import, so a new operation without a declared authorization cannot exist. Methods marked `within(actions)` are the
@@ -119,6 +123,7 @@ class Declaration:
     mutates: bool
     kind: str  # "authorized" | "self" (the caller's own token) | "public" (login: no principal yet)
     qualname: str = ""
+    creates_key: bool = False
 
 
 DECLARED: dict[str, Declaration] = {}
@@ -200,6 +205,7 @@ class Call:
         self._granted: set[tuple[str, str]] = set()
         self._checked: set[str] = set()
         self.intent_seq: int | None = None
+        self._new_key_id: str | None = None
 
     def __repr__(self) -> str:
         return f"Call({self._decl.action!r}, principal={self.ctx.principal.name!r})"
@@ -218,6 +224,13 @@ class Call:
         if target is None or target.key is None:
             raise RuntimeError(f"{self._decl.qualname} declared no key check on argument {arg!r}")
         return target.key
+
+    @property
+    def new_key_id(self) -> str:
+        """The id of the key this operation creates, chosen before its intent record (which names it)."""
+        if self._new_key_id is None:
+            raise RuntimeError(f"{self._decl.qualname} is not declared creates_key=True")
+        return self._new_key_id
 
     def target(self, arg: str) -> Target:
         if arg not in self._targets:
@@ -290,10 +303,10 @@ class Call:
 class Gate:
     """Holds the policy engine and the audit log; nothing else authorizes or audits."""
 
-    def __init__(self, policy: PolicyEngine, audit: AuditLog, *, intents: bool = False) -> None:
+    def __init__(self, policy: PolicyEngine, audit: AuditLog, *, intents: bool = True) -> None:
         self.policy = policy
         self.audit = audit
-        self.intents = intents  # STAGING: on once audit reconciliation and verify understand intent records
+        self.intents = intents  # off only for measuring what intent records cost
 
     # ------------------------------------------------------------------------------------- decisions
 
@@ -332,6 +345,8 @@ class Gate:
                 if need.on is not None and hasattr(need.on, "arg"):
                     call._targets[need.on.arg] = target
                 call._check(need.action, target, context)
+            if decl.creates_key:
+                call._new_key_id = call.entry.key_id = str(uuid.uuid4())
             if decl.mutates and self.intents:
                 self._intent(call)
             result = fn(*bound.args, **bound.kwargs)
@@ -341,7 +356,8 @@ class Gate:
 
     @contextmanager
     def _audited(self, call: Call) -> Iterator[None]:
-        """Audit exactly once, after the outcome is known and before anything is returned to the caller.
+        """Write the outcome record once, after the outcome is known and before anything is returned to the caller
+        (after the intent record, for an operation that changes state).
 
         Fail closed, in two steps: `audit.precheck()` refuses before anything happens when a durable sink cannot
         take a record; the record itself is written in `finally` and `audit.write` blocks until it is durable.
@@ -375,9 +391,10 @@ class Gate:
                         intent=call.intent_seq)
 
     def _intent(self, call: Call) -> None:
-        """A state change is announced durably before it happens: a crash leaves no effect without a record."""
-        record = self._write(call.ctx, call.entry, "intent", None, 0.0, phase="intent")
-        call.intent_seq = record.get("seq") if isinstance(record, dict) else None
+        """A state change is announced durably before it happens: a crash leaves no effect without a record. The
+        intent says who asks for what on which resource (outcome "pending"); its outcome names it by `intent_seq`."""
+        record = self._write(call.ctx, call.entry, "pending", None, 0.0, phase="intent")
+        call.intent_seq = record["seq"]
 
     def _write(self, ctx: RequestContext, entry: AuditEntry, outcome: str, code: str | None, latency: float, *,
                phase: str | None = None, intent: int | None = None) -> dict:
@@ -456,18 +473,22 @@ def _signature(fn: Callable) -> inspect.Signature:
 
 
 def operation(action: str, *needs: Need, dynamic: Iterable[str] = (), mutates: bool = False,
-              self_service: bool = False, public: bool = False) -> Callable[[Callable], Callable]:
+              self_service: bool = False, public: bool = False,
+              creates_key: bool = False) -> Callable[[Callable], Callable]:
     """Declare a service method as an operation. Its body's second parameter is the `Call`; callers pass a
-    `RequestContext` there instead, and the gate turns one into the other."""
+    `RequestContext` there instead, and the gate turns one into the other. `mutates`: it changes state (an intent
+    record goes first); `creates_key`: it creates a key, whose id (`call.new_key_id`) its intent names."""
     kind = "public" if public else "self" if self_service else "authorized"
     dynamic = frozenset(dynamic)
     if kind == "authorized" and not needs and not dynamic:
         raise TypeError(f"operation {action} declares no authorization (give Needs, dynamic, or self_service)")
     if kind != "authorized" and (needs or dynamic):
         raise TypeError(f"operation {action}: a {kind} operation declares no policy checks")
+    if creates_key and not mutates:
+        raise TypeError(f"operation {action}: creating a key changes state (mutates=True)")
 
     def declare(fn: Callable) -> Callable:
-        decl = Declaration(action, tuple(needs), dynamic, mutates, kind, fn.__qualname__)
+        decl = Declaration(action, tuple(needs), dynamic, mutates, kind, fn.__qualname__, creates_key)
         DECLARED[fn.__qualname__] = decl
 
         @functools.wraps(fn)

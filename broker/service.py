@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -351,7 +350,7 @@ class KeyService(Service):
 
     # =========================================================================================== lifecycle
 
-    @operation("kms:CreateKey", Need("kms:CreateKey", _provider_resource), mutates=True)
+    @operation("kms:CreateKey", Need("kms:CreateKey", _provider_resource), mutates=True, creates_key=True)
     def create_key(self, call: Call, *, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", tags: Mapping[str, str] | None = None, origin: str = "AWS_KMS",
                    provider: str | None = None, policy: Any = None,
@@ -383,8 +382,7 @@ class KeyService(Service):
             raise errors.Unsupported(f"provider {provider_name!r} lacks {missing}; cannot create this key there")
         if origin_value is Origin.EXTERNAL and not backend.capabilities.import_material:
             raise errors.Unsupported(f"provider {provider_name!r} lacks key material import")
-        key_id = str(uuid.uuid4())
-        call.entry.key_id = key_id
+        key_id = call.new_key_id  # chosen by the gate before the intent record, which names it
         now = _now()
         born = origin_value is Origin.BROKER
         key = Key(key_id=key_id, provider=provider_name, spec=spec, usage=usage,

@@ -41,7 +41,8 @@ def snapshot(svc: KeyService) -> dict[str, list[tuple]]:
 
 
 class Harness:
-    """Calls the service and checks the audit contract: exactly one record per call, with the right outcome."""
+    """Calls the service and checks the audit contract: exactly one outcome record per call, with the right outcome;
+    a call that changes state has its intent record first (durable before the change), which the outcome names."""
 
     def __init__(self, svc: KeyService, ctx: RequestContext) -> None:
         self.svc, self.ctx = svc, ctx
@@ -50,30 +51,54 @@ class Harness:
         path = self.svc.audit.path
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
+    def outcomes(self) -> list[dict]:
+        """The one record per call: every record but the intents."""
+        return [r for r in self.records() if r.get("phase") != "intent"]
+
+    def _new(self, method: str, before: int, *, intent_due: bool | None) -> dict:
+        """The records `method` wrote since `before`: its outcome, after its intent when one is due (None: an
+        intent is allowed, e.g. a body that failed after authorization, but not required)."""
+        new = self.records()[before:]
+        outcomes = [r for r in new if r.get("phase") != "intent"]
+        intents = [r for r in new if r.get("phase") == "intent"]
+        assert len(outcomes) == 1, f"{method} wrote {len(outcomes)} outcome records"
+        outcome = outcomes[0]
+        mutates = getattr(type(self.svc), method).__declaration__.mutates
+        if intent_due is None:
+            intent_due = bool(intents) if mutates else False
+        if intent_due and mutates:
+            assert len(intents) == 1 and new.index(intents[0]) < new.index(outcome), f"{method}: no intent first"
+            intent = intents[0]
+            assert outcome["intent_seq"] == intent["seq"] and intent["outcome"] == "pending"
+            assert (intent["action"], intent["request_id"]) == (outcome["action"], outcome["request_id"])
+        else:
+            assert not intents and "intent_seq" not in outcome, f"{method} wrote an intent it should not have"
+        return outcome
+
     def ok(self, method: str, *args: Any, ctx: RequestContext | None = None, **kwargs: Any) -> Any:
         before = len(self.records())
         out = getattr(self.svc, method)(ctx or self.ctx, *args, **kwargs)
-        records = self.records()
-        assert len(records) == before + 1, f"{method} wrote {len(records) - before} audit records"
-        assert records[-1]["outcome"] == "allowed" and records[-1]["error_code"] is None
+        record = self._new(method, before, intent_due=True)
+        assert record["outcome"] == "allowed" and record["error_code"] is None
         return out
 
     def fails(self, error: type[errors.BrokerError], method: str, *args: Any, ctx: RequestContext | None = None,
               **kwargs: Any) -> errors.BrokerError:
-        """The call raises `error`, leaves every table as it was, and writes one error/denied record."""
+        """The call raises `error`, leaves every table as it was, and writes one error/denied outcome record."""
         before_rows, before = snapshot(self.svc), len(self.records())
         with pytest.raises(error) as caught:
             getattr(self.svc, method)(ctx or self.ctx, *args, **kwargs)
         assert type(caught.value) is error, f"{type(caught.value).__name__}: {caught.value}"
         assert snapshot(self.svc) == before_rows, f"{method} changed the store although it failed"
-        records = self.records()
-        assert len(records) == before + 1, f"{method} wrote {len(records) - before} audit records"
+        record = self._new(method, before, intent_due=False if error is errors.AccessDenied else None)
         expected_outcome = "denied" if error is errors.AccessDenied else "error"
-        assert (records[-1]["outcome"], records[-1]["error_code"]) == (expected_outcome, error.code)
+        assert (record["outcome"], record["error_code"]) == (expected_outcome, error.code)
         return caught.value
 
     def key(self, spec: str = "SYMMETRIC_DEFAULT", usage: str | None = None, **kwargs: Any) -> str:
-        return self.ok("create_key", key_spec=spec, key_usage=usage, **kwargs)["KeyId"]
+        key_id = self.ok("create_key", key_spec=spec, key_usage=usage, **kwargs)["KeyId"]
+        assert self.records()[-2]["key_id"] == key_id  # the intent named the key before it existed
+        return key_id
 
     def verify_audit(self) -> int:
         count, problem = verify_file(self.svc.audit.path)
@@ -551,7 +576,8 @@ def test_rotation_schedule_and_due_job(h: Harness) -> None:
     assert len(h.records()) == before  # nothing was due, nothing happened
     assert h.svc.run_due_jobs(h.ctx, now=later(91)) == {"destroyed": [], "rotated": [key]}
     records = h.records()[before:]
-    assert [(r["action"], r["key_id"], r["key_version"]) for r in records] == [("broker:RotateKey", key, 2)]
+    assert [(r["action"], r["key_id"], r["key_version"], r["outcome"]) for r in records] == [
+        ("broker:RotateKey", key, None, "pending"), ("broker:RotateKey", key, 2, "allowed")]
     assert h.svc.run_due_jobs(h.ctx, now=later(91)) == {"destroyed": [], "rotated": []}  # next one is 90 days on
     assert [(r["KeyVersion"], r["RotationType"]) for r in h.ok("list_key_rotations", key)["Rotations"]] == [
         (2, "AUTOMATIC")]
@@ -575,7 +601,7 @@ def test_due_job_destroys_a_key_scheduled_for_deletion(h: Harness) -> None:
     before = len(h.records())
     assert h.svc.run_due_jobs(h.ctx, now=later(7.1)) == {"destroyed": [key], "rotated": []}
     assert [(r["action"], r["key_id"], r["outcome"]) for r in h.records()[before:]] == [
-        ("broker:DestroyKey", key, "allowed")]
+        ("broker:DestroyKey", key, "pending"), ("broker:DestroyKey", key, "allowed")]
     with h.svc.store.session() as s:
         rows = s.execute(select(KeyVersionRow.version, KeyVersionRow.provider_ref, KeyVersionRow.state)
                          .where(KeyVersionRow.key_id == key)).all()
@@ -702,33 +728,38 @@ def test_audit_chain_verifies_and_detects_edits(h: Harness) -> None:
     h.ok("encrypt", key, b"x", context={"secret-looking": "value-123"})
     h.fails(errors.NotFound, "describe_key", "missing")
     count = h.verify_audit()
-    assert count == len(h.records()) == 3
+    assert count == len(h.records()) == 4  # CreateKey's intent and outcome, Encrypt, DescribeKey
     text_ = h.svc.audit.path.read_text()
     assert "value-123" not in text_
-    assert h.records()[1]["encryption_context"]["secret-looking"].startswith("hmac-sha256:")
+    assert h.records()[2]["encryption_context"]["secret-looking"].startswith("hmac-sha256:")
     lines = text_.splitlines()
-    edited = json.loads(lines[1])
+    edited = json.loads(lines[2])
     edited["principal"] = "someone-else"
     tampered = h.svc.audit.path.with_name("tampered.jsonl")
-    tampered.write_text("\n".join([lines[0], json.dumps(edited), lines[2]]) + "\n")
+    tampered.write_text("\n".join([*lines[:2], json.dumps(edited), lines[3]]) + "\n")
     assert verify_file(tampered)[1] is not None
-    tampered.write_text("\n".join([lines[0], lines[2]]) + "\n")
+    tampered.write_text("\n".join([*lines[:2], lines[3]]) + "\n")
     assert verify_file(tampered)[1] is not None
 
 
-@pytest.mark.parametrize("call", [
-    lambda h, k: h.svc.encrypt(h.ctx, k, b"x"),
-    lambda h, k: h.svc.describe_key(h.ctx, k),
-    lambda h, k: h.svc.list_keys(h.ctx),
-    lambda h, k: h.svc.generate_random(h.ctx, 4),
-    lambda h, k: h.svc.tag_resource(h.ctx, k, {"a": "b"}),
-    lambda h, k: h.svc.get_key_rotation_status(h.ctx, k),
+@pytest.mark.parametrize(("call", "intent"), [
+    (lambda h, k: h.svc.encrypt(h.ctx, k, b"x"), False),
+    (lambda h, k: h.svc.describe_key(h.ctx, k), False),
+    (lambda h, k: h.svc.list_keys(h.ctx), False),
+    (lambda h, k: h.svc.generate_random(h.ctx, 4), False),
+    (lambda h, k: h.svc.tag_resource(h.ctx, k, {"a": "b"}), True),
+    (lambda h, k: h.svc.get_key_rotation_status(h.ctx, k), False),
 ], ids=["encrypt", "describe", "list", "random", "tag", "rotation-status"])
-def test_every_call_writes_exactly_one_record(h: Harness, call: Callable) -> None:
+def test_every_call_writes_exactly_one_record(h: Harness, call: Callable, intent: bool) -> None:
+    """One record per read-only call; a state change (TagResource) writes its intent first, then its outcome."""
     key = h.key()
     before = len(h.records())
     call(h, key)
-    assert len(h.records()) == before + 1
+    new = h.records()[before:]
+    assert len(new) == (2 if intent else 1)
+    assert new[-1]["outcome"] == "allowed" and new[-1].get("phase") is None
+    if intent:
+        assert new[0]["phase"] == "intent" and new[-1]["intent_seq"] == new[0]["seq"]
 
 
 # ============================================================================================ state in the store
@@ -838,7 +869,8 @@ def test_due_jobs_go_on_past_a_key_whose_provider_is_down(h: Harness, hsm_token)
     h.svc.providers["flaky"] = hsm_token.provider("flaky", token_label="unplugged")
     before = len(h.records())
     assert h.svc.run_due_jobs(h.ctx, now=later(100)) == {"destroyed": [up_del], "rotated": [up_rot]}
-    failed = [(r["action"], r["key_id"], r["error_code"]) for r in h.records()[before:] if r["outcome"] != "allowed"]
+    failed = [(r["action"], r["key_id"], r["error_code"]) for r in h.records()[before:]
+              if r["outcome"] not in ("allowed", "pending")]
     assert sorted(failed) == [("broker:DestroyKey", down_del, "DependencyTimeoutException"),
                               ("broker:RotateKey", down_rot, "DependencyTimeoutException")]
     assert h.ok("describe_key", down_del)["KeyState"] == "PendingDeletion"

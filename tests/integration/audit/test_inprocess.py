@@ -166,7 +166,7 @@ def test_time_checkpoint_covers_an_idle_tail(tmp_path: Path, hsm_provider, root_
             if records(svc)[-1]["type"] == "checkpoint":
                 break
             deadline.wait(0.1)
-        assert records(svc)[-1]["type"] == "checkpoint" and records(svc)[-1]["count"] == 1
+        assert records(svc)[-1]["type"] == "checkpoint" and records(svc)[-1]["count"] == 2  # intent + outcome
         verify(svc)
     finally:
         audit.close()
@@ -189,7 +189,8 @@ def test_file_only_and_store_only_configurations(tmp_path: Path, hsm_provider, r
         assert audit.path.exists() == (sinks == ("file",))
         audit.close()
     with store.engine.connect() as conn:
-        assert [r[0] for r in conn.execute(text("select seq from audit_events order by seq"))] == [1, 2]
+        # CreateKey (intent + outcome) and ListKeys, in the store-only chain
+        assert [r[0] for r in conn.execute(text("select seq from audit_events order by seq"))] == [1, 2, 3]
     store.dispose()
     shutil.rmtree(tmp_path / "store", ignore_errors=True)
 

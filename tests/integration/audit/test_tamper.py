@@ -21,14 +21,15 @@ CLI = [sys.executable, "-m", "broker.cli"]
 
 @pytest.fixture
 def log(audited: KeyService, root_ctx: RequestContext) -> tuple[Path, list[bytes]]:
-    """21 events and 4 checkpoints (after every 5 events): checkpoints sit on lines 6, 12, 18, 24."""
+    """22 events (CreateKey's intent and outcome, 20 Encrypt) and 4 checkpoints (after every 5 events): checkpoints
+    sit on lines 6, 12, 18, 24."""
     key = audited.create_key(root_ctx)["KeyId"]
     for i in range(20):
         audited.encrypt(root_ctx, key, b"data %d" % i, context={"n": str(i)})
     path = audited.audit.path
     lines = path.read_bytes().splitlines(keepends=True)
     kinds = [json.loads(line)["type"] for line in lines]
-    assert len(lines) == 25 and [i + 1 for i, k in enumerate(kinds) if k == "checkpoint"] == [6, 12, 18, 24]
+    assert len(lines) == 26 and [i + 1 for i, k in enumerate(kinds) if k == "checkpoint"] == [6, 12, 18, 24]
     return path, lines
 
 
@@ -52,7 +53,7 @@ def test_untouched_log_verifies(log):
     key = load_public_key((path.parent / PUBLIC_KEY_NAME).read_bytes())
     report = verify_lines(b"".join(lines), key)
     assert report.ok, report.problem
-    assert (report.records, report.events, report.checkpoints) == (25, 21, 4)
+    assert (report.records, report.events, report.checkpoints) == (26, 22, 4)
 
 
 def test_edited_field(log):
@@ -99,7 +100,7 @@ def test_copied_record_inserted(log):
 def test_truncated_mid_record(log):
     path, lines = log
     line, problem = check(path, b"".join(lines)[:-40])
-    assert line == 25 and "truncated" in problem
+    assert line == 26 and "truncated" in problem
 
 
 def test_truncated_tail_needs_the_store(log, audited: KeyService):
@@ -224,7 +225,7 @@ def test_cli_verify_file_exit_codes(log, tmp_path):
     path, lines = log
     ok = run_verify("--file", str(path))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "25 records" in ok.stdout and "4 signed checkpoints" in ok.stdout
+    assert "26 records" in ok.stdout and "4 signed checkpoints" in ok.stdout
     tampered = tmp_path / "copy" / "audit.jsonl"
     tampered.parent.mkdir()
     (tampered.parent / PUBLIC_KEY_NAME).write_bytes((path.parent / PUBLIC_KEY_NAME).read_bytes())
