@@ -1,7 +1,8 @@
 """`kms-broker audit`: verify the tamper-evident audit log, and compute the HMAC an auditor searches for.
 
-These commands read the data folder directly (they are for the operator on the broker's host): `verify` needs only
-the public half of the HSM's audit signing key; `hash` asks the HSM (it holds the audit HMAC key).
+These commands read the data folder directly (they are for the operator on the broker's host). `verify --data-dir`
+asks the HSM for what it trusts (the signing key and the high-water mark), never a file an attacker could delete;
+`hash` asks the HSM (it holds the audit HMAC key).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import Any
 
 import click
 
-from broker.audit.chain import load_public_key, record_hash, spki_of
+from broker.audit.chain import key_fingerprint, load_public_key, public_key_pem, spki_of
 from broker.audit.log import PUBLIC_KEY_NAME
+from broker.audit.mark import Mark, RootMarks
 from broker.audit.sinks import chain_id
-from broker.audit.verify import Report, compare_with_store, verify_lines
+from broker.audit.verify import Report, verify_lines, verify_sources
 
 
 def _data_dir(value: Path | None) -> Path:
@@ -47,19 +49,23 @@ def audit() -> None:
 
 @audit.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
-              help="broker data folder: its audit file, compared with the store's copy (default)")
+              help="broker data folder: its audit file, compared with the store's copy, pinned by the HSM (default)")
 @click.option("--file", "file_", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="a JSON-lines audit file on its own (e.g. a copy shipped elsewhere)")
 @click.option("--public-key", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-              help=f"PEM of the audit signing key (default: {PUBLIC_KEY_NAME} beside the log)")
+              help=f"PEM of the audit signing key (--file: default {PUBLIC_KEY_NAME} beside the log; --data-dir: "
+                   "must be the HSM's key, or stands in for it when the HSM cannot be asked)")
+@click.option("--key-id", default=None, help="with --file: the fingerprint (sha256:…) the signing key must have")
 @click.option("--output", type=click.Choice(["text", "json"]), default="text")
-def verify(data_dir: Path | None, file_: Path | None, public_key: Path | None, output: str) -> None:
-    """Check the hash chain and the signed checkpoints; exit 1 naming the FIRST problem, 0 and the count if it holds."""
+def verify(data_dir: Path | None, file_: Path | None, public_key: Path | None, key_id: str | None,
+           output: str) -> None:
+    """Check the hash chain, the signed checkpoints, the intents and (with --data-dir) the store copy and the HSM's
+    high-water mark. Exit 0 if it holds, 1 listing EVERY problem found, 2 if it could not be checked."""
     if data_dir is not None and file_ is not None:
         click.echo("error: give --data-dir or --file, not both", err=True)
         sys.exit(2)
     if file_ is not None:
-        report = _verify_file(file_, public_key)
+        report = _verify_file(file_, public_key, key_id)
     else:
         report = _verify_data_dir(data_dir, public_key)
     if output == "json":
@@ -67,11 +73,21 @@ def verify(data_dir: Path | None, file_: Path | None, public_key: Path | None, o
     elif report.ok:
         click.echo(f"audit chain OK: {report.records} records ({report.events} events, {report.checkpoints} "
                    "signed checkpoints)")
+    else:
+        click.echo(f"audit chain BROKEN: {len(report.problems) + report.omitted} problem(s), {report.records} "
+                   "records checked")
+        for problem in report.problems:
+            click.echo(f"  - {problem.message}")
+        if report.omitted:
+            click.echo(f"  - … and {report.omitted} more")
+    if output == "text":
+        for crash in report.crash:
+            click.echo(f"  crash: {crash}")
         for note in report.notes:
             click.echo(f"  note: {note}")
-    else:
-        click.echo(f"audit chain BROKEN after {report.records} good records: {report.problem}")
-    sys.exit(0 if report.ok else 1)
+    if report.ok:
+        sys.exit(0)
+    sys.exit(2 if any(p.kind == "unverifiable" for p in report.problems) else 1)
 
 
 def _public_key(path: Path | None):
@@ -80,52 +96,74 @@ def _public_key(path: Path | None):
     return load_public_key(path.read_bytes())
 
 
-def _verify_file(path: Path, public_key: Path | None) -> Report:
+def _verify_file(path: Path, public_key: Path | None, key_id: str | None) -> Report:
+    """A copy of the file alone: the chain and the checkpoints, against a key the operator names (a key file that
+    travels with the log proves nothing against whoever could replace both: pin it with --key-id)."""
     if not path.is_file():
-        return Report().fail(None, f"{path}: no such audit file")
-    key = _public_key(public_key or path.parent / PUBLIC_KEY_NAME)
-    return verify_lines(path.read_bytes(), key)
+        return Report().fail(None, f"{path}: no such audit file", kind="unverifiable")
+    beside = path.parent / PUBLIC_KEY_NAME
+    key = _public_key(public_key or beside)
+    if key is None:
+        return Report().fail(None, f"no public key: give --public-key (or put {PUBLIC_KEY_NAME} beside the log); "
+                                   "without it the checkpoints prove nothing", kind="unverifiable")
+    fingerprint = key_fingerprint(spki_of(key))
+    if key_id is not None and key_id != fingerprint:
+        return Report().fail(None, f"the public key is {fingerprint}, not the pinned {key_id} (replaced?)")
+    report = verify_lines(path.read_bytes(), key)
+    if key_id is None:
+        report.notes.append(f"signing key {fingerprint} taken from {public_key or beside}, not pinned (--key-id)")
+    report.notes.append("--file checks the chain and checkpoints only: a cut tail needs the store and the HSM "
+                        "(--data-dir)")
+    return report
 
 
 def _verify_data_dir(data_dir: Path | None, public_key: Path | None) -> Report:
     settings = _settings(data_dir)
-    pem = public_key or settings.audit_file.parent / PUBLIC_KEY_NAME
-    key = _public_key(pem)
     notes: list[str] = []
-    try:  # the HSM is the authority on its key: a replaced PEM file must not make forged checkpoints pass
-        hsm_spki = _root_provider(settings).audit_public_key()
-        if key is None:
-            key = load_public_key(_pem(hsm_spki))
-            notes.append("public key taken from the HSM (no PEM file beside the log)")
-        elif spki_of(key) != hsm_spki:
-            return Report().fail(None, f"{pem} is not the HSM's audit signing key (replaced?)")
-    except Exception as exc:  # noqa: BLE001 - verifying without the HSM is allowed, with the PEM file
-        notes.append(f"HSM not asked for the signing key ({type(exc).__name__}); using {pem}")
-    every = {"every_records": settings.audit_checkpoint_records, "every_seconds": settings.audit_checkpoint_seconds}
+    trust = _trust(settings, public_key, notes)
+    if isinstance(trust, Report):
+        return trust
+    key, mark = trust
     rows = _store_rows(settings) if "store" in settings.audit_sinks else None
+    data = None
     if "file" in settings.audit_sinks:
-        path = settings.audit_file
-        data = path.read_bytes() if path.is_file() else b""
-        report = verify_lines(data, key, expect_checkpoints=key is not None, **every)
-        if rows is not None and report.ok:
-            report = _check_store_rows(report, rows)
-            file_records = [(r["seq"], r["hash"]) for r in _records(data)]
-            report = compare_with_store(report, file_records, [(seq, digest) for seq, digest, _ in rows])
-    else:
-        data = b"".join(text.encode() + b"\n" for _, _, text in rows or [])
-        report = verify_lines(data, key, expect_checkpoints=key is not None, **every)
+        data = settings.audit_file.read_bytes() if settings.audit_file.is_file() else b""
+    report = verify_sources(data, rows, key, mark, every_records=settings.audit_checkpoint_records,
+                            every_seconds=settings.audit_checkpoint_seconds)
     report.notes[:0] = notes
     return report
 
 
-def _pem(spki: bytes) -> bytes:
-    from broker.audit.chain import public_key_pem
-
-    return public_key_pem(spki)
-
-
-def _records(data: bytes) -> list[dict]:
-    return [json.loads(line) for line in data.splitlines() if line.strip()]
+def _trust(settings: Any, public_key: Path | None, notes: list[str]) -> tuple[Any, Mark | None] | Report:
+    """What verify trusts, from the HSM: the signing key and the high-water mark. Files in the data folder (the PEM
+    beside the log) are never the authority: an attacker with the folder could delete or replace them."""
+    beside = settings.audit_file.parent / PUBLIC_KEY_NAME
+    given = _public_key(public_key)
+    try:
+        root = _root_provider(settings)
+        hsm_spki = root.audit_public_key()
+        mark = RootMarks(root).read(chain_id(settings.audit_file))
+    except Exception as exc:  # noqa: BLE001 - no HSM: verifiable only against a key the operator names
+        if given is None:
+            return Report().fail(None, f"cannot verify: the HSM is not reachable ({type(exc).__name__}) and no "
+                                       "--public-key was given", kind="unverifiable")
+        notes.append(f"HSM not reachable ({type(exc).__name__}): signatures checked against {public_key}; the "
+                     "HSM's mark was not asked, so a cut tail or a deleted chain is not detected")
+        return given, None
+    if given is not None and spki_of(given) != hsm_spki:
+        return Report().fail(None, f"{public_key} is not the HSM's audit signing key")
+    report_problem = None
+    if beside.is_file():
+        try:
+            if spki_of(load_public_key(beside.read_bytes())) != hsm_spki:
+                report_problem = f"{beside} is not the HSM's audit signing key (replaced)"
+        except ValueError:
+            report_problem = f"{beside} is not a public key (replaced)"
+    if report_problem:
+        return Report().fail(None, report_problem)
+    notes.append(f"signing key {key_fingerprint(hsm_spki)} and high-water mark "
+                 f"{'seq ' + str(mark.seq) if mark else '(none yet: no signed checkpoint)'} from the HSM")
+    return load_public_key(public_key_pem(hsm_spki)), mark
 
 
 def _store_rows(settings: Any) -> list[tuple[int, str, str]]:
@@ -142,19 +180,6 @@ def _store_rows(settings: Any) -> list[tuple[int, str, str]]:
                                  .where(table.c.chain == chain_id(settings.audit_file)).order_by(table.c.seq))]
     finally:
         engine.dispose()
-
-
-def _check_store_rows(report: Report, rows: list[tuple[int, str, str]]) -> Report:
-    """Each store row's JSON must still hash to its hash column (an edited row is as bad as an edited line)."""
-    for seq, digest, text in rows:
-        try:
-            record = json.loads(text)
-        except ValueError:
-            return report.fail(None, f"store row seq {seq}: not valid JSON (edited)", seq)
-        body = {k: v for k, v in record.items() if k != "hash"}
-        if record.get("hash") != digest or record_hash(str(record.get("prev_hash")), body) != digest:
-            return report.fail(None, f"store row seq {seq}: content does not match its hash (edited)", seq)
-    return report
 
 
 @audit.command("hash")

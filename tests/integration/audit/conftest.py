@@ -1,5 +1,6 @@
 """Audit suite fixtures: an in-process KeyService whose AuditLog has every feature on (file + store sinks, fsync,
-HSM-signed checkpoints), and a real gunicorn broker of its own (the suite tampers with its files)."""
+HSM-signed checkpoints, the HSM's high-water mark), and a real gunicorn broker of its own (the suite tampers with its
+files)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker.audit import AuditLog
+from broker.audit.mark import RootMarks
 from broker.policy import PolicyEngine
 from broker.service import KeyService
 from broker.store import Store
@@ -21,7 +23,7 @@ CHECKPOINT_EVERY = 5
 def make_audit(data: Path, provider: Pkcs11Provider, store: Store, **overrides) -> AuditLog:
     options = {"fsync": True, "sinks": ("file", "store"), "engine": store.engine, "signer": provider.audit_sign,
                "public_key": provider.audit_public_key(), "checkpoint_records": CHECKPOINT_EVERY,
-               "checkpoint_seconds": 3600.0, "batch_ms": 1.0, **overrides}
+               "checkpoint_seconds": 3600.0, "batch_ms": 1.0, "marks": RootMarks(provider), **overrides}
     return AuditLog(data / "audit" / "audit.jsonl", provider.audit_hmac, **options)
 
 
