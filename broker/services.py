@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from broker.approval_kinds import builtin_kinds
 from broker.approvals import ApprovalService
+from broker.audit_service import AuditService
 from broker.auth.config import AuthSettings
 from broker.backup.service import BackupService
 from broker.gate import RequestContext
@@ -38,6 +39,7 @@ class Services:
     identity: IdentityService
     backups: BackupService
     nodes: NodeService
+    audit_reader: AuditService
     keyring: KeyringService | None = None  # the MySQL keyring bridge (None only when built without settings)
     keyring_approles: KeyringAppRoles | None = None
 
@@ -58,7 +60,8 @@ class Services:
         services = cls(keys=keys, policies=PolicyAdmin(keys, keys.policy.repository), approvals=approvals,
                        multikeys=MultiKeys(keys, replication), replicated=replicated,
                        sync=Sync(keys, replication, replicated), identity=identity,
-                       backups=BackupService(keys, trust, keys.root), nodes=nodes)
+                       backups=BackupService(keys, trust, keys.root), nodes=nodes,
+                       audit_reader=AuditService(keys.gate))
         if settings is not None:
             from keyring_bridge.approle import KeyringAppRoles
             from keyring_bridge.keyring import KeyringService

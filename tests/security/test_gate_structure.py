@@ -32,10 +32,10 @@ FRONT_DOORS = sorted((ROOT / "broker" / "api").glob("*.py")) + [
     ROOT / "keyring_bridge" / "vault_app.py", ROOT / "keyring_bridge" / "admin_routes.py",
     *sorted((ROOT / "broker" / "console").glob("*.py"))]
 LEGACY_HAND_CALLED = {
-    "broker/api/audit_routes.py", "broker/api/aws.py", "broker/service.py",
+    "broker/api/aws.py", "broker/service.py",
 }
 LEGACY_FRONT_DOOR_REACH = {
-    "broker/api/audit_routes.py", "broker/api/aws.py",
+    "broker/api/aws.py",
 }
 LEGACY_PRIVATE_REACH = {"broker/service.py"}
 _FORBIDDEN_IN_FRONT_DOORS = ("broker.store", "providers", "broker.policy", "broker.audit", "sqlalchemy", "pkcs11")

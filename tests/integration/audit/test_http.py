@@ -141,14 +141,17 @@ def test_query_api_filters_and_pages(audit_broker: RunningBroker):
         if not page["Truncated"]:
             break
         marker = page["NextMarker"]
-    assert len(seen) == 8 and seen == sorted(set(seen))  # CreateKey + 7 Encrypt
+    assert len(seen) == 9 and seen == sorted(set(seen))  # CreateKey (intent + outcome) + 7 Encrypt
     newest = events(key=k1, limit=2, order="desc")["Events"]
     assert [e["seq"] for e in newest] == sorted(seen, reverse=True)[:2]
+    intent, created = events(key=k1, action="kms:CreateKey")["Events"]
+    assert (intent["outcome"], created["outcome"], created["intent_seq"]) == ("pending", "allowed", intent["seq"])
+    assert events(key=k1, outcome="pending")["Events"] == [intent]
 
     first = events(key=k1, limit=1)["Events"][0]
     since = events(key=k1, since=first["time"])["Events"]
     until = events(key=k1, until=first["time"])["Events"]
-    assert len(since) == 8 and until == []
+    assert len(since) == 9 and until == []
     assert "checkpoint" in {e["type"] for e in events(checkpoints="true", limit=1000)["Events"]}
 
     bad = api.get(b.url("/audit/events"), params={"outcome": "maybe"})
