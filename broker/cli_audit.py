@@ -36,10 +36,10 @@ def _settings(data_dir: Path | None) -> Any:
         sys.exit(2)
 
 
-def _root_provider(settings: Any) -> Any:
-    from providers.registry import build_provider
+def _root_of_trust(settings: Any) -> Any:
+    from providers.registry import build_provider, root_of_trust
 
-    return build_provider(settings.root_of_trust, settings.providers[settings.root_of_trust])
+    return root_of_trust(build_provider(settings.root_of_trust, settings.providers[settings.root_of_trust]))
 
 
 @click.group()
@@ -140,7 +140,7 @@ def _trust(settings: Any, public_key: Path | None, notes: list[str]) -> tuple[An
     beside = settings.audit_file.parent / PUBLIC_KEY_NAME
     given = _public_key(public_key)
     try:
-        root = _root_provider(settings)
+        root = _root_of_trust(settings)
         hsm_spki = root.audit_public_key()
         mark = RootMarks(root).read(chain_id(settings.audit_file))
     except Exception as exc:  # noqa: BLE001 - no HSM: verifiable only against a key the operator names
@@ -191,5 +191,5 @@ def hash_value(value: str, data_dir: Path | None) -> None:
     if value == "-":
         value = sys.stdin.read().rstrip("\n")
     settings = _settings(data_dir)
-    digest = _root_provider(settings).audit_hmac(value.encode())
+    digest = _root_of_trust(settings).audit_hmac(value.encode())
     click.echo("hmac-sha256:" + digest.hex())
