@@ -11,11 +11,13 @@ session per thread crashes it: this module uses one session per process behind a
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,36 @@ def read_pin(config: Mapping[str, Any]) -> str:
 _PROCESS_LOCK = threading.RLock()
 
 
+class _TokenFiles:
+    """SoftHSM keeps a token in files, which every process re-reads when the token changes. A process that
+    initialises the library, logs in or looks token objects up while another process writes the token (creates or
+    destroys an object, or logs in: SoftHSM writes the token there too) can fail: GeneralError, UserPinNotInitialized,
+    or NoSuchToken for the rest of its life (SoftHSM lists tokens only at C_Initialize). So opening a session and
+    writing token objects hold this cross-process lock exclusively, looking token objects up holds it shared. Using
+    objects already found (the cached handles every key operation uses) needs no lock. Without a SoftHSM config (a
+    hardware HSM) it is a no-op."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        conf = config.get("softhsm_conf") or os.environ.get("SOFTHSM2_CONF")
+        self._path = Path(f"{conf}.kmsb-lock") if conf else None
+
+    @contextmanager
+    def held(self, exclusive: bool = False) -> Iterator[None]:
+        if self._path is None:
+            yield
+            return
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # a read-only token folder: nobody can write token objects there either
+            yield
+            return
+        try:  # one descriptor per holder: flock locks belong to the descriptor, threads must not share one
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+
 class _Session:
     """One PKCS#11 session per process, opened lazily, re-opened after failures."""
 
@@ -104,10 +136,15 @@ class _Session:
         self._session: Any = None
         self._pid = 0
         self.lock = _PROCESS_LOCK
+        self.files = _TokenFiles(config)
 
     def get(self) -> Any:
         if self._session is not None and self._pid == os.getpid():
             return self._session
+        with self.files.held(exclusive=True):  # SoftHSM's C_Initialize and C_Login write the token too
+            return self._open()
+
+    def _open(self) -> Any:
         try:
             lib = pkcs11.lib(self._lib_path)
             token = lib.get_token(token_label=self._token_label)
@@ -188,7 +225,8 @@ class Pkcs11Provider(Provider):
             handles["__session__"] = session
         if label not in handles:
             try:
-                handles[label] = session.get_key(label=label, object_class=ObjectClass.SECRET_KEY)
+                with self._session.files.held():
+                    handles[label] = session.get_key(label=label, object_class=ObjectClass.SECRET_KEY)
             except pkcs11.NoSuchKey:
                 raise ProviderUnavailable(f"{label} missing from the HSM token (run `kms-broker init`)") from None
         return handles[label]
@@ -567,7 +605,8 @@ class Pkcs11RootOfTrust(RootOfTrust):
         slot = f"{AUDIT_SIGNING_LABEL}/{object_class.name}"
         if slot not in handles:
             try:
-                handles[slot] = session.get_key(label=AUDIT_SIGNING_LABEL, object_class=object_class)
+                with self._p._session.files.held():
+                    handles[slot] = session.get_key(label=AUDIT_SIGNING_LABEL, object_class=object_class)
             except pkcs11.NoSuchKey:
                 raise ProviderUnavailable(f"{AUDIT_SIGNING_LABEL} missing from the HSM token") from None
         return handles[slot]
@@ -593,19 +632,23 @@ class Pkcs11RootOfTrust(RootOfTrust):
 
     def audit_marks(self, slot: bytes) -> list[bytes]:
         """The values of the audit high-water marks stored under `slot` (private token objects: PIN to read)."""
-        return self._p._call(lambda session: [bytes(o[Attribute.VALUE]) for o in self._marks(session, slot)])
+        def run(session: Any) -> list[bytes]:
+            with self._p._session.files.held():
+                return [bytes(o[Attribute.VALUE]) for o in self._marks(session, slot)]
+        return self._p._call(run)
 
     def replace_audit_mark(self, slot: bytes, value: bytes) -> None:
         """Store `value` as the mark of `slot`: the new object is created before the old ones are destroyed (a
         crash in between leaves both; readers take the highest). CKA_VALUE of a data object is read-only."""
         def run(session: Any) -> None:
-            old = self._marks(session, slot)
-            session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True, Attribute.PRIVATE: True,
-                                   Attribute.MODIFIABLE: False, Attribute.LABEL: AUDIT_MARK_LABEL,
-                                   Attribute.APPLICATION: "kms-broker audit", Attribute.OBJECT_ID: slot,
-                                   Attribute.VALUE: value})
-            for obj in old:
-                obj.destroy()
+            with self._p._session.files.held(exclusive=True):
+                old = self._marks(session, slot)
+                session.create_object({Attribute.CLASS: ObjectClass.DATA, Attribute.TOKEN: True,
+                                       Attribute.PRIVATE: True, Attribute.MODIFIABLE: False,
+                                       Attribute.LABEL: AUDIT_MARK_LABEL, Attribute.APPLICATION: "kms-broker audit",
+                                       Attribute.OBJECT_ID: slot, Attribute.VALUE: value})
+                for obj in old:
+                    obj.destroy()
         self._p._call(run)
 
     # ------------------------------------------------------------------------------------------ import wrapping
