@@ -7,9 +7,12 @@ asks the HSM for what it trusts (the signing key and the high-water mark), never
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +126,8 @@ def _verify_data_dir(data_dir: Path | None, public_key: Path | None) -> Report:
     trust = _trust(settings, public_key, notes)
     if isinstance(trust, Report):
         return trust
-    key, mark = trust
-    rows = _store_rows(settings) if "store" in settings.audit_sinks else None
-    data = None
-    if "file" in settings.audit_sinks:
-        data = settings.audit_file.read_bytes() if settings.audit_file.is_file() else b""
+    key, mark = trust  # the mark first: it only ever names records already durable in both copies
+    data, rows = _snapshot(settings)
     report = verify_sources(data, rows, key, mark, every_records=settings.audit_checkpoint_records,
                             every_seconds=settings.audit_checkpoint_seconds)
     report.notes[:0] = notes
@@ -166,20 +166,53 @@ def _trust(settings: Any, public_key: Path | None, notes: list[str]) -> tuple[An
     return load_public_key(public_key_pem(hsm_spki)), mark
 
 
-def _store_rows(settings: Any) -> list[tuple[int, str, str]]:
-    from sqlalchemy import create_engine, select
+def _snapshot(settings: Any) -> tuple[bytes | None, list[tuple[int, str, str]] | None]:
+    """One consistent view of a chain a running broker may be appending to: under the writers' lock (shared, for a
+    moment) the file's size and the store's last seq; then each copy is read up to there (both only grow)."""
+    from sqlalchemy import create_engine, func, select
 
     from broker.store.tables import AuditEventRow
 
     table = AuditEventRow.__table__
-    engine = create_engine(settings.store_url)
+    chain = table.c.chain == chain_id(settings.audit_file)
+    path = settings.audit_file
+    engine = create_engine(settings.store_url) if "store" in settings.audit_sinks else None
     try:
-        with engine.connect() as conn:
-            return [(r.seq, r.hash, r.record) for r in
-                    conn.execute(select(table.c.seq, table.c.hash, table.c.record)
-                                 .where(table.c.chain == chain_id(settings.audit_file)).order_by(table.c.seq))]
+        with _chain_lock(path):
+            size = path.stat().st_size if path.is_file() else 0
+            last = None
+            if engine is not None:
+                with engine.connect() as conn:
+                    last = conn.execute(select(func.max(table.c.seq)).where(chain)).scalar() or 0
+        data = None
+        if "file" in settings.audit_sinks:
+            with open(path, "rb") if path.is_file() else contextlib.nullcontext(None) as f:
+                data = f.read(size) if f is not None else b""
+        rows = None
+        if engine is not None:
+            with engine.connect() as conn:
+                rows = [(r.seq, r.hash, r.record) for r in
+                        conn.execute(select(table.c.seq, table.c.hash, table.c.record)
+                                     .where(chain, table.c.seq <= last).order_by(table.c.seq))]
+        return data, rows
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
+
+
+@contextlib.contextmanager
+def _chain_lock(path: Path) -> Iterator[None]:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:  # no writer ever ran here (or the folder is read-only): nothing to wait for
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
 
 
 @audit.command("hash")
