@@ -132,7 +132,9 @@ def test_login_routes_refuse_hostile_bodies_without_a_token_and_audit_them(broke
                         b'{"username": "\\ud800", "password": "x"}'):
                 r = native(broker, "POST", path, raw=raw, token="")
                 refused(r, 400, "ValidationException")
-                assert [x["outcome"] for x in records_of(broker, r.headers["X-Request-Id"])] == ["error"]
+                outcomes = [x["outcome"] for x in records_of(broker, r.headers["X-Request-Id"])
+                            if x.get("phase") != "intent"]  # a login changes state: its intent goes first
+                assert outcomes == ["error"]
 
 
 @pytest.mark.parametrize("field", ["EncryptionContext key", "EncryptionContext value", "Description", "Tags (map)",

@@ -152,10 +152,12 @@ def ib(tmp_path_factory: pytest.TempPathFactory, keys: Keys, slapd: RunningSlapd
 
 
 def audit_records(broker: RunningBroker) -> list[dict]:
-    """The per-request records (checkpoints and other record types left out)."""
+    """The one outcome record of each request (checkpoints, and the intent records state changes write first, left
+    out)."""
     path = broker.data_dir / "audit" / "audit.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("type", "event") == "event" and "request_id" in r]
+    return [r for r in records if r.get("type", "event") == "event" and "request_id" in r
+            and r.get("phase") != "intent"]
 
 
 def audit_text(broker: RunningBroker) -> str:
