@@ -230,7 +230,7 @@ class AuditEventRow(Base):
     chain: Mapped[str] = mapped_column(String(255), index=True)
     seq: Mapped[int] = mapped_column(BigInteger)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    record_type: Mapped[str] = mapped_column(String(16), default="event")
+    record_type: Mapped[str] = mapped_column(String(32), default="event")
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     principal: Mapped[str | None] = mapped_column(String(256), nullable=True, index=True)
     auth_method: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -264,3 +264,37 @@ def test_hsm_down_defers_the_checkpoint_instead_of_refusing(tmp_path: Path, hsm_
     finally:
         audit.close()
         store.dispose()
+
+
+def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_path: Path, hsm_provider,
+                                                         root_ctx: RequestContext):
+    """"checkpoint-deferred" is longer than the record_type column was (VARCHAR(16)): on PostgreSQL the batch failed
+    and an HSM outage turned into refused requests. Migration 0004_1 widens the column."""
+    from sqlalchemy import create_engine
+
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    store = Store(postgres_url)
+    store.migrate()
+
+    def down(data: bytes) -> bytes:
+        raise RuntimeError("HSM unavailable")
+
+    audit = make_audit(tmp_path, hsm_provider, store, signer=down, checkpoint_records=2)
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        for _ in range(3):
+            svc.list_keys(root_ctx)
+        with store.engine.connect() as conn:
+            kinds = [r[0] for r in conn.execute(text("select record_type from audit_events order by seq"))]
+        assert kinds == ["event", "event", "checkpoint-deferred", "event"]
+    finally:
+        audit.close()
+        store.dispose()
