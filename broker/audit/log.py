@@ -40,7 +40,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,7 +85,7 @@ class _Head:
     open: dict[str, str] = field(default_factory=dict)  # intent seq -> writer id, for intents without an outcome
 
     def dump(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        return json.dumps(self.__dict__).encode()
 
     @classmethod
     def load(cls, raw: bytes) -> _Head | None:
