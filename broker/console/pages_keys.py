@@ -103,8 +103,11 @@ def _detail(key_id: str, status: int = 200, error: str = "", action: str = ""):
         key_policy = _json(svc.policies.get_key_policy(g.ctx, detail.summary.key_id).get("Policy"))
     if detail.allowed.get("kms:ListGrants"):
         grants = svc.policies.list_grants(g.ctx, detail.summary.key_id).get("Grants", [])
+    from broker.console.pages_audit import recent_for_key
     return page("key.html", status, title=detail.summary.key_id, detail=detail, key_policy=key_policy,
-                grants=grants, error=error, failed_action=action, used_by=_used_by(detail.summary.key_id, detail.summary.tags))
+                grants=grants, error=error, failed_action=action,
+                used_by=_used_by(detail.summary.key_id, detail.summary.tags),
+                events=recent_for_key(detail.summary.key_id))
 
 
 def _used_by(key_id: str, tags: dict[str, str]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def init_app(app: Flask, settings: ConsoleSettings, data_dir: Path) -> None:
     app.extensions.setdefault("kms_authenticators", {})["console"] = _authenticate
     from broker.console import (  # noqa: F401 - their routes
         pages_approvals,
+        pages_audit,
         pages_auth,
         pages_crosscloud,
         pages_keyring,
@@ -170,6 +171,11 @@ def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
                            principal=g.ctx.principal, csrf=session.csrf if session else form_csrf or "",
                            notice=notice, request_id=g.request_id, nav=sorted(NAV, key=lambda e: NAV_ORDER.index(e[0]) if e[0] in NAV_ORDER else 99),
                            **values), status
+
+
+def fragment(template: str, **values: Any) -> str:
+    """A piece of a page (e.g. table rows the live view swaps in): no layout, no notice consumed."""
+    return render_template(f"console/{template}", t=i18n.translator(g.lang), lang=g.lang, **values)
 
 
 def notify(string_key: str, /, **values: object) -> None:

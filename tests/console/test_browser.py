@@ -211,6 +211,20 @@ def test_the_console_speaks_chinese_from_one_file(console_broker, tab: Tab) -> N
     page.get_by_label("语言").select_option("en")
     page.get_by_role("button", name="应用").click()
     expect(page.get_by_role("heading", name="Policy simulator")).to_be_visible()
+def test_encrypt_from_the_api_and_see_the_audit_event_appear(console_broker, tab: Tab) -> None:
+    key = make_key(console_broker, "watched")
+    page = tab.page
+    login_with_token(page, console_broker.addr, console_broker.root_token)
+    page.goto(f"{console_broker.addr}/ui/audit?key={key}")
+    expect(page.locator("#live")).to_be_checked()
+    rows = page.locator("#audit-rows tr", has_text="kms:Encrypt")
+    expect(rows).to_have_count(0)
+    r = api(console_broker, "POST", f"/keys/{key}/encrypt", json={"Plaintext": "aGVsbG8="})
+    assert r.status_code == 200
+    expect(rows).to_have_count(1, timeout=20_000)   # the live view refreshes itself; no reload
+    expect(rows.first).to_contain_text("rest")
+    rows.first.locator("summary").click()
+    expect(rows.first.locator("pre")).to_contain_text('"action": "kms:Encrypt"')
     assert tab.problems == []
 
 

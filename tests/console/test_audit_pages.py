@@ -1,0 +1,85 @@
+"""Audit pages over HTTP: the stream and its filters, the export, the chain panel, the charts, the key page's recent
+events; reading is itself audited, and a principal without broker:ReadAudit is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import requests
+
+from tests.console.conftest import Console, api, make_key, make_token
+
+
+def _encrypt(broker, key: str) -> None:
+    r = api(broker, "POST", f"/keys/{key}/encrypt", json={"Plaintext": base64.b64encode(b"console").decode(),
+                                                          "EncryptionContext": {"app": "console-test"}})
+    assert r.status_code == 200, r.text
+
+
+def test_the_stream_filters_by_key_and_outcome_and_shows_each_record(admin: Console) -> None:
+    key = make_key(admin.broker)
+    _encrypt(admin.broker, key)
+    page = admin.get(f"/ui/audit?key={key}")
+    assert page.status_code == 200
+    assert "kms:Encrypt" in page.text and "kms:CreateKey" in page.text
+    assert "console-test" not in page.text  # encryption context values are HMAC'd in records, never in clear
+    assert page.text.count('<tr class="outcome-') == 2
+    assert '<tr class="outcome-' not in admin.get(f"/ui/audit?key={key}&outcome=denied").text
+    rows = admin.get(f"/ui/audit/rows?key={key}&action=kms:Encrypt")
+    assert rows.status_code == 200 and rows.text.count('<tr class="outcome-allowed"') == 1
+    assert "<html" not in rows.text
+
+
+def test_export_is_json_lines_of_the_filtered_records(admin: Console) -> None:
+    key = make_key(admin.broker)
+    for _ in range(3):
+        _encrypt(admin.broker, key)
+    r = admin.get(f"/ui/audit/export.jsonl?key={key}&action=kms:Encrypt")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/x-ndjson")
+    assert "attachment" in r.headers["Content-Disposition"]
+    records = [json.loads(line) for line in r.text.splitlines()]
+    assert len(records) == 3 and all(rec["action"] == "kms:Encrypt" and rec["key_id"] == key for rec in records)
+    assert [rec["seq"] for rec in records] == sorted(rec["seq"] for rec in records)
+
+
+def test_reading_the_audit_log_is_audited_and_needs_read_audit(console_broker, admin: Console) -> None:
+    admin.get("/ui/audit?action=kms:NoSuchAction")
+    reads = api(console_broker, "GET", "/audit/events", params={"action": "broker:ReadAudit", "order": "desc"}).json()
+    assert any(e["front_door"] == "console" and e["principal"] == "root" for e in reads["Events"])
+    nobody = Console(console_broker, requests.Session())
+    nobody.login(make_token(console_broker, ["key-user"]), check=False)
+    for path in ("/ui/audit", "/ui/audit/rows", "/ui/audit/export.jsonl", "/ui/activity"):
+        r = nobody.get(path)
+        assert r.status_code == 403, path
+        assert '"Events"' not in r.text
+
+
+def test_bad_filters_are_a_400_in_the_page(admin: Console) -> None:
+    for query in ("since=yesterday", "until=13/01/2026", "outcome=maybe", "marker=abc"):
+        r = admin.get(f"/ui/audit?{query}")
+        assert r.status_code == 400, query
+        assert 'role="alert"' in r.text
+
+
+def test_the_chain_panel_and_the_charts(admin: Console) -> None:
+    key = make_key(admin.broker)
+    _encrypt(admin.broker, key)
+    page = admin.get("/ui/audit").text
+    assert 'id="chain-head">seq ' in page
+    activity = admin.get("/ui/activity")
+    assert activity.status_code == 200
+    html = activity.text
+    assert html.count("<svg") == 4 and 'role="img"' in html
+    assert 'class="o-allowed"' in html          # requests per minute, allowed
+    assert key in html                          # top keys (in the data table at least)
+    assert "<script" not in html.split("</head>")[1]
+
+
+def test_the_key_page_lists_its_recent_events(admin: Console) -> None:
+    key = make_key(admin.broker)
+    _encrypt(admin.broker, key)
+    page = admin.get(f"/ui/keys/{key}").text
+    section = page.split('id="key-events"')[1].split("</table>")[0]
+    assert "kms:Encrypt" in section and "kms:CreateKey" in section
