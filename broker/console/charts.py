@@ -29,6 +29,7 @@ class Chart:
     title: str
     bars: list[Bar] = field(default_factory=list)
     lines: list[tuple[str, str]] = field(default_factory=list)      # (css class, SVG points)
+    dots: list[tuple[str, float, float, str]] = field(default_factory=list)  # (css class, x, y, label)
     x_labels: list[tuple[float, str]] = field(default_factory=list)
     y_labels: list[tuple[float, str]] = field(default_factory=list)
     legend: list[tuple[str, str]] = field(default_factory=list)      # (css class, label)
@@ -102,11 +103,12 @@ def latency(records: list[dict], end: datetime, span: int = 30, title: str = "")
     top = max([p95 for _, p95 in stats.values()] + [1.0])
     plot_w, plot_h = chart.width - PAD_LEFT - 8, chart.height - PAD_BOTTOM - PAD_TOP
     step = plot_w / span
-    for which, cls in ((0, "l-p50"), (1, "l-p95")):
-        points = [f"{PAD_LEFT + i * step + step / 2:.1f},{PAD_TOP + plot_h * (1 - stats[m][which] / top):.1f}"
-                  for i, m in enumerate(minutes) if m in stats]
-        if points:
-            chart.lines.append((cls, " ".join(points)))
+    for which, cls, name in ((0, "l-p50", "p50"), (1, "l-p95", "p95")):
+        xy = [(PAD_LEFT + i * step + step / 2, PAD_TOP + plot_h * (1 - stats[m][which] / top), m)
+              for i, m in enumerate(minutes) if m in stats]
+        if len(xy) > 1:
+            chart.lines.append((cls, " ".join(f"{x:.1f},{y:.1f}" for x, y, _ in xy)))
+        chart.dots.extend((cls, x, y, f"{m:%H:%M} {name}: {stats[m][which]:.1f} ms") for x, y, m in xy)
     for i, m in enumerate(minutes):
         if i % 5 == 0 or i == span - 1:
             chart.x_labels.append((PAD_LEFT + i * step + step / 2, f"{m:%H:%M}"))
@@ -138,5 +140,10 @@ def key_counts(records: list[dict]) -> Counter:
     return Counter(r["key_id"] for r in records if r.get("key_id"))
 
 
+# The codes a provider's own failure maps to (broker.gate.provider_error); a client's mistake is not a provider error.
+PROVIDER_CODES = {"DependencyTimeoutException", "DependencyFailureException", "ThrottlingException"}
+
+
 def provider_errors(records: list[dict]) -> Counter:
-    return Counter(r["provider"] for r in records if r.get("provider") and r.get("outcome") == "error")
+    return Counter(r["provider"] for r in records
+                   if r.get("provider") and r.get("outcome") == "error" and r.get("error_code") in PROVIDER_CODES)
