@@ -17,7 +17,7 @@ from broker.console.web import NAV, bp, fragment, page, services, tr
 
 NAV.extend([("console.audit", "nav.audit"), ("console.activity", "nav.charts")])
 FILTERS = ("principal", "action", "key", "outcome", "since", "until")
-OUTCOMES = ("allowed", "denied", "error")
+OUTCOMES = ("allowed", "denied", "error", "pending", "interrupted")  # pending: a state change's intent record
 EXPORT_LIMIT = 100_000
 
 
