@@ -137,7 +137,8 @@ def _short(name: str) -> str:
 
 
 def key_counts(records: list[dict]) -> Counter:
-    return Counter(r["key_id"] for r in records if r.get("key_id"))
+    """Requests per key (outcome records only: a state change's intent record is not a second request)."""
+    return Counter(r["key_id"] for r in records if r.get("key_id") and r.get("outcome") in OUTCOMES)
 
 
 # The codes a provider's own failure maps to (broker.gate.provider_error); a client's mistake is not a provider error.

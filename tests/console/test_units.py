@@ -123,3 +123,32 @@ def test_templates_have_no_inline_script_style_or_handlers() -> None:
         assert not re.search(r"\sstyle\s*=", html), path.name
         assert "<style" not in html and "javascript:" not in html, path.name
         assert "|safe" not in html and "Markup(" not in html, path.name
+
+
+# ------------------------------------------------------------------------------------------------ charts
+
+
+def test_charts_count_what_the_records_say() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from broker.console import charts
+
+    end = datetime(2026, 1, 1, 12, 30, 30, tzinfo=UTC)
+    at = lambda minutes: (end - timedelta(minutes=minutes)).isoformat()  # noqa: E731
+    records = ([{"time": at(1), "outcome": "allowed", "key_id": "k1", "latency_ms": 2.0}] * 3
+               + [{"time": at(1), "outcome": "denied", "key_id": "k2", "latency_ms": 9.0}]
+               + [{"time": at(2), "outcome": "error", "key_id": "k1", "provider": "aws", "latency_ms": 50.0,
+                   "error_code": "DependencyTimeoutException"},
+                  {"time": at(2), "outcome": "error", "provider": "aws", "error_code": "NotFoundException"},
+                  {"time": at(2), "outcome": "pending", "key_id": "k1"},
+                  {"time": at(45), "outcome": "allowed", "key_id": "old"}])
+    rpm = charts.requests_per_minute(records, end)
+    assert rpm.rows == [["12:28", "0", "0", "2"], ["12:29", "3", "1", "0"]]   # intents are not requests
+    assert {b.label for b in rpm.bars} == {"12:29 allowed: 3", "12:29 denied: 1", "12:28 error: 2"}
+    assert charts.key_counts(records).most_common(2) == [("k1", 4), ("k2", 1)]
+    assert charts.provider_errors(records) == {"aws": 1}                      # a NotFound is the caller's
+    lat = charts.latency(records, end)
+    assert lat.rows == [["12:28", "50.0", "50.0"], ["12:29", "2.0", "9.0"]]
+    assert len(lat.dots) == 4 and len(lat.lines) == 2
+    top = charts.top_counts(charts.key_counts(records), "top", "key", "o-allowed", n=1)
+    assert top.rows == [["k1", "4"]] and len(top.bars) == 1
