@@ -567,7 +567,7 @@ def test_no_key_material_in_clear_at_rest(key_service: KeyService, root_ctx: Req
                                  blob[:-(12 + 13 + 16)] + b'{"k":"v"}') == b"with imported"
     secrets["imported"] = {"known": known}
 
-    assert len(secrets) == 2 + 3 + 4 + 2 + 1  # AES v1+v2, 3 HMAC, 4 RSA, 2 ECC, imported
+    assert len(secrets) == 2 + 3 + 4 + 4 + 1  # AES v1+v2, 3 HMAC, 4 RSA, 4 ECC (P-256, P-384, P-521, secp256k1), imported
     roots = [data_dir, hsm_token.directory]
     assert (data_dir / "broker.db-wal").is_file() and (data_dir / "audit.jsonl").is_file()
     assert _assert_absent(secrets, roots) > 0
