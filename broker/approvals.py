@@ -40,7 +40,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.@:/+=-]{1,256}$")
 
 # The actions a kind may require (the gate's `dynamic` declarations); the policy language lists them too.
 KIND_ACTIONS = frozenset({"broker:EscrowRelease", "broker:DestroyKeyNow", "broker:GenerateRootToken",
-                          "broker:JoinNode"})
+                          "broker:JoinNode", "keyring:Destroy"})
 
 Executor = Callable[[KeyService, Call, dict[str, Any], Target], dict[str, Any]]
 

@@ -64,11 +64,12 @@ class Services:
                        audit_reader=AuditService(keys.gate))
         if settings is not None:
             from keyring_bridge.approle import KeyringAppRoles
-            from keyring_bridge.keyring import KeyringService
+            from keyring_bridge.keyring import KeyringService, destroy_kind
 
             tokens = identity.token_store  # one token store (and cache) for the process
             services.keyring = KeyringService(keys, keys.root, tokens)  # the root of trust seals every entry
             services.keyring_approles = KeyringAppRoles(keys, tokens)
+            approvals.register(destroy_kind(services.keyring))  # keyring versions are destroyed only by a quorum
         return services
 
     def refused(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from broker import errors
 from broker.auth import Principal, TokenAuth
-from broker.gate import Call, Need, Service, Target, fixed, internal, operation, valid_text
+from broker.gate import Call, Need, Service, Target, fixed, internal, operation, valid_text, within
 from broker.policy.keyring_names import (
     ALL_MOUNTS,
     admin_resource,
@@ -40,8 +40,8 @@ from broker.service import KeyService
 from keyring_bridge.repository import EntryInfo, KeyringRepository, Raced, guarded
 from providers import base as pb
 
-__all__ = ["EntryInfo", "ExportedEntry", "IssuedToken", "KeyringService", "Secret", "check_hand_on", "check_id",
-           "check_mount", "within_caller"]
+__all__ = ["DeletedVersion", "EntryInfo", "ExportedEntry", "IssuedToken", "KeyringService", "MountInfo", "Secret",
+           "check_hand_on", "check_id", "check_mount", "destroy_kind", "within_caller"]
 
 MAX_SECRET_BYTES = 64 * 1024
 MAX_SECRET_DEPTH = 32
@@ -51,7 +51,10 @@ KEY_SIZES = (16, 24, 32)
 AAD_PREFIX = b"kms-broker/keyring/v1"
 # What the `keyring:<mount>` policy lets its holder do on the mount's entries: handing it on needs all of them.
 MOUNT_ACTIONS = ("keyring:Read", "keyring:ReadMetadata", "keyring:Write", "keyring:List", "keyring:Create",
-                 "keyring:Rotate", "keyring:SetRotation", "keyring:Import", "keyring:Export", "keyring:DescribeMount")
+                 "keyring:Rotate", "keyring:SetRotation", "keyring:Import", "keyring:Export", "keyring:DescribeMount",
+                 "keyring:Delete", "keyring:Undelete", "keyring:Destroy")
+DESTROY_KIND = "keyring-destroy"  # the quorum-approved operation that destroys versions (broker/approvals.py)
+MAX_VERSIONS_PER_CALL = 1000
 
 
 class Sealer(Protocol):
@@ -73,6 +76,25 @@ class Secret:
     data: dict[str, Any] = field(repr=False)  # the material: never in a repr
     created_at: datetime
     custom_metadata: dict[str, str]
+
+
+class DeletedVersion(errors.NotFound):
+    """The version exists but was soft-deleted or destroyed: a read answers 404 with its metadata, as Vault does."""
+
+    def __init__(self, mount: str, entry_id: str, version: int, created_at: datetime, deleted_at: datetime | None,
+                 destroyed: bool, custom_metadata: Mapping[str, str]) -> None:
+        super().__init__(f"keyring entry {mount}/{entry_id} version {version} is "
+                         f"{'destroyed' if destroyed else 'deleted'}")
+        self.version, self.created_at, self.deleted_at = version, created_at, deleted_at
+        self.destroyed, self.custom_metadata = destroyed, dict(custom_metadata)
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """A mount as `sys/mounts` shows it (its KV layout; never an entry)."""
+
+    mount: str
+    kv_version: int
 
 
 @dataclass(frozen=True)
@@ -248,7 +270,9 @@ class KeyringService(Service):
 
     def _material(self, mount: str, entry_id: str, version: int) -> bytes | None:
         row = self.repo.version(mount, entry_id, version)
-        return None if row is None else secret_material(self._unseal(mount, entry_id, version, row.sealed))
+        if row is None or row.destroyed:
+            return None
+        return secret_material(self._unseal(mount, entry_id, version, row.sealed))
 
     def _append(self, mount: str, entry_id: str, secret: Mapping[str, Any], origin: str, *, cas: int | None = None,
                 create_only: bool = False, custom_metadata: Mapping[str, str] | None = None,
@@ -313,6 +337,9 @@ class KeyringService(Service):
         if vrow is None:
             raise errors.NotFound(f"keyring entry {mount}/{entry_id} has no version {wanted}")
         call.entry.key_version = wanted
+        if vrow.deleted_at is not None or vrow.destroyed:
+            raise DeletedVersion(mount, entry_id, wanted, vrow.created_at, vrow.deleted_at, vrow.destroyed,
+                                 row.custom_metadata)
         return Secret(mount, entry_id, wanted, self._unseal(mount, entry_id, wanted, vrow.sealed), vrow.created_at,
                       row.custom_metadata)
 
@@ -434,6 +461,8 @@ class KeyringService(Service):
         for info in infos:
             secrets = []
             for v, _origin, _created in info.versions:
+                if v in info.destroyed:
+                    continue  # its material is gone
                 row = self.repo.version(mount, info.entry_id, v)
                 if row is None:
                     raise errors.InvalidState(f"keyring entry {mount}/{info.entry_id} lost version {v}")
@@ -441,6 +470,79 @@ class KeyringService(Service):
             out.append(ExportedEntry(info, secrets))
         call.entry.extra["entries"] = len(out)
         return out
+
+    # ------------------------------------------------------------------------------------------ Vault KV v2 conventions
+    # Soft delete is reversible (the sealed material stays); only an approved request destroys material
+    # (`destroy_kind`, executed through broker/approvals.py). Versions are never pruned or expired.
+
+    def _versions(self, mount: str, entry_id: str, versions: Any) -> list[int]:
+        row = self.repo.entry(mount, entry_id)
+        if row is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        if versions is None:
+            return [row.latest_version]
+        return check_versions(versions)
+
+    @operation("keyring:Delete", Need("keyring:Delete", _entry), mutates=True)
+    def delete_versions(self, call: Call, mount: str, entry_id: str, versions: Any = None) -> list[int]:
+        """Soft-delete versions (default: the latest): reads of them answer 404, the material is kept, `undelete`
+        brings them back. -> the versions deleted now."""
+        changed = self.repo.set_deleted(mount, entry_id, self._versions(mount, entry_id, versions), _now())
+        call.entry.extra["versions"] = changed
+        return changed
+
+    @operation("keyring:Delete", Need("keyring:Delete", _entry), mutates=True)
+    def delete_entry(self, call: Call, mount: str, entry_id: str) -> list[int]:
+        """Vault's "delete metadata and all versions", kept reversible: every version soft-deleted (their material
+        is destroyed only through an approved request)."""
+        infos = self.repo.infos(mount, entry_id)
+        if not infos:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        changed = self.repo.set_deleted(mount, entry_id, [v for v, _o, _c in infos[0].versions], _now())
+        call.entry.extra["versions"] = changed
+        return changed
+
+    @operation("keyring:Undelete", Need("keyring:Undelete", _entry), mutates=True)
+    def undelete_versions(self, call: Call, mount: str, entry_id: str, versions: Any) -> list[int]:
+        """Bring soft-deleted versions back (destroyed ones cannot come back). -> the versions restored now."""
+        changed = self.repo.set_deleted(mount, entry_id, self._versions(mount, entry_id, versions), None)
+        call.entry.extra["versions"] = changed
+        return changed
+
+    @operation("keyring:Write", Need("keyring:Write", _entry), mutates=True)
+    def update_metadata(self, call: Call, mount: str, entry_id: str, *, custom_metadata: Any = None,
+                        settings: Mapping[str, Any] | None = None) -> None:
+        """An entry's custom metadata (Vault KV v2 metadata write). Version-keeping settings stay what they are."""
+        check_kv_settings(settings or {})
+        if custom_metadata is not None and not self.repo.set_custom_metadata(
+                mount, entry_id, check_metadata(custom_metadata), _now()):
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+
+    @operation("keyring:CreateMount", Need("keyring:CreateMount", admin_target))
+    def configure_kv(self, call: Call, mount: str, settings: Any) -> None:
+        """A Vault client configuring a KV v2 mount (`<mount>/config`): accepted only for the values the bridge
+        keeps anyway (check_kv_settings), so it changes nothing; anything else is refused with the reason."""
+        if not isinstance(settings, Mapping):
+            raise errors.ValidationError("the configuration must be a JSON object")
+        check_kv_settings(settings)
+
+    @operation("keyring:DescribeMount", self_service=True)
+    def list_mounts(self, call: Call) -> list[MountInfo]:
+        """The mounts the caller may describe (registered ones and those with entries), for Vault's `sys/mounts`.
+        Declared on the caller's own token: each mount is shown only if the caller holds DescribeMount on it."""
+        known = {**dict.fromkeys(self.repo.mounts_with_entries(), 2), **self.repo.mounts()}
+        return [MountInfo(m, v) for m, v in sorted(known.items())
+                if call.holds("keyring:DescribeMount", resource=mount_resource(m))]
+
+    @within("keyring:Destroy", resource=lambda a: entry_resource(a["mount"], a["entry_id"]))
+    def destroy_approved(self, call: Call, mount: str, entry_id: str, versions: list[int]) -> list[int]:
+        """Destroy versions' material for good: only inside the execution of an approved `keyring-destroy` request
+        (the call authorized keyring:Destroy on this entry). -> the versions destroyed now."""
+        if self.repo.entry(mount, entry_id) is None:
+            raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
+        done = self.repo.destroy(mount, entry_id, check_versions(versions), _now())
+        call.entry.extra["versions"] = done
+        return done
 
     # ------------------------------------------------------------------------------------------ administration
 
@@ -478,6 +580,49 @@ class KeyringService(Service):
         for other, kv in self.repo.mounts().items():
             if kv == 1 and other != mount and _nests(other, mount):
                 raise errors.ValidationError(f"mount {mount} nests with the KV v1 mount {other}")
+
+
+def check_versions(versions: Any) -> list[int]:
+    if not isinstance(versions, list) or not 1 <= len(versions) <= MAX_VERSIONS_PER_CALL or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v < 2**31 for v in versions):
+        raise errors.ValidationError("versions must be a list of positive version numbers")
+    return sorted(set(versions))
+
+
+# What a Vault client may set on a KV v2 mount or entry: only the values the bridge keeps (never prune, never expire
+# versions, no mandatory check-and-set). Anything else is refused rather than silently ignored.
+KV_SETTINGS = {"max_versions": 0, "cas_required": False, "delete_version_after": "0s"}
+
+
+def check_kv_settings(settings: Mapping[str, Any]) -> None:
+    for name, value in settings.items():
+        if name not in KV_SETTINGS:
+            raise errors.ValidationError(f"unknown setting {str(name)[:64]!r}")
+        if value is None:
+            continue
+        wanted = KV_SETTINGS[name]
+        if value != wanted and not (name == "delete_version_after" and value in ("0", 0)):
+            raise errors.ValidationError(f"{name} must stay {json.dumps(wanted)}: the keyring bridge never prunes "
+                                         "or expires key versions (destroying one needs an approved request)")
+
+
+def destroy_kind(keyring: KeyringService) -> Any:
+    """The quorum-approved operation `keyring-destroy`: destroy versions of one entry for good. Params
+    {"mount", "entry_id", "versions"}; requester, approvers and executor must hold keyring:Destroy on the entry."""
+    from broker.approvals import Kind
+
+    def check(_keys: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        mount, entry_id = check_mount(params.get("mount")), check_id(params.get("entry_id"))
+        return {"mount": mount, "entry_id": entry_id, "versions": check_versions(params.get("versions"))}
+
+    def target(_keys: Any, params: dict[str, Any]) -> Target:
+        return Target(resource=entry_resource(params["mount"], params["entry_id"]))
+
+    def execute(_keys: Any, call: Call, params: dict[str, Any], _target: Target) -> dict[str, Any]:
+        done = keyring.destroy_approved(call, params["mount"], params["entry_id"], params["versions"])
+        return {"Mount": params["mount"], "EntryId": params["entry_id"], "Destroyed": done}
+
+    return Kind(DESTROY_KIND, "keyring:Destroy", check, target, execute, cooling_off_seconds=24 * 3600)
 
 
 def _nests(a: str, b: str) -> bool:

@@ -11,7 +11,7 @@ import functools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
@@ -24,7 +24,7 @@ from broker.store.tables import KeyringAppRoleRow, KeyringEntryRow, KeyringMount
 
 _E, _V, _A = KeyringEntryRow.__table__, KeyringVersionRow.__table__, KeyringAppRoleRow.__table__
 _ENTRY = select(_E).where(_E.c.mount == bindparam("mount"), _E.c.entry_id == bindparam("entry_id"))
-_VERSION = select(_V.c.sealed, _V.c.created_at).where(
+_VERSION = select(_V.c.sealed, _V.c.created_at, _V.c.deleted_at, _V.c.destroyed).where(
     _V.c.mount == bindparam("mount"), _V.c.entry_id == bindparam("entry_id"), _V.c.version == bindparam("version"))
 _APPROLE = select(_A).where(_A.c.role_id == bindparam("role_id"))
 
@@ -65,8 +65,10 @@ class EntryRow:
 
 @dataclass(frozen=True, slots=True)
 class VersionRow:
-    sealed: str  # base64 of the root-of-trust seal; never the material
+    sealed: str  # base64 of the root-of-trust seal; never the material ("" once destroyed)
     created_at: datetime
+    deleted_at: datetime | None = None  # soft-deleted (Vault KV v2): the material is kept, reads answer 404
+    destroyed: bool = False  # destroyed through an approved request: the material is gone
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class EntryInfo:
     rotation_period_seconds: int | None
     next_rotation_at: datetime | None
     versions: list[tuple[int, str, datetime]]  # (version, origin, created_at)
+    deleted: dict[int, datetime] = field(default_factory=dict)  # version -> when it was soft-deleted
+    destroyed: frozenset[int] = frozenset()  # versions whose material is gone
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,34 @@ class KeyringRepository:
     @_guarded
     def version(self, mount: str, entry_id: str, version: int) -> VersionRow | None:
         row = self._store.first(_VERSION, {"mount": mount, "entry_id": entry_id, "version": version})
-        return None if row is None else VersionRow(row.sealed, _utc(row.created_at))
+        return None if row is None else VersionRow(row.sealed, _utc(row.created_at), _utc(row.deleted_at),
+                                                   bool(row.destroyed))
+
+    @_guarded
+    def set_deleted(self, mount: str, entry_id: str, versions: list[int], at: datetime | None) -> list[int]:
+        """Soft-delete (`at`) or undelete (None) these versions; destroyed ones stay as they are. -> changed."""
+        with self._store.session() as s:
+            rows = s.scalars(select(KeyringVersionRow).where(
+                KeyringVersionRow.mount == mount, KeyringVersionRow.entry_id == entry_id,
+                KeyringVersionRow.version.in_(versions), KeyringVersionRow.destroyed.is_(False))).all()
+            changed = []
+            for row in rows:
+                if (row.deleted_at is None) != (at is None):
+                    row.deleted_at = at
+                    changed.append(row.version)
+            return sorted(changed)
+
+    @_guarded
+    def destroy(self, mount: str, entry_id: str, versions: list[int], at: datetime) -> list[int]:
+        """Empty these versions' sealed material for good (the rows stay, marked destroyed). -> destroyed now."""
+        with self._store.session() as s:
+            rows = s.scalars(select(KeyringVersionRow).where(
+                KeyringVersionRow.mount == mount, KeyringVersionRow.entry_id == entry_id,
+                KeyringVersionRow.version.in_(versions), KeyringVersionRow.destroyed.is_(False))).all()
+            for row in rows:
+                row.sealed, row.destroyed = "", True
+                row.deleted_at = row.deleted_at or at
+            return sorted(r.version for r in rows)
 
     @_guarded
     def append(self, mount: str, entry_id: str, *, current: int, sealed: str, origin: str, now: datetime,
@@ -166,19 +197,38 @@ class KeyringRepository:
         with self._store.session() as s:
             q = select(KeyringEntryRow).order_by(KeyringEntryRow.mount, KeyringEntryRow.entry_id)
             vq = select(KeyringVersionRow.mount, KeyringVersionRow.entry_id, KeyringVersionRow.version,
-                        KeyringVersionRow.origin, KeyringVersionRow.created_at).order_by(KeyringVersionRow.version)
+                        KeyringVersionRow.origin, KeyringVersionRow.created_at, KeyringVersionRow.deleted_at,
+                        KeyringVersionRow.destroyed).order_by(KeyringVersionRow.version)
             if mount is not None:
                 q, vq = q.where(KeyringEntryRow.mount == mount), vq.where(KeyringVersionRow.mount == mount)
             if entry_id is not None:
                 q = q.where(KeyringEntryRow.entry_id == entry_id)
                 vq = vq.where(KeyringVersionRow.entry_id == entry_id)
             versions: dict[tuple[str, str], list[tuple[int, str, datetime]]] = {}
-            for m, e, v, o, c in s.execute(vq):
+            deleted: dict[tuple[str, str], dict[int, datetime]] = {}
+            destroyed: dict[tuple[str, str], set[int]] = {}
+            for m, e, v, o, c, d, x in s.execute(vq):
                 versions.setdefault((m, e), []).append((v, o, _utc(c)))
+                if d is not None:
+                    deleted.setdefault((m, e), {})[v] = _utc(d)
+                if x:
+                    destroyed.setdefault((m, e), set()).add(v)
             return [EntryInfo(r.mount, r.entry_id, r.latest_version, _utc(r.created_at), _utc(r.updated_at),
                               json.loads(r.custom_metadata), r.rotation_period_seconds, _utc(r.next_rotation_at),
-                              versions.get((r.mount, r.entry_id), []))
+                              versions.get((r.mount, r.entry_id), []), deleted.get((r.mount, r.entry_id), {}),
+                              frozenset(destroyed.get((r.mount, r.entry_id), ())))
                     for r in s.scalars(q) if r.entry_id.startswith(prefix)]
+
+    @_guarded
+    def set_custom_metadata(self, mount: str, entry_id: str, custom_metadata: Mapping[str, str],
+                            now: datetime) -> bool:
+        with self._store.session() as s:
+            row = s.get(KeyringEntryRow, (mount, entry_id))
+            if row is None:
+                return False
+            row.custom_metadata = json.dumps(dict(custom_metadata))
+            row.updated_at = now
+            return True
 
     # ------------------------------------------------------------------------------------------ mounts
 

@@ -3,13 +3,20 @@
 Parse, call a keyring service (through `broker.services.Services`), render in Vault's shape; nothing else.
 
 Wire contract (see docs/keyring-bridge.md and ../shared/protocols/mariadb-hashicorp-plugin.md):
-- `GET /v1/sys/mounts/<mount>/tune` → `{"options": {"version": "2"}, ...}` as Vault answers (KV v1 mounts: "1").
+- `GET /v1/sys/mounts/<mount>/tune` → `{"options": {"version": "2"}, ...}` as Vault answers (KV v1 mounts: "1");
+  `GET /v1/sys/mounts` (the mounts the caller may describe), `GET /v1/sys/seal-status`, `GET|HEAD /v1/sys/health`
+  (Vault's status codes and their query parameters).
 - KV v2: `GET /v1/<mount>/data/<id>[?version=N]` → `data.data` (the secret) + `data.metadata.version` (a number);
-  `POST|PUT /v1/<mount>/data/<id>` writes the next version (`options.cas` honoured); `GET /v1/<mount>/metadata/<id>`;
-  `LIST /v1/<mount>/metadata/<prefix>` (or `GET …?list=true`).
-- KV v1 (mounts registered as version 1): `GET|PUT|POST|LIST /v1/<mount>/<id>`.
-- `POST /v1/auth/approle/login` → `auth.client_token`.
+  `POST|PUT /v1/<mount>/data/<id>` writes the next version (`options.cas` honoured); `GET|POST|DELETE
+  /v1/<mount>/metadata/<id>`; `LIST /v1/<mount>/metadata/<prefix>` (or `GET …?list=true`); `GET|POST
+  /v1/<mount>/config`; soft delete `DELETE …/data/<id>`, `POST …/delete/<id>`, `POST …/undelete/<id>` (the material
+  is kept); `POST …/destroy/<id>` files a quorum-approval request (202): nothing is destroyed without one.
+- KV v1 (mounts registered as version 1): `GET|PUT|POST|LIST|DELETE /v1/<mount>/<id>`.
+- `POST /v1/auth/approle/login` → `auth.client_token`; `GET|POST /v1/auth/token/lookup-self`,
+  `POST /v1/auth/token/renew-self` (hvac's `is_authenticated()`).
 - `X-Vault-Token` (or `Authorization: Bearer`) is a broker token; a bad one is 403 `{"errors":["permission denied"]}`.
+- Errors in Vault's shape: `{"errors": [...]}`; a read of a soft-deleted or destroyed version is 404 with its
+  metadata, as Vault answers.
 
 Never crash the database: a non-2xx answer or malformed body for a key mariadbd already uses makes it abort, whereas a
 dropped connection is survived from its cache. So a READ (GET/HEAD) answers only 2xx, 400 (malformed request), 403
@@ -37,13 +44,18 @@ from broker.gate import dependency_error
 from broker.service import KeyService, RequestContext
 from broker.services import Services
 from broker.settings import Settings
-from keyring_bridge.keyring import KeyringService, Secret, iso
+from keyring_bridge.keyring import DESTROY_KIND, DeletedVersion, EntryInfo, KeyringService, Secret, iso
 
 log = logging.getLogger("kms_broker.keyring")
 DROP = "kmsb.keyring.drop"
 FRONT_DOOR = "keyring"
 LEASE = 2764800  # Vault's default 768h, what KV v1 reads report
 _READS = ("GET", "HEAD")
+_KV2_KINDS = ("data", "metadata", "delete", "undelete", "destroy", "config")
+KV2_CONFIG = {"cas_required": False, "delete_version_after": "0s", "max_versions": 0}
+# Vault's sys/health status codes and the query parameters that change them.
+_HEALTH_CODES = {"activecode": 200, "sealedcode": 503, "uninitcode": 501, "standbycode": 429,
+                 "performancestandbycode": 473, "drsecondarycode": 472}
 
 
 class DropConnection(Exception):
@@ -107,6 +119,32 @@ def _version_metadata(secret: Secret) -> dict[str, Any]:
             "deletion_time": "", "destroyed": False, "version": secret.version}
 
 
+def _deleted_metadata(gone: DeletedVersion) -> dict[str, Any]:
+    return {"created_time": iso(gone.created_at), "custom_metadata": gone.custom_metadata or None,
+            "deletion_time": iso(gone.deleted_at), "destroyed": gone.destroyed, "version": gone.version}
+
+
+def _entry_metadata(info: EntryInfo) -> dict[str, Any]:
+    versions = {str(v): {"created_time": iso(c), "deletion_time": iso(info.deleted.get(v)),
+                         "destroyed": v in info.destroyed} for v, _o, c in info.versions}
+    return {"cas_required": False, "created_time": iso(info.created_at), "current_version": info.latest_version,
+            "custom_metadata": info.custom_metadata or None, "delete_version_after": "0s", "max_versions": 0,
+            "oldest_version": info.versions[0][0] if info.versions else 0, "updated_time": iso(info.updated_at),
+            "versions": versions}
+
+
+def _token_data(info: Any, token: str) -> dict[str, Any]:
+    """lookup-self in Vault's shape (the token is the caller's own: Vault echoes it as `id`)."""
+    left = info.seconds_left()
+    max_ttl = int((info.max_expires_at - info.created_at).total_seconds()) if info.max_expires_at else 0
+    return {"accessor": info.accessor, "creation_time": int(info.created_at.timestamp()),
+            "creation_ttl": info.ttl_seconds or 0, "display_name": info.display_name, "entity_id": "",
+            "expire_time": iso(info.expires_at) or None, "explicit_max_ttl": max_ttl, "id": token,
+            "issue_time": iso(info.created_at), "meta": dict(info.meta) or None, "num_uses": 0,
+            "orphan": info.parent_accessor is None, "path": "auth/token/create", "policies": list(info.policies),
+            "renewable": info.renewable, "ttl": max(0, int(left)) if left != float("inf") else 0, "type": "service"}
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """A JSON object, or ValidationError: not JSON, not UTF-8, nested too deep for the parser, not an object."""
     if not raw:
@@ -149,13 +187,20 @@ class _Mounts:
 
 
 def _parse(rest: str, mounts: dict[str, int]) -> tuple[str, str, str]:
-    """`<mount>/data/<id>` → (mount, "data", id); KV v1 mounts: `<mount>/<id>` → (mount, "v1", id)."""
+    """`<mount>/data/<id>` → (mount, "data", id) (also metadata, delete, undelete, destroy; `<mount>/config` →
+    (mount, "config", "")); KV v1 mounts: `<mount>/<id>` → (mount, "v1", id). Registered mounts first, the
+    longest one that prefixes the path."""
     for mount, version in sorted(mounts.items(), key=lambda m: -len(m[0])):
-        if version == 1 and (rest == mount or rest.startswith(mount + "/")):
+        if rest != mount and not rest.startswith(mount + "/"):
+            continue
+        if version == 1:
             return mount, "v1", rest[len(mount) + 1:]
+        kind, _, entry_id = rest[len(mount) + 1:].partition("/")
+        if kind in _KV2_KINDS:
+            return mount, kind, entry_id
     parts = rest.split("/")
     for i in range(1, len(parts)):
-        if parts[i] in ("data", "metadata"):
+        if parts[i] in _KV2_KINDS:
             return "/".join(parts[:i]), parts[i], "/".join(parts[i + 1:])
     raise errors.NotFound("no handler for route")
 
@@ -205,6 +250,8 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
                                                                     errors.AccessDenied)):
             exc, answered = errors.NotReady("audit log unavailable"), False
         if answered:
+            if isinstance(exc, DeletedVersion):  # Vault: 404 with the version's metadata
+                return _vault(data={"data": None, "metadata": _deleted_metadata(exc)}), 404
             if isinstance(exc, errors.NotFound):
                 return _errors(404)
             if isinstance(exc, errors.Unauthenticated | errors.AccessDenied):
@@ -266,18 +313,75 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             raise errors.NotFound("nothing listed")
         return _vault(data={"keys": keys})
 
-    @app.route("/v1/sys/health", methods=["GET", "HEAD"])
-    def health():
-        """Vault's health shape; 503 when this node could not serve a key now (HSM, audit sink or store down), so a
-        load balancer's check on this listener takes the node out of rotation as `/v1/ready` does on the API."""
+    def not_ready() -> list[str]:
         service = services.keys
         status = {**service.readiness(), **service.dependencies()}
-        ok = all(v == "ok" for v in status.values())
-        now = int(time.time())
-        body = {"initialized": True, "sealed": False, "standby": False, "server_time_utc": now,
-                "version": "kms-broker-keyring", "cluster_name": "kms-broker"}
-        return (body, 200) if ok else ({**body, "kmsb_not_ready": sorted(k for k, v in status.items() if v != "ok")},
-                                       503)
+        return sorted(k for k, v in status.items() if v != "ok")
+
+    @app.route("/v1/sys/health", methods=["GET", "HEAD"])
+    def health():
+        """Vault's health shape and status codes: 200 (active: every node serves), or Vault's "sealed" 503 when this
+        node could not serve a key now (HSM, audit sink or store down), so a load balancer's check on this listener
+        takes the node out of rotation as `/v1/ready` does on the API. `activecode`/`sealedcode`/… change them."""
+        codes = dict(_HEALTH_CODES)
+        for name in codes:
+            raw = request.args.get(name)
+            if raw is not None:
+                if not raw.isdigit() or not 100 <= int(raw) <= 599:
+                    return _errors(400, f"{name} must be an HTTP status code")
+                codes[name] = int(raw)
+        down = not_ready()
+        body = {"initialized": True, "sealed": bool(down), "standby": False, "performance_standby": False,
+                "replication_performance_mode": "disabled", "replication_dr_mode": "disabled",
+                "server_time_utc": int(time.time()), "version": "kms-broker-keyring", "cluster_name": "kms-broker",
+                "cluster_id": "kms-broker"}
+        if down:
+            return {**body, "kmsb_not_ready": down}, codes["sealedcode"]
+        return body, codes["activecode"]
+
+    @app.route("/v1/sys/seal-status", methods=["GET"])
+    def seal_status():
+        """Vault's seal status. The root of trust is an HSM (an auto-unseal, to Vault clients): "sealed" while
+        this node cannot serve keys (HSM, audit sink or store down)."""
+        sealed = bool(not_ready())
+        return {"type": "pkcs11", "initialized": True, "sealed": sealed, "t": 1, "n": 1, "progress": 0,
+                "nonce": "", "version": "kms-broker-keyring", "build_date": "", "migration": False,
+                "cluster_name": "kms-broker", "cluster_id": "kms-broker", "recovery_seal": True,
+                "storage_type": "kms-broker"}
+
+    @app.route("/v1/sys/mounts", methods=["GET"])
+    def sys_mounts():
+        g.action = "keyring:DescribeMount"
+        listed = {}
+        for info in keyring.list_mounts(ctx()):
+            listed[f"{info.mount}/"] = {
+                "accessor": f"kv_{info.mount.replace('/', '_')}", "config": {
+                    "default_lease_ttl": 0, "force_no_cache": False, "max_lease_ttl": 0},
+                "description": "kms-broker keyring bridge", "external_entropy_access": False, "local": False,
+                "options": {"version": str(info.kv_version)}, "plugin_version": "", "running_plugin_version": "",
+                "running_sha256": "", "seal_wrap": True, "type": "kv", "uuid": ""}
+        return _vault(listed, data=listed)
+
+    def own_token() -> str:
+        header = request.headers.get("Authorization", "")
+        return request.headers.get("X-Vault-Token") or (header[7:] if header.startswith("Bearer ") else "")
+
+    @app.route("/v1/auth/token/lookup-self", methods=["GET", "POST"])
+    def lookup_self():
+        g.action = "broker:LookupSelfToken"
+        info = services.identity.lookup_self(ctx())
+        return _vault(data=_token_data(info, own_token()))
+
+    @app.route("/v1/auth/token/renew-self", methods=["POST", "PUT"])
+    def renew_self():
+        g.action = "broker:RenewSelfToken"
+        increment = body().get("increment")
+        info = services.identity.renew_self(ctx(), increment)
+        data = _token_data(info, own_token())
+        return _vault(auth={"client_token": data["id"], "accessor": info.accessor, "policies": data["policies"],
+                            "token_policies": data["policies"], "metadata": data["meta"],
+                            "lease_duration": data["ttl"], "renewable": info.renewable, "entity_id": "",
+                            "token_type": "service", "orphan": data["orphan"]})
 
     @app.route("/v1/auth/approle/login", methods=["POST", "PUT"])
     def approle_login():
@@ -307,26 +411,25 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         is_list = request.method == "LIST" or request.args.get("list") == "true"
         if is_list and kind in ("metadata", "v1"):
             return listing(mount, entry_id)
+        if kind == "config":
+            return kv_config(mount)
+        if kind in ("delete", "undelete", "destroy"):
+            return versions_op(kind, mount, entry_id)
+        if kind == "metadata":
+            return metadata(mount, entry_id)
         if request.method == "DELETE":
             g.action = "keyring:Delete"
-            ctx()
-            raise errors.Unsupported("the keyring bridge never deletes key versions")
-        if kind == "metadata":
-            if request.method != "GET":
-                raise errors.Unsupported("metadata is managed by the broker")
-            g.action = "keyring:ReadMetadata"
-            info = keyring.describe(ctx(), mount, entry_id)
-            versions = {str(v): {"created_time": iso(c), "deletion_time": "", "destroyed": False}
-                        for v, _o, c in info.versions}
-            return _vault(data={"cas_required": False, "created_time": iso(info.created_at),
-                                "current_version": info.latest_version, "custom_metadata": info.custom_metadata or None,
-                                "delete_version_after": "0s", "max_versions": 0,
-                                "oldest_version": info.versions[0][0] if info.versions else 0,
-                                "updated_time": iso(info.updated_at), "versions": versions})
+            if kind == "v1":
+                keyring.delete_entry(ctx(), mount, entry_id)  # KV v1 has no versions: all of them, reversibly
+            else:
+                keyring.delete_versions(ctx(), mount, entry_id)
+            return "", 204
         if request.method in ("POST", "PUT"):
             g.action = "keyring:Write"
             b = body()
             if kind == "data":
+                if b.get("data") is None:
+                    raise errors.ValidationError("no data provided")
                 options = b.get("options") or {}
                 cas = options.get("cas") if isinstance(options, dict) else None
                 version = keyring.write(ctx(), mount, entry_id, b.get("data"), cas=cas)
@@ -340,6 +443,52 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
             return _vault({"lease_duration": LEASE}, data=secret.data)
         secret = keyring.read(ctx(), mount, entry_id, version_arg())
         return _vault(data={"data": secret.data, "metadata": _version_metadata(secret)})
+
+    def metadata(mount: str, entry_id: str):
+        if request.method == "DELETE":  # Vault: the key and every version; here every version, reversibly
+            g.action = "keyring:Delete"
+            keyring.delete_entry(ctx(), mount, entry_id)
+            return "", 204
+        if request.method in ("POST", "PUT"):
+            g.action = "keyring:Write"
+            b = body()
+            settings = {k: b[k] for k in ("max_versions", "cas_required", "delete_version_after") if k in b}
+            keyring.update_metadata(ctx(), mount, entry_id, custom_metadata=b.get("custom_metadata"),
+                                    settings=settings)
+            return "", 204
+        g.action = "keyring:ReadMetadata"
+        return _vault(data=_entry_metadata(keyring.describe(ctx(), mount, entry_id)))
+
+    def kv_config(mount: str):
+        g.action = "keyring:DescribeMount"
+        if request.method in ("POST", "PUT"):
+            keyring.configure_kv(ctx(), mount, body())
+            return "", 204
+        if request.method != "GET":
+            raise errors.Unsupported("unsupported operation")
+        keyring.tune(ctx(), mount)
+        return _vault(data=dict(KV2_CONFIG))
+
+    def versions_op(kind: str, mount: str, entry_id: str):
+        if request.method not in ("POST", "PUT"):
+            raise errors.Unsupported("unsupported operation")
+        g.action = {"delete": "keyring:Delete", "undelete": "keyring:Undelete", "destroy": "keyring:Destroy"}[kind]
+        versions = body().get("versions")
+        if versions is None:
+            raise errors.ValidationError("no version number provided")
+        if kind == "delete":
+            keyring.delete_versions(ctx(), mount, entry_id, versions)
+            return "", 204
+        if kind == "undelete":
+            keyring.undelete_versions(ctx(), mount, entry_id, versions)
+            return "", 204
+        view = services.approvals.request(ctx(), DESTROY_KIND, {"mount": mount, "entry_id": entry_id,
+                                                                "versions": versions},
+                                          reason="Vault KV destroy through the keyring bridge")
+        return _vault({"warnings": [f"nothing is destroyed until approval request {view.request_id} is approved "
+                                    f"by {view.required} of its approvers and executed"]},
+                      data={"approval_request_id": view.request_id, "state": view.state,
+                            "required_approvals": view.required}), 202
 
     app.wsgi_app = _Dropper(app.wsgi_app)
     if run_jobs:

@@ -50,7 +50,8 @@ ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval A
 DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup ManageCustodians RestoreBackup
 """.split())
 KEYRING_ACTIONS = frozenset(f"keyring:{name}" for name in """
-Read ReadMetadata Write Delete List Create Rotate SetRotation Import Export Request DescribeMount CreateMount
+Read ReadMetadata Write Delete Undelete Destroy List Create Rotate SetRotation Import Export Request DescribeMount
+CreateMount
 CreateToken CreateAppRole AppRoleLogin
 """.split())
 ALL_ACTIONS = KMS_ACTIONS | BROKER_ACTIONS | KEYRING_ACTIONS

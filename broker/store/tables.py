@@ -105,6 +105,10 @@ class KeyringVersionRow(Base):
     sealed: Mapped[str] = mapped_column(Text)  # base64 of the root-KEK seal of the secret's JSON
     origin: Mapped[str] = mapped_column(String(16))  # hsm | written | imported
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # dropin branch migration 0010: Vault KV v2 soft delete (reversible) and destroy (only through an approved
+    # request: the sealed material is emptied, the row stays as the version's metadata)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=None)
+    destroyed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class KeyringAppRoleRow(Base):

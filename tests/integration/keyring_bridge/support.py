@@ -91,8 +91,10 @@ class Bridge:
         return out["token"], out["accessor"]
 
     def audit(self) -> list[dict]:
+        """The audit events (signed checkpoint lines, which carry no event, are left out)."""
         path = self.data_dir / "audit" / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [r for r in records if "action" in r]
 
 
 def start_bridge(base: Path, env: dict[str, str] | None = None, workers: int = 2,

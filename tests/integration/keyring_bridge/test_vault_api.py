@@ -50,9 +50,15 @@ def test_each_version_is_exactly_itself_and_never_pruned(bridge: Bridge, db_toke
     assert get(bridge, f"{MOUNT}/data/2", db_token, params={"version": "x"}).status_code == 400
     meta = get(bridge, f"{MOUNT}/metadata/2", db_token).json()["data"]
     assert meta["current_version"] == 3 and sorted(meta["versions"]) == ["1", "2", "3"] and meta["max_versions"] == 0
+    # a delete is Vault's soft delete: the version reads 404, its material is kept, and it comes back
     deleted = requests.delete(f"{bridge.vault}/v1/{MOUNT}/data/2", headers={"X-Vault-Token": db_token}, timeout=10)
-    assert deleted.status_code == 405
+    assert deleted.status_code == 204
+    assert get(bridge, f"{MOUNT}/data/2", db_token).status_code == 404
     assert get(bridge, f"{MOUNT}/data/2", db_token, params={"version": 1}).json()["data"]["data"]["data"] == materials[1]
+    restored = requests.post(f"{bridge.vault}/v1/{MOUNT}/undelete/2", json={"versions": [3]},
+                             headers={"X-Vault-Token": db_token}, timeout=10)
+    assert restored.status_code == 204
+    assert get(bridge, f"{MOUNT}/data/2", db_token).json()["data"]["data"]["data"] == materials[3]
 
 
 def test_unknown_key_is_404_bad_or_foreign_token_is_403_and_audited(bridge: Bridge, db_token: str):
