@@ -953,7 +953,7 @@ class KeyService(Service):
         if wrapping_key_spec != "RSA_2048":
             raise errors.ValidationError("WrappingKeySpec must be RSA_2048")
         backend = self.provider(key.provider)
-        params = backend.begin_import(key.spec)
+        params = backend.begin_import(key.spec, ref=self._imported_ref(key))
         if wrapping_algorithm not in params.wrapping_algorithms:
             backend.discard_import(params.handle)
             raise errors.ValidationError(
@@ -977,19 +977,15 @@ class KeyService(Service):
             raise errors.ExpiredImportToken("the import token has expired; call GetParametersForImport again")
         material = check_bytes(encrypted_key_material, "EncryptedKeyMaterial", high=8192)
         backend = self.provider(key.provider)
+        existing = self.store.get_version(key.key_id, 1)
         try:
-            ref = backend.finish_import(handle, key.spec, key.usage, material, algorithm, label=key.key_id)
+            # the provider imports into the key's own backend key and refuses material other than it held
+            ref = backend.finish_import(handle, key.spec, key.usage, material, algorithm, label=key.key_id,
+                                        ref=self._imported_ref(key, existing))
         except pb.ProviderInvalidCiphertext:
             raise errors.IncorrectKeyMaterial("the key material could not be unwrapped with this import token") from None
         except pb.ProviderInvalidInput as exc:
             raise errors.IncorrectKeyMaterial(str(exc)) from None
-        existing = self.store.get_version(key.key_id, 1)
-        held = existing.provider_ref.get("material") if existing is not None else None
-        if held is not None and held != ref.to_dict().get("material"):
-            # The key still has material (AES key wrap under the root KEK is deterministic, so the same
-            # material gives the same blob): replacing it would make every existing ciphertext undecryptable.
-            backend.destroy(ref)
-            raise errors.IncorrectKeyMaterial("the key already has different key material; import the same material")
         if existing is None:
             self.store.add_version(key.key_id, KeyVersion(1, ref.to_dict(), _now()))
         else:
@@ -1008,8 +1004,18 @@ class KeyService(Service):
         if key.origin is not Origin.EXTERNAL:
             raise errors.Unsupported("the key's Origin is not EXTERNAL")
         check_transition(key.state, "delete_imported")
-        self._destroy_versions(key)
+        backend = self.provider(key.provider)
+        for kv in self.store.list_versions(key.key_id):
+            if kv.state == "Enabled":
+                kept = backend.delete_imported_material(ProviderKeyRef.from_dict(kv.provider_ref))
+                self.store.set_version_ref(key.key_id, kv.version, kept.to_dict(), "Destroyed")
         self.store.update_key(key.key_id, state=KeyState.PENDING_IMPORT)
+
+    def _imported_ref(self, key: Key, existing: KeyVersion | None = None) -> ProviderKeyRef | None:
+        """The ref of the key's imported material (version 1), material deleted or not; None before the first
+        import. A re-import goes to the same backend key through it."""
+        existing = existing or self.store.get_version(key.key_id, 1)
+        return ProviderKeyRef.from_dict(existing.provider_ref) if existing is not None else None
 
     def _destroy_versions(self, key: Key) -> None:
         backend = self.provider(key.provider)
@@ -1017,8 +1023,7 @@ class KeyService(Service):
             if kv.state == "Enabled":
                 ref = ProviderKeyRef.from_dict(kv.provider_ref)
                 backend.destroy(ref)
-                gone = {k: v for k, v in kv.provider_ref.items() if k != "material"}
-                self.store.set_version_ref(key.key_id, kv.version, gone, "Destroyed")
+                self.store.set_version_ref(key.key_id, kv.version, backend.destroyed_ref(ref).to_dict(), "Destroyed")
 
     # =========================================================================================== browsing
     # Read models for browsing front doors (the console): one audited operation per page instead of one per key,

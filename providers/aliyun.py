@@ -335,21 +335,28 @@ class AliyunProvider(Provider):
         return base64.b64decode(out["Value"])
 
     # ------------------------------------------------------------------ import
-    def begin_import(self, spec: KeySpec) -> ImportParameters:
-        """Aliyun hands out import parameters per key, so an EXTERNAL key is created here; `finish_import`
-        fills it, `discard_import` schedules it for deletion if it never got material."""
+    def begin_import(self, spec: KeySpec, ref: ProviderKeyRef | None = None) -> ImportParameters:
+        """Aliyun hands out import parameters per key: those of the key's Aliyun key (`ref`), or of an EXTERNAL key
+        created here for a first import; `finish_import` fills it, `discard_import` schedules a never-filled new
+        key for deletion. Aliyun refuses material that differs from what its key held."""
         if spec is not KeySpec.SYMMETRIC_DEFAULT:
             raise ProviderUnsupported(f"import of {spec.value}: Aliyun imports symmetric material only")
-        meta = self._create(spec, KeyUsage.ENCRYPT_DECRYPT, "pending-import", origin="EXTERNAL")
-        params = self._call("get_parameters_for_import", key_id=meta["KeyId"], wrapping_algorithm=_IMPORT_WRAPPING,
+        if ref is None:
+            meta = self._create(spec, KeyUsage.ENCRYPT_DECRYPT, "pending-import", origin="EXTERNAL")
+            key_id, version = meta["KeyId"], meta.get("PrimaryKeyVersion", "")
+        else:
+            key_id, version = ref.key_id, ref.version or ""
+        params = self._call("get_parameters_for_import", key_id=key_id, wrapping_algorithm=_IMPORT_WRAPPING,
                             wrapping_key_spec="RSA_2048")
         return ImportParameters(public_key_der=base64.b64decode(params["PublicKey"]),
                                 wrapping_algorithms=(_IMPORT_WRAPPING,),
-                                handle={"key_id": meta["KeyId"], "version": meta.get("PrimaryKeyVersion", ""),
-                                        "token": params["ImportToken"]})
+                                handle={"key_id": key_id, "version": version, "token": params["ImportToken"],
+                                        "reimport": ref is not None})
 
     def finish_import(self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
-                      wrapping_algorithm: str, *, label: str) -> ProviderKeyRef:
+                      wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None) -> ProviderKeyRef:
+        if ref is not None and handle.get("key_id") != ref.key_id:
+            raise ProviderInvalidInput("the import was prepared for another key")
         if wrapping_algorithm != _IMPORT_WRAPPING or not handle.get("token"):
             raise ProviderInvalidInput(f"wrapping algorithm {wrapping_algorithm} was not offered for this import")
         self._import(handle["key_id"], str(handle["token"]), wrapped_material)
@@ -363,12 +370,22 @@ class AliyunProvider(Provider):
             self._call("import_key_material", key_id=key_id, import_token=token, key_material_expire_unix=0,
                        encrypted_key_material=base64.b64encode(wrapped).decode())
         except ProviderInvalidInput as exc:
+            if "differs" in str(exc):  # other material than the key held before: refused as such
+                raise
             raise ProviderInvalidCiphertext(str(exc)) from None
 
     def discard_import(self, handle: Mapping[str, Any]) -> None:
+        if handle.get("reimport"):
+            return  # the broker key's own Aliyun key, waiting for its material: never deleted here
         ref = ProviderKeyRef(key_id=str(handle.get("key_id", "")))
         if ref.key_id and self._attempt(lambda: self._state(ref), ProviderNotFound) == "PendingImport":
             self._call("schedule_key_deletion", key_id=ref.key_id, pending_window_in_days=_MIN_WINDOW_DAYS)
+
+    def delete_imported_material(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """Aliyun's DeleteKeyMaterial: the key stays (PendingImport), ready for the same material again."""
+        if self._state(ref) != "PendingImport":
+            self._call("delete_key_material", key_id=ref.key_id)
+        return ref
 
     def byok_import(self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str,
                     ref: ProviderKeyRef | None = None) -> ProviderKeyRef:

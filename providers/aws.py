@@ -293,22 +293,26 @@ class AwsProvider(Provider):
     def _describe_ref(self, key_id: str) -> ProviderKeyRef:
         return self._ref(self._call("DescribeKey", self._kms.describe_key, KeyId=key_id)["KeyMetadata"])
 
-    def begin_import(self, spec: KeySpec) -> ImportParameters:
-        """Creates the EXTERNAL AWS key now (AWS needs one to issue a wrapping key). The protocol gives no usage
-        here, so RSA keys are created for ENCRYPT_DECRYPT; finish_import refuses any other usage. Nor does it give
-        the existing ref, so a re-import through this path lands in a new AWS key (byok_import(ref=...) does not)."""
+    def begin_import(self, spec: KeySpec, ref: ProviderKeyRef | None = None) -> ImportParameters:
+        """Import parameters of the key's AWS key (`ref`), or of a new EXTERNAL AWS key for a first import (AWS
+        needs a key to issue a wrapping key). The protocol gives no usage here, so RSA keys are created for
+        ENCRYPT_DECRYPT; finish_import refuses any other usage. AWS itself refuses material that differs from what
+        its key held (IncorrectKeyMaterialException)."""
         usage = _default_usage(spec)
-        meta = self._create(spec, usage, "pending-import", origin="EXTERNAL")
+        key_id = ref.key_id if ref is not None else self._create(spec, usage, "pending-import",
+                                                                 origin="EXTERNAL")["KeyId"]
         algorithm = CALLER_WRAP[_wrap_kind(spec)]
-        params = self._import_parameters(meta["KeyId"], algorithm)
-        handle = {"key_id": meta["KeyId"], "usage": usage.value, "wrapping_algorithm": algorithm,
-                  "import_token": base64.b64encode(params["ImportToken"]).decode()}
+        params = self._import_parameters(key_id, algorithm)
+        handle = {"key_id": key_id, "usage": usage.value, "wrapping_algorithm": algorithm,
+                  "import_token": base64.b64encode(params["ImportToken"]).decode(), "reimport": ref is not None}
         return ImportParameters(public_key_der=params["PublicKey"], wrapping_algorithms=(algorithm,), handle=handle)
 
     def finish_import(
         self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
-        wrapping_algorithm: str, *, label: str,
+        wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None,
     ) -> ProviderKeyRef:
+        if ref is not None and handle["key_id"] != ref.key_id:
+            raise ProviderInvalidInput("the import was prepared for another key")
         if usage.value != handle["usage"]:
             raise ProviderInvalidInput(f"the import was prepared for usage {handle['usage']}, not {usage.value}")
         if wrapping_algorithm != handle["wrapping_algorithm"]:
@@ -319,7 +323,10 @@ class AwsProvider(Provider):
         return self._describe_ref(key_id)
 
     def discard_import(self, handle: Mapping[str, Any]) -> None:
-        """Schedule deletion of the AWS key made by begin_import if no material was ever imported into it."""
+        """Schedule deletion of the AWS key made by begin_import if no material was ever imported into it (never
+        the key of a re-import: it is the broker key's own AWS key, waiting for its material)."""
+        if handle.get("reimport"):
+            return
         try:
             meta = self._call("DescribeKey", self._kms.describe_key, KeyId=handle["key_id"])["KeyMetadata"]
         except ProviderNotFound:
@@ -327,6 +334,11 @@ class AwsProvider(Provider):
         if meta.get("KeyState") == "PendingImport":
             self._call("ScheduleKeyDeletion", self._kms.schedule_key_deletion, KeyId=handle["key_id"],
                        PendingWindowInDays=7)
+
+    def delete_imported_material(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """AWS's DeleteImportedKeyMaterial: the AWS key stays (PendingImport), ready for the same material."""
+        self._call("DeleteImportedKeyMaterial", self._kms.delete_imported_key_material, KeyId=ref.key_id)
+        return ref
 
     def byok_import(
         self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str, ref: ProviderKeyRef | None = None,

@@ -232,6 +232,10 @@ class Provider(abc.ABC):
     def destroy(self, ref: ProviderKeyRef) -> None:
         """Destroy the version's material for good (the broker's deletion window has passed)."""
 
+    def destroyed_ref(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """What the catalog keeps of a version `destroy` made unusable: by default the ref without its material."""
+        return ProviderKeyRef(key_id=ref.key_id, version=ref.version, extra=dict(ref.extra))
+
     # -- symmetric
     def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
         raise ProviderUnsupported("encrypt")
@@ -262,17 +266,26 @@ class Provider(abc.ABC):
         raise ProviderUnsupported("generate_mac")
 
     # -- import
-    def begin_import(self, spec: KeySpec) -> ImportParameters:
+    # Imported material belongs to one backend key for good (AWS: "you can re-import only the same material"):
+    # `ref` is the key's existing version-1 ref (None for its first import), so a re-import lands in the same backend
+    # key, and the provider refuses material that differs from what the key held — even after it was deleted
+    # (ProviderInvalidInput). How a backend recognises its material is its own fact, kept in its refs.
+    def begin_import(self, spec: KeySpec, ref: ProviderKeyRef | None = None) -> ImportParameters:
         raise ProviderUnsupported("begin_import")
 
     def finish_import(
         self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
-        wrapping_algorithm: str, *, label: str,
+        wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None,
     ) -> ProviderKeyRef:
         raise ProviderUnsupported("finish_import")
 
     def discard_import(self, handle: Mapping[str, Any]) -> None:
-        """Forget the wrapping key of an import that expired or finished."""
+        """Forget the wrapping key of an import that expired or finished (never the key a re-import targets)."""
+
+    def delete_imported_material(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """Delete a version's imported material but keep the key, so the same material can be imported again;
+        returns the ref the catalog keeps (no material, whatever the provider needs to recognise it later)."""
+        raise ProviderUnsupported("delete_imported_material")
 
     def byok_import(
         self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str, ref: ProviderKeyRef | None = None,

@@ -529,15 +529,19 @@ class GcpProvider(Provider):
         return ImportParameters(public_key_der=der, wrapping_algorithms=_IMPORT_METHODS[method],
                                 handle={"import_job": job.name, "import_method": method})
 
-    def begin_import(self, spec: KeySpec) -> ImportParameters:
+    def begin_import(self, spec: KeySpec, ref: ProviderKeyRef | None = None) -> ImportParameters:
+        """An import job (Cloud KMS's import parameters belong to a job, not to a key)."""
         return self._params(self._import_job(self.import_method))
 
     def _import_version(self, key_name: str, job_name: str, spec: KeySpec, usage: KeyUsage,
-                        wrapped: bytes) -> kms_v1.CryptoKeyVersion:
+                        wrapped: bytes, *, into: str | None = None) -> kms_v1.CryptoKeyVersion:
         _, algorithm = self._algorithm(spec, usage)
+        request: dict[str, Any] = {"parent": key_name, "import_job": job_name, "algorithm": algorithm,
+                                   "wrapped_key": wrapped}
+        if into is not None:
+            request["crypto_key_version"] = into
         try:
-            version = self._rpc("import_crypto_key_version", {
-                "parent": key_name, "import_job": job_name, "algorithm": algorithm, "wrapped_key": wrapped})
+            version = self._rpc("import_crypto_key_version", request)
         except ProviderInvalidInput as err:
             if "unwrap" in str(err).lower():
                 raise ProviderInvalidCiphertext(str(err)) from None
@@ -547,13 +551,36 @@ class GcpProvider(Provider):
         return version
 
     def finish_import(self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
-                      wrapping_algorithm: str, *, label: str) -> ProviderKeyRef:
+                      wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None) -> ProviderKeyRef:
+        """A first import makes a new import-only CryptoKey. A re-import (`ref`) goes into the key's own version,
+        which Cloud KMS allows once the version is DESTROYED and only with the same material (it checks). While
+        the version is still scheduled for destruction (its key's destroy_scheduled_duration after
+        DeleteImportedKeyMaterial) the material is not gone yet and nothing can prove the new material is the
+        same, so the re-import is refused until then."""
         method = str(handle.get("import_method", ""))
         if wrapping_algorithm not in _IMPORT_METHODS.get(method, ()):
             raise ProviderInvalidInput(f"wrapping algorithm {wrapping_algorithm} does not match import method {method}")
+        if ref is not None:
+            version = self._get_version(ref)
+            if version.state in (State.ENABLED, State.DISABLED):
+                raise ProviderInvalidState(f"gcp kms: {version.name} still holds its material; Cloud KMS imports "
+                                           "only into a destroyed version")
+            if version.state == State.DESTROY_SCHEDULED:
+                raise ProviderInvalidState(f"gcp kms: {version.name} is scheduled for destruction until "
+                                           f"{version.destroy_time.isoformat()}; Cloud KMS re-imports into it only "
+                                           "once it is destroyed")
+            version = self._import_version(ref.key_id, str(handle["import_job"]), spec, usage, wrapped_material,
+                                           into=version.name)
+            return self._ref(version, spec)
         key = self._create_crypto_key(spec, usage, label, import_only=True)
         version = self._import_version(key.name, str(handle["import_job"]), spec, usage, wrapped_material)
         return self._ref(version, spec)
+
+    def delete_imported_material(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """Cloud KMS's way: destroy the version (after the key's destroy_scheduled_duration); the CryptoKey and the
+        version stay, to be re-imported into with the same material."""
+        self.destroy(ref)
+        return ref
 
     def byok_import(self, spec: KeySpec, usage: KeyUsage, wrap: WrapForImport, *, label: str,
                     ref: ProviderKeyRef | None = None) -> ProviderKeyRef:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import os
 import threading
 from collections import OrderedDict
@@ -394,7 +395,8 @@ class Pkcs11Provider(Provider):
 
     # ------------------------------------------------------------------------------------------ import
 
-    def begin_import(self, spec: KeySpec) -> ImportParameters:
+    def begin_import(self, spec: KeySpec, ref: ProviderKeyRef | None = None) -> ImportParameters:
+        """A fresh RSA-2048 wrapping key pair in the HSM (`ref` changes nothing: material lives in the ref)."""
         if spec not in _MATERIAL_LENGTHS:
             raise ProviderUnsupported(f"importing {spec.value} material")
 
@@ -408,8 +410,12 @@ class Pkcs11Provider(Provider):
         return self._call(run)
 
     def finish_import(self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
-                      wrapping_algorithm: str, *, label: str) -> ProviderKeyRef:
-        """Unwrap the caller's material inside the HSM, check its length, and re-wrap it under the root KEK."""
+                      wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None) -> ProviderKeyRef:
+        """Unwrap the caller's material inside the HSM, check its length, and re-wrap it under the root KEK.
+
+        The ref keeps a key check value of the material (`_check_value`, computed in the HSM; not secret), so a
+        re-import into a key (`ref`) is refused unless it brings the same material, even after the material itself
+        was deleted."""
         if spec not in _MATERIAL_LENGTHS:
             raise ProviderUnsupported(f"importing {spec.value} material")
         if wrapping_algorithm not in IMPORT_WRAPPING_ALGORITHMS:
@@ -435,8 +441,36 @@ class Pkcs11Provider(Provider):
             if length != _MATERIAL_LENGTHS[spec]:
                 obj.destroy()
                 raise ProviderInvalidInput(f"{spec.value} material must be {_MATERIAL_LENGTHS[spec]} bytes")
-            return self._remember(session, obj, label, {"kind": kind})
+            check = self._check_value(obj, kind)
+            if ref is not None and not self._same_material(session, ref, obj, check):
+                obj.destroy()
+                raise ProviderInvalidInput("the key already has different key material; import the same material")
+            return self._remember(session, obj, label, {"kind": kind, "check": check})
         return self._call(run)
+
+    @staticmethod
+    def _check_value(obj: Any, kind: str) -> str:
+        """A key check value, computed inside the HSM: AES-ECB of a zero block (AES keys), or HMAC-SHA-256 of a
+        fixed label (HMAC keys). Like a KCV it names the material without revealing it."""
+        if kind == "aes":
+            return bytes(obj.encrypt(bytes(16), mechanism=Mechanism.AES_ECB)).hex()
+        return bytes(obj.sign(b"kms-broker import check v1", mechanism=Mechanism.SHA256_HMAC)).hex()
+
+    def _same_material(self, session: Any, ref: ProviderKeyRef, obj: Any, check: str) -> bool:
+        """Whether `obj` holds the material the key `ref` held: its check value; for a key imported before check
+        values existed, its wrapped material (AES key wrap under the root KEK is deterministic); a key of that age
+        whose material was deleted can no longer be compared."""
+        held = ref.extra.get("check")
+        if held:
+            return hmac.compare_digest(str(held), check)
+        if ref.material:
+            return hmac.compare_digest(self._wrap(session, obj), ref.material)
+        return True
+
+    def delete_imported_material(self, ref: ProviderKeyRef) -> ProviderKeyRef:
+        """Drop the material (the store keeps the ref without it, and its check value for a later re-import)."""
+        self.destroy(ref)
+        return self.destroyed_ref(ref)
 
     @staticmethod
     def _value_len(session: Any, obj: Any) -> int:

@@ -333,6 +333,42 @@ def test_import_refuses_garbage_and_foreign_wrapping(hsm_provider: Pkcs11Provide
         hsm_provider.begin_import(KeySpec.RSA_2048)
 
 
+def _import_into(provider: Pkcs11Provider, spec: KeySpec, material: bytes, ref=None):
+    params = provider.begin_import(spec, ref=ref)
+    try:
+        return provider.finish_import(params.handle, spec, _usage(spec),
+                                      _wrap(params.public_key_der, material, "RSA_AES_KEY_WRAP_SHA_1"),
+                                      "RSA_AES_KEY_WRAP_SHA_1", label="reimported", ref=ref)
+    finally:
+        provider.discard_import(params.handle)
+
+
+@pytest.mark.parametrize("spec", [KeySpec.SYMMETRIC_DEFAULT, KeySpec.HMAC_256], ids=str)
+def test_reimport_takes_only_the_same_material_even_after_it_was_deleted(hsm_provider: Pkcs11Provider,
+                                                                         spec: KeySpec) -> None:
+    known = os.urandom(32)
+    first = _import_into(hsm_provider, spec, known)
+    assert first.extra["check"] and known.hex() not in json.dumps(first.to_dict())
+    kept = hsm_provider.delete_imported_material(first)
+    assert kept.material is None and kept.extra["check"] == first.extra["check"]
+    with pytest.raises(ProviderInvalidInput, match="different key material"):
+        _import_into(hsm_provider, spec, os.urandom(32), ref=_stored(kept))
+    again = _import_into(hsm_provider, spec, known, ref=_stored(kept))
+    assert again.material == first.material and again.extra["check"] == first.extra["check"]
+    with pytest.raises(ProviderInvalidInput):  # while it holds material, too
+        _import_into(hsm_provider, spec, os.urandom(32), ref=_stored(again))
+
+
+def test_reimport_into_a_key_imported_before_check_values(hsm_provider: Pkcs11Provider) -> None:
+    """Refs made before check values existed: compared by their wrapped material while they hold it."""
+    known = os.urandom(32)
+    first = _import_into(hsm_provider, KeySpec.SYMMETRIC_DEFAULT, known)
+    legacy = ProviderKeyRef(first.key_id, material=first.material, extra={"kind": "aes"})
+    assert _import_into(hsm_provider, KeySpec.SYMMETRIC_DEFAULT, known, ref=legacy).material == first.material
+    with pytest.raises(ProviderInvalidInput):
+        _import_into(hsm_provider, KeySpec.SYMMETRIC_DEFAULT, os.urandom(32), ref=legacy)
+
+
 @pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1"])
 def test_wrap_for_import_moves_material_between_hsm_keys(hsm_provider: Pkcs11Provider, refs, algorithm: str) -> None:
     """HSM material exported for an import API (here: our own) is the same key on the other side."""

@@ -96,6 +96,9 @@ GAPS: dict[tuple[str, str], tuple[str, int, str]] = {
     ("aws", "rsa-tamper"): ("LocalStack answers HTTP 500 InternalError (not InvalidCiphertextException) for an RSA "
                             "ciphertext that does not decrypt", 503, "DependencyTimeoutException"),
     ("aws-moto", "import"): ("moto answers GetParametersForImport with HTTP 500", 503, "DependencyTimeoutException"),
+    ("aws", "reimport"): ("LocalStack does not emulate re-import after DeleteImportedKeyMaterial: it keeps the new "
+                          "material pending (its CurrentKeyMaterialId survives the delete) and Decrypt answers HTTP "
+                          "500; nor does it refuse other material", 503, "DependencyTimeoutException"),
     ("aws-moto", "tamper"): ("moto answers AccessDeniedException (not IncorrectKeyException) when a blob's embedded "
                              "key id does not match the KeyId", 403, "AccessDeniedException"),
 }
