@@ -38,7 +38,8 @@ def build_service(settings: Settings) -> KeyService:
     root = root_of_trust(providers[settings.root_of_trust])
     audit = build_audit_log(settings, root, store.engine)  # sinks, group commit, HSM-signed checkpoints
     engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=settings.auth_cache_seconds)
-    return KeyService(store, providers, settings.default_provider, engine, audit, root=root)
+    return KeyService(store, providers, settings.default_provider, engine, audit, root=root,
+                      rsa_encryption_provider=settings.rsa_encryption_provider)
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:

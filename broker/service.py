@@ -199,6 +199,13 @@ def _provider_resource(host: KeyService, args: Mapping[str, Any]) -> Target:
     return Target(resource=f"provider/{name}")
 
 
+def _new_key_provider(host: KeyService, args: Mapping[str, Any]) -> Target:
+    """CreateKey is authorized on the provider the key will be made on (`KeyService.provider_for_new_key`)."""
+    name = host.provider_for_new_key(args.get("provider"), args.get("key_spec"), args.get("key_usage"))
+    host.provider(name)
+    return Target(resource=f"provider/{name}")
+
+
 def _alias_resource(args: Mapping[str, Any]) -> str:
     return check_alias(args["alias"])
 
@@ -223,9 +230,18 @@ _alias_current_key.arg = "alias"  # type: ignore[attr-defined]
 
 class KeyService(Service):
     def __init__(self, store: Store, providers: Mapping[str, Provider], default_provider: str,
-                 policy: PolicyEngine, audit: AuditLog, *, root: RootOfTrust | None = None) -> None:
+                 policy: PolicyEngine, audit: AuditLog, *, root: RootOfTrust | None = None,
+                 rsa_encryption_provider: str | None = None) -> None:
         if default_provider not in providers:
             raise ValueError(f"default provider {default_provider!r} is not configured")
+        if rsa_encryption_provider is not None:
+            routed = providers.get(rsa_encryption_provider)
+            offered = routed.capabilities.encryption_algorithms if routed is not None else None
+            if routed is None or not routed.capabilities.asymmetric_decrypt or (
+                    offered is not None and EncryptionAlgorithm.RSAES_OAEP_SHA_256 not in offered):
+                raise ValueError(f"rsa_encryption_provider {rsa_encryption_provider!r} is not a configured provider "
+                                 "that decrypts RSAES_OAEP_SHA_256")
+        self.rsa_encryption_provider = rsa_encryption_provider
         self.store = store
         self.providers = dict(providers)
         self.default_provider = default_provider
@@ -350,7 +366,22 @@ class KeyService(Service):
 
     # =========================================================================================== lifecycle
 
-    @operation("kms:CreateKey", Need("kms:CreateKey", _provider_resource), mutates=True, creates_key=True)
+    @internal
+    def provider_for_new_key(self, provider: Any, key_spec: Any, key_usage: Any) -> str:
+        """Where CreateKey makes a key: the provider asked for, else the default one — except an RSA encryption
+        key, which goes to `rsa_encryption_provider` (when set) if the default provider cannot decrypt
+        RSAES_OAEP_SHA_256, the OAEP AWS clients default to. Its KeyMetadata names the provider it went to."""
+        if provider:
+            return provider
+        routed = self.rsa_encryption_provider
+        if routed is None or not (isinstance(key_spec, str) and key_spec.startswith("RSA_")) \
+                or key_usage not in (None, "", KeyUsage.ENCRYPT_DECRYPT.value):
+            return self.default_provider
+        offered = self.providers[self.default_provider].capabilities.encryption_algorithms
+        return routed if offered is not None and EncryptionAlgorithm.RSAES_OAEP_SHA_256 not in offered \
+            else self.default_provider
+
+    @operation("kms:CreateKey", Need("kms:CreateKey", _new_key_provider), mutates=True, creates_key=True)
     def create_key(self, call: Call, *, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", tags: Mapping[str, str] | None = None, origin: str = "AWS_KMS",
                    provider: str | None = None, policy: Any = None,
@@ -374,7 +405,7 @@ class KeyService(Service):
             raise errors.ValidationError("Origin must be AWS_KMS or EXTERNAL") from None
         description = check_description(description)
         tags = check_tags(tags)
-        provider_name = provider or self.default_provider
+        provider_name = self.provider_for_new_key(provider, key_spec, key_usage)
         backend = self.provider(provider_name)
         call.entry.provider = provider_name
         missing = backend.capabilities.missing_for(spec)

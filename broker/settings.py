@@ -13,6 +13,7 @@
     kind = "pkcs11"
     ...
 Environment: KMSB_CONFIG (path of the TOML), KMSB_DATA_DIR, KMSB_STORE_URL, KMSB_DEFAULT_PROVIDER,
+KMSB_RSA_ENCRYPTION_PROVIDER,
 KMSB_AUDIT_FILE, KMSB_AUDIT_FSYNC, KMSB_AUDIT_SINKS (comma-separated), KMSB_AUDIT_CHECKPOINT_RECORDS,
 KMSB_AUDIT_CHECKPOINT_SECONDS, KMSB_AUDIT_BATCH_MS, KMSB_AUTH_CACHE_SECONDS, and KMSB_PROVIDERS_JSON (a JSON object of extra provider tables, e.g. the
 output of `kms-broker stack env`).
@@ -106,6 +107,9 @@ class Settings(BaseModel):
     data_dir: Path = Path("./var")
     store_url: str = ""
     default_provider: str = "hsm"
+    # RSA encryption keys created without a provider go here when the default provider cannot decrypt
+    # RSAES_OAEP_SHA_256 (what AWS clients default to; SoftHSM 2.6.1 cannot). None: they stay on the default.
+    rsa_encryption_provider: str | None = None
     root_of_trust: str = "hsm"
     audit_file: Path | None = None
     audit_fsync: bool = True
@@ -178,7 +182,8 @@ def with_providers(settings: Settings, extra: dict[str, dict[str, Any]]) -> Sett
 
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
     env = os.environ
-    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds"):
+    for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds",
+                "rsa_encryption_provider"):
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value

@@ -68,6 +68,8 @@ _HASH_MECH = {"sha1": Mechanism.SHA_1, "sha256": Mechanism.SHA256, "sha384": Mec
 _MGF = {"sha1": MGF.SHA1, "sha256": MGF.SHA256, "sha384": MGF.SHA384, "sha512": MGF.SHA512}
 _HMAC_MECH = {"sha256": Mechanism.SHA256_HMAC, "sha384": Mechanism.SHA384_HMAC, "sha512": Mechanism.SHA512_HMAC}
 _OAEP_SHA1 = (Mechanism.SHA_1, MGF.SHA1, None)
+_OAEP_PARAMS = {EncryptionAlgorithm.RSAES_OAEP_SHA_1: _OAEP_SHA1,
+                EncryptionAlgorithm.RSAES_OAEP_SHA_256: (Mechanism.SHA256, MGF.SHA256, None)}
 
 # Templates. Material is extractable only so the root KEK can wrap it; it is always sensitive (never readable).
 _SECRET = {Attribute.EXTRACTABLE: True, Attribute.SENSITIVE: True, Attribute.TOKEN: False}
@@ -186,6 +188,7 @@ class Pkcs11Provider(Provider):
         self._handles: dict[str, Any] = {}
         self._cache_size = cache_size
         self._root_of_trust: Pkcs11RootOfTrust | None = None
+        self._oaep_sha256: bool | None = None  # probed once the HSM is reached (`_offers_oaep_sha256`)
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> Pkcs11Provider:
@@ -194,11 +197,46 @@ class Pkcs11Provider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        offered = {EncryptionAlgorithm.RSAES_OAEP_SHA_1}
+        if self._offers_oaep_sha256():
+            offered.add(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
         return Capabilities(
             key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
-            import_material=True, random=True, wrap_for_import=True,
-            encryption_algorithms=frozenset({EncryptionAlgorithm.RSAES_OAEP_SHA_1}),
+            import_material=True, random=True, wrap_for_import=True, encryption_algorithms=frozenset(offered),
         )
+
+    def _offers_oaep_sha256(self) -> bool:
+        """Whether the module decrypts RSA-OAEP with SHA-256 (and MGF1-SHA-256) inside the token — what AWS clients
+        default to. Checked once per process, the first time the HSM is reached: a throwaway RSA-2048 key pair in
+        the token decrypts a ciphertext `cryptography` made with its public key. SoftHSM 2.6.1 answers
+        ArgumentsBad ("hashAlg must be CKM_SHA_1"); a module that has it (an HSM, another PKCS#11 module) is used
+        for it with the private key never leaving the token. An unreachable HSM leaves it unknown (SHA-1 only)."""
+        if self._oaep_sha256 is None:
+            try:
+                self._oaep_sha256 = self._call(self._probe_oaep_sha256)
+            except ProviderError:
+                return False
+        return self._oaep_sha256
+
+    @staticmethod
+    def _probe_oaep_sha256(session: Any) -> bool:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        pub, priv = session.generate_keypair(KeyType.RSA, 2048, store=False,
+                                             private_template={**_SECRET, Attribute.EXTRACTABLE: False})
+        try:
+            public = serialization.load_der_public_key(_rsa_spki(encode_rsa_public_key(pub)))
+            probe = os.urandom(32)
+            blob = public.encrypt(probe, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
+            try:
+                return bytes(priv.decrypt(blob, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                          mechanism_param=_OAEP_PARAMS[EncryptionAlgorithm.RSAES_OAEP_SHA_256])) == probe
+            except pkcs11.PKCS11Error:
+                return False
+        finally:
+            pub.destroy()
+            priv.destroy()
 
     # ------------------------------------------------------------------------------------------ plumbing
 
@@ -359,15 +397,17 @@ class Pkcs11Provider(Provider):
         return bytes.fromhex(public)
 
     def asymmetric_decrypt(self, ref: ProviderKeyRef, ciphertext: bytes, algorithm: EncryptionAlgorithm) -> bytes:
-        if algorithm is not EncryptionAlgorithm.RSAES_OAEP_SHA_1:
-            # SoftHSM 2.6 implements OAEP with SHA-1 only ("hashAlg must be CKM_SHA_1"); the capability says so, and
-            # the service refuses other algorithms before encrypting anything (no hand-made OAEP decoding here).
-            raise ProviderUnsupported(f"{algorithm.value} decryption (this HSM offers RSAES_OAEP_SHA_1)")
+        if algorithm not in self.capabilities.encryption_algorithms:
+            # SoftHSM 2.6 implements OAEP with SHA-1 only ("hashAlg must be CKM_SHA_1"); the capability says what this
+            # module offers, and the service refuses other algorithms before encrypting anything (OAEP is always
+            # undone inside the token: no hand-made OAEP decoding here).
+            raise ProviderUnsupported(f"{algorithm.value} decryption (this HSM does not offer it)")
 
         def run(session: Any) -> bytes:
             key = self._object(session, ref)
             try:
-                return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP_SHA1)
+                return key.decrypt(ciphertext, mechanism=Mechanism.RSA_PKCS_OAEP,
+                                   mechanism_param=_OAEP_PARAMS[algorithm])
             except (pkcs11.exceptions.EncryptedDataInvalid, pkcs11.exceptions.EncryptedDataLenRange,
                     pkcs11.exceptions.GeneralError, pkcs11.exceptions.DataLenRange, pkcs11.exceptions.DataInvalid):
                 raise ProviderInvalidCiphertext("RSA decryption failed") from None

@@ -369,6 +369,29 @@ def test_reimport_into_a_key_imported_before_check_values(hsm_provider: Pkcs11Pr
         _import_into(hsm_provider, KeySpec.SYMMETRIC_DEFAULT, os.urandom(32), ref=legacy)
 
 
+def test_oaep_sha256_is_offered_exactly_when_the_token_decrypts_it(hsm_provider: Pkcs11Provider, refs) -> None:
+    """The capability is probed in the token (a throwaway key pair), not assumed. SoftHSM 2.6.1 has OAEP with
+    SHA-1 only: this test fails the day the module decrypts OAEP-SHA-256 (then the broker offers it)."""
+    from pkcs11.exceptions import ArgumentsBad
+
+    ref = refs[KeySpec.RSA_2048]
+    public = serialization.load_der_public_key(hsm_provider.get_public_key(ref))
+    oaep256 = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    blob = public.encrypt(b"probe", oaep256)
+    offered = hsm_provider.capabilities.encryption_algorithms
+    assert EncryptionAlgorithm.RSAES_OAEP_SHA_1 in offered
+    assert (EncryptionAlgorithm.RSAES_OAEP_SHA_256 in offered) is hsm_provider._offers_oaep_sha256()
+    if EncryptionAlgorithm.RSAES_OAEP_SHA_256 in offered:
+        assert hsm_provider.asymmetric_decrypt(ref, blob, EncryptionAlgorithm.RSAES_OAEP_SHA_256) == b"probe"
+    else:
+        with pytest.raises(ProviderUnsupported):
+            hsm_provider.asymmetric_decrypt(ref, blob, EncryptionAlgorithm.RSAES_OAEP_SHA_256)
+        with pytest.raises(ArgumentsBad):  # the module itself refuses the mechanism parameters
+            hsm_provider._call(lambda s: hsm_provider._object(s, ref).decrypt(
+                blob, mechanism=pkcs11.Mechanism.RSA_PKCS_OAEP,
+                mechanism_param=(pkcs11.Mechanism.SHA256, pkcs11.MGF.SHA256, None)))
+
+
 @pytest.mark.parametrize("algorithm", ["RSAES_OAEP_SHA_1", "RSA_AES_KEY_WRAP_SHA_1"])
 def test_wrap_for_import_moves_material_between_hsm_keys(hsm_provider: Pkcs11Provider, refs, algorithm: str) -> None:
     """HSM material exported for an import API (here: our own) is the same key on the other side."""

@@ -467,6 +467,18 @@ def test_sign_verify_every_algorithm(h: Harness, spec: str) -> None:
     h.fails(errors.ValidationError, "sign", key, b"m", public["SigningAlgorithms"][0], message_type="HEX")
 
 
+def test_rsa_encryption_routing_needs_a_provider_that_decrypts_oaep_sha256(h: Harness) -> None:
+    """`rsa_encryption_provider` is checked when the service starts: SoftHSM 2.6.1 cannot decrypt OAEP-SHA-256,
+    so it cannot be the target; an unknown name neither. Without routing, RSA encryption keys stay on the HSM."""
+    svc = h.svc
+    for name in ("hsm", "nope"):
+        with pytest.raises(ValueError, match="RSAES_OAEP_SHA_256"):
+            KeyService(svc.store, svc.providers, "hsm", svc.policy, svc.audit, root=svc.root,
+                       rsa_encryption_provider=name)
+    assert svc.provider_for_new_key(None, "RSA_2048", "ENCRYPT_DECRYPT") == "hsm"
+    assert h.ok("describe_key", h.key("RSA_2048", "ENCRYPT_DECRYPT"))["Provider"] == "hsm"
+
+
 def test_rsa_encrypt_decrypt(h: Harness) -> None:
     key = h.key("RSA_2048", "ENCRYPT_DECRYPT")
     public = serialization.load_der_public_key(h.ok("get_public_key", key)["PublicKey"])
