@@ -33,13 +33,12 @@ from broker.audit import AuditLog
 from broker.gate import (
     AuditEntry,
     Call,
-    Declaration,
     Gate,
     Need,
     RequestContext,
     Service,
     Target,
-    check_context,
+    fixed,
     internal,
     key_arg,
     operation,
@@ -250,6 +249,9 @@ class KeyService(Service):
         # one the default provider offers (a pkcs11 token), if it offers one.
         self.root = root if root is not None else _offered_root(self.providers, default_provider)
         self._refs: dict[tuple[str, int], ProviderKeyRef] = {}
+        # Set by the composition root: the service that rotates a key as a whole (a replicated key and its copies),
+        # or None. Rotating one part alone would leave the others behind, so KeyService refuses it.
+        self.rotated_by: Callable[[Key], str | None] = lambda key: None
         self._registered: weakref.WeakKeyDictionary[Call, set[str]] = weakref.WeakKeyDictionary()
         self._registered_lock = threading.Lock()
 
@@ -901,11 +903,19 @@ class KeyService(Service):
         if key.origin is Origin.EXTERNAL:
             raise errors.Unsupported("keys with imported material do not rotate automatically")
 
+    def _check_rotates_alone(self, key: Key) -> None:
+        """A key that is part of a replicated key rotates only with it (through the replicated-key operation)."""
+        whole = self.rotated_by(key)
+        if whole is not None:
+            raise errors.InvalidState(f"key {key.key_id} is part of replicated key {whole}: rotate that one "
+                                      "(every copy gets the new version together)")
+
     @operation("kms:EnableKeyRotation", Need("kms:EnableKeyRotation", key_arg("key_ref")), mutates=True)
     def enable_key_rotation(self, call: Call, key_ref: str, period_days: int = 365) -> None:
         key = call.key()
         if not isinstance(period_days, int) or isinstance(period_days, bool) or not 90 <= period_days <= 2560:
             raise errors.ValidationError("RotationPeriodInDays must be 90 to 2560")
+        self._check_rotates_alone(key)
         self._check_rotatable(key)
         self._require_usable(key)
         self.store.update_key(key.key_id, rotation_period_days=period_days,
@@ -929,6 +939,7 @@ class KeyService(Service):
     @operation("kms:RotateKeyOnDemand", Need("kms:RotateKeyOnDemand", key_arg("key_ref")), mutates=True)
     def rotate_key_on_demand(self, call: Call, key_ref: str) -> dict[str, Any]:
         key = call.key()
+        self._check_rotates_alone(key)
         self._check_rotatable(key)
         self._require_usable(key)
         call.entry.key_version = self._add_version(key, "ON_DEMAND")
@@ -1122,6 +1133,22 @@ class KeyService(Service):
                                     caps.import_material))
         return out
 
+    @operation("kms:DescribeCustomKeyStores", Need("kms:DescribeCustomKeyStores", fixed("custom-key-store/*")))
+    def describe_custom_key_stores(self, call: Call, store: str | None = None) -> list[tuple[str, bool]]:
+        """The providers as custom key stores: (name, healthy), one name or all. NotFound for an unknown name."""
+        names = sorted(self.providers)
+        if store is not None:
+            if store not in self.providers:
+                raise errors.NotFound(f"custom key store {store[:128]!r} does not exist")
+            names = [store]
+        health = self.readiness()
+        return [(name, health.get(name) == "ok") for name in names]
+
+    @internal
+    def has_key_store(self, name: str) -> bool:
+        """Whether a provider of that name is configured (names are public: DescribeCustomKeyStores lists them)."""
+        return name in self.providers
+
     # =========================================================================================== background jobs
 
     @internal
@@ -1161,6 +1188,7 @@ class KeyService(Service):
         now = now or _now()
         if key.rotation_period_days is None or key.next_rotation_at is None or key.next_rotation_at > now:
             return False
+        self._check_rotates_alone(key)  # a schedule set before the key became part of a replicated key
         try:
             call.entry.key_version = self._add_version(key, "AUTOMATIC")
         except errors.InvalidState:
@@ -1431,25 +1459,6 @@ class KeyService(Service):
                 backend.discard(backend.ref_of(item))
                 out.append(item.key_id)
         return out
-
-    # LEGACY (removed once every sibling service is declared on the gate): the hand-called choke point.
-    UNDECLARED_OK = frozenset({"operation", "authorize", "check_context"})
-
-    @contextmanager
-    def operation(self, ctx: RequestContext, action: str) -> Iterator[AuditEntry]:
-        call = Call(self.gate, Declaration(action, (), frozenset(), False, "legacy", action), ctx)
-        with self.gate._audited(call):
-            yield call.entry
-
-    def authorize(self, ctx: RequestContext, entry: AuditEntry, action: str, key: Key | None,
-                  context: Mapping[str, str] | None = None, *, resource: str | None = None) -> None:
-        if key is not None:
-            entry.key_id, entry.provider = key.key_id, key.provider
-        elif resource is not None:
-            entry.extra.setdefault("resource", resource)
-        self.gate.authorize(ctx, action, Target(key=key, resource=resource), context)
-
-    check_context = staticmethod(check_context)
 
 
 def _offered_root(providers: Mapping[str, Provider], default: str) -> RootOfTrust | None:

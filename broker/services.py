@@ -54,6 +54,7 @@ class Services:
             approvals.register(kind)
         replication = ReplicationRepo(keys.store)
         replicated = ReplicatedKeys(keys, replication)
+        keys.rotated_by = replicated.rotated_by
         identity = IdentityService(keys.gate, keys.store, settings.auth if settings is not None else AuthSettings(),
                                    sealer=keys.root,
                                    cache_seconds=settings.auth_cache_seconds if settings is not None else 1.0)

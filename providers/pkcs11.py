@@ -562,25 +562,6 @@ class Pkcs11Provider(Provider):
             self._root_of_trust = Pkcs11RootOfTrust(self)
         return self._root_of_trust
 
-    # LEGACY delegates: callers move to `root_of_trust()`; these go when the last test has moved.
-    def wrap_for_import(self, ref: ProviderKeyRef, public_key_der: bytes, algorithm: str) -> bytes:
-        return self.root_of_trust().wrap_for_import(ref, public_key_der, algorithm)
-
-    def seal(self, data: bytes, aad: bytes = b"") -> bytes:
-        return self.root_of_trust().seal(data, aad)
-
-    def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
-        return self.root_of_trust().unseal(blob, aad)
-
-    def audit_hmac(self, data: bytes) -> bytes:
-        return self.root_of_trust().audit_hmac(data)
-
-    def audit_sign(self, data: bytes) -> bytes:
-        return self.root_of_trust().audit_sign(data)
-
-    def audit_public_key(self) -> bytes:
-        return self.root_of_trust().audit_public_key()
-
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:
     """PKCS#1 RSAPublicKey -> SubjectPublicKeyInfo DER (the form GetPublicKey returns)."""

@@ -53,6 +53,6 @@ def key_service(tmp_path: Path, hsm_provider: Pkcs11Provider) -> Iterator[KeySer
     data.mkdir()
     store = Store(f"sqlite:///{data / 'broker.db'}")
     store.migrate()
-    audit = AuditLog(data / "audit.jsonl", hsm_provider.audit_hmac)
+    audit = AuditLog(data / "audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
     yield KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
     store.dispose()

@@ -340,7 +340,7 @@ def _is_multi_blob(blob: bytes | None) -> bool:
 def _provider_for(service: KeyService, custom_key_store_id: str | None) -> str | None:
     if custom_key_store_id is None:
         return None
-    if custom_key_store_id not in service.providers:
+    if not service.has_key_store(custom_key_store_id):
         raise CustomKeyStoreNotFound(f"custom key store {custom_key_store_id!r} does not exist")
     return custom_key_store_id
 
@@ -749,20 +749,17 @@ def delete_imported_key_material(svc: KeyService, ctx: RequestContext, b: Body) 
 def describe_custom_key_stores(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     """The broker's provider instances, as custom key stores (id = name = provider instance name)."""
     wanted_id, wanted_name = b.str("CustomKeyStoreId"), b.str("CustomKeyStoreName")
-    with svc.operation(ctx, "kms:DescribeCustomKeyStores") as entry:
-        svc.authorize(ctx, entry, "kms:DescribeCustomKeyStores", None, resource="custom-key-store/*")
-        names = sorted(svc.providers)
-        for wanted in (wanted_id, wanted_name):
-            if wanted is not None and wanted not in names:
-                raise CustomKeyStoreNotFound(f"custom key store {wanted!r} does not exist")
-            if wanted is not None:
-                names = [wanted]
-        health = svc.readiness()
+    if wanted_id is not None and wanted_name is not None and wanted_id != wanted_name:
+        raise CustomKeyStoreNotFound("no custom key store has that id and that name")
+    try:
+        found = svc.describe_custom_key_stores(ctx, wanted_id if wanted_id is not None else wanted_name)
+    except errors.NotFound as exc:
+        raise CustomKeyStoreNotFound(exc.message) from None
     stores = []
-    for name in names:
+    for name, healthy in found:
         entry_out = {"CustomKeyStoreId": name, "CustomKeyStoreName": name, "CustomKeyStoreType": "EXTERNAL_KEY_STORE",
-                     "ConnectionState": "CONNECTED" if health.get(name) == "ok" else "FAILED"}
-        if health.get(name) != "ok":
+                     "ConnectionState": "CONNECTED" if healthy else "FAILED"}
+        if not healthy:
             entry_out["ConnectionErrorCode"] = "NETWORK_ERRORS"
         stores.append(entry_out)
     return _page(stores, b, lambda s: s["CustomKeyStoreId"], "CustomKeyStores")

@@ -76,6 +76,13 @@ class ReplicatedKeys(Service):
         return None
 
     @internal
+    def rotated_by(self, key: Key) -> str | None:
+        """The replicated key `key` belongs to (as its primary or as a copy), which must rotate as a whole."""
+        if self.repo.replicas(key.key_id):
+            return key.key_id
+        return self.primary_of(self.keys.resolve_key(key.key_id, details=True))
+
+    @internal
     def replicas_of(self, primary_id: str) -> dict[str, str]:
         """{target provider: copy key id} of a primary."""
         return self.repo.replicas(primary_id)

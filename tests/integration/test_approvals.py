@@ -70,7 +70,7 @@ def world(tmp_path: Path, hsm_provider) -> Iterator[World]:
     repo = PolicyRepository(store)
     repo.put_policy("approver", {"Statement": [{"Effect": "Allow", "Action": APPROVER + KIND_ACTIONS,
                                                 "Resource": "*"}]}, datetime.now(UTC))
-    audit = AuditLog(data / "audit.jsonl", hsm_provider.audit_hmac)
+    audit = AuditLog(data / "audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
     keys = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(repo, store, cache_seconds=0), audit)
     clock = Clock()
     services = Services.over(keys)

@@ -398,7 +398,7 @@ def test_wrap_for_import_moves_material_between_hsm_keys(hsm_provider: Pkcs11Pro
     source = refs[KeySpec.SYMMETRIC_DEFAULT]
     blob = hsm_provider.encrypt(source, b"moved", b"a")
     params = hsm_provider.begin_import(KeySpec.SYMMETRIC_DEFAULT)
-    wrapped = hsm_provider.wrap_for_import(source, params.public_key_der, algorithm)
+    wrapped = hsm_provider.root_of_trust().wrap_for_import(source, params.public_key_der, algorithm)
     copy = hsm_provider.finish_import(params.handle, KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
                                       wrapped, algorithm, label="copy")
     assert hsm_provider.decrypt(copy, blob, b"a") == b"moved"
@@ -408,26 +408,26 @@ def test_wrap_for_import_moves_material_between_hsm_keys(hsm_provider: Pkcs11Pro
 
 
 def test_seal_unseal(hsm_provider: Pkcs11Provider) -> None:
-    sealed = hsm_provider.seal(b"broker secret", b"purpose")
+    sealed = hsm_provider.root_of_trust().seal(b"broker secret", b"purpose")
     assert b"broker secret" not in sealed and len(sealed) == 12 + 13 + 16
-    assert hsm_provider.unseal(sealed, b"purpose") == b"broker secret"
-    assert hsm_provider.seal(b"broker secret", b"purpose") != sealed
+    assert hsm_provider.root_of_trust().unseal(sealed, b"purpose") == b"broker secret"
+    assert hsm_provider.root_of_trust().seal(b"broker secret", b"purpose") != sealed
     with pytest.raises(ProviderInvalidCiphertext):
-        hsm_provider.unseal(sealed, b"other purpose")
+        hsm_provider.root_of_trust().unseal(sealed, b"other purpose")
     tampered = bytearray(sealed)
     tampered[20] ^= 0x80
     with pytest.raises(ProviderInvalidCiphertext):
-        hsm_provider.unseal(bytes(tampered), b"purpose")
+        hsm_provider.root_of_trust().unseal(bytes(tampered), b"purpose")
 
 
 def test_audit_hmac_is_deterministic_and_keyed_in_the_hsm(hsm_token: TestToken, hsm_provider: Pkcs11Provider) -> None:
-    a = hsm_provider.audit_hmac(b"value")
-    assert len(a) == 32 and hsm_provider.audit_hmac(b"value") == a
-    assert hsm_provider.audit_hmac(b"value2") != a
+    a = hsm_provider.root_of_trust().audit_hmac(b"value")
+    assert len(a) == 32 and hsm_provider.root_of_trust().audit_hmac(b"value") == a
+    assert hsm_provider.root_of_trust().audit_hmac(b"value2") != a
     assert a != hmac.new(b"", b"value", "sha256").digest() and a != hashlib.sha256(b"value").digest()
     second = hsm_token.provider("hsm-audit")
     try:
-        assert second.audit_hmac(b"value") == a
+        assert second.root_of_trust().audit_hmac(b"value") == a
     finally:
         second.close()
 

@@ -786,7 +786,7 @@ def test_state_is_shared_between_service_instances(h: Harness, hsm_token) -> Non
     store_b = Store(h.svc.store.url)
     provider_b = hsm_token.provider("hsm")
     svc_b = KeyService(store_b, {"hsm": provider_b}, "hsm", PolicyEngine(),
-                       AuditLog(h.svc.audit.path, provider_b.audit_hmac))
+                       AuditLog(h.svc.audit.path, provider_b.root_of_trust().audit_hmac))
     b = Harness(svc_b, h.ctx)
     try:
         key = h.key()
@@ -827,7 +827,7 @@ def test_service_over_postgresql(postgres_url: str, hsm_provider, root_ctx: Requ
     stores[0].migrate()
     audit_path = tmp_path / "audit.jsonl"
     a, b = (Harness(KeyService(s, {"hsm": hsm_provider}, "hsm", PolicyEngine(),
-                               AuditLog(audit_path, hsm_provider.audit_hmac)), root_ctx) for s in stores)
+                               AuditLog(audit_path, hsm_provider.root_of_trust().audit_hmac)), root_ctx) for s in stores)
     try:
         key = a.key(tags={"db": "pg"})
         blob = a.ok("encrypt", key, b"on postgres", context={"x": "y"})["CiphertextBlob"]

@@ -95,7 +95,7 @@ def w(tmp_path: Path, hsm_provider: Pkcs11Provider) -> Iterator[World]:
     repo = PolicyRepository(store)
     engine = PolicyEngine(repo, store, cache_seconds=0)
     keys = KeyService(store, {"hsm": hsm_provider}, "hsm", engine, AuditLog(tmp_path / "audit.jsonl",
-                                                                            hsm_provider.audit_hmac))
+                                                                            hsm_provider.root_of_trust().audit_hmac))
     yield World(keys, PolicyAdmin(keys, repo))
     store.dispose()
 

@@ -41,7 +41,7 @@ def world(tmp_path: Path, hsm_provider: Pkcs11Provider) -> Iterator[Services]:
     data.mkdir()
     store = Store(f"sqlite:///{data / 'broker.db'}")
     store.migrate()
-    audit = AuditLog(data / "audit.jsonl", hsm_provider.audit_hmac)
+    audit = AuditLog(data / "audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
     engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=0)
     services = Services.over(KeyService(store, {"hsm": hsm_provider}, "hsm", engine, audit))
     yield services

@@ -1,5 +1,5 @@
 """Every action the code authorizes or audits is one the policy language knows (else no policy could name it):
-the actions of every declared operation, and those still checked by hand (LEGACY in tests/security)."""
+the actions of every declared operation and every action a body checks itself."""
 
 import re
 from pathlib import Path

@@ -21,10 +21,10 @@ CHECKPOINT_EVERY = 5
 
 
 def make_audit(data: Path, provider: Pkcs11Provider, store: Store, **overrides) -> AuditLog:
-    options = {"fsync": True, "sinks": ("file", "store"), "engine": store.engine, "signer": provider.audit_sign,
-               "public_key": provider.audit_public_key(), "checkpoint_records": CHECKPOINT_EVERY,
+    options = {"fsync": True, "sinks": ("file", "store"), "engine": store.engine, "signer": provider.root_of_trust().audit_sign,
+               "public_key": provider.root_of_trust().audit_public_key(), "checkpoint_records": CHECKPOINT_EVERY,
                "checkpoint_seconds": 3600.0, "batch_ms": 1.0, "marks": RootMarks(provider.root_of_trust()), **overrides}
-    return AuditLog(data / "audit" / "audit.jsonl", provider.audit_hmac, **options)
+    return AuditLog(data / "audit" / "audit.jsonl", provider.root_of_trust().audit_hmac, **options)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def store_rows(store: Store) -> list[tuple[int, str, str]]:
 def check(data: Path, store: Store, provider) -> Report:
     """What `kms-broker audit verify --data-dir` does, with the session's HSM as the authority."""
     path = data / "audit" / "audit.jsonl"
-    key = load_public_key(public_key_pem(provider.audit_public_key()))
+    key = load_public_key(public_key_pem(provider.root_of_trust().audit_public_key()))
     from broker.audit.sinks import chain_id
 
     mark = RootMarks(provider.root_of_trust()).read(chain_id(path))

@@ -242,7 +242,7 @@ def test_hsm_down_defers_the_checkpoint_instead_of_refusing(tmp_path: Path, hsm_
     def signer(data: bytes) -> bytes:
         if down.is_set():
             raise RuntimeError("HSM unavailable")
-        return hsm_provider.audit_sign(data)
+        return hsm_provider.root_of_trust().audit_sign(data)
 
     store = Store(f"sqlite:///{tmp_path / 'd.db'}")
     store.migrate()

@@ -30,7 +30,7 @@ def service(tmp_path: Path, hsm_provider: Pkcs11Provider, vault: AzureProvider, 
     down = AzureProvider.from_config("azure-down", {"vault_url": f"https://127.0.0.1:{free_port()}", "token": "t",
                                                     "ca_bundle": emulator.ca_bundle, "retries": 0, "timeout": 2})
     providers = {"hsm": hsm_provider, "azure": vault, "azure-hsm": hsm, "azure-down": down}
-    audit = AuditLog(data / "audit.jsonl", hsm_provider.audit_hmac)
+    audit = AuditLog(data / "audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
     yield KeyService(store, providers, "hsm", PolicyEngine(), audit)
     store.dispose()
 
@@ -125,6 +125,6 @@ def test_byok_of_hsm_born_aes_key(hsm_provider: Pkcs11Provider, hsm: AzureProvid
 
     hsm_ref = hsm_provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="byok-src")
     ref = hsm.byok_import(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
-                          lambda der, alg: hsm_provider.wrap_for_import(hsm_ref, der, alg), label="byok-dst")
+                          lambda der, alg: hsm_provider.root_of_trust().wrap_for_import(hsm_ref, der, alg), label="byok-dst")
     assert hsm_provider.decrypt(hsm_ref, hsm.encrypt(ref, b"to hsm", b"aad"), b"aad") == b"to hsm"
     assert hsm.decrypt(ref, hsm_provider.encrypt(hsm_ref, b"to azure", b"aad"), b"aad") == b"to azure"

@@ -61,6 +61,16 @@ def test_replicate_into_all_four_clouds_then_rotate_every_copy(world: World) -> 
               in kms.list_resource_tags(KeyId=k)["Tags"]]
     assert len(tagged) == 1 and kms.describe_key(KeyId=tagged[0])["KeyMetadata"]["Origin"] == "EXTERNAL", aws_ref
 
+    # a part rotated alone would leave the others behind: the plain rotation routes refuse, nothing changes
+    for kid in (primary, copies["aws"]):
+        for method, path, body in (("post", f"/keys/{kid}/rotate", None),
+                                   ("put", f"/keys/{kid}/rotation", {"RotationPeriodInDays": 90})):
+            refused = getattr(world.api, method)(world.broker.url(path), json=body)
+            assert refused.status_code == 409, refused.text
+            assert refused.json()["error"]["code"] == "KMSInvalidStateException"
+            assert primary in refused.json()["error"]["message"]
+        assert world.api.get(world.broker.url(f"/keys/{kid}/versions")).json()["PrimaryVersion"] == 1
+
     rot = world.api.post(world.broker.url(f"/replicated-keys/{primary}/rotate"))
     assert rot.status_code == 200, rot.text
     assert rot.json()["KeyVersion"] == 2
