@@ -99,7 +99,7 @@ def read_pin(config: Mapping[str, Any]) -> str:
 _PROCESS_LOCK = threading.RLock()
 
 
-class _TokenFiles:
+class TokenFiles:
     """SoftHSM keeps a token in files, which every process re-reads when the token changes. A process that
     initialises the library, logs in or looks token objects up while another process writes the token (creates or
     destroys an object, or logs in: SoftHSM writes the token there too) can fail: GeneralError, UserPinNotInitialized,
@@ -139,7 +139,7 @@ class _Session:
         self._session: Any = None
         self._pid = 0
         self.lock = _PROCESS_LOCK
-        self.files = _TokenFiles(config)
+        self.files = TokenFiles(config)
 
     def get(self) -> Any:
         if self._session is not None and self._pid == os.getpid():
@@ -751,6 +751,10 @@ class Pkcs11RootOfTrust(RootOfTrust):
 
     def transport_key(self) -> bytes:
         def run(session: Any) -> bytes:
+            with self._p._session.files.held(exclusive=True):  # may create token objects
+                return made(session)
+
+        def made(session: Any) -> bytes:
             found = self._find(session, TRANSPORT_LABEL, ObjectClass.PUBLIC_KEY)
             if found:
                 return _rsa_spki(encode_rsa_public_key(found[0]))
@@ -787,8 +791,9 @@ class Pkcs11RootOfTrust(RootOfTrust):
 
     def forget(self, fingerprint: str) -> None:
         def run(session: Any) -> None:
-            for obj in self._find(session, TRUSTED_PREFIX + fingerprint, ObjectClass.PUBLIC_KEY):
-                obj.destroy()
+            with self._p._session.files.held(exclusive=True):
+                for obj in self._find(session, TRUSTED_PREFIX + fingerprint, ObjectClass.PUBLIC_KEY):
+                    obj.destroy()
         self._p._call(run)
 
     def export_root(self, recipient_der: bytes) -> RootPackage:
@@ -822,6 +827,10 @@ class Pkcs11RootOfTrust(RootOfTrust):
 
     def import_root(self, package: RootPackage) -> None:
         def run(session: Any) -> None:
+            with self._p._session.files.held(exclusive=True):  # writes token objects
+                install(session)
+
+        def install(session: Any) -> None:
             private = self._find(session, TRANSPORT_LABEL, ObjectClass.PRIVATE_KEY)
             public = self._find(session, TRANSPORT_LABEL, ObjectClass.PUBLIC_KEY)
             if not private or not public:
@@ -852,11 +861,12 @@ class Pkcs11RootOfTrust(RootOfTrust):
                                   serialization.NoEncryption())
 
         def run(session: Any) -> None:
-            unwrapper = session.create_object({**decode_rsa_private_key(pkcs1), **_RSA_UNWRAPPER})
-            try:
-                self._install(session, unwrapper, package)
-            finally:
-                unwrapper.destroy()
+            with self._p._session.files.held(exclusive=True):  # writes token objects
+                unwrapper = session.create_object({**decode_rsa_private_key(pkcs1), **_RSA_UNWRAPPER})
+                try:
+                    self._install(session, unwrapper, package)
+                finally:
+                    unwrapper.destroy()
         self._p._call(run)
 
     def _install(self, session: Any, unwrapper: Any, package: RootPackage) -> None:

@@ -30,12 +30,21 @@ def trust(request: dict) -> None:
         os.environ["SOFTHSM2_CONF"] = request["softhsm_conf"]
     import pkcs11
     from cryptography.hazmat.primitives import serialization
-    from pkcs11 import Attribute, ObjectClass
     from pkcs11.util.rsa import decode_rsa_public_key
 
     public = serialization.load_der_public_key(bytes.fromhex(request["public_key"]))
     parts = decode_rsa_public_key(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1))
     label = str(request["label"])
+    from providers.pkcs11 import TokenFiles
+
+    # the same cross-process lock as the broker's token writers: SoftHSM readers fail while a token is written
+    with TokenFiles({"softhsm_conf": request.get("softhsm_conf")}).held(exclusive=True):
+        _create(pkcs11, request, parts, label)
+
+
+def _create(pkcs11, request: dict, parts: dict, label: str) -> None:
+    from pkcs11 import Attribute, ObjectClass
+
     token = pkcs11.lib(request["lib"]).get_token(token_label=request["token_label"])
     with token.open(rw=True, so_pin=_so_pin(request)) as session:
         for obj in session.get_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
