@@ -118,7 +118,7 @@ def test_gcm_round_trip_with_aad(hsm_provider: Pkcs11Provider, refs, size: int) 
     plaintext, aad = os.urandom(size), b"header||{\"tenant\":\"a\"}"
     blob = hsm_provider.encrypt(ref, plaintext, aad)
     assert len(blob) == 12 + size + 16
-    assert plaintext == b"" or plaintext not in blob
+    assert size < 16 or plaintext not in blob  # a short random plaintext may occur in random bytes by chance
     assert hsm_provider.decrypt(ref, blob, aad) == plaintext
     assert hsm_provider.encrypt(ref, plaintext, aad) != blob  # fresh IV each time
 
