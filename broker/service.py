@@ -1380,6 +1380,11 @@ class KeyService(Service):
         backend = self.provider(target)
         if target == source:
             raise errors.ValidationError("the source provider holds the primary; targets are the other providers")
+        exact = self.provider(source).capabilities.wrap_specs
+        if exact is not None and spec not in exact:
+            raise errors.Unsupported(f"provider {source!r} cannot wrap {spec.value} material exactly for another's "
+                                     "import (its HSM pads the private key's encoding before AES key wrap, and "
+                                     "importers refuse the padded key)")
         if not backend.capabilities.byok_import:
             raise errors.Unsupported(f"provider {target!r} lacks byok_import; it cannot hold a replicated copy")
         missing = backend.capabilities.missing_for(spec)

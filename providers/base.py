@@ -74,6 +74,8 @@ class Capabilities:
     inventory:        `inventory`: list keys that exist in the backend (adoption, drift detection)
     wrap_for_import:  its key versions can be wrapped for another backend's `byok_import` by the broker's root of
                       trust (`RootOfTrust.wrap_for_import`, inside the HSM): a replicated key's primary lives here
+    wrap_specs:       the specs whose material that wrapping reproduces exactly (None: every spec it holds); an
+                      HSM that pads a private key's encoding before AES key wrap cannot hand some specs on
     encryption_algorithms, signing_algorithms: the asymmetric algorithms the backend offers; None = every one
                       the key spec allows. The service neither advertises nor accepts the others.
     """
@@ -89,6 +91,7 @@ class Capabilities:
     random: bool = False
     inventory: bool = False
     wrap_for_import: bool = False
+    wrap_specs: frozenset[KeySpec] | None = None
     encryption_algorithms: frozenset[EncryptionAlgorithm] | None = None
     signing_algorithms: frozenset[SigningAlgorithm] | None = None
 

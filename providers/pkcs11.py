@@ -189,6 +189,7 @@ class Pkcs11Provider(Provider):
         self._cache_size = cache_size
         self._root_of_trust: Pkcs11RootOfTrust | None = None
         self._oaep_sha256: bool | None = None  # probed once the HSM is reached (`_offers_oaep_sha256`)
+        self._wrap_specs: frozenset[KeySpec] | None = None  # measured once the HSM is reached (`_exact_wraps`)
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> Pkcs11Provider:
@@ -203,7 +204,51 @@ class Pkcs11Provider(Provider):
         return Capabilities(
             key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
             import_material=True, random=True, wrap_for_import=True, encryption_algorithms=frozenset(offered),
+            wrap_specs=self._exact_wraps(),
         )
+
+    def _exact_wraps(self) -> frozenset[KeySpec]:
+        """The specs whose material this token wraps exactly for another's import (AES-KWP of the key value or of
+        the private key's PKCS#8). SoftHSM zero-pads the value to a multiple of 8 bytes before wrapping, so a
+        PKCS#8 whose length is not one unwraps with trailing zeros, which importers refuse. Secret and HMAC keys
+        are 16-64 bytes (exact). EC keys are measured once per process on throwaway key pairs (SoftHSM 2.6.1's
+        PKCS#8: P-256 67 bytes, P-384 80, P-521 98, secp256k1 64, the same for every key of a curve); RSA keys'
+        PKCS#8 length differs from key to key, so no RSA key can be promised an exact wrap."""
+        exact = frozenset(s for s in KeySpec if not s.is_asymmetric)
+        if self._wrap_specs is None:
+            try:
+                self._wrap_specs = exact | self._call(self._measure_ec_wraps)
+            except ProviderError:
+                return exact
+        return self._wrap_specs
+
+    @staticmethod
+    def _measure_ec_wraps(session: Any) -> frozenset[KeySpec]:
+        from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
+
+        # A throwaway AES key whose value may be read (it wraps nothing but throwaway keys).
+        kek = session.generate_key(KeyType.AES, 256, template={
+            Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True, Attribute.WRAP: True})
+        try:
+            value = bytes(kek[Attribute.VALUE])
+            exact = set()
+            for spec, curve in _CURVES.items():
+                lengths = set()
+                for _ in range(3):
+                    params = session.create_domain_parameters(
+                        KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(curve)}, local=True)
+                    pub, priv = params.generate_keypair(store=False, private_template=_SECRET)
+                    try:
+                        der = aes_key_unwrap_with_padding(value, kek.wrap_key(priv, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+                    finally:
+                        pub.destroy()
+                        priv.destroy()
+                    lengths.add((len(der), _der_length(der)))
+                if all(unwrapped == encoded for unwrapped, encoded in lengths):
+                    exact.add(spec)
+            return frozenset(exact)
+        finally:
+            kek.destroy()
 
     def _offers_oaep_sha256(self) -> bool:
         """Whether the module decrypts RSA-OAEP with SHA-256 (and MGF1-SHA-256) inside the token — what AWS clients
@@ -561,6 +606,17 @@ class Pkcs11Provider(Provider):
         if self._root_of_trust is None:
             self._root_of_trust = Pkcs11RootOfTrust(self)
         return self._root_of_trust
+
+
+def _der_length(der: bytes) -> int:
+    """The length of the DER element at the start of `der` (tag, length octets and content)."""
+    if len(der) < 2:
+        return -1
+    first = der[1]
+    if first < 0x80:
+        return 2 + first
+    n = first & 0x7F
+    return 2 + n + int.from_bytes(der[2:2 + n], "big")
 
 
 def _rsa_spki(pkcs1_public: bytes) -> bytes:

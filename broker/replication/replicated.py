@@ -13,7 +13,10 @@ Rotation makes version N+1 in the HSM and imports it into every copy as *new* cl
 key where the cloud imports one material per key, as AWS and Aliyun do), then adds version N+1 to every copy at
 once. Old versions keep decrypting.
 
-Symmetric keys only: SoftHSM zero-pads asymmetric PKCS#8 before AES-KWP, which strict importers (AWS, GCP) reject.
+Specs: SYMMETRIC_DEFAULT, and the asymmetric (signing) specs the HSM wraps exactly for import
+(`Capabilities.wrap_specs`): SoftHSM zero-pads a private key's PKCS#8 to a multiple of 8 bytes before AES-KWP, and
+importers refuse the padded key, so only curves whose PKCS#8 length is a multiple of 8 travel (P-384 and secp256k1
+on SoftHSM 2.6.1; never RSA, whose length differs from key to key). Asymmetric copies do not rotate (as in AWS).
 """
 
 from __future__ import annotations
@@ -37,10 +40,16 @@ def _hsm_resource(host: ReplicatedKeys, args: Mapping[str, Any]) -> Target:
 
 
 def _spec(key_spec: Any) -> KeySpec:
-    if key_spec != KeySpec.SYMMETRIC_DEFAULT.value:
-        raise errors.Unsupported("replicated keys are SYMMETRIC_DEFAULT only (asymmetric BYOK: SoftHSM zero-pads "
-                                 "PKCS#8 before AES-KWP and strict importers reject it)")
-    return KeySpec.SYMMETRIC_DEFAULT
+    """SYMMETRIC_DEFAULT or an ECC signing spec; whether the HSM can hand it on is checked per target
+    (`KeyService.check_replica_target`)."""
+    try:
+        spec = KeySpec(key_spec)
+    except ValueError:
+        raise errors.ValidationError(f"KeySpec {str(key_spec)[:64]!r} is not a key spec") from None
+    if spec is not KeySpec.SYMMETRIC_DEFAULT and not spec.is_ecc:
+        raise errors.Unsupported(f"replicated keys are SYMMETRIC_DEFAULT or ECC signing keys, not {spec.value} "
+                                 "(an RSA key's PKCS#8 cannot be wrapped exactly by the HSM)")
+    return spec
 
 
 class ReplicatedKeys(Service):
@@ -106,7 +115,7 @@ class ReplicatedKeys(Service):
             call.require("kms:CreateKey", resource=f"provider/{t}")
         primary_id = str(uuid.uuid4())
         call.entry.key_id, call.entry.provider = primary_id, self.hsm_name
-        usage = KeyUsage.ENCRYPT_DECRYPT
+        usage = KeyUsage.SIGN_VERIFY if spec.is_ecc else KeyUsage.ENCRYPT_DECRYPT
         material = self.keys.provision_key(call, self.hsm_name, spec, usage, label=primary_id)
         made: list[tuple[str, Provisioned]] = []
         try:

@@ -369,6 +369,33 @@ def test_reimport_into_a_key_imported_before_check_values(hsm_provider: Pkcs11Pr
         _import_into(hsm_provider, KeySpec.SYMMETRIC_DEFAULT, os.urandom(32), ref=legacy)
 
 
+def test_wrap_specs_are_the_specs_the_hsm_wraps_exactly(hsm_provider: Pkcs11Provider, refs) -> None:
+    """Measured, not assumed: each EC key wrapped for import (RSA_AES_KEY_WRAP_SHA_1 for a software recipient)
+    unwraps to a PKCS#8 that parses exactly when its spec is among `wrap_specs`. SoftHSM 2.6.1: P-384 and secp256k1
+    are exact; P-256 and P-521 come out zero-padded; RSA is never promised."""
+    from cryptography.hazmat.primitives.keywrap import aes_key_unwrap_with_padding
+
+    exact = hsm_provider.capabilities.wrap_specs
+    assert {s for s in KeySpec if not s.is_asymmetric} <= exact and not any(s.is_rsa for s in exact)
+    recipient = rsa.generate_private_key(65537, 2048)
+    recipient_der = recipient.public_key().public_bytes(serialization.Encoding.DER,
+                                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    for spec in (s for s in KeySpec if s.is_ecc):
+        wrapped = hsm_provider.wrap_for_import(refs[spec], recipient_der, "RSA_AES_KEY_WRAP_SHA_1")
+        ephemeral = recipient.decrypt(wrapped[:256], OAEP_SHA1)
+        pkcs8 = aes_key_unwrap_with_padding(ephemeral, wrapped[256:])
+        if spec in exact:
+            private = serialization.load_der_private_key(pkcs8, None)
+            assert private.public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo) \
+                == hsm_provider.get_public_key(refs[spec])
+        else:
+            with pytest.raises(ValueError):
+                serialization.load_der_private_key(pkcs8, None)
+            assert pkcs8.endswith(b"\x00")
+    assert exact >= {KeySpec.ECC_NIST_P384, KeySpec.ECC_SECG_P256K1}
+
+
 def test_oaep_sha256_is_offered_exactly_when_the_token_decrypts_it(hsm_provider: Pkcs11Provider, refs) -> None:
     """The capability is probed in the token (a throwaway key pair), not assumed. SoftHSM 2.6.1 has OAEP with
     SHA-1 only: this test fails the day the module decrypts OAEP-SHA-256 (then the broker offers it)."""

@@ -87,10 +87,44 @@ def test_replicate_into_all_four_clouds_then_rotate_every_copy(world: World) -> 
     assert {c["Target"]: c["PrimaryVersion"] for c in described["Replicas"]} == {t: 2 for t in TARGETS}
 
 
-def test_asymmetric_replication_is_refused_with_the_reason(world: World) -> None:
+def test_asymmetric_replication_is_refused_where_the_hsm_cannot_wrap_exactly(world: World) -> None:
+    """SoftHSM zero-pads a private key's PKCS#8 to a multiple of 8 bytes before AES-KWP: an RSA key (whose length
+    varies) and P-256 / P-521 (67 and 98 bytes) would reach the importer padded, so they are refused, saying why,
+    before anything is made."""
+    before = world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]
     r = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["aws"], "KeySpec": "RSA_2048"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "UnsupportedOperationException"
-    assert "SoftHSM" in r.json()["error"]["message"]
+    assert "PKCS#8" in r.json()["error"]["message"]
+    for spec in ("ECC_NIST_P256", "ECC_NIST_P521"):
+        r = world.api.post(world.broker.url("/replicated-keys"), json={"Targets": ["gcp"], "KeySpec": spec})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "UnsupportedOperationException", r.text
+        assert "exactly" in r.json()["error"]["message"] and "pads" in r.json()["error"]["message"]
+    after = world.api.get(world.broker.url("/keys"), params={"limit": 1000}).json()["Keys"]
+    assert len(after) == len(before)
+
+
+def test_a_p384_signing_key_is_replicated_where_the_hsm_wraps_it_exactly(world: World) -> None:
+    """SoftHSM's P-384 PKCS#8 is 80 bytes, wrapped exactly: the copies in Cloud KMS and a managed HSM are the same
+    key pair, so each one's signature verifies under the primary's public key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    r = world.api.post(world.broker.url("/replicated-keys"),
+                       json={"Targets": ["gcp", "azure-mhsm"], "KeySpec": "ECC_NIST_P384"})
+    assert r.status_code == 201, r.text
+    primary = r.json()["KeyMetadata"]["KeyId"]
+    assert r.json()["KeyMetadata"]["KeyUsage"] == "SIGN_VERIFY"
+    public = world.api.get(world.broker.url(f"/keys/{primary}/public-key")).json()["PublicKey"]
+    key = serialization.load_der_public_key(base64.b64decode(public))
+    for copy in r.json()["Replicas"]:
+        assert world.api.get(world.broker.url(f"/keys/{copy['KeyId']}/public-key")).json()["PublicKey"] == public
+        message = f"signed by the {copy['Target']} copy".encode()
+        signed = world.api.post(world.broker.url(f"/keys/{copy['KeyId']}/sign"),
+                                json={"Message": b64(message), "SigningAlgorithm": "ECDSA_SHA_384"})
+        assert signed.status_code == 200, signed.text
+        key.verify(base64.b64decode(signed.json()["Signature"]), message, ec.ECDSA(hashes.SHA384()))
+    rotated = world.api.post(world.broker.url(f"/replicated-keys/{primary}/rotate"))
+    assert rotated.status_code == 400  # asymmetric keys do not rotate (as in AWS)
 
 
 def test_target_without_import_is_refused_and_nothing_is_left(world: World) -> None:
