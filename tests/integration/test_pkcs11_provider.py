@@ -381,7 +381,7 @@ def test_wrap_specs_are_the_specs_the_hsm_wraps_exactly(hsm_provider: Pkcs11Prov
     recipient_der = recipient.public_key().public_bytes(serialization.Encoding.DER,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
     for spec in (s for s in KeySpec if s.is_ecc):
-        wrapped = hsm_provider.wrap_for_import(refs[spec], recipient_der, "RSA_AES_KEY_WRAP_SHA_1")
+        wrapped = hsm_provider.root_of_trust().wrap_for_import(refs[spec], recipient_der, "RSA_AES_KEY_WRAP_SHA_1")
         ephemeral = recipient.decrypt(wrapped[:256], OAEP_SHA1)
         pkcs8 = aes_key_unwrap_with_padding(ephemeral, wrapped[256:])
         if spec in exact:
