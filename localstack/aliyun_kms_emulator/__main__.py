@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -40,12 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     ready = {"endpoint": f"{args.host}:{args.port}", "region": args.region,
              "access_key_id": key_id, "access_key_secret": secret}
     print("READY " + json.dumps(ready), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop like Ctrl-C: the state file gets the last changes
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         server.server_close()
+        server.flush_state()
     return 0
 
 

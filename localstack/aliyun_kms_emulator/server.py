@@ -14,18 +14,21 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from .models import KmsBackend
 from .responses import KmsApp
 from .signing import Verifier
+from .writebehind import WriteBehind
 
 
-def _saver(path: Path):  # noqa: ANN202 - callback for KmsBackend.on_change
-    """Atomic rewrite of the state file after every change (the file holds key material: mode 0600)."""
+def _writer(path: Path, backend: KmsBackend) -> WriteBehind:
+    """Atomic rewrite of the state file soon after changes (the file holds key material: mode 0600)."""
 
-    def save(backend: KmsBackend) -> None:
+    def save() -> None:
+        with backend.lock:
+            data = json.dumps(backend.to_dict())
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kms-state-")
         with os.fdopen(fd, "w") as fh:
-            json.dump(backend.to_dict(), fh)
+            fh.write(data)
         os.replace(tmp, path)
 
-    return save
+    return WriteBehind(save)
 
 
 def offset_clock(path: Path) -> Callable[[], float]:
@@ -50,5 +53,8 @@ def build_server(host: str, port: int, access_keys: dict[str, str], region: str 
     if state_file is not None:
         if state_file.exists():
             backend.load_dict(json.loads(state_file.read_text()))
-        backend.on_change = _saver(state_file)
-    return make_server(host, port, KmsApp(backend, Verifier(access_keys)), threaded=True)
+        writer = _writer(state_file, backend)
+        backend.on_change = lambda _backend: writer.changed()
+    server = make_server(host, port, KmsApp(backend, Verifier(access_keys)), threaded=True)
+    server.flush_state = writer.flush if state_file is not None else (lambda: None)  # type: ignore[attr-defined]
+    return server

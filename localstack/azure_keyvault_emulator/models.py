@@ -23,6 +23,7 @@ from . import byok
 from .errors import BadParameter, Conflict, Forbidden, KeyNotFound
 from .jwk import CURVES, EC_TYPES, OCT_TYPES, RSA_TYPES, b64d, b64e, load_key, private_jwk, public_fields
 from .rotation import default_policy, duration_seconds, validate_policy
+from .writebehind import WriteBehind
 
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")
@@ -88,6 +89,7 @@ class Vault:
         self._cache: dict[tuple[str, str], Any] = {}
         if state_file and os.path.exists(state_file):
             self._load(state_file)
+        self._writer = WriteBehind(self._write) if state_file else None
 
     # ------------------------------------------------------------------ persistence
     def _load(self, path: str) -> None:
@@ -100,9 +102,18 @@ class Vault:
                                           name=raw["name"])
 
     def _save(self) -> None:
-        if not self.state_file:
-            return
-        data = {"backup_key": b64e(self._backup_key), "keys": [asdict(k) for k in self._keys.values()]}
+        """Called under the lock after every change: the writer thread saves soon after (writebehind.py)."""
+        if self._writer is not None:
+            self._writer.changed()
+
+    def flush(self) -> None:
+        """Save pending changes now (shutdown)."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def _write(self) -> None:
+        with self._lock:
+            data = {"backup_key": b64e(self._backup_key), "keys": [asdict(k) for k in self._keys.values()]}
         tmp = f"{self.state_file}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -49,4 +49,5 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.server_close()
+        vault.flush()
     return 0

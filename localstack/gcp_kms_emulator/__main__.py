@@ -17,6 +17,7 @@ from . import LOCATION, PROJECT, persistence
 from .grpc_service import make_server as make_grpc_server
 from .models import KmsBackend
 from .rest import create_app
+from .writebehind import WriteBehind
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,9 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access log
     backend = KmsBackend(min_destroy_duration=timedelta(seconds=args.min_destroy_seconds))
+    writer = None
     if args.state_file:
         persistence.load_file(backend, args.state_file)
-        backend.on_change = lambda: persistence.save_file(backend, args.state_file)
+
+        def save() -> None:
+            with backend.lock:
+                persistence.save_file(backend, args.state_file)
+
+        writer = WriteBehind(save)
+        backend.on_change = writer.changed
 
     grpc_server = make_grpc_server(backend, args.host, args.grpc_port, args.token)
     rest_server = make_server(args.host, args.rest_port, create_app(backend, args.token), threaded=True)
@@ -54,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     stop.wait()
     rest_server.shutdown()
     grpc_server.stop(grace=1).wait()
-    if args.state_file:
-        with backend.lock:
-            persistence.save_file(backend, args.state_file)
+    if writer is not None:
+        writer.changed()
+        writer.flush()
     return 0
 
 
