@@ -49,8 +49,10 @@ from providers.base import (
     ProviderNotFound,
     ProviderThrottled,
     ProviderUnavailable,
+    ProviderUnreachable,
     ProviderUnsupported,
     WrapForImport,
+    connection_refused,
 )
 
 T = TypeVar("T")
@@ -85,6 +87,8 @@ def _map_error(exc: Exception, *, decrypting: bool = False) -> ProviderError:
     """SDK exception → provider error. Only the code and status are kept: Aliyun's messages can echo the
     string-to-sign, which carries request parameters such as plaintext."""
     if not isinstance(exc, AlibabaCloudException):
+        if connection_refused(exc):
+            return ProviderUnreachable("aliyun kms: endpoint refused the connection")
         return ProviderUnavailable(f"aliyun kms unreachable: {type(exc).__name__}")
     code, status = exc.code or "error", exc.status_code or 0
     text = f"aliyun kms: {code} ({status})"

@@ -55,8 +55,10 @@ from providers.base import (
     ProviderNotFound,
     ProviderThrottled,
     ProviderUnavailable,
+    ProviderUnreachable,
     ProviderUnsupported,
     WrapForImport,
+    connection_refused,
 )
 
 T = TypeVar("T")
@@ -91,8 +93,17 @@ _INPUT_CODES = {"ValidationException", "InvalidParameterValue", "IncorrectKeyMat
 _CONNECTION_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
 
 
+def _no_retry_when_refused(caught_exception: BaseException | None = None, **_: Any) -> None:
+    """botocore's first `needs-retry` handler: a refused connection ends the call at once (re-raised here, which
+    is how a handler vetoes the retry). Everything else goes on to the configured retry mode."""
+    if isinstance(caught_exception, EndpointConnectionError) and connection_refused(caught_exception):
+        raise caught_exception
+
+
 def _map_error(op: str, err: Exception) -> ProviderError:
     """botocore failure → the broker's provider error. Messages carry the AWS code, never request data."""
+    if isinstance(err, EndpointConnectionError) and connection_refused(err):
+        return ProviderUnreachable(f"AWS KMS {op}: endpoint refused the connection")
     if isinstance(err, _CONNECTION_ERRORS):
         return ProviderUnavailable(f"AWS KMS {op}: endpoint unreachable ({type(err).__name__})")
     if isinstance(err, NoCredentialsError):
@@ -158,6 +169,8 @@ class AwsProvider(Provider):
     def __init__(self, name: str, client: Any) -> None:
         super().__init__(name)
         self._kms = client
+        client.meta.events.register_first("needs-retry.kms", _no_retry_when_refused,
+                                          unique_id="kmsb-no-retry-when-refused")
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> AwsProvider:

@@ -34,6 +34,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline.policies import RetryPolicy
 from azure.core.rest import HttpRequest
 from azure.keyvault.keys import JsonWebKey, KeyClient, KeyType
 from azure.keyvault.keys.crypto import (
@@ -63,8 +64,10 @@ from providers.base import (
     ProviderNotFound,
     ProviderThrottled,
     ProviderUnavailable,
+    ProviderUnreachable,
     ProviderUnsupported,
     WrapForImport,
+    connection_refused,
 )
 
 T = TypeVar("T")
@@ -120,8 +123,19 @@ if not any(isinstance(f, _LocalFallbackFilter) for f in _crypto_log.filters):
     _crypto_log.addFilter(_LocalFallbackFilter())
 
 
+class _RefusedNotRetried(RetryPolicy):
+    """The SDK's retry policy, except that a refused connection is not retried: it ends the call at once."""
+
+    def increment(self, settings: dict[str, Any], response: Any = None, error: Exception | None = None) -> bool:
+        if isinstance(error, ServiceRequestError) and connection_refused(error):
+            return False
+        return super().increment(settings, response=response, error=error)
+
+
 def _map_error(err: AzureError, *, decrypting: bool = False) -> ProviderError:
     """Azure SDK exception -> provider error; messages carry codes and statuses, never data."""
+    if isinstance(err, ServiceRequestError) and connection_refused(err):
+        return ProviderUnreachable("azure key vault: endpoint refused the connection")
     if isinstance(err, ServiceRequestError | ServiceResponseError) or not isinstance(err, HttpResponseError):
         return ProviderUnavailable(f"azure key vault unreachable: {type(err).__name__}")
     status = err.status_code or 0
@@ -171,7 +185,8 @@ class AzureProvider(Provider):
         self._credential = credential
         self._kwargs: dict[str, Any] = {
             "verify_challenge_resource": not _is_local(self.vault_url), "connection_timeout": timeout,
-            "read_timeout": timeout, "retry_total": retries, "retry_backoff_factor": 0.2,
+            "read_timeout": timeout,
+            "retry_policy": _RefusedNotRetried(retry_total=retries, retry_backoff_factor=0.2),
         }
         if ca_bundle:
             self._kwargs["connection_verify"] = ca_bundle

@@ -147,6 +147,25 @@ class ProviderUnavailable(ProviderError):
     """The backend cannot be reached, timed out, or is not ready (HSM missing or locked)."""
 
 
+class ProviderUnreachable(ProviderUnavailable):
+    """The backend's endpoint refused the connection: nothing listens there now. Providers do not retry this inside
+    their SDKs (a retry milliseconds later meets the same closed port; the SDKs' backoff turned one refusal into
+    seconds), so a caller with somewhere else to go, such as a multi-key's next member, goes there at once."""
+
+
+def connection_refused(exc: BaseException | None) -> bool:
+    """Whether `exc` (or an exception it was raised from) is a refused TCP connection: ConnectionRefusedError in
+    the chain, or a transport (gRPC) that only reports it in its message."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, ConnectionRefusedError):
+            return True
+        if "connection refused" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 class ProviderNotFound(ProviderError):
     """The backend does not know the key or version."""
 

@@ -69,8 +69,10 @@ from providers.base import (
     ProviderNotFound,
     ProviderThrottled,
     ProviderUnavailable,
+    ProviderUnreachable,
     ProviderUnsupported,
     WrapForImport,
+    connection_refused,
 )
 
 T = TypeVar("T")
@@ -165,10 +167,19 @@ def _status(err: gexc.GoogleAPICallError) -> str:
         int(err.code or 0), "UNKNOWN")
 
 
+def _retryable(err: Exception) -> bool:
+    """What the client retries: unavailable and deadline exceeded, except a refused connection (the channel
+    says "Connection refused" at once; retrying it until the deadline only delays whoever can go elsewhere)."""
+    return isinstance(err, gexc.ServiceUnavailable | gexc.DeadlineExceeded) and not connection_refused(err)
+
+
 def _map_error(err: Exception, *, decrypting: bool = False) -> ProviderError:
     """Client exception -> provider error. Messages carry statuses and resource names, never data."""
     if isinstance(err, ProviderError):
         return err
+    if connection_refused(err) and isinstance(err, requests.RequestException | auth_exc.TransportError
+                                              | gexc.ServiceUnavailable):
+        return ProviderUnreachable("gcp kms: endpoint refused the connection")
     if isinstance(err, requests.RequestException | auth_exc.TransportError | gexc.RetryError):
         return ProviderUnavailable(f"gcp kms unreachable: {type(err).__name__}")
     if isinstance(err, auth_exc.GoogleAuthError):
@@ -230,7 +241,7 @@ class GcpProvider(Provider):
         self.destroy_scheduled = timedelta(days=destroy_scheduled_days)
         self.timeout = timeout
         self._retry = None if retries <= 0 else gretry.Retry(
-            predicate=gretry.if_exception_type(gexc.ServiceUnavailable, gexc.DeadlineExceeded),
+            predicate=_retryable,
             initial=0.1, maximum=1.0, multiplier=2.0, timeout=timeout)
         self._ring_ready = False
         self._lock = threading.Lock()

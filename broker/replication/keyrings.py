@@ -88,10 +88,21 @@ class CircuitBreaker:
             if n >= self.threshold:
                 self._open_until[provider] = time.monotonic() + self.cooldown
 
+    def trip(self, provider: str) -> None:
+        """Open at once: the provider's endpoint refused a connection (nothing listens; no need to wait for a
+        second failure to know it)."""
+        with self._lock:
+            self._failures[provider] = max(self._failures.get(provider, 0) + 1, self.threshold)
+            self._open_until[provider] = time.monotonic() + self.cooldown
+
     def snapshot(self) -> dict[str, str]:
         with self._lock:
             t = time.monotonic()
             return {p: ("open" if until > t else "half-open") for p, until in self._open_until.items()}
+
+
+class _Unreachable(errors.DependencyTimeout):
+    """A member's provider refused the connection: answered at once, without waiting out the timeout."""
 
 
 def _commitment(data_key: bytes, header: bytes) -> bytes:
@@ -239,6 +250,9 @@ class MultiKeys(Service):
                 if job.started is None and time.monotonic() >= queued_until and job.future.cancel():
                     raise errors.DependencyTimeout("the broker is too busy to reach the provider; retry") from None
             except BaseException as exc:
+                if isinstance(exc, pb.ProviderUnreachable):
+                    self.breaker.trip(job.provider)
+                    raise _Unreachable(f"provider {job.provider!r} refused the connection") from None
                 mapped = _broker_error(exc)
                 if mapped is None:
                     raise
@@ -446,7 +460,8 @@ class MultiKeys(Service):
             try:
                 data_key = self._await(job)
             except errors.BrokerError as exc:
-                attempts.append({**attempt, "Outcome": exc.code})
+                attempts.append({**attempt, "Outcome": exc.code,
+                                 **({"Unreachable": True} if isinstance(exc, _Unreachable) else {})})
                 continue
             if not hmac.compare_digest(_commitment(data_key, parsed.header_bytes), commitment):
                 attempts.append({**attempt, "Outcome": "CommitmentMismatch"})
