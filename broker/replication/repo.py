@@ -8,11 +8,18 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from broker.store import Store
 from broker.store.tables import MultiKeyRow, ReplicaRow, SyncJournalRow
+
+_JOURNAL = SyncJournalRow.__table__
+# Prebuilt statements (executed with parameters): an apply writes three journal rows' worth per key
+_JOURNAL_INSERT = insert(_JOURNAL)
+_JOURNAL_SET = update(_JOURNAL).where(_JOURNAL.c.id == bindparam("jid")).values(
+    state=bindparam("new_state"), updated_at=bindparam("at"))
+_JOURNAL_SET_REF = _JOURNAL_SET.values(provider_ref=bindparam("ref"))
 
 
 def now() -> datetime:
@@ -105,40 +112,47 @@ class ReplicationRepo:
             rows = s.scalars(select(ReplicaRow).where(ReplicaRow.primary_key_id == primary))
             return {r.target: r.replica_key_id for r in rows}
 
-    # -- sync journal
+    # -- sync journal (Core statements: an apply writes three journal rows' worth per key, and the ORM's unit of
+    # work cost more than the statements themselves)
     def journal_intent(self, manifest: str, entry: str, target: str, key_id: str, action: str) -> int:
-        with self.store.session() as s:
-            row = SyncJournalRow(manifest=manifest, entry=entry, target=target, key_id=key_id, action=action,
-                                 state="intent", provider_ref="", created_at=now(), updated_at=now())
-            s.add(row)
-            s.flush()
-            return row.id
+        at = now()
+        with self.store.engine.begin() as conn:
+            result = conn.execute(_JOURNAL_INSERT, {"manifest": manifest, "entry": entry, "target": target,
+                                                    "key_id": key_id, "action": action, "state": "intent",
+                                                    "provider_ref": "", "created_at": at, "updated_at": at})
+            return int(result.inserted_primary_key[0])
 
     def journal_set(self, journal_id: int, state: str, provider_ref: dict | None = None) -> None:
-        values: dict = {"state": state, "updated_at": now()}
+        params: dict = {"jid": journal_id, "new_state": state, "at": now()}
         if provider_ref is not None:
-            values["provider_ref"] = json.dumps(provider_ref)
-        with self.store.session() as s:
-            s.execute(update(SyncJournalRow).where(SyncJournalRow.id == journal_id).values(**values))
+            params["ref"] = json.dumps(provider_ref)
+        with self.store.engine.begin() as conn:
+            conn.execute(_JOURNAL_SET if provider_ref is None else _JOURNAL_SET_REF, params)
+
+    def journal_done(self, journal_ids: list[int]) -> None:
+        """Close many entries at once (their keys are registered)."""
+        at = now()
+        for i in range(0, len(journal_ids), 500):
+            with self.store.engine.begin() as conn:
+                conn.execute(update(_JOURNAL).where(_JOURNAL.c.id.in_(journal_ids[i:i + 500]))
+                             .values(state="done", updated_at=at))
 
     def journal_open(self, manifest: str) -> list[JournalEntry]:
-        with self.store.session() as s:
-            rows = s.scalars(select(SyncJournalRow).where(SyncJournalRow.manifest == manifest,
-                                                          SyncJournalRow.state.in_(("intent", "created")))
-                             .order_by(SyncJournalRow.id))
-            return [JournalEntry(r.id, r.manifest, r.entry, r.target, r.key_id, r.action, r.state,
-                                 json.loads(r.provider_ref) if r.provider_ref else None) for r in rows]
+        return self._journal(select(_JOURNAL).where(_JOURNAL.c.manifest == manifest,
+                                                    _JOURNAL.c.state.in_(("intent", "created"))))
 
     def journal_all(self, manifest: str) -> list[JournalEntry]:
-        with self.store.session() as s:
-            rows = s.scalars(select(SyncJournalRow).where(SyncJournalRow.manifest == manifest)
-                             .order_by(SyncJournalRow.id))
+        return self._journal(select(_JOURNAL).where(_JOURNAL.c.manifest == manifest))
+
+    def _journal(self, query) -> list[JournalEntry]:  # noqa: ANN001 - a select of the journal table
+        with self.store.engine.connect() as conn:
             return [JournalEntry(r.id, r.manifest, r.entry, r.target, r.key_id, r.action, r.state,
-                                 json.loads(r.provider_ref) if r.provider_ref else None) for r in rows]
+                                 json.loads(r.provider_ref) if r.provider_ref else None)
+                    for r in conn.execute(query.order_by(_JOURNAL.c.id))]
 
     def journal_owned(self, manifest: str) -> set[str]:
         """The key ids this manifest's runs made or adopted (any journal entry names them): the proof of ownership
         a tag alone is not (anyone who may tag a key could tag it into a manifest's scope)."""
-        with self.store.session() as s:
-            return set(s.scalars(select(SyncJournalRow.key_id).where(SyncJournalRow.manifest == manifest,
-                                                                     SyncJournalRow.state != "aborted")))
+        with self.store.engine.connect() as conn:
+            return set(conn.scalars(select(_JOURNAL.c.key_id).where(_JOURNAL.c.manifest == manifest,
+                                                                    _JOURNAL.c.state != "aborted")))

@@ -8,6 +8,9 @@ because the sync chooses the broker key id *before* the external create so a cra
     journal intent (entry, target, key id)  →  provision (cloud key labelled with that key id)
     →  journal "created" + the provisioned material  →  register (catalog row)  →  journal "done"
 
+("done" is written for a batch's entries at once when the batch ends: an entry whose key is registered is settled
+already, and a crash before its "done" only leaves it for the next run to close.)
+
 On the next run, open journal entries are settled first: a key already in the catalog closes its entry; journaled
 material is registered (no duplicate create); an intent without material is looked up in the cloud's inventory by
 its label and destroyed (no orphaned material). Everything else is recomputed from state, so a second apply is a
@@ -20,7 +23,6 @@ manifest; nothing outside the scope is tagged, enabled, disabled, deleted or re-
 
 from __future__ import annotations
 
-import itertools
 import random
 import threading
 import time
@@ -35,6 +37,7 @@ from typing import Any
 from broker import errors
 from broker.gate import Call, Need, Service, internal, key_arg, operation, resource
 from broker.model import Key, KeySpec, KeyState, Origin
+from broker.replication.lanes import Lanes
 from broker.replication.manifest import PRIMARY, SYNC_TAG, TARGET_TAG, KeyEntry, Manifest
 from broker.replication.replicated import PRIMARY_TAG, REPLICA_TAG, ReplicatedKeys
 from broker.replication.repo import JournalEntry, ReplicationRepo
@@ -210,7 +213,7 @@ class Sync(Service):
                                                               label=key_id))
             self.repo.journal_set(jid, "created", material.journal())
             key = self._register(call, run, material, e, target, key_id)
-        self.repo.journal_set(jid, "done")
+        run.close_later(jid)  # the key is in the catalog: its entry is settled; closed with the batch's others
         return key
 
     def _register(self, call: Call, run: _Run, material: Provisioned, e: KeyEntry, target: str, key_id: str, *,
@@ -222,11 +225,13 @@ class Sync(Service):
                                          tags={**tags, REPLICA_TAG: primary})
             if target not in self.repo.replicas(primary):
                 self.repo.add_replica(primary, target, key_id)
-            return key
-        if e.replicate and target == PRIMARY:
-            tags[PRIMARY_TAG] = "primary"
-        return self.keys.register_key(call, material, key_id=key_id, spec=e.key_spec, usage=e.key_usage,
-                                      description=e.description, tags=tags)
+        else:
+            if e.replicate and target == PRIMARY:
+                tags[PRIMARY_TAG] = "primary"
+            key = self.keys.register_key(call, material, key_id=key_id, spec=e.key_spec, usage=e.key_usage,
+                                         description=e.description, tags=tags)
+        run.made(e, target, key)
+        return key
 
     @operation("kms:CreateKey", Need("kms:CreateKey", resource(_provider_arg)), dynamic=("kms:ReplicateKey",),
                mutates=True)
@@ -252,7 +257,7 @@ class Sync(Service):
         if j.provider_ref is not None:
             material = self.keys.restore_provisioned(call, provider, j.key_id, _journaled_ref(j))
             return int(retry(lambda: self.keys.discard(call, material)))
-        items = run.inventory.get(provider, [])
+        items = run.labelled(provider, j.key_id)
         return len(retry(lambda: self.keys.discard_unregistered(call, provider, j.key_id, items)))
 
     @operation("kms:EnableKey", Need("kms:EnableKey", key_arg("key_id")), mutates=True)
@@ -268,6 +273,14 @@ class Sync(Service):
 
 def _desired_tags(manifest: str, e: KeyEntry, target: str) -> dict[str, str]:
     return {**e.tags, SYNC_TAG: f"{manifest}/{e.name}", TARGET_TAG: target}
+
+
+def _by_unit(keys: Iterable[Key]) -> dict[tuple[str, str], list[Key]]:
+    """Keys by (manifest entry, target), from their sync tags."""
+    out: dict[tuple[str, str], list[Key]] = defaultdict(list)
+    for key in keys:
+        out[(key.tags[SYNC_TAG].split("/", 1)[1], key.tags.get(TARGET_TAG, ""))].append(key)
+    return out
 
 
 def _journaled_ref(j: JournalEntry) -> Mapping[str, Any]:
@@ -300,10 +313,41 @@ class _Run:
         self._timing: dict[str, list[float]] = defaultdict(list)
         self._timing_lock = threading.Lock()
         self._span: dict[str, tuple[float, float]] = {}
+        self._scope_lock = threading.RLock()
+        self._scope: tuple[list[Key], list[Key]] | None = None
+        self._catalog: dict[tuple[str, str], list[Key]] | None = None
+        self._owned: set[str] | None = None
+        self._made: dict[tuple[str, str], Key] = {}
+        self._by_label: dict[tuple[str, str], list[InventoryItem]] | None = None
+        self._settled: list[int] = []
         call.entry.extra["manifest"] = manifest.manifest
         call.require("kms:ListKeys")
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    def close_later(self, journal_id: int) -> None:
+        """Mark a journal entry whose key is registered as done with the rest of its batch (one statement per 500
+        entries, not one transaction per key). Until then it reads as open, and a run that resumes after a crash
+        closes it (its key is in the catalog), so the delay never loses anything."""
+        with self._scope_lock:
+            self._settled.append(journal_id)
+
+    def _close_settled(self) -> None:
+        with self._scope_lock:
+            ids, self._settled = self._settled, []
+        self.repo.journal_done(ids)
+
+    def labelled(self, provider: str, label: str) -> list[InventoryItem]:
+        """The provider's inventory items labelled `label` (an index built once per run: settling thousands of
+        crashed intents must not scan the whole inventory for each)."""
+        with self._scope_lock:
+            if self._by_label is None:
+                self._by_label = defaultdict(list)
+                for name, items in self.inventory.items():
+                    for item in items:
+                        if item.label:
+                            self._by_label[(name, item.label.lower())].append(item)
+            return list(self._by_label.get((provider, label.lower()), []))
 
     def sync_value(self, entry: str) -> str:
         return f"{self.manifest.manifest}/{entry}"
@@ -317,10 +361,30 @@ class _Run:
         gate.wait()
 
     def primary(self, e: KeyEntry) -> Key:
-        keys = self.catalog().get((e.name, PRIMARY), [])
+        """The entry's HSM primary: from the catalog this run read, or made by this run's first batch."""
+        with self._scope_lock:
+            keys = self._catalog_now().get((e.name, PRIMARY), [])
+            made = self._made.get((e.name, PRIMARY))
+        if made is not None:
+            return made
         if not keys:
             raise errors.InvalidState(f"the primary of replicated entry {e.name} does not exist")
         return keys[0]
+
+    def made(self, e: KeyEntry, target: str, key: Key) -> None:
+        """Record a key this run registered: in scope from now on (an alias may move from it, a copy of it may be
+        imported), without reading the whole scope again."""
+        with self._scope_lock:
+            self._made[(e.name, target)] = key
+            if self._owned is not None:
+                self._owned.add(key.key_id)
+
+    def owned_ids(self) -> set[str]:
+        """The key ids this manifest's journal names, read once per run (plus what this run made)."""
+        with self._scope_lock:
+            if self._owned is None:
+                self._owned = self.repo.journal_owned(self.manifest.manifest)
+            return self._owned
 
     def _units(self) -> list[tuple[KeyEntry, str, str]]:
         """(entry, target, provider) for every key the manifest wants."""
@@ -331,22 +395,30 @@ class _Run:
             out += [(e, t, t) for t in e.targets]
         return out
 
-    def _scoped(self) -> tuple[list[Key], list[Key]]:
-        """(keys this manifest owns, keys tagged into its scope that it did not make)."""
-        owned_ids = self.repo.journal_owned(self.manifest.manifest)
-        owned, foreign = [], []
-        for key in self.keys.keys_tagged(self.call, SYNC_TAG, self.manifest.manifest + "/"):
-            if key.state is KeyState.DESTROYED:
-                continue
-            (owned if key.key_id in owned_ids else foreign).append(key)
-        return owned, foreign
+    def _scoped(self, *, fresh: bool = False) -> tuple[list[Key], list[Key]]:
+        """(keys this manifest owns, keys tagged into its scope that it did not make): one read of the catalog and
+        the journal per run (`fresh` reads them again, e.g. after settling a crashed run's entries)."""
+        with self._scope_lock:
+            if self._scope is not None and not fresh:
+                return self._scope
+            self._owned = owned_ids = self.repo.journal_owned(self.manifest.manifest)
+            owned, foreign = [], []
+            for key in self.keys.keys_tagged(self.call, SYNC_TAG, self.manifest.manifest + "/"):
+                if key.state is KeyState.DESTROYED:
+                    continue
+                (owned if key.key_id in owned_ids else foreign).append(key)
+            self._scope, self._catalog = (owned, foreign), None
+            return self._scope
+
+    def _catalog_now(self) -> dict[tuple[str, str], list[Key]]:
+        if self._catalog is None:
+            self._catalog = _by_unit(self._scoped()[0])
+        return self._catalog
 
     def catalog(self) -> dict[tuple[str, str], list[Key]]:
-        out: dict[tuple[str, str], list[Key]] = defaultdict(list)
-        for key in self._scoped()[0]:
-            entry = key.tags[SYNC_TAG].split("/", 1)[1]
-            out[(entry, key.tags.get(TARGET_TAG, ""))].append(key)
-        return out
+        """The manifest's keys by (entry, target), as this run read them."""
+        with self._scope_lock:
+            return self._catalog_now()
 
     def _read_inventory(self, providers: Iterable[str]) -> dict[str, list[InventoryItem]]:
         if not self.use_inventory:
@@ -413,9 +485,7 @@ class _Run:
         started = time.perf_counter()
         report = Report(self.manifest.manifest, "plan")
         owned, foreign = self._scoped()
-        catalog: dict[tuple[str, str], list[Key]] = defaultdict(list)
-        for key in owned:
-            catalog[(key.tags[SYNC_TAG].split("/", 1)[1], key.tags.get(TARGET_TAG, ""))].append(key)
+        catalog = self.catalog()
         for key in foreign:
             report.drift.append(Drift("not-owned", key.provider, "tagged for this manifest but not made by it: left "
                                       "alone", key_id=key.key_id, entry=key.tags[SYNC_TAG].split("/", 1)[1]))
@@ -499,6 +569,8 @@ class _Run:
         providers = {p for _, _, p in units} | {k.provider for k in owned}
         self.inventory = self._read_inventory(providers | {self._provider_of(j) for j in open_entries})
         resumed = self._resume(open_entries)
+        if open_entries:
+            self._scoped(fresh=True)  # settling adopted keys into the catalog
         report = self.plan(self.inventory)
         report.mode, report.resumed = "apply", resumed
         report.drift = [d for d in report.drift if not d.fixable]
@@ -517,39 +589,35 @@ class _Run:
                     self.progress(total, done[0])
 
         for batch in (first, second):
-            self._run_batch(batch, entries, tick)
+            try:
+                self._run_batch(batch, entries, tick)
+            finally:
+                self._close_settled()
         report.seconds = time.perf_counter() - started
         report.per_provider = self._provider_stats()
         self.call.entry.extra["status"] = report.status
         return report
 
     def _run_batch(self, actions: list[Action], entries: dict[str, KeyEntry], tick: Callable[[], None]) -> None:
-        """At most `concurrency` operations in flight per provider, and at most MAX_THREADS in all (each worker
-        thread holds store connections). Providers are interleaved so none waits behind another's queue."""
-        by_provider: dict[str, list[Action]] = defaultdict(list)
-        for a in actions:
-            by_provider[a.provider].append(a)
-        if not by_provider:
-            return
-        gates = {p: threading.BoundedSemaphore(self.concurrency) for p in by_provider}
-        order = [a for group in itertools.zip_longest(*by_provider.values()) for a in group if a is not None]
+        """At most `concurrency` operations in flight per provider and MAX_THREADS worker threads in all (each holds
+        store connections), on per-provider lanes: a slow provider holds only its own slots, never the threads the
+        other providers' work could use."""
 
-        def run(a: Action) -> None:
-            with gates[a.provider]:
-                self._execute(a, entries.get(a.entry))
+        def work(a: Action) -> None:
+            self._execute(a, entries.get(a.entry))
 
-        workers = min(MAX_THREADS, self.concurrency * len(by_provider))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kmsb-sync") as pool:
-            futures = [(a, pool.submit(run, a)) for a in order]
-            for a, fut in futures:
-                try:
-                    fut.result()
-                    a.status = "done"
-                except _Unfixable as exc:
-                    a.status, a.error = "unfixable", str(exc)
-                except (errors.BrokerError, pb.ProviderError) as exc:
-                    a.status, a.error = "failed", f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
-                tick()
+        def done(a: Action, exc: Exception | None) -> None:
+            if exc is None:
+                a.status = "done"
+            elif isinstance(exc, _Unfixable):
+                a.status, a.error = "unfixable", str(exc)
+            elif isinstance(exc, errors.BrokerError | pb.ProviderError):
+                a.status, a.error = "failed", f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
+            else:
+                raise exc
+            tick()
+
+        Lanes(self.concurrency, MAX_THREADS).run(((a.provider, a) for a in actions), work, done)
 
     def _timed(self, provider: str, started: float) -> None:
         ended = time.perf_counter()
@@ -570,8 +638,7 @@ class _Run:
                 assert e is not None
                 key = self.sync._create(self.ctx, self, e, a.target, a.provider)
                 a.key_id = key.key_id
-                key = self.keys.resolve_key(key.key_id, details=True)
-                a.changes = self._changes(e, a.target, key)
+                a.changes = self._changes(e, a.target, key)  # the key as registered (no aliases yet)
                 self._update(e, a.target, key, a.changes)
             elif a.kind == "update":
                 assert e is not None and a.key_id is not None
@@ -632,7 +699,7 @@ class _Run:
         if owner is None:
             retry(lambda: self.keys.create_alias(self.ctx, name, key.key_id))
         elif owner.key_id != key.key_id:
-            if owner.key_id not in self.repo.journal_owned(self.manifest.manifest):
+            if owner.key_id not in self.owned_ids():
                 raise _Unfixable(f"{name} points at a key this manifest does not manage; it is left alone")
             retry(lambda: self.keys.update_alias(self.ctx, name, key.key_id))
 
@@ -652,7 +719,7 @@ class _Run:
             provider = self._provider_of(j)
             if j.key_id in known:
                 self._ensure_replica_row(j)
-                self.repo.journal_set(j.id, "done")
+                self.close_later(j.id)
                 counts["closed"] += 1
             elif j.state == "created" and j.provider_ref is not None and j.entry in entries:
                 self.sync._adopt(self.ctx, self, j, entries[j.entry], provider)
@@ -662,6 +729,7 @@ class _Run:
                     counts["cleaned"] += self.sync._clean(self.ctx, self, j, provider)
                 self._cleaned.add(j.key_id.lower())  # its cloud keys are gone: not "unmanaged" in this run's plan
                 self.repo.journal_set(j.id, "aborted")
+        self._close_settled()
         return counts
 
     def _ensure_replica_row(self, j: JournalEntry) -> None:
