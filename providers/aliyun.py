@@ -53,6 +53,7 @@ from providers.base import (
     ProviderUnsupported,
     WrapForImport,
     connection_refused,
+    map_bounded,
 )
 
 T = TypeVar("T")
@@ -406,14 +407,17 @@ class AliyunProvider(Provider):
         return ref
 
     # ------------------------------------------------------------------ misc
+    def _described(self, key_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        meta = self._call("describe_key", key_id=key_id)["KeyMetadata"]
+        return meta, self._call("list_resource_tags", key_id=key_id).get("Tags", {}).get("Tag", [])
+
     def inventory(self) -> Iterable[InventoryItem]:
         items: list[InventoryItem] = []
         page = 1
         while True:
             body = self._call("list_keys", page_number=page, page_size=100)
-            for row in body.get("Keys", {}).get("Key", []):
-                meta = self._call("describe_key", key_id=row["KeyId"])["KeyMetadata"]
-                tags = self._call("list_resource_tags", key_id=row["KeyId"]).get("Tags", {}).get("Tag", [])
+            rows = body.get("Keys", {}).get("Key", [])
+            for meta, tags in map_bounded(self._described, [row["KeyId"] for row in rows]):
                 items.append(InventoryItem(
                     key_id=meta["KeyId"], spec=_SPECS_BACK.get(meta.get("KeySpec", "")),
                     usage=_USAGES_BACK.get(meta.get("KeyUsage", "")), enabled=meta.get("KeyState") == "Enabled",

@@ -59,6 +59,7 @@ from providers.base import (
     ProviderUnsupported,
     WrapForImport,
     connection_refused,
+    map_bounded,
 )
 
 T = TypeVar("T")
@@ -380,8 +381,7 @@ class AwsProvider(Provider):
         marker: str | None = None
         while True:
             page = self._call("ListKeys", self._kms.list_keys, **({"Marker": marker} if marker else {}))
-            for entry in page.get("Keys", []):
-                item = self._inventory_item(entry["KeyId"])
+            for item in map_bounded(self._inventory_item, [entry["KeyId"] for entry in page.get("Keys", [])]):
                 if item is not None:
                     yield item
             if not page.get("Truncated"):

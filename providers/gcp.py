@@ -387,8 +387,10 @@ class GcpProvider(Provider):
 
     def create_key(self, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
         key = self._create_crypto_key(spec, usage, label, import_only=False)
-        version = self._wait_ready(self._rpc("get_crypto_key_version", {"name": f"{key.name}/cryptoKeyVersions/1"}))
-        return self._ref(version, spec)
+        first = f"{key.name}/cryptoKeyVersions/1"
+        if key.primary.name == first:  # symmetric keys come back with their primary version: no second call
+            return self._ref(self._wait_ready(key.primary), spec)
+        return self._ref(self._wait_ready(self._rpc("get_crypto_key_version", {"name": first})), spec)
 
     def _make_primary(self, version: kms_v1.CryptoKeyVersion, spec: KeySpec) -> None:
         if spec is KeySpec.SYMMETRIC_DEFAULT:
