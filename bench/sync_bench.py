@@ -1,14 +1,22 @@
-"""Sync benchmark: plan + apply of a manifest with 100 / 500 / 1,000 keys across the emulated clouds and the HSM.
+"""Sync benchmark: plan + apply of a manifest of N keys across the emulated clouds and the HSM, sizes side by side.
 
-    python bench/sync_bench.py [--sizes 100,500,1000] [--concurrency 8]
+    python bench/sync_bench.py [--sizes 1000,4000] [--concurrency 8] [--providers hsm,aws,azure-mhsm,gcp,aliyun]
 
 Each size runs in a fresh child process with a fresh local stack (LocalStack + our emulators) and a fresh broker
-data folder, so sizes do not see each other's keys. The manifest spreads keys round-robin over the five providers
-(hsm, aws, azure-mhsm, gcp, aliyun), one broker key per entry. Printed per size: plan time, apply time, and per provider
-keys, wall time and keys/s. Baseline (same run, same stack): the provider's own create_key called sequentially,
-without the broker (no catalog, audit, policy or journal).
+data folder, so sizes do not see each other's keys. The manifest spreads keys round-robin over the providers, one
+broker key per entry. Printed per size:
 
-Not a test. Target: plan + apply of 1,000 keys <= 60 s, cost linear in the number of keys.
+- plan, apply, total seconds and ms/key (flat across sizes is the target: no cost that grows with the catalog);
+- CPU-seconds per 1,000 keys of the broker process and of the stack's emulators (CPU time is far less sensitive to
+  the machine's load than wall time, and shows a change that only moves cost from one side to the other);
+- a no-change re-plan (catalog only, `--no-inventory`) and a no-change apply (which reads every cloud's inventory:
+  its time is bounded by the clouds' list/describe APIs, printed beside the raw inventory calls);
+- per provider: keys/s inside the apply, beside the provider's raw sequential create_key measured in the same run
+  on the empty stack and again once it holds the apply's keys (an emulator that slows down as it fills shows
+  there, not as the broker's cost).
+
+Not a test. Target (issue 14): 10,000 keys over the five providers planned + applied in <= 60 s, ms/key flat from
+1,000 to 10,000, a no-change re-plan of 10,000 keys <= 2 s.
 """
 
 from __future__ import annotations
@@ -24,28 +32,83 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDERS = ["hsm", "aws", "azure-mhsm", "gcp", "aliyun"]
-CLOUDS = ["aws", "azure", "gcp", "aliyun"]
+CLOUD_OF = {"aws": "aws", "azure-mhsm": "azure", "azure": "azure", "gcp": "gcp", "aliyun": "aliyun"}
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _one(size: int, concurrency: int, baseline: int) -> dict:
+def _tree_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes and every descendant alive now."""
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / _TICK
+    roots, total = set(pids), 0.0
+    for pid in cpu:
+        p, seen = pid, 0
+        while p and seen < 64:
+            if p in roots:
+                total += cpu[pid]
+                break
+            p, seen = parent.get(p, 0), seen + 1
+    return total
+
+
+class _Meter:
+    """Wall seconds, this process's CPU seconds and the stack's CPU seconds of one phase."""
+
+    def __init__(self, stack_pids: list[int]) -> None:
+        self.pids = stack_pids
+
+    def __call__(self, fn):  # noqa: ANN001, ANN204 - a thunk and its result
+        w, c, s = time.perf_counter(), time.process_time(), _tree_cpu(self.pids)
+        result = fn()
+        return result, {"wall": time.perf_counter() - w, "cpu": time.process_time() - c,
+                        "stack_cpu": _tree_cpu(self.pids) - s}
+
+
+def _raw_rates(service, providers: list[str], n: int, tag: str) -> dict[str, float]:  # noqa: ANN001
+    from broker.model import KeySpec, KeyUsage
+
+    out = {}
+    for p in providers:
+        t = time.perf_counter()
+        for i in range(n):
+            service.providers[p].create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
+                                            label=f"baseline-{tag}-{i}")
+        out[p] = n / (time.perf_counter() - t)
+    return out
+
+
+def _one(size: int, concurrency: int, baseline: int, providers: list[str]) -> dict:
     sys.path.insert(0, str(ROOT))
     from kms_stack.stack import Stack
 
+    clouds = sorted({CLOUD_OF[p] for p in providers if p in CLOUD_OF})
     base = Path(tempfile.mkdtemp(prefix=f"sync-bench-{size}-"))
     stack = Stack(base / "stack")
-    env = stack.up(only=CLOUDS)
+    env = stack.up(only=clouds) if clouds else {}
     try:
-        providers = {name: dict(cfg) for name, cfg in env.items()}
-        providers["azure"]["retries"] = 0
-        # symmetric keys on a Managed HSM are AES keys; on a standard vault they are RSA keys (wrap_data_key), whose
-        # generation bounds the emulator to ~5 keys/s: the standard vault is measured in the baseline row only
-        providers["azure-mhsm"] = {**providers["azure"], "managed_hsm": True}
-        os.environ["KMSB_PROVIDERS_JSON"] = json.dumps(providers)
+        cfgs = {name: dict(cfg) for name, cfg in env.items()}
+        if "azure" in cfgs:
+            cfgs["azure"]["retries"] = 0
+            # symmetric keys on a Managed HSM are AES keys; on a standard vault they are RSA keys (wrap_data_key),
+            # whose generation bounds the emulator to ~5 keys/s: the standard vault is in the baseline row only
+            cfgs["azure-mhsm"] = {**cfgs["azure"], "managed_hsm": True}
+        os.environ["KMSB_PROVIDERS_JSON"] = json.dumps(cfgs)
         subprocess.run([sys.executable, "-m", "broker.cli", "init", "--data-dir", str(base / "data"), "--output",
                         "json"], check=True, capture_output=True, cwd=ROOT)
+        import yaml
+
         from broker.app import build_service
         from broker.auth import Principal
-        from broker.model import KeySpec, KeyUsage
         from broker.replication.manifest import parse_manifest
         from broker.service import RequestContext
         from broker.services import Services
@@ -55,76 +118,93 @@ def _one(size: int, concurrency: int, baseline: int) -> dict:
         service.store.migrate()
         sync = Services.over(service).sync
         ctx = RequestContext(Principal("bench", "local", ("root",)), front_door="sync")
-        for p in CLOUDS:  # warm-up (LocalStack starts its KMS on first use), not timed
-            service.providers[p].check_health()
-        base_rates = {}
-        for p in [*PROVIDERS, "azure"]:
-            t = time.perf_counter()
-            for i in range(baseline):
-                service.providers[p].create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
-                                                label=f"baseline-{i}")
-            base_rates[p] = baseline / (time.perf_counter() - t)
+        for c in clouds:  # warm-up (LocalStack starts its KMS on first use), not timed
+            service.providers[c].check_health()
+        meter = _Meter([svc.pid for svc in stack.services().values()])
+        raw = [p for p in providers if p != "hsm"] + (["azure"] if "azure-mhsm" in providers else []) + \
+            (["hsm"] if "hsm" in providers else [])
+        empty = _raw_rates(service, raw, baseline, "empty")
         doc = {"manifest": f"bench-{size}", "concurrency": concurrency,
-               "keys": [{"name": f"k{i:05d}", "targets": [PROVIDERS[i % len(PROVIDERS)]], "tags": {"bench": "1"}}
+               "keys": [{"name": f"k{i:05d}", "targets": [providers[i % len(providers)]], "tags": {"bench": "1"}}
                         for i in range(size)]}
-        import yaml
         manifest = parse_manifest(yaml.safe_dump(doc))
-        t = time.perf_counter()
-        plan = sync.plan(ctx, manifest)
-        plan_s = time.perf_counter() - t
-        t = time.perf_counter()
-        applied = sync.apply(ctx, manifest)
-        apply_s = time.perf_counter() - t
-        t = time.perf_counter()
-        second = sync.apply(ctx, manifest)
-        noop_s = time.perf_counter() - t
+        plan, plan_m = meter(lambda: sync.plan(ctx, manifest))
+        applied, apply_m = meter(lambda: sync.apply(ctx, manifest))
         assert applied.status == "converged", applied.as_dict()["errors"] or [
             a for a in applied.as_dict()["actions"] if a["status"] != "done"][:3]
+        replan, replan_m = meter(lambda: sync.plan(ctx, manifest, inventory=False))
+        assert replan.actions == [], len(replan.actions)
+        second, noop_m = meter(lambda: sync.apply(ctx, manifest))
         assert second.actions == [], len(second.actions)
+        inventory = {}
+        for p in providers:
+            if service.providers[p].capabilities.inventory:
+                t = time.perf_counter()
+                n = len(list(service.providers[p].inventory()))
+                inventory[p] = {"seconds": time.perf_counter() - t, "items": n}
+        full = _raw_rates(service, raw, baseline, "full")
         service.store.dispose()
-        return {"size": size, "plan_s": plan_s, "apply_s": apply_s, "noop_apply_s": noop_s,
-                "creates": len(plan.actions), "per_provider": applied.per_provider, "baseline": base_rates}
+        return {"size": size, "plan": plan_m, "apply": apply_m, "replan": replan_m, "noop_apply": noop_m,
+                "creates": len(plan.actions), "per_provider": applied.per_provider, "empty": empty, "full": full,
+                "inventory": inventory, "load": os.getloadavg()}
     finally:
         stack.down()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="100,500,1000")
+    ap.add_argument("--sizes", default="1000,4000")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--providers", default=",".join(PROVIDERS))
     ap.add_argument("--baseline", type=int, default=20, help="sequential raw creates per provider for the baseline")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    providers = [p for p in args.providers.split(",") if p]
     if args.one is not None:
-        print(json.dumps(_one(args.one, args.concurrency, args.baseline)))
+        print(json.dumps(_one(args.one, args.concurrency, args.baseline, providers)))
         return
     results = []
     for size in [int(s) for s in args.sizes.split(",")]:
         out = subprocess.run([sys.executable, __file__, "--one", str(size), "--concurrency", str(args.concurrency),
-                              "--baseline", str(args.baseline)], capture_output=True, text=True, cwd=ROOT)
+                              "--baseline", str(args.baseline), "--providers", ",".join(providers)],
+                             capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             sys.exit(f"size {size} failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"sync plan + apply, concurrency {args.concurrency} per provider, keys round-robin over "
-          f"{', '.join(PROVIDERS)}\n")
-    print(f"{'keys':>6} {'plan s':>8} {'apply s':>8} {'total s':>8} {'keys/s':>8} {'ms/key':>7} {'no-op apply s':>14}")
+          f"{', '.join(providers)}\n")
+    print(f"{'keys':>6} {'plan s':>7} {'apply s':>8} {'total s':>8} {'keys/s':>7} {'ms/key':>7} "
+          f"{'broker CPU s/1k':>16} {'stack CPU s/1k':>15} {'re-plan s':>10} {'no-op apply s':>14} {'load':>5}")
     for r in results:
-        total = r["plan_s"] + r["apply_s"]
-        print(f"{r['size']:>6} {r['plan_s']:>8.2f} {r['apply_s']:>8.2f} {total:>8.2f} {r['size'] / total:>8.1f} "
-              f"{1000 * total / r['size']:>7.1f} {r['noop_apply_s']:>14.2f}")
-    print(f"\nper provider (apply): keys, wall s, keys/s   | baseline: raw sequential create_key keys/s "
-          f"({args.baseline} keys, no broker)")
-    print(f"{'keys':>6} " + " ".join(f"{p:>24}" for p in PROVIDERS))
+        total = r["plan"]["wall"] + r["apply"]["wall"]
+        k = r["size"] / 1000
+        cpu = (r["plan"]["cpu"] + r["apply"]["cpu"]) / k
+        stack_cpu = (r["plan"]["stack_cpu"] + r["apply"]["stack_cpu"]) / k
+        print(f"{r['size']:>6} {r['plan']['wall']:>7.2f} {r['apply']['wall']:>8.2f} {total:>8.2f} "
+              f"{r['size'] / total:>7.1f} {1000 * total / r['size']:>7.2f} {cpu:>16.2f} {stack_cpu:>15.2f} "
+              f"{r['replan']['wall']:>10.2f} {r['noop_apply']['wall']:>14.2f} {r['load'][0]:>5.1f}")
+    print("\nre-plan: a no-change plan from the catalog only (--no-inventory); no-op apply: a no-change apply, "
+          "which reads every cloud's inventory:")
+    print(f"{'keys':>6} " + " ".join(f"{p:>22}" for p in providers if p in results[-1]["inventory"]))
+    for r in results:
+        cells = [f"{r['inventory'][p]['items']:>6} items {r['inventory'][p]['seconds']:>7.2f}s"
+                 for p in providers if p in r["inventory"]]
+        print(f"{r['size']:>6} " + " ".join(f"{c:>22}" for c in cells) + "   (raw provider.inventory())")
+    print(f"\nper provider (apply): keys, wall s, keys/s | raw: sequential create_key keys/s ({args.baseline} keys, "
+          f"no broker) on the empty stack / on the stack holding the apply's keys")
+    print(f"{'keys':>6} " + " ".join(f"{p:>26}" for p in providers))
     for r in results:
         cells = []
-        for p in PROVIDERS:
+        for p in providers:
             s = r["per_provider"].get(p, {"operations": 0, "wall_seconds": 0})
             rate = s["operations"] / s["wall_seconds"] if s["wall_seconds"] else 0
             cells.append(f"{s['operations']:>5} {s['wall_seconds']:>7.2f}s {rate:>7.1f}/s")
-        print(f"{r['size']:>6} " + " ".join(f"{c:>24}" for c in cells))
-    print(f"{'base':>6} " + " ".join(f"{results[-1]['baseline'][p]:>22.1f}/s" for p in PROVIDERS))
-    print(f"\nbaseline, Azure standard vault (symmetric = RSA key, RSA generation): "
-          f"{results[-1]['baseline']['azure']:.1f} keys/s")
+        print(f"{r['size']:>6} " + " ".join(f"{c:>26}" for c in cells))
+        print(f"{'raw':>6} " + " ".join(f"{r['empty'][p]:>15.1f} /{r['full'][p]:>7.1f}/s" for p in providers))
+    last = results[-1]
+    if "azure" in last["empty"]:
+        print(f"\nraw, Azure standard vault (symmetric = RSA key, RSA generation): {last['empty']['azure']:.1f} / "
+              f"{last['full']['azure']:.1f} keys/s")
 
 
 if __name__ == "__main__":
