@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -20,30 +21,84 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# Answers that mean "this node cannot serve now, another may": a load balancer with no server or a dead one (502,
+# 504), a node whose store, audit sink or HSM is down (503). Connection failures count too.
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Calls that change nothing but the audit log, so sending one twice is harmless (an unacknowledged Encrypt's
+# ciphertext is simply never used): reads, and the cryptographic operations.
+_RETRY_SAFE_POSTS = ("/encrypt", "/decrypt", "/generate-data-key", "/generate-data-key-without-plaintext",
+                     "/generate-data-key-pair", "/re-encrypt", "/sign", "/verify", "/generate-mac", "/verify-mac",
+                     "/random")
+
+
+def retry_safe(method: str, path: str) -> bool:
+    return method in ("GET", "HEAD") or (method == "POST" and path.endswith(_RETRY_SAFE_POSTS))
+
+
 class BrokerClient:
-    def __init__(self, addr: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 verify: bool | str = True, anonymous: bool = False) -> None:
-        """`anonymous`: send no token at all (logins), whatever KMSB_TOKEN says."""
-        self.addr = (addr or os.environ.get("KMSB_ADDR") or "http://127.0.0.1:8200").rstrip("/")
+    def __init__(self, addr: str | list[str] | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 verify: bool | str = True, anonymous: bool = False, retries: int = 3, backoff: float = 0.1,
+                 cert: tuple[str, str] | None = None) -> None:
+        """`addr`: one address, several (a list, or comma-separated as in KMSB_ADDR) tried in turn when one cannot
+        serve. `retries`: how many more attempts a retry-safe call gets after a connection failure or a 502/503/504
+        (never a call that changes state: it might have happened). `cert`: a client certificate and key (mutual
+        TLS). `anonymous`: send no token at all (logins), whatever KMSB_TOKEN says."""
+        raw = addr if addr is not None else os.environ.get("KMSB_ADDR") or "http://127.0.0.1:8200"
+        addrs = raw if isinstance(raw, list) else raw.split(",")
+        self.addrs = [a.strip().rstrip("/") for a in addrs if a.strip()]
+        if not self.addrs:
+            raise ValueError("no broker address")
+        self._current = 0
         token = None if anonymous else token or os.environ.get("KMSB_TOKEN")
         self._session = requests.Session()
         self._session.verify = verify
+        if cert is not None:
+            self._session.cert = cert
         if token:
             if not (token.isascii() and token.isprintable()):
                 raise BrokerClientError(0, "InvalidToken", "the token has characters no broker token has "
                                                            "(non-ASCII or control characters); check KMSB_TOKEN")
             self._session.headers["X-KMSB-Token"] = token
         self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.retried = 0  # retryable failures seen (and retried) so far: what a cluster test bounds
+
+    @property
+    def addr(self) -> str:
+        return self.addrs[self._current]
 
     def __repr__(self) -> str:
-        return f"BrokerClient({self.addr!r})"
+        return f"BrokerClient({','.join(self.addrs)!r})"
 
     def call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> dict[str, Any]:
-        try:
-            response = self._session.request(method, f"{self.addr}/v1{path}", json=body, params=params,
-                                             timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise BrokerClientError(0, "ConnectionError", f"cannot reach {self.addr}: {type(exc).__name__}") from None
+        attempts = 1 + (self.retries if retry_safe(method, path) else 0)
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            addr = self.addr
+            try:
+                response = self._session.request(method, f"{addr}/v1{path}", json=body, params=params,
+                                                 timeout=self.timeout)
+            except requests.RequestException as exc:
+                if last:
+                    raise BrokerClientError(0, "ConnectionError", f"cannot reach {addr}: {type(exc).__name__}") \
+                        from None
+                self._next(attempt)
+                continue
+            if response.status_code in RETRYABLE_STATUS and not last:
+                self._next(attempt)
+                continue
+            return self._answer(response)
+        raise AssertionError("unreachable")
+
+    def _next(self, attempt: int) -> None:
+        """Move to the next address (round robin) and wait a little longer each time."""
+        self.retried += 1
+        self._current = (self._current + 1) % len(self.addrs)
+        time.sleep(self.backoff * (2 ** attempt))
+
+    @staticmethod
+    def _answer(response: requests.Response) -> dict[str, Any]:
         try:
             data = response.json() if response.content.strip() else {}
         except ValueError:
