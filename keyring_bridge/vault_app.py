@@ -19,9 +19,10 @@ Wire contract (see docs/keyring-bridge.md and ../shared/protocols/mariadb-hashic
   metadata, as Vault answers.
 
 Never crash the database: a non-2xx answer or malformed body for a key mariadbd already uses makes it abort, whereas a
-dropped connection is survived from its cache. So a READ (GET/HEAD) answers only 2xx, 400 (malformed request), 403
-(bad token / policy) and 404 (unknown key or version); when the bridge itself fails (store, HSM, audit sink, bug) it
-shuts the client socket down and sends nothing at all. Every other request (writes, listings, login) gets a
+dropped connection is survived from its cache. So a key READ (GET/HEAD) answers only 2xx, 400 (malformed request) and
+404 (unknown key or version); a refused one (token revoked or expired, policy changed) and one the bridge cannot
+serve (store, HSM, audit sink, bug) shut the client socket down and send nothing at all. The mount's tune call, made
+only when the plugin starts, still answers 403 to a bad token, so the database's log says why it cannot start. Every other request (writes, listings, login) gets a
 Vault-shaped error instead: `{"errors": [...]}` with 400, 403, 404, 405, or 503 when a dependency is down.
 """
 
@@ -249,12 +250,21 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         if answered and not audit_refusal(c, exc.code, isinstance(exc, errors.Unauthenticated |
                                                                     errors.AccessDenied)):
             exc, answered = errors.NotReady("audit log unavailable"), False
+        refused = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
+        if answered and refused and g.action == "keyring:Read" and request.method in _READS:
+            # A key read refused (token revoked or expired, policy changed): mariadbd aborts on a 403 for a key it
+            # already uses, and survives a dropped connection from its cache. Audited above as denied; the
+            # plugin's start-up call (tune) still answers 403, so a database started with a bad token says why.
+            log.warning("keyring bridge dropped a refused read (request %s): %s", getattr(g, "request_id", "?"),
+                        exc.code)
+            request.environ[DROP] = True
+            return "", 503
         if answered:
             if isinstance(exc, DeletedVersion):  # Vault: 404 with the version's metadata
                 return _vault(data={"data": None, "metadata": _deleted_metadata(exc)}), 404
             if isinstance(exc, errors.NotFound):
                 return _errors(404)
-            if isinstance(exc, errors.Unauthenticated | errors.AccessDenied):
+            if refused:
                 if g.action == "keyring:AppRoleLogin" and isinstance(exc, errors.Unauthenticated):
                     return _errors(400, "invalid role or secret ID")
                 return _errors(403, "permission denied")

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -97,6 +98,11 @@ def read_pin(config: Mapping[str, Any]) -> str:
 
 # SoftHSM (C_Initialize(NULL)) serialises nothing: every provider instance in this process shares ONE lock.
 _PROCESS_LOCK = threading.RLock()
+# After an HSM outage (SoftHSM: its token folder gone and back) the library keeps answering CKR_GENERAL_ERROR for that
+# token until it is initialised again: a failed open re-initialises it, at most every _REINIT_SECONDS. Re-initialising
+# ends every session of the process, so each _Session notes the generation it opened in and re-opens after one.
+_REINIT_SECONDS = 1.0
+_library = {"generation": 0, "reinit_at": 0.0}
 
 
 class TokenFiles:
@@ -138,33 +144,57 @@ class _Session:
         self._config = config
         self._session: Any = None
         self._pid = 0
+        self._generation = 0
         self.lock = _PROCESS_LOCK
         self.files = TokenFiles(config)
 
     def get(self) -> Any:
-        if self._session is not None and self._pid == os.getpid():
+        if self._session is not None and self._pid == os.getpid() and self._generation == _library["generation"]:
             return self._session
+        self._session = None
         with self.files.held(exclusive=True):  # SoftHSM's C_Initialize and C_Login write the token too
-            return self._open()
+            return self._open_or_reinitialize()
 
-    def _open(self) -> Any:
+    def _open_or_reinitialize(self) -> Any:
         try:
-            lib = pkcs11.lib(self._lib_path)
-            token = lib.get_token(token_label=self._token_label)
-            pin = read_pin(self._config)
             try:
-                self._session = token.open(rw=True, user_pin=pin)
-            except pkcs11.exceptions.UserAlreadyLoggedIn:
-                # PKCS#11 login is per application: another provider instance of this process is logged in
-                # to the token already, and a new session shares that login.
-                self._session = token.open(rw=True)
-            self._pid = os.getpid()
+                self._open()
+            except (pkcs11.PKCS11Error, RuntimeError):
+                if not self._reinitialize():
+                    raise
+                self._open()
         except ProviderUnavailable:
             raise
         except (pkcs11.PKCS11Error, OSError, RuntimeError) as exc:
             self._session = None
             raise ProviderUnavailable(f"HSM token {self._token_label!r} not available ({type(exc).__name__})") from None
         return self._session
+
+    def _open(self) -> None:
+        lib = pkcs11.lib(self._lib_path)
+        token = lib.get_token(token_label=self._token_label)
+        pin = read_pin(self._config)
+        try:
+            self._session = token.open(rw=True, user_pin=pin)
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            # PKCS#11 login is per application: another provider instance of this process is logged in
+            # to the token already, and a new session shares that login.
+            self._session = token.open(rw=True)
+        self._pid = os.getpid()
+        self._generation = _library["generation"]
+
+    def _reinitialize(self) -> bool:
+        """C_Finalize + C_Initialize (throttled): how the library notices a token that came back."""
+        now = time.monotonic()
+        if now - _library["reinit_at"] < _REINIT_SECONDS:
+            return False
+        _library["reinit_at"] = now
+        try:
+            pkcs11.lib(self._lib_path).reinitialize()
+        except (pkcs11.PKCS11Error, RuntimeError):
+            return False
+        _library["generation"] += 1
+        return True
 
     def reset(self) -> None:
         try:
@@ -185,6 +215,7 @@ class Pkcs11Provider(Provider):
             os.environ["SOFTHSM2_CONF"] = str(config["softhsm_conf"])
         self._session = _Session(lib_path, token_label, config)
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._cache_session: Any = None
         self._handles: dict[str, Any] = {}
         self._cache_size = cache_size
         self._root_of_trust: Pkcs11RootOfTrust | None = None
@@ -289,6 +320,9 @@ class Pkcs11Provider(Provider):
         """Run fn(session, *args) under the process lock, mapping PKCS#11 failures to provider errors."""
         with self._session.lock:
             session = self._session.get()
+            if session is not self._cache_session:  # a new session: objects of the old one are gone with it
+                self._cache.clear()
+                self._cache_session = session
             try:
                 return fn(session, *args)
             except ProviderError:

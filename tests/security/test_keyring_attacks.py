@@ -51,6 +51,16 @@ def vault(bridge: Bridge, method: str, path: str, token: str, **kw) -> requests.
     return requests.request(method, f"{bridge.vault}/v1/{path}", headers={"X-Vault-Token": token}, timeout=10, **kw)
 
 
+def refused_read(bridge: Bridge, path: str, token: str, **kw) -> bool:
+    """A key read the bridge refuses: the connection is dropped (mariadbd aborts on a 403 for a key it uses, and
+    survives a dropped connection), never an answer with the key."""
+    try:
+        r = vault(bridge, "GET", path, token, **kw)
+    except requests.ConnectionError:
+        return True
+    raise AssertionError(f"GET {path} answered {r.status_code} instead of dropping the connection")
+
+
 def raw(bridge: Bridge, method: str, path: str, token: str = "", body: bytes | None = None) -> tuple[int, bytes]:
     """A request with the path exactly as written (requests/urllib3 would normalise dot segments away)."""
     conn = http.client.HTTPConnection("127.0.0.1", bridge.bridge_port, timeout=10)
@@ -111,8 +121,8 @@ def test_a_token_for_a_mount_reaches_nothing_of_a_mount_nested_in_it(bridge: Bri
     outer = db_token(bridge, OUTER)
     since, before = now_iso(), snapshot(bridge)
     # Through the bridge, as a database plugin would ask.
-    assert vault(bridge, "GET", f"{INNER}/data/1", outer).status_code == 403
-    assert vault(bridge, "GET", f"{INNER}/data/1", outer, params={"version": 1}).status_code == 403
+    assert refused_read(bridge, f"{INNER}/data/1", outer)
+    assert refused_read(bridge, f"{INNER}/data/1", outer, params={"version": 1})
     assert vault(bridge, "GET", f"{INNER}/metadata/1", outer).status_code == 403
     assert vault(bridge, "LIST", f"{INNER}/metadata/", outer).status_code == 403
     assert vault(bridge, "GET", f"sys/mounts/{INNER}/tune", outer).status_code == 403
@@ -137,8 +147,8 @@ def test_a_token_for_a_nested_mount_reaches_nothing_of_the_mount_above_it(bridge
     inner = db_token(bridge, INNER)
     before = snapshot(bridge)
     # Mount kv's entry "mdb/1" has the same `keyring/<mount>/<id>` spelling as mount kv/mdb's entry "1" had.
-    assert vault(bridge, "GET", f"{OUTER}/data/mdb/1", inner).status_code == 403
-    assert vault(bridge, "GET", f"{OUTER}/data/1", inner).status_code == 403
+    assert refused_read(bridge, f"{OUTER}/data/mdb/1", inner)
+    assert refused_read(bridge, f"{OUTER}/data/1", inner)
     assert vault(bridge, "POST", f"{OUTER}/data/mdb/1", inner, json={"data": {"data": "11" * 32}}).status_code == 403
     assert vault(bridge, "POST", f"{OUTER}/data/x", inner, json={"data": {"x": "y"}}).status_code == 403
     native = api(bridge, inner)
@@ -164,7 +174,7 @@ def test_a_policy_written_for_one_mount_never_globs_into_a_nested_one(bridge: Br
     token = token_with(bridge, "outer-reader", [
         {"Effect": "Allow", "Action": ["keyring:Read", "keyring:Export"], "Resource": "keyring/kv/*"}])
     assert vault(bridge, "GET", f"{OUTER}/data/mdb/1", token).status_code == 200
-    assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 403
+    assert refused_read(bridge, f"{INNER}/data/1", token)
     assert api(bridge, token).post(f"{bridge.addr}/v1/keyring/export", json={"Mount": INNER},
                                    timeout=10).status_code == 403
 
@@ -278,7 +288,7 @@ def test_nothing_minted_outlives_the_short_lived_token_that_minted_it(bridge: Br
         assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 200
     time.sleep(5)
     for token in (minted.json()["token"], asked_for_more.json()["token"], login_.json()["auth"]["client_token"]):
-        assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 403
+        assert refused_read(bridge, f"{INNER}/data/1", token)
     assert login(bridge, {"role_id": role["role_id"], "secret_id": role["secret_id"]}).status_code == 400
 
 
@@ -299,7 +309,7 @@ def test_a_keyring_policy_name_cannot_carry_a_glob(bridge: Bridge):
                          timeout=10)
     token = r.json()["auth"]["client_token"]
     for path in (f"{INNER}/data/1", f"{OUTER}/data/1"):
-        assert vault(bridge, "GET", path, token).status_code == 403
+        assert refused_read(bridge, path, token)
 
 
 # ------------------------------------------------------------------------------------------------- AppRoles
@@ -333,7 +343,7 @@ def test_an_expired_secret_id_and_an_expired_login_token_stop_working(bridge: Br
     token = first.json()["auth"]["client_token"]
     assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 200
     time.sleep(4.5)
-    assert vault(bridge, "GET", f"{INNER}/data/1", token).status_code == 403
+    assert refused_read(bridge, f"{INNER}/data/1", token)
     late = login(bridge, {"role_id": role["role_id"], "secret_id": role["secret_id"]})
     assert late.status_code == 400 and late.json() == {"errors": ["invalid role or secret ID"]}
 
@@ -395,7 +405,7 @@ def test_a_replayed_or_revoked_database_token_is_refused(bridge: Bridge):
     revoked = api(bridge).post(f"{bridge.addr}/v1/auth/token/revoke", json={"accessor": r["accessor"]}, timeout=10)
     assert revoked.status_code in (200, 204), revoked.text
     time.sleep(1.2)  # other workers' auth caches live at most auth_cache_seconds (1 s)
-    assert vault(bridge, "GET", f"{INNER}/data/1", r["token"]).status_code == 403
+    assert refused_read(bridge, f"{INNER}/data/1", r["token"])
 
 
 # ------------------------------------------------------------------------------------------------- the CLI
