@@ -197,7 +197,7 @@ class AuditLog:
 
     def health(self) -> str:
         """For readiness probes: "ok", or why a record could not be made durable now. Never raises, writes no
-        record (each durable sink's `ready()`: the file sink writes and fsyncs a probe beside the log)."""
+        record (each durable sink's `ready()`: the file sink writes a probe beside the log)."""
         if self._closed:
             return "closed"
         for sink in self._durable:

@@ -69,14 +69,15 @@ class FileSink(Sink):
             raise PermissionError(f"audit file {self.path} is not writable")
 
     def ready(self) -> None:
-        """`check()`, then a small write + fsync beside the log: a full disk (ENOSPC) or a read-only remount shows
-        here, where permission bits alone look fine."""
+        """`check()`, then a batch-sized write beside the log: a full disk (ENOSPC, refused at write time) or a
+        read-only remount shows here, where permission bits alone look fine. No fsync: load balancers probe often."""
         self.check()
         probe = self.path.with_name(f".ready-{os.getpid()}-{threading.get_ident()}")
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, b"\0" * READY_PROBE_BYTES)
-            os.fsync(fd)
+            data = memoryview(b"\0" * READY_PROBE_BYTES)
+            while data:
+                data = data[os.write(fd, data):]
         finally:
             os.close(fd)
             os.unlink(probe)
