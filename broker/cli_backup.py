@@ -13,10 +13,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+
+from broker.jobs import leased_round, schedule_tick
 
 OUTPUT = click.option("--output", type=click.Choice(["text", "json"]), default="text")
 DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -107,7 +110,8 @@ def _create_one(data_dir: Path | None, out: Path) -> str:
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None, help="the archive to write")
 @click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="with --every: a folder of archives named by time")
-@click.option("--every", default=None, help="make a backup every DURATION (e.g. 6h), keeping --keep of them")
+@click.option("--every", default=None, help="make a backup every DURATION (e.g. 6h), keeping --keep of them; run "
+              "on several nodes, one of them makes each period's backup")
 @click.option("--keep", type=click.IntRange(1, 10000), default=7, show_default=True)
 @click.option("--count", type=click.IntRange(1), default=None, help="with --every: stop after this many")
 @DATA_DIR
@@ -134,15 +138,21 @@ def create(out: Path | None, out_dir: Path | None, every: str | None, keep: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     made = 0
     while True:
+        # Leased (broker/jobs.py): the same schedule on every node makes one backup per period for the cluster.
         path = out_dir / f"kmsb-backup-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{made:06d}.kmsb"
-        backup_id = _create_one(data_dir, path)
-        made += 1
-        for old in sorted(out_dir.glob("kmsb-backup-*.kmsb"))[:-keep]:
-            old.unlink()
-        click.echo(f"backup {backup_id} written to {path}", err=True)
+        written: list[str] = []
+        outcome = leased_round(data_dir, "scheduled-backup", timedelta(seconds=seconds),
+                               lambda out=path, into=written: into.append(_create_one(data_dir, out)))
+        if outcome == "ran":
+            made += 1
+            for old in sorted(out_dir.glob("kmsb-backup-*.kmsb"))[:-keep]:
+                old.unlink()
+            click.echo(f"backup {written[0]} written to {path}", err=True)
+        else:
+            click.echo(f"no backup made here: {outcome}", err=True)
         if count is not None and made >= count:
             return
-        time.sleep(seconds)
+        time.sleep(schedule_tick(seconds))
 
 
 def _pinned(public_key: Path | None) -> bytes | None:

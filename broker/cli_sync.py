@@ -19,6 +19,8 @@ from typing import Any
 
 import click
 
+from broker.jobs import schedule_tick
+
 SYNC_PRINCIPAL = "sync"
 _EVERY = re.compile(r"^(\d+)([smhd]?)$")
 
@@ -133,6 +135,27 @@ def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inve
     return report.exit_code
 
 
+def _scheduled(data_dir: Path | None, manifest_path: str, output: str, inventory: bool, concurrency: int | None,
+               interval: float, last: int) -> int:
+    """One tick of `apply --every`: the apply runs only if this node wins the manifest's lease for the period, so
+    the same schedule on several nodes applies once per period. Returns the exit code of the last apply."""
+    from datetime import timedelta
+
+    from broker.jobs import leased_round
+
+    name = f"sync:{_manifest(manifest_path).manifest}"
+    result = {"code": last}
+
+    def run() -> None:
+        result["code"] = _run("apply", data_dir, manifest_path, output, inventory, concurrency, lines=True)
+
+    outcome = leased_round(Path(data_dir) if data_dir else None, name, timedelta(seconds=interval), run)
+    if outcome != "ran":
+        click.echo(json.dumps({"manifest": name[5:], "status": outcome}) if output == "json"
+                   else f"manifest {name[5:]}: {outcome}", err=output != "json")
+    return result["code"]
+
+
 DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
                         help="the broker's data folder (default: $KMSB_DATA_DIR or ./var)")
 OUTPUT = click.option("--output", type=click.Choice(["text", "json"]), default="text", help="json: the report")
@@ -161,7 +184,8 @@ def plan(manifest: str, data_dir: Path | None, output: str, no_inventory: bool) 
 @NO_INVENTORY
 @click.option("--concurrency", type=click.IntRange(1, 64), default=None,
               help="operations in flight per provider (default: the manifest's, 4)")
-@click.option("--every", "every", default=None, help="run again after this long (30s, 10m, 1h) until stopped")
+@click.option("--every", "every", default=None,
+              help="run again every PERIOD (30s, 10m, 1h) until stopped; on several nodes, once per period in all")
 @click.option("--max-runs", type=int, default=None, hidden=True)
 def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool, concurrency: int | None,
           every: str | None, max_runs: int | None) -> None:
@@ -172,11 +196,14 @@ def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool,
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     runs, code = 0, 1
     while True:
-        code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency, lines=interval is not None)
-        runs += 1
-        if interval is None or stop["now"] or (max_runs is not None and runs >= max_runs):
+        if interval is None:
+            code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency)
             break
-        deadline = time.monotonic() + interval
+        code = _scheduled(data_dir, manifest, output, not no_inventory, concurrency, interval, code)
+        runs += 1
+        if stop["now"] or (max_runs is not None and runs >= max_runs):
+            break
+        deadline = time.monotonic() + schedule_tick(interval)
         try:
             while time.monotonic() < deadline and not stop["now"]:
                 time.sleep(min(1.0, deadline - time.monotonic()))

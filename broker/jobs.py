@@ -108,3 +108,24 @@ def start_loop(runner: JobRunner, jobs: list[Job], tick: float, *, local: Callab
     thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def leased_round(data_dir: Any, name: str, period: timedelta, run: Callable[[], Any]) -> str:
+    """One round of a CLI schedule (`sync apply --every`, `backup create --every`) run on several nodes: `run`
+    happens only if this node wins the job's lease for the period. Returns what `JobRunner.run_due` says."""
+    from broker.settings import load_settings
+    from broker.store import Store
+
+    settings = load_settings(data_dir)
+    store = Store(settings.store_url)
+    try:
+        store.migrate()
+        runner = JobRunner(JobLeases(store.engine), holder_id(settings.data_dir))
+        return runner.run_due([Job(name, period, lambda _now: run())])[name]
+    finally:
+        store.dispose()
+
+
+def schedule_tick(period: float) -> float:
+    """How often a CLI schedule looks for its turn: often enough that another node takes over a dead one's period."""
+    return max(1.0, min(period, 30.0))
