@@ -162,6 +162,11 @@ def start_jobs(services: Services, settings: Settings, *, only: str | None = Non
                thread_name: str = "kmsb-jobs") -> None:
     """Tick the cluster's jobs in this worker (leased: one process runs each per period; `only` names one) and,
     for the API's loop, bound the SQLite WAL (node upkeep, not leased)."""
+    from broker import metrics
+    from broker.jobs import ON_RUN
+
+    if metrics.observe_job not in ON_RUN:
+        ON_RUN.append(metrics.observe_job)
     store = services.keys.store
     jobs = [j for j in cluster_jobs(services, settings.job_interval_seconds) if only is None or j.name == only]
     runner = JobRunner(JobLeases(store.engine), holder_id(settings.data_dir))

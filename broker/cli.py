@@ -105,10 +105,11 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_
           keyring_cert: str | None, keyring_key: str | None, with_stack: bool, stack_dir: Path | None) -> None:
     """Serve the API with gunicorn (never Flask's development server)."""
     from broker.settings import SettingsError, load_settings, with_providers
-    from broker.wsgi import serve_forever
+    from broker.wsgi import prepare_metrics, serve_forever
 
     try:
         settings = load_settings(_data_dir(data_dir))
+        prepare_metrics(settings.data_dir)
         if with_stack:
             settings = with_providers(settings, _stack_providers(stack_dir))
         _check_providers(settings)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from broker import errors
+from broker import errors, metrics
 from broker.audit import AuditLog
 from broker.auth import Principal
 from broker.model import InvalidTransition, Key
@@ -422,6 +422,7 @@ class Gate:
             record["intent_seq"] = intent
         written = self.audit.write(record)
         ctx.audited = True
+        metrics.observe_request(entry.action, outcome, latency)
         return written
 
     def _safe(self, name: str, value: Any) -> Any:

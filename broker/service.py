@@ -1219,6 +1219,23 @@ class KeyService(Service):
             store = f"unavailable: {type(exc).__name__}"
         return {"audit": self.audit.health(), "store": store}
 
+    @operation("broker:ReadMetrics", Need("broker:ReadMetrics", fixed("metrics/node")))
+    def metrics(self, call: Call) -> tuple[bytes, str]:
+        """This node's Prometheus metrics (every worker's, in the exposition format) and their content type. The
+        health gauges are measured now, as /v1/ready does; no metric names a key, principal or context."""
+        from broker import metrics
+
+        return metrics.exposition(self.readiness(), self.root_provider_name(), self.dependencies())
+
+    @internal
+    def root_provider_name(self) -> str:
+        """The name of the provider instance that is the root of trust (a name, nothing secret)."""
+        for name, provider in self.providers.items():
+            offered = getattr(provider, "root_of_trust", None)
+            if self.root is not None and callable(offered) and offered() is self.root:
+                return name
+        return ""
+
     # =========================================================================================== sibling doors
     # The only way other services reach key material, providers or the catalog: each takes the caller's Call and
     # refuses unless that call authorized a fitting action on the key (or provider) it touches. Provider refs cross

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -61,6 +62,21 @@ def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
             stop_bridge_process(bridge)
 
 
+def prepare_metrics(data_dir: Path) -> None:
+    """Before the first import of broker.metrics and before any fork: a fresh folder of per-process metric files
+    for this node, named in the environment every worker (and the bridge's arbiter) inherits."""
+    folder = Path(data_dir) / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(mode=0o700, parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from broker.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
 def control_socket(data_dir: Path) -> dict[str, Any]:
     """gunicorn's control socket, one per data folder (its default, ~/.gunicorn/gunicorn.ctl, is one per user: a
     second broker on the host would take it over). Off when the folder's path is too long for a Unix socket."""
@@ -73,6 +89,7 @@ def control_socket(data_dir: Path) -> dict[str, Any]:
 def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
     GunicornApp(partial(_create_api, settings), {
         **control_socket(settings.data_dir),
+        "child_exit": child_exit,
         "bind": bind,
         "workers": workers,
         "threads": threads,

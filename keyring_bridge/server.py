@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from broker.settings import Settings
-from broker.wsgi import GunicornApp
+from broker.wsgi import GunicornApp, child_exit
 
 
 def _create_bridge(settings: Settings):
@@ -29,6 +29,7 @@ def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | Non
         "accesslog": None, "errorlog": "-", "loglevel": "info",
         # mariadbd opens a new connection per request; keep-alive only helps other clients
         "keepalive": 5, "timeout": 60, "graceful_timeout": 10, "proc_name": "kms-broker-keyring",
+        "child_exit": child_exit,
         "control_socket_disable": True,  # the API arbiter has the data folder's gunicorn.ctl; one arbiter per socket
     }
     if certfile:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, current_app, g, request
+from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel
 from pydantic import ValidationError as PydanticError
 
@@ -346,6 +346,12 @@ def ready():
     status, dependencies = service.readiness(), service.dependencies()
     ok = all(v == "ok" for v in (*status.values(), *dependencies.values()))
     return ({"status": "ready" if ok else "not ready", "providers": status, **dependencies}, 200 if ok else 503)
+
+
+@op("/metrics", "GET", "ReadMetrics", "Prometheus metrics of this node (broker:ReadMetrics; each scrape audited)")
+def read_metrics(svc: Svc, ctx: Ctx):
+    body, content_type = svc.metrics(ctx)
+    return Response(body, mimetype=None, content_type=content_type)
 
 
 @op("/openapi.json", "GET", "OpenAPI", "This API's OpenAPI 3.1 document", authenticated=False, audited=False)

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from broker import metrics
 from broker.audit.chain import GENESIS, checkpoint_message, key_fingerprint, public_key_pem, seal_record
 from broker.audit.lease import WriterLease, alive, sweep
 from broker.audit.mark import Mark, MarkStore
@@ -328,9 +329,12 @@ class AuditLog:
                     break
                 batch.append(item)
             last_size = len(batch)
+            started = time.perf_counter()
             try:
                 records = self._commit([p.body for p in batch])
+                metrics.observe_audit_batch(len(batch), time.perf_counter() - started, True)
             except BaseException as exc:  # noqa: BLE001 - every caller must be released, with the failure
+                metrics.observe_audit_batch(len(batch), 0.0, False)
                 self.counters["failures"] += 1
                 self._failing_since = time.monotonic()
                 log.error("audit batch of %d record(s) not persisted: %s", len(batch), type(exc).__name__)

@@ -45,7 +45,7 @@ ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores ReplicateKey
 BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
 PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
-LookupSelfToken RenewSelfToken RevokeSelfToken Login Sync
+LookupSelfToken RenewSelfToken RevokeSelfToken Login Sync ReadMetrics
 ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval Approve Veto ExecuteApproval EscrowRelease
 DestroyKeyNow GenerateRootToken JoinNode ListNodes RemoveNode CreateBackup ManageCustodians RestoreBackup
 """.split())
