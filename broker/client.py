@@ -97,8 +97,7 @@ class BrokerClient:
         self._current = (self._current + 1) % len(self.addrs)
         time.sleep(self.backoff * (2 ** attempt))
 
-    @staticmethod
-    def _answer(response: requests.Response) -> dict[str, Any]:
+    def _answer(self, response: requests.Response) -> dict[str, Any]:
         try:
             data = response.json() if response.content.strip() else {}
         except ValueError:
