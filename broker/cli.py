@@ -98,14 +98,23 @@ def init(data_dir: Path | None, store_url: str | None, output: str) -> None:
               help="TLS certificate (PEM) of the keyring listener")
 @click.option("--keyring-key", default=None, type=click.Path(exists=True, dir_okay=False),
               help="TLS private key (PEM) of the keyring listener")
+@click.option("--cert", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TLS certificate (PEM) of the API listener")
+@click.option("--key", "key_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="TLS private key (PEM) of the API listener")
+@click.option("--client-ca", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="mutual TLS: require API clients to present a certificate this CA (PEM) signed")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per log line, with the request id (docs/operations.md)")
 @click.option("--with-stack", is_flag=True, help="add a provider for each cloud of the local stack that is up")
 @click.option("--stack-dir", type=click.Path(path_type=Path), default=None,
               help="the local stack's state folder (default: $KMSB_STACK_DIR or ./var/stack)")
 def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_bind: str | None,
-          keyring_cert: str | None, keyring_key: str | None, with_stack: bool, stack_dir: Path | None) -> None:
+          keyring_cert: str | None, keyring_key: str | None, cert: str | None, key_file: str | None,
+          client_ca: str | None, log_format: str, with_stack: bool, stack_dir: Path | None) -> None:
     """Serve the API with gunicorn (never Flask's development server)."""
     from broker.settings import SettingsError, load_settings, with_providers
-    from broker.wsgi import prepare_metrics, serve_forever
+    from broker.wsgi import Tls, prepare_metrics, serve_forever
 
     try:
         settings = load_settings(_data_dir(data_dir))
@@ -120,11 +129,17 @@ def serve(data_dir: Path | None, bind: str, workers: int, threads: int, keyring_
         _fail("--keyring-cert and --keyring-key go together")
     if (keyring_cert or keyring_key) and not keyring_bind:
         _fail("--keyring-cert/--keyring-key need --keyring-bind")
+    if bool(cert) != bool(key_file):
+        _fail("--cert and --key go together")
+    if client_ca and not cert:
+        _fail("--client-ca needs --cert and --key (mutual TLS is TLS first)")
+    tls = Tls(cert, key_file, client_ca) if cert and key_file else None
     keyring = None
     if keyring_bind:
         keyring = {"bind": keyring_bind, "workers": workers, "threads": threads, "certfile": keyring_cert,
                    "keyfile": keyring_key}
-    serve_forever(settings, bind=bind, workers=workers, threads=threads, keyring=keyring)
+    serve_forever(settings, bind=bind, workers=workers, threads=threads, keyring=keyring, tls=tls,
+                  log_format=log_format)
 
 
 def _migrate(settings) -> None:

@@ -77,8 +77,9 @@ class BrokerClient:
             last = attempt == attempts - 1
             addr = self.addr
             try:
+                # verify per request: a session's own is overridden by REQUESTS_CA_BUNDLE (requests#3829)
                 response = self._session.request(method, f"{addr}/v1{path}", json=body, params=params,
-                                                 timeout=self.timeout)
+                                                 timeout=self.timeout, verify=self._session.verify)
             except requests.RequestException as exc:
                 if last:
                     raise BrokerClientError(0, "ConnectionError", f"cannot reach {addr}: {type(exc).__name__}") \

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from broker.logs import gunicorn_logconfig
 from broker.settings import Settings
 
 _SUN_PATH_MAX = 108  # sockaddr_un.sun_path on Linux, the terminating NUL included
@@ -47,16 +50,32 @@ def _create_api(settings: Settings):
     return create_app(settings, run_jobs=True)
 
 
+@dataclass(frozen=True)
+class Tls:
+    """TLS on the API listener; with `client_ca`, mutual TLS: a client without a certificate that CA signed is
+    refused in the handshake (tokens still say who the caller is)."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+    def options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"certfile": self.cert, "keyfile": self.key}
+        if self.client_ca:
+            out.update(ca_certs=self.client_ca, cert_reqs=ssl.CERT_REQUIRED)
+        return out
+
+
 def serve_forever(settings: Settings, *, bind: str, workers: int, threads: int,
-                  keyring: dict[str, Any] | None = None) -> None:
+                  keyring: dict[str, Any] | None = None, tls: Tls | None = None, log_format: str = "text") -> None:
     # The keyring bridge (keyring_bridge/server.py): its own arbiter and listener in a child process.
     bridge, owner = None, os.getpid()
     if keyring:
         from keyring_bridge.server import bridge_options, start_bridge_process, stop_bridge_process
 
-        bridge = start_bridge_process(settings, bridge_options(**keyring))
+        bridge = start_bridge_process(settings, bridge_options(**keyring, log_format=log_format))
     try:
-        _serve_api(settings, bind=bind, workers=workers, threads=threads)
+        _serve_api(settings, bind=bind, workers=workers, threads=threads, tls=tls, log_format=log_format)
     finally:
         if bridge is not None and os.getpid() == owner:  # not in the workers gunicorn forks
             stop_bridge_process(bridge)
@@ -86,8 +105,12 @@ def control_socket(data_dir: Path) -> dict[str, Any]:
     return {"control_socket": str(path), "control_socket_mode": 0o600}
 
 
-def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
+def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int, tls: Tls | None,
+               log_format: str) -> None:
+    logconfig = gunicorn_logconfig(log_format)
     GunicornApp(partial(_create_api, settings), {
+        **(tls.options() if tls is not None else {}),
+        **({"logconfig_dict": logconfig} if logconfig else {}),
         **control_socket(settings.data_dir),
         "child_exit": child_exit,
         "bind": bind,

@@ -12,6 +12,7 @@ import signal
 from functools import partial
 from typing import Any
 
+from broker.logs import gunicorn_logconfig
 from broker.settings import Settings
 from broker.wsgi import GunicornApp, child_exit
 
@@ -23,7 +24,7 @@ def _create_bridge(settings: Settings):
 
 
 def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | None = None,
-                   keyfile: str | None = None) -> dict[str, Any]:
+                   keyfile: str | None = None, log_format: str = "text") -> dict[str, Any]:
     options: dict[str, Any] = {
         "bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread", "preload_app": False,
         "accesslog": None, "errorlog": "-", "loglevel": "info",
@@ -34,6 +35,9 @@ def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | Non
     }
     if certfile:
         options.update(certfile=certfile, keyfile=keyfile)
+    logconfig = gunicorn_logconfig(log_format)
+    if logconfig:
+        options["logconfig_dict"] = logconfig
     return options
 
 
