@@ -40,6 +40,7 @@ class RouteDoc:
     authenticated: bool = True
     query: type[BaseModel] | None = None
     audited: bool = True  # False only for the probes that touch no resource (health, readiness, this document)
+    media_type: str = "application/json"  # of a success (errors are always the JSON error model)
 
 
 ROUTES: list[RouteDoc] = []
@@ -88,10 +89,10 @@ def parse_query(model: type[BaseModel] | None = None) -> Any:
 
 def op(rule: str, method: str, operation: str, summary: str, body: type[BaseModel] | None = None,
        status: int = 200, authenticated: bool = True, query: type[BaseModel] | None = None,
-       audited: bool = True) -> Callable:
+       audited: bool = True, media_type: str = "application/json") -> Callable:
     """Register a native route: `body` and `query` are what it reads (and what the OpenAPI document shows);
     `audited=False` is for probes only (a route that reaches a service must end audited, or it is an error)."""
-    doc = RouteDoc(rule, method, operation, summary, body, status, authenticated, query, audited)
+    doc = RouteDoc(rule, method, operation, summary, body, status, authenticated, query, audited, media_type)
 
     def register(fn: Callable) -> Callable:
         def view(**path: Any):
@@ -348,7 +349,8 @@ def ready():
     return ({"status": "ready" if ok else "not ready", "providers": status, **dependencies}, 200 if ok else 503)
 
 
-@op("/metrics", "GET", "ReadMetrics", "Prometheus metrics of this node (broker:ReadMetrics; each scrape audited)")
+@op("/metrics", "GET", "ReadMetrics", "Prometheus metrics of this node (broker:ReadMetrics; each scrape audited)",
+    media_type="text/plain")
 def read_metrics(svc: Svc, ctx: Ctx):
     body, content_type = svc.metrics(ctx)
     return Response(body, mimetype=None, content_type=content_type)

@@ -44,8 +44,8 @@ def _error_response(description: str) -> dict[str, Any]:
 def _success(route: RouteDoc) -> dict[str, Any]:
     if route.status == 204:
         return {"description": "done (no content)", "headers": _REQUEST_ID}
-    return {"description": "success", "headers": _REQUEST_ID,
-            "content": {"application/json": {"schema": {"type": "object"}}}}
+    schema = {"type": "object"} if route.media_type == "application/json" else {"type": "string"}
+    return {"description": "success", "headers": _REQUEST_ID, "content": {route.media_type: {"schema": schema}}}
 
 
 def _path_parameters(rule: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from tests.support.procs import Server, free_port, port_open, start_server
 
 CLI = [sys.executable, "-m", "broker.cli"]
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 OPERATORS = {"Statement": [{"Effect": "Allow", "Resource": "*", "Action": [
     "broker:RequestApproval", "broker:Approve", "broker:Veto", "broker:ExecuteApproval", "broker:GetApproval",
     "broker:ListApprovals", "broker:JoinNode", "broker:ListNodes", "broker:RemoveNode"]}]}
@@ -88,9 +90,8 @@ class Node:
 
 
 class HAProxy:
-    """HAProxy in TCP mode in front of the nodes' APIs and keyring bridges, health-checked on /v1/ready and
-    /v1/sys/health. TCP, not HTTP mode: a connection the bridge drops on purpose must reach mariadbd as a dropped
-    connection (an HTTP proxy would turn it into a 502, which crashes mariadbd), and TLS passes through."""
+    """HAProxy with docs/operations.md's configuration (TCP mode, health checks on /v1/ready and /v1/sys/health),
+    its addresses given in the environment as the doc's placeholders expect."""
 
     def __init__(self, root: Path, nodes: list[Node]) -> None:
         self.root = root
@@ -108,51 +109,28 @@ class HAProxy:
         return f"http://127.0.0.1:{self.bridge_port}"
 
     def config(self) -> str:
-        def servers(port_of) -> str:
-            return "\n".join(f"    server {n.name} 127.0.0.1:{port_of(n)} check" for n in self.nodes)
+        """docs/operations.md's haproxy.cfg as written, without the server lines of nodes this proxy leaves out."""
+        block = re.search(r"```haproxy\n(.*?)```", DOC.read_text(), re.S)
+        assert block, "docs/operations.md has no haproxy block"
+        names = {n.name for n in self.nodes}
+        lines = [line for line in block.group(1).splitlines()
+                 if not (m := re.match(r"\s+server (\w+) ", line)) or m.group(1) in names]
+        return "\n".join(lines) + "\n"
 
-        return f"""global
-    maxconn 4000
-
-defaults
-    mode tcp
-    timeout connect 2s
-    timeout client 120s
-    timeout server 120s
-    timeout check 3s
-    retries 3
-    option redispatch 1
-    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
-
-frontend api
-    bind 127.0.0.1:{self.api_port}
-    default_backend api
-
-backend api
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /v1/ready ver HTTP/1.1 hdr Host localhost
-    http-check expect status 200
-{servers(lambda n: n.api_port)}
-
-frontend bridge
-    bind 127.0.0.1:{self.bridge_port}
-    default_backend bridge
-
-backend bridge
-    balance roundrobin
-    option httpchk
-    http-check send meth GET uri /v1/sys/health ver HTTP/1.1 hdr Host localhost
-    http-check expect status 200
-{servers(lambda n: n.bridge_port)}
-"""
+    def env(self) -> dict[str, str]:
+        out = {"KMSB_LB_API": f"127.0.0.1:{self.api_port}", "KMSB_LB_BRIDGE": f"127.0.0.1:{self.bridge_port}"}
+        for n in self.nodes:
+            out[f"KMSB_NODE_{n.name.upper()}_API"] = f"127.0.0.1:{n.api_port}"
+            out[f"KMSB_NODE_{n.name.upper()}_BRIDGE"] = f"127.0.0.1:{n.bridge_port}"
+        return out
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         cfg = self.root / "haproxy.cfg"
         cfg.write_text(self.config())
-        subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], check=True, capture_output=True, timeout=30)
-        self.server = start_server("haproxy", [HAPROXY, "-db", "-f", str(cfg)], log_dir=self.root,
+        env = {**os.environ, **self.env()}
+        subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], check=True, capture_output=True, timeout=30, env=env)
+        self.server = start_server("haproxy", [HAPROXY, "-db", "-f", str(cfg)], log_dir=self.root, env=self.env(),
                                    ready=lambda: requests.get(f"{self.addr}/v1/ready", timeout=2).ok)
 
     def stop(self) -> None:
