@@ -148,6 +148,8 @@ def _scheduled(data_dir: Path | None, manifest_path: str, output: str, inventory
 
     def run() -> None:
         result["code"] = _run("apply", data_dir, manifest_path, output, inventory, concurrency, lines=True)
+        if result["code"] == 1:  # failed: free the lease without moving the period, so the next tick retries
+            raise RuntimeError("sync apply failed")
 
     outcome = leased_round(Path(data_dir) if data_dir else None, name, timedelta(seconds=interval), run)
     if outcome != "ran":
@@ -199,7 +201,7 @@ def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool,
         if interval is None:
             code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency)
             break
-        code = _scheduled(data_dir, manifest, output, not no_inventory, concurrency, interval, code)
+        code = _scheduled(data_dir, manifest, output, not no_inventory, concurrency, interval, code if runs else 0)
         runs += 1
         if stop["now"] or (max_runs is not None and runs >= max_runs):
             break

@@ -239,3 +239,23 @@ def test_a_backup_schedule_on_every_node_makes_one_backup_per_period(cluster: Cl
     assert sum("written to" in s for s in said) == 1 and sum("not due" in s for s in said) == 2, said
     done = kmsb("backup", "verify", str(archives[0]), check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_sync_schedule_on_every_node_applies_once_per_period(cluster: Cluster, tmp_path):
+    """`sync apply --every 1h` started on all three nodes at once (one round each): one node applies the manifest,
+    the other two say it is not their turn; the key the manifest declares exists once."""
+    manifest = tmp_path / "cluster.yaml"
+    manifest.write_text("manifest: cluster-sync\nkeys:\n  - name: shared-db\n    targets: [hsm]\n"
+                        "    aliases: [alias/cluster-sync-db]\n")
+    env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
+    procs = [subprocess.Popen([sys.executable, "-m", "broker.cli", "sync", "apply", str(manifest), "--data-dir",
+                               str(node.data_dir), "--every", "1h", "--max-runs", "1", "--no-inventory", "--output",
+                               "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for node in cluster.nodes]
+    outs = [p.communicate(timeout=300) for p in procs]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _err in outs]
+    assert sorted(r.get("status") for r in reports if set(r) == {"manifest", "status"}) == ["not due", "not due"], outs
+    applied = [r for r in reports if set(r) != {"manifest", "status"}]
+    assert len(applied) == 1 and applied[0]["mode"] == "apply", outs
+    aliases = BrokerClient(cluster.haproxy.addr, cluster.root_token).list_aliases()["Aliases"]
+    assert [a["AliasName"] for a in aliases].count("alias/cluster-sync-db") == 1
