@@ -22,8 +22,9 @@ Never crash the database: a non-2xx answer or malformed body for a key mariadbd 
 dropped connection is survived from its cache. So a key READ (GET/HEAD) answers only 2xx, 400 (malformed request) and
 404 (unknown key or version); a refused one (token revoked or expired, policy changed) and one the bridge cannot
 serve (store, HSM, audit sink, bug) shut the client socket down and send nothing at all. The mount's tune call, made
-only when the plugin starts, still answers 403 to a bad token, so the database's log says why it cannot start. Every other request (writes, listings, login) gets a
-Vault-shaped error instead: `{"errors": [...]}` with 400, 403, 404, 405, or 503 when a dependency is down.
+only when the plugin starts, still answers 403 to a bad token, so the database's log says why it cannot start. Every
+other request (writes, listings, login) gets a Vault-shaped error instead: `{"errors": [...]}` with 400, 403, 404,
+405, or 503 when a dependency is down.
 """
 
 from __future__ import annotations
