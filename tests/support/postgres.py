@@ -23,7 +23,7 @@ from tests.support.procs import Server, free_port, start_server
 
 TEST_USER = "kmsb-test"
 SUPERUSER = "kmsb"
-MAX_CONNECTIONS = 200  # a cluster test runs three nodes of several workers, each with its pools
+MAX_CONNECTIONS = 300  # a cluster test runs three nodes of several workers and listeners, each with its pools
 
 
 def pg_bin_dir() -> Path:

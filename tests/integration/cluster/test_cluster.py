@@ -178,7 +178,9 @@ def test_background_jobs_run_once_across_three_nodes(cluster: Cluster):
     outcomes = []
     for tick in ticks:
         procs = [_run_due(node.data_dir, tick) for node in cluster.nodes]
-        outcomes.append([json.loads(p.communicate(timeout=300)[0]) for p in procs])
+        done = [p.communicate(timeout=300) for p in procs]
+        assert all(out.strip() for out, _ in done), done  # each node printed its round (stderr says why not)
+        outcomes.append([json.loads(out) for out, _ in done])
     ran = [{job: sum(o[job] == "ran" for o in tick) for job in ("keys", "keyring-rotation")} for tick in outcomes]
     assert ran == [{"keys": 1, "keyring-rotation": 1}, {"keys": 0, "keyring-rotation": 0},
                    {"keys": 1, "keyring-rotation": 1}], outcomes
@@ -205,8 +207,8 @@ def test_background_jobs_run_once_across_three_nodes(cluster: Cluster):
 def _run_due(data_dir, now: datetime) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     return subprocess.Popen([sys.executable, "-m", "broker.cli", "jobs", "run-due", "--data-dir", str(data_dir),
-                             "--now", now.isoformat(), "--output", "json"], stdout=subprocess.PIPE, text=True,
-                            env=env)
+                             "--now", now.isoformat(), "--output", "json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_a_backup_schedule_on_every_node_makes_one_backup_per_period(cluster: Cluster, tmp_path):
