@@ -24,6 +24,7 @@ Two rules keep a statement from meaning more than it says:
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class Condition:
     values: tuple[str, ...]
 
 
+@functools.lru_cache(maxsize=1024)
+def _lowered(action: str) -> str:
+    return action.lower()
+
+
 @dataclass(frozen=True)
 class Statement:
     index: int
@@ -153,7 +159,7 @@ class Statement:
     not_resources: bool = False  # NotResource: every resource but the ones named
 
     def matches_action(self, action: str) -> bool:
-        action = action.lower()
+        action = _lowered(action)
         hit = any(fnmatch.fnmatchcase(action, pattern) for pattern in self.actions)
         return not hit if self.not_actions else hit
 

@@ -137,8 +137,8 @@ class Decision:
 
 
 def condition_values(key: str, facts: Facts) -> list[str] | None:
-    """The request's value(s) for a condition key, or None when the key is absent."""
-    key = canonical_condition_key(key) or key
+    """The request's value(s) for a condition key (canonical: documents are canonicalised when parsed, variables
+    in `substitute`), or None when the key is absent."""
     ctx, k, p = facts.context, facts.key, facts.principal
     if key in facts.request:
         return list(facts.request[key]) or None
@@ -193,7 +193,7 @@ def substitute(text: str, facts: Facts, *, glob: bool = False, segment: bool = F
     one path segment (a "/" in it matches nothing).
     """
     def repl(match: re.Match) -> str:
-        values = condition_values(match.group(1), facts)
+        values = condition_values(canonical_condition_key(match.group(1)) or match.group(1), facts)
         if not values or len(values) != 1 or (segment and "/" in values[0]):
             return _NO_MATCH
         return re.sub(r"([*?\[])", r"[\1]", values[0]) if glob else values[0]
