@@ -39,7 +39,8 @@ def test_every_cloud_of_the_stack_is_a_ready_provider(served):
     addr, _, clouds = served
     assert set(clouds) == set(CLOUDS)
     ready = requests.get(f"{addr}/v1/ready").json()
-    assert ready == {"status": "ready", "providers": {"hsm": "ok", **{c: "ok" for c in CLOUDS}}}
+    assert ready == {"status": "ready", "audit": "ok", "store": "ok",
+                     "providers": {"hsm": "ok", **{c: "ok" for c in CLOUDS}}}
 
 
 @pytest.mark.parametrize("provider", CLOUDS)

@@ -103,7 +103,7 @@ def test_create_key_for_every_spec_and_usage(provider, raw_kms, spec: KeySpec, u
     if spec.is_asymmetric:
         pub = serialization.load_der_public_key(provider.get_public_key(ref))
         assert isinstance(pub, rsa.RSAPublicKey if spec.is_rsa else ec.EllipticCurvePublicKey)
-        assert pub.key_size == (spec.rsa_bits if spec.is_rsa else {"ECC_NIST_P256": 256, "ECC_NIST_P384": 384}[spec])
+        assert pub.key_size == (spec.rsa_bits if spec.is_rsa else {"ECC_NIST_P256": 256, "ECC_NIST_P384": 384, "ECC_NIST_P521": 521, "ECC_SECG_P256K1": 256}[spec])
 
 
 SIGN_CASES = [(spec, alg) for spec in (KeySpec.RSA_2048, KeySpec.ECC_NIST_P256, KeySpec.ECC_NIST_P384)

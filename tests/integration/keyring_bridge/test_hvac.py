@@ -220,8 +220,13 @@ def test_kv1_through_hvac(bridge: Bridge):
 def test_error_bodies_have_vault_shape(bridge: Bridge, db: hvac.Client):
     missing = raw(bridge, "GET", f"{MOUNT}/data/none", db.token)
     assert (missing.status_code, missing.json()) == (404, {"errors": []})
-    denied = raw(bridge, "GET", f"{MOUNT}/data/none", "kmsb.nope")
+    denied = raw(bridge, "GET", f"sys/mounts/{MOUNT}/tune", "kmsb.nope")
     assert (denied.status_code, denied.json()) == (403, {"errors": ["permission denied"]})
+    denied_write = raw(bridge, "POST", f"{MOUNT}/data/x", "kmsb.nope", json={"data": {"k": "v"}})
+    assert (denied_write.status_code, denied_write.json()) == (403, {"errors": ["permission denied"]})
+    # A refused key read is a dropped connection, never a status (a running mariadbd aborts on any non-2xx).
+    with pytest.raises(requests.ConnectionError):
+        raw(bridge, "GET", f"{MOUNT}/data/none", "kmsb.nope")
     empty = raw(bridge, "POST", f"{MOUNT}/data/x", db.token, json={"options": {}})
     assert (empty.status_code, empty.json()) == (400, {"errors": ["no data provided"]})
     bad = raw(bridge, "POST", f"{MOUNT}/data/x", db.token, data=b"{not json")
