@@ -3,7 +3,7 @@ side by side with the native API and the no-op baseline, in one run on one broke
 
     python bench/aws_bench.py [--connections 16] [--duration 10] [--workers 2]
 
-Reuses bench/http_bench.py (broker start, wrk, parsing). wrk replays one precomputed request per case; a SigV4
+Reuses bench/harness.py (wrk and its parsing); bench/http_bench.py has these rows beside every other one. wrk replays one precomputed request per case; a SigV4
 request is valid while its X-Amz-Date is within the broker's ±5-minute window, so each AWS request is signed (by
 botocore's SigV4Auth) immediately before its wrk run, and runs longer than the window allows (--duration > 240) fall
 back to driving every case with the same Python client pool (threads × requests.Session), as the output then says.
@@ -31,7 +31,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.http_bench import ensure_wrk, lua_script, run_wrk  # noqa: E402
+from bench.harness import ensure_wrk, lua_script, run_wrk  # noqa: E402
 from tests.support.broker import start_broker  # noqa: E402
 
 REGION = "us-east-1"
@@ -150,12 +150,13 @@ def main() -> None:
                     else:
                         make = aws_maker(broker.addr, creds, aws_call)
                 elif use_wrk:
-                    script = lua_script(folder, name, method, native_body, token if native_body else None)
+                    script = lua_script(folder, name, method, native_headers if native_body else {},
+                                        json.dumps(native_body) if native_body else None)
                 else:
                     make = fixed_maker(native_headers, native_body)
                 requests.get(broker.url("/health"), timeout=10)
                 if use_wrk:
-                    results.append((label, run_wrk(wrk, url, script, args.connections, args.duration)))
+                    results.append((label, vars(run_wrk(wrk, url, script, args.connections, args.duration))))
                 else:
                     results.append((label, run_pool(url, method, make, args.connections, args.duration)))
         finally:

@@ -105,14 +105,10 @@ def control_socket(data_dir: Path) -> dict[str, Any]:
     return {"control_socket": str(path), "control_socket_mode": 0o600}
 
 
-def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int, tls: Tls | None,
-               log_format: str) -> None:
-    logconfig = gunicorn_logconfig(log_format)
-    GunicornApp(partial(_create_api, settings), {
-        **(tls.options() if tls is not None else {}),
-        **({"logconfig_dict": logconfig} if logconfig else {}),
-        **control_socket(settings.data_dir),
-        "child_exit": child_exit,
+def api_options(*, bind: str, workers: int, threads: int) -> dict[str, Any]:
+    """The API listener's gunicorn options (bench/noop_server.py serves its baseline app with these too, so a
+    benchmark's no-op row runs on exactly the broker's server stack)."""
+    return {
         "bind": bind,
         "workers": workers,
         "threads": threads,
@@ -125,4 +121,16 @@ def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int, tls
         "timeout": 60,
         "graceful_timeout": 10,
         "proc_name": "kms-broker",
+    }
+
+
+def _serve_api(settings: Settings, *, bind: str, workers: int, threads: int, tls: Tls | None,
+               log_format: str) -> None:
+    logconfig = gunicorn_logconfig(log_format)
+    GunicornApp(partial(_create_api, settings), {
+        **api_options(bind=bind, workers=workers, threads=threads),
+        **(tls.options() if tls is not None else {}),
+        **({"logconfig_dict": logconfig} if logconfig else {}),
+        **control_socket(settings.data_dir),
+        "child_exit": child_exit,
     }).run()

@@ -1,0 +1,142 @@
+"""Where a hot-path request's CPU goes, without HTTP or the machine's load in the way.
+
+    python bench/hotpath_profile.py [--requests 3000] [--profile encrypt|decrypt|gdk|aws|keyring] [--top 40]
+
+Builds the broker's Flask apps in this process over a fresh data folder (SQLite + SoftHSM, audit on with fsync),
+and calls each app's WSGI callable directly with a prebuilt request, one after another. It prints the CPU time
+per request of the whole process (the audit writer's thread included) and the wall time, beside a bare Flask JSON
+no-op called the same way: CPU per request is what the HTTP benchmark's throughput is made of on a busy machine,
+and it barely moves with the load. `--profile OP` adds a cProfile of that row (sorted by own time).
+
+Sequential calls mean every audit batch holds one record: the group-commit savings of a loaded server do not
+show here, every other cost does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import io
+import json
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CONTEXT = {"app": "bench", "tenant": "t-0001"}
+
+
+def environ(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Callable[[], dict]:
+    """A fresh WSGI environ per call (the body stream is consumed by each request)."""
+    base = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8200", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.version": (1, 0), "CONTENT_LENGTH": str(len(body))}
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        base[key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{key}"] = value
+
+    def make() -> dict:
+        env = dict(base)
+        env["wsgi.input"] = io.BytesIO(body)
+        return env
+    return make
+
+
+def call(app: Callable, make: Callable[[], dict]) -> bytes:
+    status: list[str] = []
+    out = b"".join(app(make(), lambda s, h, e=None: status.append(s)))
+    if not status[0].startswith("200"):
+        raise SystemExit(f"{status[0]}: {out[:300]!r}")
+    return out
+
+
+def measure(app: Callable, make: Callable[[], dict], n: int) -> tuple[float, float]:
+    for _ in range(min(300, n)):
+        call(app, make)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        call(app, make)
+    return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--only", default=None, help="comma-separated rows (noop,encrypt,decrypt,gdk,aws,keyring)")
+    args = parser.parse_args()
+
+    from bench.http_bench import sigv4
+    from bench.noop_server import create_noop_app
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from keyring_bridge.vault_app import create_bridge_app
+
+    with tempfile.TemporaryDirectory(prefix="kmsb-hotpath-") as tmp:
+        data = Path(tmp) / "data"
+        init = subprocess.run([sys.executable, "-m", "broker.cli", "init", "--data-dir", str(data), "--output", "json"],
+                              check=True, capture_output=True, text=True)
+        root = json.loads(init.stdout)["root_token"]
+        settings = load_settings(data)
+        app = create_app(settings)
+        client = app.test_client()
+        admin = {"X-KMSB-Token": root}
+        key = client.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
+        client.put("/v1/policies/bench-app", headers=admin, json={"Document": {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey"],
+             "Resource": f"key/{key}"}]}})
+        token = client.post("/v1/auth/token/create", headers=admin,
+                            json={"policies": ["bench-app"]}).get_json()["auth"]["client_token"]
+        creds = client.post("/v1/aws-credentials", headers=admin, json={"Policies": ["bench-app"]}).get_json()
+        bridge = create_bridge_app(settings, service=app.extensions["kms_service"])
+        keyring = app.extensions["kms"].keyring
+        from broker.app import SYSTEM
+        from broker.service import RequestContext
+        keyring.create(RequestContext(SYSTEM), "kv/bench", "1")
+        db_token = keyring.create_token(RequestContext(SYSTEM), "kv/bench").token
+        hdr = {"Content-Type": "application/json", "X-KMSB-Token": token}
+        plaintext = base64.b64encode(b"x" * 64).decode()
+        enc = json.dumps({"Plaintext": plaintext, "EncryptionContext": CONTEXT}).encode()
+        blob = client.post(f"/v1/keys/{key}/encrypt", data=enc, headers=hdr).get_json()["CiphertextBlob"]
+        dec = json.dumps({"CiphertextBlob": blob, "EncryptionContext": CONTEXT}).encode()
+        gdk = json.dumps({"KeySpec": "AES_256", "EncryptionContext": CONTEXT}).encode()
+        aws_headers, aws_body = sigv4("http://127.0.0.1:8200/", creds["access_key_id"], creds["secret_access_key"],
+                                      "Encrypt", {"KeyId": key, "Plaintext": plaintext, "EncryptionContext": CONTEXT})
+        rows: dict[str, tuple[Callable, Callable[[], dict]]] = {
+            "noop": (create_noop_app().wsgi_app, environ("POST", "/v1/noop", {"Content-Type": "application/json"},
+                                                         enc)),
+            "encrypt": (app.wsgi_app, environ("POST", f"/v1/keys/{key}/encrypt", hdr, enc)),
+            "decrypt": (app.wsgi_app, environ("POST", "/v1/decrypt", hdr, dec)),
+            "gdk": (app.wsgi_app, environ("POST", f"/v1/keys/{key}/generate-data-key", hdr, gdk)),
+            "aws": (app.wsgi_app, environ("POST", "/", {**aws_headers, "Host": "127.0.0.1:8200"}, aws_body)),
+        }
+        rows["keyring"] = (bridge.wsgi_app, environ("GET", "/v1/kv/bench/data/1", {"X-Vault-Token": db_token}))
+        wanted = args.only.split(",") if args.only else list(rows)
+        print(f"{'row':<10}{'CPU us/req':>12}{'wall us/req':>13}")
+        for name in wanted:
+            fn, make = rows[name]
+            cpu, wall = measure(fn, make, args.requests)
+            print(f"{name:<10}{cpu:>12.0f}{wall:>13.0f}")
+        if args.profile:
+            fn, make = rows[args.profile]
+            profile = cProfile.Profile(time.thread_time)  # CPU of this thread: waits do not count
+            profile.enable()
+            for _ in range(args.requests):
+                call(fn, make)
+            profile.disable()
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)
+            print(out.getvalue())
+        app.extensions["kms_service"].audit.close()
+
+
+if __name__ == "__main__":
+    main()
