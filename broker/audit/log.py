@@ -3,13 +3,17 @@
 * One chain per audit file, shared by every process on the host: a writer holds an exclusive flock on
   `<file>.lock`, which also keeps the chain head (seq, hash, last checkpoint, open intents) so a writer never re-reads
   the log. If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
-* Group commit: `write()` queues the record and blocks until a per-process writer thread has made it durable in
-  every durable sink. The thread takes whatever is queued (after a short window when callers arrive together) and
-  commits it as one batch: one append + one fsync for the file, one transaction for the store. The chain lock is
-  held for the append and the store insert only; the fsync runs after it is released, so another process appends
-  its batch meanwhile (one fsync covers every append before it). Callers are released only after their fsync.
-  An fsync that fails (EIO) refuses its callers, but the records stay in the file: they describe operations
-  that did happen.
+* Group commit, led by a caller: `write()` queues the record; the first caller that finds nobody committing
+  becomes the *leader* and commits, in its own thread, everything queued (after a short window when the last
+  batch held several records) as one batch: one append + one fsync for the file, one transaction for the store.
+  Callers that arrive meanwhile wait; when the batch is durable the leader releases them and hands the lead to
+  the first record still queued, whose caller commits the next batch. A lone request therefore pays no thread
+  hand-off (on a loaded host each wake-up of another thread is a trip through the run queue), and a busy one
+  shares its fsync with everything that queued behind it. The chain lock is held for the append and the store
+  insert only; the fsync runs after it is released, so another process appends its batch meanwhile (one fsync
+  covers every append before it). Callers are released only after their fsync. An fsync that fails (EIO) refuses
+  its callers, but the records stay in the file: they describe operations that did happen. A housekeeping thread
+  does what an idle writer owes (below) whenever nobody leads.
 * Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
   NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
 * Intents: an operation that changes state is announced by an *intent* record (durable before the change) and closed
@@ -33,7 +37,6 @@ import fcntl
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
@@ -104,13 +107,18 @@ class _Head:
 
 
 class _Pending:
-    __slots__ = ("body", "done", "record", "error")
+    """One record waiting to be durable. `wake` is set when it is done (`record` or `error` filled) or when its
+    caller is handed the lead (`leader`)."""
 
-    def __init__(self, body: dict) -> None:
+    __slots__ = ("body", "wake", "record", "error", "leader", "done")
+
+    def __init__(self, body: dict | None) -> None:
         self.body = body
-        self.done = threading.Event()
+        self.wake = threading.Event()
         self.record: dict | None = None
         self.error: BaseException | None = None
+        self.leader = False
+        self.done = False
 
 
 class AuditLog:
@@ -160,8 +168,12 @@ class AuditLog:
         self._lock_fd = -1
         self._lock_pid = 0
         self._thread_lock = threading.Lock()
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._mutex = threading.Lock()       # guards _queue and _leading
+        self._queue: list[_Pending] = []     # records waiting for a leader, in arrival order
+        self._leading = False                # a thread of this process is committing (or housekeeping)
+        self._last_size = 1
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._pid = 0
         self._start_lock = threading.Lock()
         self._failing_since: float | None = None
@@ -216,9 +228,19 @@ class AuditLog:
             raise NotReady("audit log is closed; request refused")
         self._ensure_writer()
         pending = _Pending(body)
-        self._queue.put(pending)
-        if not pending.done.wait(_WAIT_SECONDS):
-            raise NotReady("audit log did not persist the record in time; request refused")
+        with self._mutex:
+            self._queue.append(pending)
+            if not self._leading:
+                self._leading = pending.leader = True
+        deadline = time.monotonic() + _WAIT_SECONDS
+        while not pending.done:
+            if pending.leader:
+                self._lead()
+                continue
+            if not pending.wake.wait(max(0.0, deadline - time.monotonic())):
+                if self._withdraw(pending):
+                    raise NotReady("audit log did not persist the record in time; request refused")
+            pending.wake.clear()
         if pending.error is not None:
             raise NotReady("audit log cannot be written; request refused") from None
         return pending.record  # type: ignore[return-value]
@@ -267,7 +289,7 @@ class AuditLog:
         """Stop this process's writer. With `checkpoint` (a clean shutdown) the tail is covered by a signed
         checkpoint first, so nothing written before the shutdown is in the uncovered window."""
         if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
-            self._queue.put(None)
+            self._stop.set()
             self._thread.join(10)
         if checkpoint and not self._closed:
             try:
@@ -285,50 +307,34 @@ class AuditLog:
             self._lease = None
         _OPEN_LOGS.discard(self)
 
-    # ------------------------------------------------------------------------------------------ writer thread
+    # ------------------------------------------------------------------------------------------ group commit
 
     def _ensure_writer(self) -> None:
+        """The housekeeping thread of this process (started on the first write, again in a forked child)."""
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
         with self._start_lock:
             if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
                 return
             if self._pid != os.getpid():  # after a fork: nothing of the parent's writer is ours
-                self._queue = queue.SimpleQueue()
+                self._mutex = threading.Lock()
+                self._queue = []
+                self._leading = False
                 self._thread_lock = threading.Lock()
+                self._stop = threading.Event()
             self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="kmsb-audit-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name="kmsb-audit-housekeeper", daemon=True)
             self._thread.start()
 
-    def _run(self) -> None:
-        last_size = 1
-        idle = min(max(self.checkpoint_seconds / 2, 0.2), 5.0)
-        while True:
-            try:
-                first = self._queue.get(timeout=idle)
-            except queue.Empty:
-                self._idle()
-                continue
-            if first is None:
-                return
-            batch = [first]
-            deadline = time.monotonic() + (self._batch_window if last_size > 1 else 0.0)
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = self._queue.get(timeout=remaining)
-                    except queue.Empty:
-                        break
-                if item is None:
-                    self._queue.put(None)
-                    break
-                batch.append(item)
-            last_size = len(batch)
+    def _lead(self) -> None:
+        """Commit one batch (the leader's own record is its first: a leader is the head of the queue), release its
+        callers, then hand the lead to the next record queued (or give it up when none is)."""
+        try:
+            if self._batch_window and self._last_size > 1:
+                time.sleep(self._batch_window)  # callers arriving together share the fsync
+            with self._mutex:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self._last_size = len(batch)
             started = time.perf_counter()
             try:
                 records = self._commit([p.body for p in batch])
@@ -339,12 +345,50 @@ class AuditLog:
                 self._failing_since = time.monotonic()
                 log.error("audit batch of %d record(s) not persisted: %s", len(batch), type(exc).__name__)
                 for p in batch:
-                    p.error = exc
-                    p.done.set()
-                continue
+                    p.error, p.done = exc, True
+                    p.wake.set()
+                if not isinstance(exc, Exception):
+                    raise
+                return
             for p, record in zip(batch, records, strict=True):
-                p.record = record
-                p.done.set()
+                p.record, p.done = record, True
+                p.wake.set()
+        finally:
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        with self._mutex:
+            if self._queue:
+                head = self._queue[0]
+                head.leader = True
+                head.wake.set()
+            else:
+                self._leading = False
+
+    def _withdraw(self, pending: _Pending) -> bool:
+        """A caller gives up waiting (refused, 503): its record leaves the queue if no leader took it yet (one that
+        did may still make it durable: a refused request with a record is the safe side). False if the caller was
+        handed the lead meanwhile and must commit instead."""
+        with self._mutex:
+            if pending.leader:
+                return False  # handed the lead just now: it commits its own record
+            if pending in self._queue:
+                self._queue.remove(pending)
+            return True
+
+    def _run(self) -> None:
+        """Housekeeping when nobody leads: an idle writer still closes dead writers' intents and covers a run older
+        than `checkpoint_seconds` with a checkpoint."""
+        idle = min(max(self.checkpoint_seconds / 2, 0.2), 5.0)
+        while not self._stop.wait(idle):
+            with self._mutex:
+                if self._leading or self._queue:
+                    continue
+                self._leading = True
+            try:
+                self._idle()
+            finally:
+                self._hand_on()
 
     def _idle(self) -> None:
         """Between batches: close the intents of dead writers, and cover a run older than `checkpoint_seconds`."""
