@@ -505,3 +505,27 @@ def test_key_admin_cannot_import_material_it_would_know(w: World) -> None:
     admin = ctx("admin", "key-admin")
     w.refused(errors.AccessDenied, w.keys.get_parameters_for_import, admin, external, "RSAES_OAEP_SHA_256")
     w.refused(errors.AccessDenied, w.keys.import_key_material, admin, external, b"token", b"material")
+
+
+def test_an_alias_cannot_be_moved_onto_a_key_its_mover_controls(w: World) -> None:
+    """The alias hijack: a principal with every right on its own key KA but none on alias/bob or on bob's key moves
+    alias/bob onto KA, so bob's next Encrypt through the alias lands under a key the attacker decrypts. As in AWS,
+    UpdateAlias needs kms:UpdateAlias on the alias and on the old and the new key; Create/DeleteAlias likewise."""
+    bob_key, attacker_key = w.key(), w.key()
+    w.keys.create_alias(w.root, "alias/bob", bob_key)
+    w.policy("own-key", allow("kms:*", f"key/{attacker_key}"))
+    attacker = ctx("mallory", "own-key")
+    w.refused(errors.AccessDenied, w.keys.update_alias, attacker, "alias/bob", attacker_key)
+    w.refused(errors.AccessDenied, w.keys.delete_alias, attacker, "alias/bob")
+    assert w.keys.describe_key(w.root, "alias/bob")["KeyId"] == bob_key
+    # rights on the alias and the new key but not on the old one: still refused
+    w.policy("alias-too", allow("kms:UpdateAlias", "alias/bob"))
+    w.refused(errors.AccessDenied, w.keys.update_alias, ctx("mallory", "own-key", "alias-too"), "alias/bob",
+              attacker_key)
+    # a new alias pointing at a key the creator has no rights on is refused too
+    w.refused(errors.AccessDenied, w.keys.create_alias, attacker, "alias/mallory-bob", bob_key)
+    # with the right on all three, the move is allowed (an alias-pattern right such as "alias/bob" would start
+    # matching the new key as well: that is a widening of its own, refused, so the right here is not by alias)
+    w.policy("alias-admin", allow("kms:UpdateAlias", "*"))
+    w.keys.update_alias(ctx("alice", "alias-admin"), "alias/bob", attacker_key)
+    assert w.keys.describe_key(w.root, "alias/bob")["KeyId"] == attacker_key
