@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -142,6 +142,48 @@ def key_arg(name: str, *, details: bool = False, optional: bool = False) -> Reso
         return Target(key=host.resolve_key(ref, details=details), conditions=request_alias(ref))
     resolve.arg = name  # type: ignore[attr-defined]
     return resolve
+
+
+Fact = str | Callable[[Mapping[str, Any]], Any]
+
+
+def with_facts(resolve: Resolver, facts: Mapping[str, Fact] | None = None, *,
+               more: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> Resolver:
+    """`resolve`, plus the condition values AWS takes from a request's parameters (kms:EncryptionAlgorithm,
+    kms:SigningAlgorithm, aws:RequestTag/<k>, …). Each fact is read from the argument it names — with its default
+    when the caller gave none, as AWS reads a parameter's default — or computed from the arguments; `more` computes
+    several at once (one per tag). None, or an empty list, leaves the key absent from the request."""
+    def resolved(host: Any, args: Mapping[str, Any]) -> Target:
+        target = resolve(host, args) or NOTHING
+        values = {key: source(args) if callable(source) else args.get(source) for key, source in (facts or {}).items()}
+        if more is not None:
+            values.update(more(args))
+        extra = request_facts(values)
+        return replace(target, conditions={**target.conditions, **extra}) if extra else target
+    if hasattr(resolve, "arg"):
+        resolved.arg = resolve.arg  # type: ignore[attr-defined]
+    return resolved
+
+
+def request_facts(values: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Request parameters as condition values: text as is, booleans "true"/"false", integers as their digits, lists
+    of text as several values. A parameter of another type is refused here (the operation would refuse it too)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = ("true" if value else "false",)
+        elif isinstance(value, int):
+            out[key] = (str(value),)
+        elif isinstance(value, str):
+            out[key] = (value,)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            if value:
+                out[key] = tuple(value)
+        else:
+            raise errors.ValidationError(f"{key.partition(':')[2].split('/')[0]} is not valid")
+    return out
 
 
 def request_alias(ref: Any) -> dict[str, tuple[str, ...]]:

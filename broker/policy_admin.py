@@ -36,6 +36,7 @@ from broker.gate import (
     operation,
     resource,
     valid_text,
+    with_facts,
 )
 from broker.model import Key
 from broker.policy.builtin import BUILTIN_DOCUMENTS, RESERVED, builtin
@@ -111,6 +112,8 @@ class GrantSpec:
                                            "kms:GranteePrincipal": (self.grantee,)}
         if self.retiring:
             out["kms:RetiringPrincipal"] = (self.retiring,)
+        if self.constraints:
+            out["kms:GrantConstraintType"] = tuple(self.constraints)
         return out
 
     @classmethod
@@ -170,6 +173,8 @@ def _grant_to_retire(host: PolicyAdmin, args: Mapping[str, Any]) -> Target:
                   "kms:GrantOperations": tuple(grant["Operations"])}
     if grant["RetiringPrincipal"]:
         conditions["kms:RetiringPrincipal"] = (grant["RetiringPrincipal"],)
+    if grant.get("Constraints"):
+        conditions["kms:GrantConstraintType"] = tuple(grant["Constraints"])
     return Target(key=key, resource=f"grant/{grant['GrantId']}", conditions=conditions)
 
 
@@ -251,7 +256,8 @@ class PolicyAdmin(Service):
 
     # ---------------------------------------------------------------------------------- key policies
 
-    @operation("kms:PutKeyPolicy", Need("kms:PutKeyPolicy", key_arg("key_ref")), mutates=True)
+    @operation("kms:PutKeyPolicy", Need("kms:PutKeyPolicy", with_facts(
+        key_arg("key_ref"), {"kms:BypassPolicyLockoutSafetyCheck": lambda a: a["bypass_lockout"] is True})), mutates=True)
     def put_key_policy(self, call: Call, key_ref: str, document: Any, policy_name: str = "default", *,
                        bypass_lockout: bool = False) -> None:
         """`document`: the policy's JSON text (kept byte for byte) or an object. Refused: a malformed document, one

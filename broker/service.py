@@ -46,6 +46,7 @@ from broker.gate import (
     request_alias,
     resource,
     valid_text,
+    with_facts,
     within,
 )
 from broker.key_views import (
@@ -191,6 +192,42 @@ def _ciphertext_key(host: KeyService, args: Mapping[str, Any]) -> Target:
 
 _ciphertext_key.arg = "blob"  # type: ignore[attr-defined]
 
+# Condition values AWS takes from a request (kms:EncryptionAlgorithm, …): the argument each is read from, or a
+# constant where the broker's operation has one answer (its data keys and ReEncrypt are symmetric only).
+_SYMMETRIC = "SYMMETRIC_DEFAULT"
+_ENCRYPTION = {"kms:EncryptionAlgorithm": "algorithm"}
+_DATA_KEY = {"kms:EncryptionAlgorithm": lambda a: _SYMMETRIC}
+_DATA_KEY_PAIR = {"kms:EncryptionAlgorithm": lambda a: _SYMMETRIC, "kms:DataKeyPairSpec": "key_pair_spec"}
+_SIGNING = {"kms:SigningAlgorithm": "algorithm", "kms:MessageType": "message_type"}
+_MAC = {"kms:MacAlgorithm": "algorithm"}
+
+
+def _reencrypt_facts(destination: Key | None, source: Key) -> dict[str, tuple[str, ...]]:
+    """ReEncrypt's request facts: its algorithm (symmetric only) and kms:ReEncryptOnSameKey."""
+    same = destination is not None and destination.key_id == source.key_id
+    return {"kms:EncryptionAlgorithm": (_SYMMETRIC,), "kms:ReEncryptOnSameKey": ("true" if same else "false",)}
+
+
+def _reencrypt_source(host: KeyService, args: Mapping[str, Any]) -> Target:
+    target = _ciphertext_key(host, args)
+    try:
+        destination = host.resolve_key(args["destination_key_ref"])
+    except errors.NotFound:
+        destination = None  # the destination's own check answers NotFound
+    return dataclasses.replace(target, conditions={**target.conditions, **_reencrypt_facts(destination, target.key)})
+
+
+_reencrypt_source.arg = "blob"  # type: ignore[attr-defined]
+
+
+def _reencrypt_destination(host: KeyService, args: Mapping[str, Any]) -> Target:
+    target = key_arg("destination_key_ref")(host, args)
+    source = _ciphertext_key(host, args).key
+    return dataclasses.replace(target, conditions={**target.conditions, **_reencrypt_facts(target.key, source)})
+
+
+_reencrypt_destination.arg = "destination_key_ref"  # type: ignore[attr-defined]
+
 
 def _provider_resource(host: KeyService, args: Mapping[str, Any]) -> Target:
     name = args.get("provider") or host.default_provider
@@ -203,6 +240,29 @@ def _new_key_provider(host: KeyService, args: Mapping[str, Any]) -> Target:
     name = host.provider_for_new_key(args.get("provider"), args.get("key_spec"), args.get("key_usage"))
     host.provider(name)
     return Target(resource=f"provider/{name}")
+
+
+def _new_key_usage(args: Mapping[str, Any]) -> Any:
+    """kms:KeyUsage of a CreateKey request: the one asked for, or the one the key will get."""
+    if args.get("key_usage"):
+        return args["key_usage"]
+    try:
+        allowed = ALLOWED_USAGES[KeySpec(args.get("key_spec"))]
+    except (ValueError, KeyError, TypeError):
+        return None  # the operation refuses the spec
+    return next(iter(allowed)).value if len(allowed) == 1 else KeyUsage.ENCRYPT_DECRYPT.value
+
+
+def request_tags(args: Mapping[str, Any]) -> dict[str, Any]:
+    """aws:RequestTag/<key> for each tag of a CreateKey/TagResource request, and aws:TagKeys."""
+    tags = check_tags(args.get("tags"))  # either shape (AWS's list or an object), refused here if neither
+    return {**{f"aws:RequestTag/{k}": v for k, v in tags.items()}, "aws:TagKeys": list(tags)}
+
+
+_NEW_KEY = with_facts(_new_key_provider, {
+    "kms:KeySpec": "key_spec", "kms:KeyUsage": _new_key_usage, "kms:KeyOrigin": "origin",
+    "kms:MultiRegion": lambda a: False, "kms:BypassPolicyLockoutSafetyCheck": lambda a: a["bypass_policy_lockout"] is True},
+    more=request_tags)
 
 
 def _alias_resource(args: Mapping[str, Any]) -> str:
@@ -383,7 +443,7 @@ class KeyService(Service):
         return routed if offered is not None and EncryptionAlgorithm.RSAES_OAEP_SHA_256 not in offered \
             else self.default_provider
 
-    @operation("kms:CreateKey", Need("kms:CreateKey", _new_key_provider), mutates=True, creates_key=True)
+    @operation("kms:CreateKey", Need("kms:CreateKey", _NEW_KEY), mutates=True, creates_key=True)
     def create_key(self, call: Call, *, key_spec: str = "SYMMETRIC_DEFAULT", key_usage: str | None = None,
                    description: str = "", tags: Mapping[str, str] | None = None, origin: str = "AWS_KMS",
                    provider: str | None = None, policy: Any = None,
@@ -479,7 +539,8 @@ class KeyService(Service):
     def disable_key(self, call: Call, key_ref: str) -> None:
         self._set_enabled(call.key(), False)
 
-    @operation("kms:ScheduleKeyDeletion", Need("kms:ScheduleKeyDeletion", key_arg("key_ref")), mutates=True)
+    @operation("kms:ScheduleKeyDeletion", Need("kms:ScheduleKeyDeletion", with_facts(
+        key_arg("key_ref"), {"kms:ScheduleKeyDeletionPendingWindowInDays": "pending_days"})), mutates=True)
     def schedule_key_deletion(self, call: Call, key_ref: str, pending_days: int = 30) -> dict[str, Any]:
         key = call.key()
         if not isinstance(pending_days, int) or isinstance(pending_days, bool) or not 7 <= pending_days <= 30:
@@ -511,7 +572,7 @@ class KeyService(Service):
 
     # =========================================================================================== symmetric
 
-    @operation("kms:Encrypt", Need("kms:Encrypt", key_arg("key_ref"), context="context"))
+    @operation("kms:Encrypt", Need("kms:Encrypt", with_facts(key_arg("key_ref"), _ENCRYPTION), context="context"))
     def encrypt(self, call: Call, key_ref: str, plaintext: bytes, *, context: Any = None,
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
         plaintext = check_bytes(plaintext, "Plaintext")
@@ -574,7 +635,7 @@ class KeyService(Service):
         except Exception:  # noqa: BLE001 - cryptography raises InvalidTag; any failure is a bad ciphertext
             raise errors.InvalidCiphertext("ciphertext failed authentication") from None
 
-    @operation("kms:Decrypt", Need("kms:Decrypt", _ciphertext_key, context="context"))
+    @operation("kms:Decrypt", Need("kms:Decrypt", with_facts(_ciphertext_key, _ENCRYPTION), context="context"))
     def decrypt(self, call: Call, blob: bytes, *, key_ref: str | None = None, context: Any = None,
                 algorithm: str = "SYMMETRIC_DEFAULT") -> dict[str, Any]:
         key = call.key("blob")
@@ -585,8 +646,8 @@ class KeyService(Service):
         return {"Plaintext": plaintext, "KeyId": key.key_id, "KeyVersion": call.entry.key_version,
                 "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
 
-    @operation("kms:ReEncrypt", Need("kms:ReEncryptFrom", _ciphertext_key, context="source_context"),
-               Need("kms:ReEncryptTo", key_arg("destination_key_ref"), context="destination_context"))
+    @operation("kms:ReEncrypt", Need("kms:ReEncryptFrom", _reencrypt_source, context="source_context"),
+               Need("kms:ReEncryptTo", _reencrypt_destination, context="destination_context"))
     def re_encrypt(self, call: Call, blob: bytes, destination_key_ref: str, *, source_context: Any = None,
                    destination_context: Any = None, source_key_ref: str | None = None) -> dict[str, Any]:
         """Decrypt and re-encrypt inside the broker; the plaintext never leaves this function."""
@@ -625,13 +686,14 @@ class KeyService(Service):
             out["Plaintext"] = data_key
         return out
 
-    @operation("kms:GenerateDataKey", Need("kms:GenerateDataKey", key_arg("key_ref"), context="context"))
+    @operation("kms:GenerateDataKey", Need("kms:GenerateDataKey", with_facts(key_arg("key_ref"), _DATA_KEY),
+                                                 context="context"))
     def generate_data_key(self, call: Call, key_ref: str, *, key_spec: str | None = None,
                           number_of_bytes: int | None = None, context: Any = None) -> dict[str, Any]:
         return self._data_key(call, key_spec, number_of_bytes, context, True)
 
     @operation("kms:GenerateDataKeyWithoutPlaintext",
-               Need("kms:GenerateDataKeyWithoutPlaintext", key_arg("key_ref"), context="context"))
+               Need("kms:GenerateDataKeyWithoutPlaintext", with_facts(key_arg("key_ref"), _DATA_KEY), context="context"))
     def generate_data_key_without_plaintext(self, call: Call, key_ref: str, *, key_spec: str | None = None,
                                             number_of_bytes: int | None = None, context: Any = None) -> dict:
         return self._data_key(call, key_spec, number_of_bytes, context, False)
@@ -657,13 +719,15 @@ class KeyService(Service):
             out["PrivateKeyPlaintext"] = private_der
         return out
 
-    @operation("kms:GenerateDataKeyPair", Need("kms:GenerateDataKeyPair", key_arg("key_ref"), context="context"))
+    @operation("kms:GenerateDataKeyPair", Need("kms:GenerateDataKeyPair", with_facts(key_arg("key_ref"), _DATA_KEY_PAIR),
+                                                     context="context"))
     def generate_data_key_pair(self, call: Call, key_ref: str, key_pair_spec: str, *,
                                context: Any = None) -> dict[str, Any]:
         return self._data_key_pair(call, key_pair_spec, context, True)
 
     @operation("kms:GenerateDataKeyPairWithoutPlaintext",
-               Need("kms:GenerateDataKeyPairWithoutPlaintext", key_arg("key_ref"), context="context"))
+               Need("kms:GenerateDataKeyPairWithoutPlaintext", with_facts(key_arg("key_ref"), _DATA_KEY_PAIR),
+                    context="context"))
     def generate_data_key_pair_without_plaintext(self, call: Call, key_ref: str, key_pair_spec: str, *,
                                                  context: Any = None) -> dict[str, Any]:
         return self._data_key_pair(call, key_pair_spec, context, False)
@@ -741,7 +805,7 @@ class KeyService(Service):
         call.entry.key_version = key.primary_version
         return key, alg, self._digest(message, message_type, alg)
 
-    @operation("kms:Sign", Need("kms:Sign", key_arg("key_ref")))
+    @operation("kms:Sign", Need("kms:Sign", with_facts(key_arg("key_ref"), _SIGNING)))
     def sign(self, call: Call, key_ref: str, message: bytes, algorithm: str,
              message_type: str = "RAW") -> dict[str, Any]:
         key, alg, digest = self._signing_setup(call, "Sign", message, message_type, algorithm)
@@ -749,7 +813,7 @@ class KeyService(Service):
         signature = self.provider(key.provider).sign(ref, digest, alg)
         return {"Signature": signature, "KeyId": key.key_id, "SigningAlgorithm": alg.value}
 
-    @operation("kms:Verify", Need("kms:Verify", key_arg("key_ref")))
+    @operation("kms:Verify", Need("kms:Verify", with_facts(key_arg("key_ref"), _SIGNING)))
     def verify(self, call: Call, key_ref: str, message: bytes, signature: bytes, algorithm: str,
                message_type: str = "RAW") -> dict[str, Any]:
         key, alg, digest = self._signing_setup(call, "Verify", message, message_type, algorithm)
@@ -801,13 +865,13 @@ class KeyService(Service):
         call.entry.key_version = number
         return key, alg, message, ref
 
-    @operation("kms:GenerateMac", Need("kms:GenerateMac", key_arg("key_ref")))
+    @operation("kms:GenerateMac", Need("kms:GenerateMac", with_facts(key_arg("key_ref"), _MAC)))
     def generate_mac(self, call: Call, key_ref: str, message: bytes, algorithm: str) -> dict[str, Any]:
         key, alg, message, ref = self._mac_setup(call, "GenerateMac", message, algorithm)
         return {"Mac": self.provider(key.provider).generate_mac(ref, message, alg), "KeyId": key.key_id,
                 "MacAlgorithm": alg.value}
 
-    @operation("kms:VerifyMac", Need("kms:VerifyMac", key_arg("key_ref")))
+    @operation("kms:VerifyMac", Need("kms:VerifyMac", with_facts(key_arg("key_ref"), _MAC)))
     def verify_mac(self, call: Call, key_ref: str, message: bytes, mac: bytes, algorithm: str) -> dict[str, Any]:
         key, alg, message, ref = self._mac_setup(call, "VerifyMac", message, algorithm)
         mac = check_bytes(mac, "Mac", high=64)
@@ -872,7 +936,8 @@ class KeyService(Service):
                              "AliasArn": f"arn:kms-broker:kms:local:000000000000:{name}"}
                             for name, kid, created in rows], "Truncated": False}
 
-    @operation("kms:TagResource", Need("kms:TagResource", key_arg("key_ref", details=True)), mutates=True)
+    @operation("kms:TagResource", Need("kms:TagResource", with_facts(key_arg("key_ref", details=True), more=request_tags)),
+               mutates=True)
     def tag_resource(self, call: Call, key_ref: str, tags: Any) -> None:
         tags = check_tags(tags)
         key = call.key()
@@ -881,7 +946,8 @@ class KeyService(Service):
         self._keep_within(call, key, tags=tags)
         self.store.set_tags(key.key_id, tags)
 
-    @operation("kms:UntagResource", Need("kms:UntagResource", key_arg("key_ref")), mutates=True)
+    @operation("kms:UntagResource", Need("kms:UntagResource", with_facts(key_arg("key_ref"), {"aws:TagKeys": "tag_keys"})),
+               mutates=True)
     def untag_resource(self, call: Call, key_ref: str, tag_keys: Any) -> None:
         if not isinstance(tag_keys, list) or len(tag_keys) > 50 or not all(isinstance(k, str) for k in tag_keys):
             raise errors.ValidationError("TagKeys must be a list of at most 50 strings")
@@ -910,7 +976,8 @@ class KeyService(Service):
             raise errors.InvalidState(f"key {key.key_id} is part of replicated key {whole}: rotate that one "
                                       "(every copy gets the new version together)")
 
-    @operation("kms:EnableKeyRotation", Need("kms:EnableKeyRotation", key_arg("key_ref")), mutates=True)
+    @operation("kms:EnableKeyRotation", Need("kms:EnableKeyRotation", with_facts(
+        key_arg("key_ref"), {"kms:RotationPeriodInDays": "period_days"})), mutates=True)
     def enable_key_rotation(self, call: Call, key_ref: str, period_days: int = 365) -> None:
         key = call.key()
         if not isinstance(period_days, int) or isinstance(period_days, bool) or not 90 <= period_days <= 2560:
@@ -984,7 +1051,8 @@ class KeyService(Service):
 
     # =========================================================================================== import
 
-    @operation("kms:GetParametersForImport", Need("kms:GetParametersForImport", key_arg("key_ref")), mutates=True)
+    @operation("kms:GetParametersForImport", Need("kms:GetParametersForImport", with_facts(key_arg("key_ref"), {
+        "kms:WrappingAlgorithm": "wrapping_algorithm", "kms:WrappingKeySpec": "wrapping_key_spec"})), mutates=True)
     def get_parameters_for_import(self, call: Call, key_ref: str, wrapping_algorithm: str,
                                   wrapping_key_spec: str = "RSA_2048") -> dict[str, Any]:
         key = call.key()
@@ -1006,7 +1074,8 @@ class KeyService(Service):
         return {"KeyId": key.key_id, "ImportToken": token_id.encode(), "PublicKey": params.public_key_der,
                 "ParametersValidTo": expires.isoformat()}
 
-    @operation("kms:ImportKeyMaterial", Need("kms:ImportKeyMaterial", key_arg("key_ref")), mutates=True)
+    @operation("kms:ImportKeyMaterial", Need("kms:ImportKeyMaterial", with_facts(key_arg("key_ref"), {
+        "kms:ExpirationModel": lambda a: "KEY_MATERIAL_DOES_NOT_EXPIRE"})), mutates=True)  # the only one served
     def import_key_material(self, call: Call, key_ref: str, import_token: bytes,
                             encrypted_key_material: bytes) -> dict[str, Any]:
         key = call.key()

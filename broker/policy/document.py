@@ -82,10 +82,20 @@ _FIXED_KEYS = {"kms:EncryptionContextKeys", "kms:KeySpec", "kms:KeyUsage", "kms:
                "broker:SourceIp", "broker:CurrentTime", "broker:TimeOfDay",
                "broker:PrincipalName", "broker:AuthMethod",
                "aws:EpochTime", "aws:PrincipalArn", "aws:PrincipalAccount", "aws:ViaAWSService",
-               "aws:PrincipalIsAWSService"}
+               "aws:PrincipalIsAWSService", "aws:TagKeys",
+               # AWS's keys for a request's parameters (their values come from the operation's arguments)
+               "kms:EncryptionAlgorithm", "kms:SigningAlgorithm", "kms:MessageType", "kms:MacAlgorithm",
+               "kms:DataKeyPairSpec", "kms:GrantConstraintType", "kms:RotationPeriodInDays",
+               "kms:ScheduleKeyDeletionPendingWindowInDays", "kms:WrappingAlgorithm", "kms:WrappingKeySpec",
+               "kms:ExpirationModel", "kms:BypassPolicyLockoutSafetyCheck", "kms:ReEncryptOnSameKey",
+               "kms:MultiRegion"}
 # AWS global keys with the same meaning as a broker key: read as that key.
-_SAME_AS = {"aws:SourceIp": "broker:SourceIp", "aws:CurrentTime": "broker:CurrentTime"}
-_PREFIX_KEYS = ("kms:EncryptionContext:", "kms:ResourceTag/", "broker:PrincipalTag/")
+_SAME_AS = {"aws:SourceIp": "broker:SourceIp", "aws:CurrentTime": "broker:CurrentTime",
+            # AWS's deprecated names of kms:KeySpec and kms:KeyUsage
+            "kms:CustomerMasterKeySpec": "kms:KeySpec", "kms:CustomerMasterKeyUsage": "kms:KeyUsage"}
+_PREFIX_KEYS = ("kms:EncryptionContext:", "kms:ResourceTag/", "broker:PrincipalTag/", "aws:RequestTag/",
+                # Nitro Enclaves attestation (a Recipient parameter, which the broker refuses): never in a request
+                "kms:RecipientAttestation:")
 _SAME_PREFIX = {"aws:PrincipalTag/": "broker:PrincipalTag/", "aws:ResourceTag/": "kms:ResourceTag/"}
 # AWS global keys about AWS infrastructure the broker does not have (VPCs, organizations, calling services, MFA,
 # federation): accepted, and absent from every request, exactly as in an AWS request that has none of them.
@@ -94,8 +104,11 @@ ABSENT_KEYS = frozenset({
     "aws:SourceOrgPaths", "aws:PrincipalOrgID", "aws:PrincipalOrgPaths", "aws:PrincipalServiceName",
     "aws:PrincipalServiceNamesList", "aws:CalledVia", "aws:CalledViaFirst", "aws:CalledViaLast",
     "aws:MultiFactorAuthPresent", "aws:MultiFactorAuthAge", "aws:TokenIssueTime", "aws:SourceIdentity",
-    "aws:FederatedProvider"})
-MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases",
+    "aws:FederatedProvider",
+    # KMS keys about what the broker does not have: expiring imported material (kms:ValidTo), key agreement,
+    # multi-Region keys (ReplicateKey, UpdatePrimaryRegion are not served)
+    "kms:ValidTo", "kms:KeyAgreementAlgorithm", "kms:MultiRegionKeyType", "kms:PrimaryRegion", "kms:ReplicaRegion"})
+MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases", "aws:TagKeys",
                      "aws:PrincipalOrgPaths", "aws:PrincipalServiceNamesList", "aws:CalledVia", "aws:SourceOrgPaths"}
 _CANONICAL = {k.lower(): k for k in (*_FIXED_KEYS, *ABSENT_KEYS)} | {k.lower(): v for k, v in _SAME_AS.items()}
 _PREFIXES = [(p.lower(), p) for p in _PREFIX_KEYS] + [(p.lower(), v) for p, v in _SAME_PREFIX.items()]

@@ -162,6 +162,7 @@ def condition_values(key: str, facts: Facts) -> list[str] | None:
         "kms:KeySpec": k.spec.value if k else None,
         "kms:KeyUsage": k.usage.value if k else None,
         "kms:KeyOrigin": k.origin.value if k else None,
+        "kms:MultiRegion": "false" if k else None,  # no broker key is a multi-Region key
         "kms:Provider": k.provider if k else _provider_of(facts.resource),
         "broker:SourceIp": facts.source_ip or None,
         "broker:CurrentTime": facts.now.isoformat(),

@@ -303,3 +303,57 @@ def test_a_new_alias_that_satisfies_a_request_alias_condition_is_a_widening():
     assert change_widens(before, after, statements)
     harmless = Facts(ALICE, "kms:Decrypt", KEY, now=NOON, request={"kms:ResourceAliases": ("alias/payments", "alias/x")})
     assert not change_widens(before, harmless, statements)
+
+
+# ------------------------------------------------------------------------------------------------ request parameters
+
+
+# Every condition key AWS documents for KMS (its "AWS KMS condition keys" page), as a documented example would spell
+# it: each is accepted, whether the broker gives it a value or it is absent from every request.
+AWS_KMS_KEYS = [
+    "kms:BypassPolicyLockoutSafetyCheck", "kms:CallerAccount", "kms:CustomerMasterKeySpec",
+    "kms:CustomerMasterKeyUsage", "kms:DataKeyPairSpec", "kms:EncryptionAlgorithm", "kms:EncryptionContext:Dept",
+    "kms:EncryptionContextKeys", "kms:ExpirationModel", "kms:GrantConstraintType", "kms:GrantIsForAWSResource",
+    "kms:GrantOperations", "kms:GranteePrincipal", "kms:KeyAgreementAlgorithm", "kms:KeyOrigin", "kms:KeySpec",
+    "kms:KeyUsage", "kms:MacAlgorithm", "kms:MessageType", "kms:MultiRegion", "kms:MultiRegionKeyType",
+    "kms:PrimaryRegion", "kms:ReEncryptOnSameKey", "kms:RecipientAttestation:ImageSha384",
+    "kms:RecipientAttestation:PCR0", "kms:ReplicaRegion", "kms:RequestAlias", "kms:ResourceAliases",
+    "kms:RetiringPrincipal", "kms:RotationPeriodInDays", "kms:ScheduleKeyDeletionPendingWindowInDays",
+    "kms:SigningAlgorithm", "kms:ValidTo", "kms:ViaService", "kms:WrappingAlgorithm", "kms:WrappingKeySpec",
+    "aws:RequestTag/Project", "aws:TagKeys", "aws:ResourceTag/Project", "aws:PrincipalTag/Dept"]
+
+
+@pytest.mark.parametrize("key", AWS_KMS_KEYS)
+def test_every_condition_key_aws_documents_for_kms_is_accepted(key):
+    read_key_policy(kp(st("Allow", "*", **when("StringEquals", key, "x"))))
+
+
+def test_request_parameters_decide_as_condition_values():
+    only_oaep256 = kp(st("Allow", "*", "kms:Encrypt", **when("StringEquals", "kms:EncryptionAlgorithm",
+                                                               "RSAES_OAEP_SHA_256")))
+    assert decide(ALICE, only_oaep256, request={"kms:EncryptionAlgorithm": ("RSAES_OAEP_SHA_256",)})
+    assert not decide(ALICE, only_oaep256, request={"kms:EncryptionAlgorithm": ("RSAES_OAEP_SHA_1",)})
+    assert not decide(ALICE, only_oaep256)  # a request without the parameter never satisfies it
+    long_window = kp(st("Allow", "*", "kms:ScheduleKeyDeletion",
+                        **when("NumericGreaterThanEquals", "kms:ScheduleKeyDeletionPendingWindowInDays", 21)))
+    assert decide(ALICE, long_window, "kms:ScheduleKeyDeletion",
+                  request={"kms:ScheduleKeyDeletionPendingWindowInDays": ("30",)})
+    assert not decide(ALICE, long_window, "kms:ScheduleKeyDeletion",
+                      request={"kms:ScheduleKeyDeletionPendingWindowInDays": ("7",)})
+    legacy = kp(st("Allow", "*", **when("StringEquals", "kms:CustomerMasterKeySpec", "SYMMETRIC_DEFAULT")))
+    assert decide(ALICE, legacy)  # the deprecated name reads the key's spec
+    assert decide(ALICE, kp(st("Allow", "*", **when("Bool", "kms:MultiRegion", False))))
+    assert not decide(ALICE, kp(st("Allow", "*", **when("Null", "kms:ValidTo", "false"))))  # never present
+
+
+def test_request_facts_are_text_and_refuse_what_they_cannot_read():
+    from broker.errors import ValidationError as BrokerValidation
+    from broker.gate import request_facts
+    assert request_facts({"kms:RotationPeriodInDays": 180, "kms:BypassPolicyLockoutSafetyCheck": True,
+                          "kms:SigningAlgorithm": "ECDSA_SHA_256", "aws:TagKeys": ["a", "b"], "kms:MessageType": None,
+                          "aws:TagKeys2": []}) == {
+        "kms:RotationPeriodInDays": ("180",), "kms:BypassPolicyLockoutSafetyCheck": ("true",),
+        "kms:SigningAlgorithm": ("ECDSA_SHA_256",), "aws:TagKeys": ("a", "b")}
+    for hostile in ({"x": 1}, [1], 1.5, b"bytes", ["a", 1]):
+        with pytest.raises(BrokerValidation):
+            request_facts({"kms:SigningAlgorithm": hostile})
