@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -800,10 +801,30 @@ def create_grant(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     if constraints is not None and not isinstance(constraints, dict):
         raise Serialization("Constraints must be an object")
     b.list("GrantTokens")
-    out = _admin().create_grant(ctx, b.key(), b.str("GranteePrincipal", required=True),
-                                b.list("Operations", required=True), retiring=b.str("RetiringPrincipal") or "",
+    out = _admin().create_grant(ctx, b.key(), grant_principal(b.str("GranteePrincipal", required=True),
+                                                              "GranteePrincipal"),
+                                b.list("Operations", required=True),
+                                retiring=grant_principal(b.str("RetiringPrincipal") or "", "RetiringPrincipal"),
                                 constraints=constraints, name=b.str("Name") or "")
     return {"GrantToken": out["GrantToken"], "GrantId": out["GrantId"]}
+
+
+_USER_ARN = re.compile(rf"arn:aws[a-z-]*:iam::{ACCOUNT}:user/(.+)")
+
+
+def grant_principal(value: Any, member: str) -> Any:
+    """A grant's principal as the broker names it: a principal name as is, or the IAM user ARN AWS clients send
+    (`arn:aws:iam::111122223333:user/<name>`, the same mapping as key policies). Any other ARN — a role (many
+    principals), another account, a service or a session — cannot be one grantee here: refused, never stored as
+    a name that matches nobody."""
+    if not isinstance(value, str) or not value.startswith("arn:"):
+        return value
+    user = _USER_ARN.fullmatch(value)
+    if user is None:
+        raise errors.ValidationError(
+            f"{member}: a grant names one broker principal, by name or as arn:aws:iam::{ACCOUNT}:user/<name>; "
+            "role, other-account, service and session ARNs are not grantees here")
+    return user.group(1)
 
 
 def _grant_entry(grant: dict[str, Any]) -> dict[str, Any]:
@@ -820,7 +841,10 @@ def _grant_entry(grant: dict[str, Any]) -> dict[str, Any]:
 @operation("ListGrants")
 def list_grants(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     grants = [_grant_entry(g_) for g_ in _admin().list_grants(ctx, b.key())["Grants"]]
-    for field_, wanted in (("GrantId", b.str("GrantId")), ("GranteePrincipal", b.str("GranteePrincipal"))):
+    grantee = b.str("GranteePrincipal")
+    for field_, wanted in (("GrantId", b.str("GrantId")),
+                           ("GranteePrincipal", None if grantee is None else grant_principal(grantee,
+                                                                                             "GranteePrincipal"))):
         if wanted is not None:
             grants = [x for x in grants if x.get(field_) == wanted]
     return _page(grants, b, lambda x: x["GrantId"], "Grants", high=100, default=50)
@@ -829,7 +853,8 @@ def list_grants(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
 @operation("ListRetirableGrants")
 def list_retirable_grants(svc: KeyService, ctx: RequestContext, b: Body) -> dict:
     grants = [_grant_entry(g_) for g_ in
-              _admin().list_retirable_grants(ctx, b.str("RetiringPrincipal", required=True))["Grants"]]
+              _admin().list_retirable_grants(ctx, grant_principal(b.str("RetiringPrincipal", required=True),
+                                                                  "RetiringPrincipal"))["Grants"]]
     return _page(grants, b, lambda x: x["GrantId"], "Grants", high=100, default=50)
 
 

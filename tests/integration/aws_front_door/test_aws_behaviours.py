@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -159,3 +160,36 @@ def test_validation_messages_have_aws_shape(aws_broker, root_creds, kms):
     r = signed_post(aws_broker, root_creds, "Encrypt", {"Plaintext": "eA=="})
     assert error(r)[2] == ("1 validation error detected: Value null at 'keyId' failed to satisfy constraint: "
                            "Member must not be null")
+
+
+# ------------------------------------------------------------------------------------------------ grant principals
+
+
+def test_a_grantee_user_arn_names_that_principal(aws_broker, issue, kms):
+    """AWS clients name grantees by ARN: a user ARN of the account is that broker principal (as in key policies);
+    an ARN that cannot be one grantee (a role: many principals; another account; a service; a session) is refused
+    rather than stored as a name that matches nobody."""
+    from tests.integration.aws_front_door.conftest import ACCOUNT, kms_client
+    name = f"grantee-arn-{os.urandom(3).hex()}"
+    key = kms.create_key(CustomKeyStoreId="hsm")["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key, Plaintext=b"x")["CiphertextBlob"]
+    arn = f"arn:aws:iam::{ACCOUNT}:user/{name}"
+    grant = kms.create_grant(KeyId=key, GranteePrincipal=arn, Operations=["Decrypt"], RetiringPrincipal=arn)
+    listed = kms.list_grants(KeyId=key, GranteePrincipal=arn)["Grants"]
+    assert [(g["GrantId"], g["GranteePrincipal"]) for g in listed] == [(grant["GrantId"], name)]
+    holder = kms_client(aws_broker, issue(name=name))
+    deadline = time.monotonic() + 5  # a new grant reaches every broker process within auth_cache_seconds
+    while True:
+        try:
+            assert holder.decrypt(CiphertextBlob=blob)["Plaintext"] == b"x"
+            break
+        except ClientError:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+    assert [g["GrantId"] for g in kms.list_retirable_grants(RetiringPrincipal=arn)["Grants"]] == [grant["GrantId"]]
+    for other in (f"arn:aws:iam::{ACCOUNT}:role/app", f"arn:aws:iam::444455556666:user/{name}",
+                  f"arn:aws:sts::{ACCOUNT}:assumed-role/app/session", "arn:aws:iam::111122223333:root"):
+        message = refused(lambda o=other: kms.create_grant(KeyId=key, GranteePrincipal=o, Operations=["Decrypt"]),
+                          "ValidationException")
+        assert "GranteePrincipal" in message
+    assert [g["GrantId"] for g in kms.list_grants(KeyId=key)["Grants"]] == [grant["GrantId"]]
