@@ -95,6 +95,14 @@ def test_store_down_drops_connections_and_mariadb_survives(tmp_path_factory):
                 db.query("FLUSH TABLES s.t FOR EXPORT")
                 db.query("UNLOCK TABLES")
                 time.sleep(1)
+            # Vault's health codes: a node that cannot serve keys is "sealed" (503, or the sealedcode asked for),
+            # so a load balancer's check takes it out of rotation; seal-status says the same
+            health = requests.get(f"{bridge.vault}/v1/sys/health", timeout=10)
+            assert health.status_code == 503, health.text
+            assert health.json()["sealed"] is True and "store" in health.json()["kmsb_not_ready"]
+            assert requests.get(f"{bridge.vault}/v1/sys/health", params={"sealedcode": "200"},
+                                timeout=10).status_code == 200
+            assert requests.get(f"{bridge.vault}/v1/sys/seal-status", timeout=10).json()["sealed"] is True
             assert db.alive(), f"mariadbd died:\n{db.tail()}"
             assert "Assertion failure" not in db.tail(200)
             assert "dropped a connection" in bridge.server.log_tail(400)
@@ -111,6 +119,8 @@ def test_store_down_drops_connections_and_mariadb_survives(tmp_path_factory):
                     raise
                 time.sleep(0.5)
         assert r.status_code == 200
+        health = requests.get(f"{bridge.vault}/v1/sys/health", timeout=10)
+        assert (health.status_code, health.json()["sealed"]) == (200, False)
         assert db.query("SELECT COUNT(*) FROM s.t") == [(4,)]
         db.restart()
         assert db.query("SELECT v FROM s.t WHERE id = 1") == [("before the outage",)]
