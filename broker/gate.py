@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -153,13 +153,17 @@ def with_facts(resolve: Resolver, facts: Mapping[str, Fact] | None = None, *,
     kms:SigningAlgorithm, aws:RequestTag/<k>, …). Each fact is read from the argument it names — with its default
     when the caller gave none, as AWS reads a parameter's default — or computed from the arguments; `more` computes
     several at once (one per tag). None, or an empty list, leaves the key absent from the request."""
+    sources = tuple((facts or {}).items())
+
     def resolved(host: Any, args: Mapping[str, Any]) -> Target:
         target = resolve(host, args) or NOTHING
-        values = {key: source(args) if callable(source) else args.get(source) for key, source in (facts or {}).items()}
+        values = {key: source(args) if callable(source) else args.get(source) for key, source in sources}
         if more is not None:
             values.update(more(args))
         extra = request_facts(values)
-        return replace(target, conditions={**target.conditions, **extra}) if extra else target
+        if not extra:
+            return target
+        return Target(target.key, target.resource, {**target.conditions, **extra}, target.context)
     if hasattr(resolve, "arg"):
         resolved.arg = resolve.arg  # type: ignore[attr-defined]
     return resolved
