@@ -31,9 +31,21 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
+@dataclass(frozen=True)
+class ChainStatus:
+    """What a verification of this host's chain found: `verified_seq` is the last record whose chain, signatures
+    and store copy held (None: nothing verified)."""
+
+    ok: bool
+    verified_seq: int | None
+    signed_seq: int | None  # the last checkpoint whose HSM signature held
+    report: dict[str, Any]
+
+
 class AuditService(Service):
-    def __init__(self, gate: Gate) -> None:
+    def __init__(self, gate: Gate, settings: Any = None, root: Any = None) -> None:
         self.gate = gate
+        self._settings, self._root = settings, root  # both None: a service built without a data folder (tests)
 
     @operation("broker:ReadAudit", Need("broker:ReadAudit", fixed("audit/events")))
     def events(self, call: Call, *, key_id: str | None = None, principal: str | None = None,
@@ -49,3 +61,16 @@ class AuditService(Service):
                           until=_utc(until), include_checkpoints=checkpoints)
         page = self.gate.audit.query(flt, limit=limit, after=after, descending=descending)
         return AuditPage(page["Events"], page["Truncated"], page.get("NextMarker"))
+
+    @operation("broker:VerifyAudit", Need("broker:VerifyAudit", fixed("audit/chain")))
+    def verify(self, call: Call) -> ChainStatus:
+        """Verify this host's chain now, as `kms-broker audit verify --data-dir` does (file, store copy, the HSM's
+        signing key and high-water mark). Reads the whole file: an auditor's action, not a health probe."""
+        if self._settings is None or self._root is None:
+            raise errors.Unsupported("this broker was built without a data folder: nothing to verify here")
+        from broker.audit.host_verify import verify_host
+
+        report = verify_host(self._settings, lambda: self._root)
+        head = report.head[0] if report.head else None
+        call.entry.extra.update(verified_seq=head, chain_ok=report.ok)
+        return ChainStatus(report.ok, head, report.signed_seq, report.as_dict())

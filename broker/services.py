@@ -62,7 +62,7 @@ class Services:
                        multikeys=MultiKeys(keys, replication), replicated=replicated,
                        sync=Sync(keys, replication, replicated), identity=identity,
                        backups=BackupService(keys, trust, keys.root), nodes=nodes,
-                       audit_reader=AuditService(keys.gate))
+                       audit_reader=AuditService(keys.gate, settings, keys.root))
         if settings is not None:
             from keyring_bridge.approle import KeyringAppRoles
             from keyring_bridge.keyring import KeyringService, destroy_kind

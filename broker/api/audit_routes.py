@@ -41,3 +41,12 @@ def list_audit_events(svc: Svc, ctx: Ctx):
     if page.next_marker is not None:
         out["NextMarker"] = page.next_marker
     return out
+
+
+@op("/audit/verify", "GET", "VerifyAudit",
+    "Verify this host's audit chain now: the file, the store copy, the HSM's signing key and high-water mark "
+    "(action broker:VerifyAudit; reads the whole chain)")
+def verify_audit(svc: Svc, ctx: Ctx):
+    status = current_app.extensions["kms"].audit_reader.verify(ctx)
+    return {"Ok": status.ok, "VerifiedSeq": status.verified_seq, "SignedSeq": status.signed_seq,
+            "Report": status.report}

@@ -53,6 +53,7 @@ class Report:
     crash: list[str] = field(default_factory=list)   # what a crash explains (reconciled on the next start)
     notes: list[str] = field(default_factory=list)
     head: tuple[int, str] | None = None  # (seq, hash) of the last good record
+    signed_seq: int | None = None        # seq of the last checkpoint whose signature was checked and held
     open_intents: list[int] = field(default_factory=list)
     torn_line: int | None = None         # a last line without its end (a crash, unless the store shows a cut)
     omitted: int = 0
@@ -85,7 +86,8 @@ class Report:
                 "deferred": self.deferred, "intents": self.intents, "interrupted": self.interrupted,
                 "problem": self.problem, "line": self.line, "seq": self.seq,
                 "problems": [p.as_dict() for p in self.problems], "omitted": self.omitted, "crash": self.crash,
-                "open_intents": self.open_intents, "notes": self.notes}
+                "open_intents": self.open_intents, "notes": self.notes,
+                "head_seq": self.head[0] if self.head else None, "signed_seq": self.signed_seq}
 
 
 def _time(record: dict) -> float | None:
@@ -287,6 +289,8 @@ class _Verifier:
             elif record.get("key_id") != self.key_id or not signature_valid(self.key, record):
                 self.fail(line, f"{_where(line, record)}: checkpoint signature is not valid for the audit signing "
                                 "key (forged checkpoint)", seq)
+            else:
+                report.signed_seq = seq
             report.checkpoints += 1
             self.run_start, self.run_events = None, 0
         else:

@@ -59,7 +59,22 @@ def audit():
     values = {f: request.args.get(f, "")[:256] for f in FILTERS}
     result = _reader().events(g.ctx, **_filters(), limit=50, after=_marker(), descending=True)
     return page("audit.html", title=tr("audit.title"), result=result, values=values, outcomes=OUTCOMES,
-                chain=_chain(), query=request.query_string.decode()[:2048], rows=_rows(result.events))
+                chain=_chain(), verified=_verified(), query=request.query_string.decode()[:2048],
+                rows=_rows(result.events))
+
+
+def _verified() -> dict[str, Any] | None:
+    """On request (?verify=1): this node's chain verified now, as `kms-broker audit verify --data-dir` would."""
+    if request.args.get("verify") != "1":
+        return None
+    try:
+        status = _reader().verify(g.ctx)
+    except errors.AccessDenied:
+        return {"denied": True}
+    except errors.Unsupported:
+        return {"unavailable": True}
+    return {"ok": status.ok, "seq": status.verified_seq, "signed": status.signed_seq,
+            "problems": [p["message"] for p in status.report["problems"]], "omitted": status.report["omitted"]}
 
 
 @bp.get("/audit/rows")

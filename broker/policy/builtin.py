@@ -25,7 +25,7 @@ _CRYPTO = [f"kms:{a}" for a in (
 _READ = [f"kms:{a}" for a in (
     "DescribeKey", "ListKeys", "ListAliases", "ListResourceTags", "GetKeyRotationStatus", "ListKeyRotations",
     "ListKeyVersions", "GetKeyPolicy", "ListKeyPolicies", "ListGrants", "DescribeCustomKeyStores")] + [
-    "broker:ReadAudit", "broker:GetPolicy", "broker:ListPolicies"]
+    "broker:ReadAudit", "broker:VerifyAudit", "broker:GetPolicy", "broker:ListPolicies"]
 
 BUILTIN_DOCUMENTS = {
     "key-admin": {"Version": "2012-10-17", "Statement": [

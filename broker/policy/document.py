@@ -44,7 +44,7 @@ ImportKeyMaterial DeleteImportedKeyMaterial PutKeyPolicy GetKeyPolicy ListKeyPol
 ListRetirableGrants RetireGrant RevokeGrant DescribeCustomKeyStores ReplicateKey
 """.split())
 BROKER_ACTIONS = frozenset(f"broker:{name}" for name in """
-PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit CreateToken RevokeToken LookupToken
+PutPolicy GetPolicy ListPolicies DeletePolicy SimulatePolicy ReadAudit VerifyAudit CreateToken RevokeToken LookupToken
 CreateAwsCredentials ListAwsCredentials RevokeAwsCredentials ManageAuth DestroyKey RotateKey
 LookupSelfToken RenewSelfToken RevokeSelfToken Login Sync ReadMetrics
 ConfigureApprovals ListApprovals ListApprovalRules RequestApproval GetApproval Approve Veto ExecuteApproval EscrowRelease

@@ -88,3 +88,22 @@ def test_the_key_page_lists_its_recent_events(admin: Console) -> None:
     page = admin.get(f"/ui/keys/{key}").text
     section = page.split('id="key-events"')[1].split("</table>")[0]
     assert "kms:Encrypt" in section and "kms:CreateKey" in section
+
+
+def test_verify_now_shows_how_far_the_chain_verified(console_broker, auditor: Console) -> None:
+    """The chain panel runs `audit verify --data-dir` on request (broker:VerifyAudit, in `auditor`): "verified up to
+    seq N"; the API answers the same; a principal without the right sees why, and the chain is not read for it."""
+    _encrypt(console_broker, make_key(console_broker))
+    page = auditor.get("/ui/audit?verify=1")
+    assert page.status_code == 200
+    shown = re.search(r'id="chain-verified" role="status">\s*<p class="ok">Verified up to seq (\d+)', page.text)
+    assert shown, page.text[:3000]
+    status = api(console_broker, "GET", "/audit/verify").json()
+    assert status["Ok"] is True and status["Report"]["problems"] == []
+    assert status["VerifiedSeq"] >= int(shown.group(1))  # the chain only grows (each verify is audited too)
+    denied = api(console_broker, "GET", "/audit/verify", token=make_token(console_broker, ["key-user"]))
+    assert denied.status_code == 403
+    records = api(console_broker, "GET", "/audit/events",
+                  params={"action": "broker:VerifyAudit", "order": "desc", "limit": 5}).json()["Events"]
+    assert records[0]["outcome"] == "denied" and any(r["outcome"] == "allowed" and r.get("chain_ok") is True
+                                                     and r.get("verified_seq") for r in records)
