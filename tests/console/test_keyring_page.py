@@ -72,3 +72,9 @@ def test_a_mount_bound_principal_sees_only_its_mount_and_cannot_mint_tokens(cons
     assert r.status_code == 403 and "kmsb." not in r.text
     r = tenant.post("/ui/keyring/rotate", {"mount": "tenant-b", "entry": "e1"})
     assert r.status_code == 403
+    # A policy name of the family that names no valid mount ("keyring:*", which grants nothing) is ignored, not a 400
+    globbed = Console(console_broker, requests.Session())
+    globbed.login(make_token(console_broker, ["keyring:tenant-a", "keyring:*"]), check=False)
+    page = globbed.get("/ui/keyring")
+    assert page.status_code == 200, page.text[-600:]
+    assert 'data-entry="tenant-a/e1"' in page.text and 'data-entry="tenant-b/e1"' not in page.text
