@@ -32,7 +32,7 @@ from typing import Any
 
 from broker.auth import Principal
 from broker.errors import ValidationError
-from broker.policy.principals import Named, parse_principal
+from broker.policy.principals import Named, grant_principal_value, parse_principal
 
 KMS_ACTIONS = frozenset(f"kms:{name}" for name in """
 CreateKey DescribeKey ListKeys UpdateKeyDescription EnableKey DisableKey ScheduleKeyDeletion CancelKeyDeletion
@@ -108,6 +108,8 @@ ABSENT_KEYS = frozenset({
     # KMS keys about what the broker does not have: expiring imported material (kms:ValidTo), key agreement,
     # multi-Region keys (ReplicateKey, UpdatePrimaryRegion are not served)
     "kms:ValidTo", "kms:KeyAgreementAlgorithm", "kms:MultiRegionKeyType", "kms:PrimaryRegion", "kms:ReplicaRegion"})
+# Condition keys whose values are a grant's principals: written as user ARNs (AWS) or names, compared as names.
+_GRANT_PRINCIPAL_KEYS = {"kms:GranteePrincipal", "kms:RetiringPrincipal"}
 MULTI_VALUED_KEYS = {"kms:EncryptionContextKeys", "kms:GrantOperations", "kms:ResourceAliases", "aws:TagKeys",
                      "aws:PrincipalOrgPaths", "aws:PrincipalServiceNamesList", "aws:CalledVia", "aws:SourceOrgPaths"}
 _CANONICAL = {k.lower(): k for k in (*_FIXED_KEYS, *ABSENT_KEYS)} | {k.lower(): v for k, v in _SAME_AS.items()}
@@ -373,6 +375,8 @@ def _parse_conditions(value: Any, path: str) -> list[Condition]:
             if key is None:
                 raise ValidationError(f"{where}: unknown condition key")
             values = _as_list([_scalar(v) for v in raw] if isinstance(raw, list) else _scalar(raw), where)
+            if key in _GRANT_PRINCIPAL_KEYS:
+                values = [grant_principal_value(v) for v in values]
             _check_values(base, key, values, where)
             out.append(Condition(operator, qualifier, base, if_exists, key, tuple(values)))
     return out

@@ -31,6 +31,7 @@ ACCOUNT = "111122223333"
 ACCOUNT_ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 
 _IAM_ARN = re.compile(r"arn:aws[a-z-]*:iam::(\d{12}):(root|user/.+|role/.+)")
+_OWN_USER_ARN = re.compile(rf"arn:aws[a-z-]*:iam::{ACCOUNT}:user/(.+)")
 _UNIQUE_ID = re.compile(r"A[A-Z]{3}[A-Z0-9]{13,30}")
 _ACCOUNT_ID = re.compile(r"\d{12}")
 _ELEMENTS = {"AWS", "Broker", "Account", "Service"}
@@ -128,3 +129,11 @@ def _aws(text: str, path: str) -> Named:
     if kind == "user":
         return Named("user", name)
     return Named("role", name) if "/" not in name else Named("none")
+
+
+def grant_principal_value(value: str) -> str:
+    """A kms:GranteePrincipal / kms:RetiringPrincipal condition value as grants store the principal: its name, for a
+    user ARN of this account (AWS writes these conditions with ARNs; a glob after `user/` stays a glob). Anything else
+    as written: no grant is ever for a role, another account or a service, so such a value matches nothing."""
+    own = _OWN_USER_ARN.fullmatch(value)
+    return own.group(1) if own else value

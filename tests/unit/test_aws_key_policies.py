@@ -357,3 +357,22 @@ def test_request_facts_are_text_and_refuse_what_they_cannot_read():
     for hostile in ({"x": 1}, [1], 1.5, b"bytes", ["a", 1]):
         with pytest.raises(BrokerValidation):
             request_facts({"kms:SigningAlgorithm": hostile})
+
+
+def test_grant_principal_conditions_written_as_user_arns_compare_names():
+    """Grants store their principals by name; AWS writes kms:GranteePrincipal conditions with ARNs."""
+    def create_grant(policy: dict, grantee: str) -> bool:
+        return decide(ALICE, policy, "kms:CreateGrant", request={"kms:GranteePrincipal": (grantee,),
+                                                                 "kms:GrantOperations": ("Decrypt",)})
+    exact = kp(st("Allow", "*", "kms:CreateGrant", **when("StringEquals", "kms:GranteePrincipal", iam("user", "app")["AWS"])))
+    assert create_grant(exact, "app") and not create_grant(exact, "app2")
+    globbed = kp(st("Allow", "*", "kms:CreateGrant", **when("ArnLike", "kms:GranteePrincipal",
+                                                            iam("user", "svc-*")["AWS"])))
+    assert create_grant(globbed, "svc-billing") and not create_grant(globbed, "app")
+    for nobody in (iam("role", "app")["AWS"], iam("user", "app", "444455556666")["AWS"]):
+        assert not create_grant(kp(st("Allow", "*", "kms:CreateGrant",
+                                      **when("StringEquals", "kms:GranteePrincipal", nobody))), "app")
+    assert create_grant(kp(st("Allow", "*", "kms:CreateGrant", **when("StringEquals", "kms:GranteePrincipal", "app"))),
+                        "app")  # the broker's own spelling still works
+    text = json.dumps(exact)
+    assert read_key_policy(text).text == text  # the document itself is kept as written

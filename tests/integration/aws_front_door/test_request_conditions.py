@@ -166,6 +166,23 @@ def test_grant_constraint_type(kms, app, aws_broker, issue):
         time.sleep(0.3)
 
 
+def test_grantee_principal_and_grant_operations(kms, app):
+    """AWS's shape: CreateGrant only for one grantee (named by its user ARN) and only for Decrypt/Encrypt."""
+    name, c = app
+    grantee = f"cond-ops-{os.urandom(3).hex()}"
+    key = key_for(kms, name, [
+        {"Effect": "Allow", "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*"]},
+        {"Effect": "Allow", "Action": "kms:CreateGrant",
+         "Condition": {"StringEquals": {"kms:GranteePrincipal": user(grantee)},
+                       "ForAllValues:StringEquals": {"kms:GrantOperations": ["Decrypt", "Encrypt"]}}}])
+    assert denied(lambda: c.create_grant(KeyId=key, GranteePrincipal=user(f"{grantee}-other"), Operations=["Decrypt"]))
+    assert denied(lambda: c.create_grant(KeyId=key, GranteePrincipal=user(grantee),
+                                         Operations=["Decrypt", "ReEncryptFrom"]))
+    c.create_grant(KeyId=key, GranteePrincipal=user(grantee), Operations=["Decrypt", "Encrypt"])
+    c.create_grant(KeyId=key, GranteePrincipal=grantee, Operations=["Encrypt"])  # the name is the same principal
+    assert sorted(g["GranteePrincipal"] for g in kms.list_grants(KeyId=key)["Grants"]) == [grantee, grantee]
+
+
 def test_wrapping_algorithm(kms, app):
     name, c = app
     key = key_for(kms, name, [
