@@ -23,6 +23,15 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
     return make_token(tmp_path_factory.mktemp("softhsm"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hsm_token_first(hsm_token: TestToken) -> TestToken:
+    """The session token is made before any test of this process runs: SoftHSM reads SOFTHSM2_CONF once, at the
+    first library load, so whatever loads the library first decides which token directory the process sees. Run
+    serially that was this token by luck of the order; under pytest-xdist each worker starts with a different
+    module, and one that built a provider over its own data folder first left the session token unreachable."""
+    return hsm_token
+
+
 @pytest.fixture(scope="session")
 def hsm_provider(hsm_token: TestToken) -> Iterator[Pkcs11Provider]:
     provider = hsm_token.provider()

@@ -1,8 +1,10 @@
 """Provider down: the emulator behind an instance is stopped (by PID) mid-test; the broker answers 503
 DependencyTimeoutException for that instance and keeps serving everything else.
 
-Runs after test_conformance.py (file order) because it stops the session's emulators. Two instances may share one
-emulator (gcp-grpc/gcp-rest, azure/azure-hsm): stopping is idempotent. `hsm` is not here: the pkcs11 provider is
+It stops the session's emulators, so it runs after test_conformance.py (file order; under pytest-xdist's loadfile the
+two files may run in different workers, each with its own emulators). Two instances may share one emulator
+(gcp-grpc/gcp-rest, azure/azure-hsm): stopping is idempotent, and every instance's shared key is made before the
+first emulator stops. `hsm` is not here: the pkcs11 provider is
 the SoftHSM library loaded inside the broker, with no process or endpoint that can go away independently.
 """
 
@@ -15,6 +17,14 @@ from .conftest import REMOTE_INSTANCES, World
 from .helpers import decrypt, encrypt, error, new_key, ok, shared_key, unb64
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _every_shared_key_first(world: World) -> None:
+    """Stopping one instance's emulator stops its sibling's too: make every shared key while all are up."""
+    for name in REMOTE_INSTANCES:
+        if world.emulator_running(name):
+            shared_key(world, name)
 
 
 @pytest.mark.parametrize("name", REMOTE_INSTANCES)
