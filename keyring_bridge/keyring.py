@@ -34,6 +34,7 @@ from broker.policy.keyring_names import (
     mount_glob,
     mount_policy,
     mount_resource,
+    policy_mount,
     prefix_resource,
 )
 from broker.service import KeyService
@@ -309,6 +310,12 @@ class KeyringService(Service):
         """Registered mounts and their KV version, for the bridge's path router before it authenticates anyone:
         names and a layout number only, nothing secret."""
         return self.repo.mounts()
+
+    @internal
+    def mounts_named_by(self, principal: Principal) -> set[str]:
+        """The mounts a principal's `keyring:<mount>` policies name (an invalid name, e.g. `keyring:*`, names none):
+        where a listing goes mount by mount. Names only; each listing is still an operation of its own."""
+        return {m for m in map(policy_mount, principal.policies) if m is not None}
 
     @internal
     def authenticate(self, token: str | None) -> Principal:

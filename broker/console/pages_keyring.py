@@ -9,7 +9,6 @@ from flask import g, redirect, request, url_for
 
 from broker import errors
 from broker.console.web import NAV, bp, form_error, notify, page, services, tr
-from broker.policy.keyring_names import policy_mount
 
 NAV.extend([("console.keyring", "nav.keyring")])
 KEY_BYTES = (16, 24, 32)
@@ -31,8 +30,7 @@ def _entries() -> tuple[dict[str, int], list[Any], list[str]]:
     except errors.AccessDenied:
         pass
     # Mount by mount: the registered ones and those the caller's keyring:<mount> policies name.
-    # policy_mount: an invalid name (e.g. a stored "keyring:*") names no mount, never a 400 for the whole page
-    own = {m for m in map(policy_mount, g.ctx.principal.policies) if m is not None}
+    own = keyring.mounts_named_by(g.ctx.principal)  # an invalid name (e.g. "keyring:*") names none: never a 400
     entries, hidden = [], []
     for mount in sorted(set(mounts) | own):
         try:
