@@ -9,12 +9,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from emulator_state.writebehind import WriteBehind
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from .models import KmsBackend
 from .responses import KmsApp
 from .signing import Verifier
-from .writebehind import WriteBehind
 
 
 def _writer(path: Path, backend: KmsBackend) -> WriteBehind:

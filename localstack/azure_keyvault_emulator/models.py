@@ -17,13 +17,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from emulator_state.writebehind import WriteBehind
 
 from . import algorithms as algs
 from . import byok
 from .errors import BadParameter, Conflict, Forbidden, KeyNotFound
 from .jwk import CURVES, EC_TYPES, OCT_TYPES, RSA_TYPES, b64d, b64e, load_key, private_jwk, public_fields
 from .rotation import default_policy, duration_seconds, validate_policy
-from .writebehind import WriteBehind
 
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")

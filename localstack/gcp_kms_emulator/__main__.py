@@ -11,13 +11,13 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+from emulator_state.writebehind import WriteBehind
 from werkzeug.serving import make_server
 
 from . import LOCATION, PROJECT, persistence
 from .grpc_service import make_server as make_grpc_server
 from .models import KmsBackend
 from .rest import create_app
-from .writebehind import WriteBehind
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

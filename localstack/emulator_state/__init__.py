@@ -1,0 +1,1 @@
+"""What the emulators share: saving their state file behind their writes (writebehind)."""
