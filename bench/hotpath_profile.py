@@ -66,6 +66,41 @@ def measure(app: Callable, make: Callable[[], dict], n: int) -> tuple[float, flo
     return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
 
 
+PARTS = [  # (label, file suffix, function): inclusive thread-CPU of the steps of a request
+    ("whole request (WSGI call)", "flask/app.py", "wsgi_app"),
+    ("  before_request: authenticate", "broker/app.py", "authenticate"),
+    ("  body parse (native)", "api/native.py", "parse"),
+    ("  gate: Gate.run", "broker/gate.py", "run"),
+    ("    resolve key", "broker/gate.py", "resolve"),
+    ("    decrypt: resolve from ciphertext", "broker/service.py", "_ciphertext_key"),
+    ("    policy decision", "broker/gate.py", "decide"),
+    ("    KeyService body: encrypt", "broker/service.py", "encrypt"),
+    ("    KeyService body: decrypt", "broker/service.py", "decrypt"),
+    ("    KeyService body: generate_data_key", "broker/service.py", "generate_data_key"),
+    ("      HSM calls", "providers/pkcs11.py", "_call"),
+    ("    audit record (Gate._write)", "broker/gate.py", "_write"),
+    ("      HMAC of context values", "broker/audit/log.py", "hmac_value"),
+    ("      AuditLog.write", "broker/audit/log.py", "write"),
+    ("        commit (chain, sinks)", "broker/audit/log.py", "_commit"),
+    ("          store copy insert", "broker/audit/sinks.py", "write"),
+    ("          fsync", "broker/audit/sinks.py", "sync"),
+    ("  render JSON (_jsonable+response)", "flask/app.py", "make_response"),
+    ("  AWS: SigV4 verify", "auth/sigv4.py", "verify"),
+    ("  keyring: KeyringService.read", "keyring_bridge/keyring.py", "read"),
+]
+
+
+def breakdown(stats: pstats.Stats, n: int) -> str:
+    """Inclusive CPU per request of each step (a step that recurses or repeats is summed once per call)."""
+    lines = [f"{'step (profiled thread CPU, us/request)':<44}{'us':>8}"]
+    for label, suffix, name in PARTS:
+        total = sum(ct for (file, _line, fn), (_cc, _nc, _tt, ct, _callers) in stats.stats.items()  # type: ignore[attr-defined]
+                    if fn == name and file.endswith(suffix))
+        if total:
+            lines.append(f"{label:<44}{total / n * 1e6:>8.0f}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
@@ -133,7 +168,9 @@ def main() -> None:
                 call(fn, make)
             profile.disable()
             out = io.StringIO()
-            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(args.top)
+            stats = pstats.Stats(profile, stream=out)
+            print(breakdown(stats, args.requests))
+            stats.sort_stats("tottime").print_stats(args.top)
             print(out.getvalue())
         app.extensions["kms_service"].audit.close()
 
