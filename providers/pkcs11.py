@@ -221,6 +221,7 @@ class Pkcs11Provider(Provider):
         self._root_of_trust: Pkcs11RootOfTrust | None = None
         self._oaep_sha256: bool | None = None  # probed once the HSM is reached (`_offers_oaep_sha256`)
         self._wrap_specs: frozenset[KeySpec] | None = None  # measured once the HSM is reached (`_exact_wraps`)
+        self._capabilities: Capabilities | None = None  # fixed once both probes have answered
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any]) -> Pkcs11Provider:
@@ -229,14 +230,21 @@ class Pkcs11Provider(Provider):
 
     @property
     def capabilities(self) -> Capabilities:
+        """Asked on every crypto call: built once the token's probes have answered (an unreachable HSM leaves them
+        unknown, so the answer is rebuilt until they do)."""
+        if self._capabilities is not None:
+            return self._capabilities
         offered = {EncryptionAlgorithm.RSAES_OAEP_SHA_1}
         if self._offers_oaep_sha256():
             offered.add(EncryptionAlgorithm.RSAES_OAEP_SHA_256)
-        return Capabilities(
+        capabilities = Capabilities(
             key_specs=frozenset(KeySpec), native_symmetric=True, asymmetric_decrypt=True, sign=True, mac=True,
             import_material=True, random=True, wrap_for_import=True, encryption_algorithms=frozenset(offered),
             wrap_specs=self._exact_wraps(),
         )
+        if self._oaep_sha256 is not None and self._wrap_specs is not None:
+            self._capabilities = capabilities
+        return capabilities
 
     def _exact_wraps(self) -> frozenset[KeySpec]:
         """The specs whose material this token wraps exactly for another's import (AES-KWP of the key value or of

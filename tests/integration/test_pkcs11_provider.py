@@ -688,3 +688,26 @@ def test_threads_across_provider_instances(hsm_token: TestToken, hsm_provider: P
             assert sum(pool.map(work, range(8))) == 8 * 150
     finally:
         second.close()
+
+
+def test_capabilities_are_built_once_the_probes_answered(hsm_token) -> None:
+    """Asked on every crypto call, so built once; but not before the token answered its probes: an HSM out of reach
+    at first gives a conservative answer that is not kept."""
+    provider = hsm_token.provider()
+    real_call = provider._call
+
+    def unreachable(fn):
+        raise ProviderUnavailable("the HSM is out of reach")
+
+    try:
+        provider._call = unreachable  # type: ignore[method-assign]
+        early = provider.capabilities
+        assert EncryptionAlgorithm.RSAES_OAEP_SHA_256 not in early.encryption_algorithms
+        assert early.wrap_specs == frozenset(s for s in KeySpec if not s.is_asymmetric)
+        assert provider.capabilities is not early  # not kept: rebuilt until the probes answer
+        provider._call = real_call  # type: ignore[method-assign]
+        answered = provider.capabilities
+        assert answered.wrap_specs > early.wrap_specs  # the EC curves SoftHSM wraps exactly, measured now
+        assert provider.capabilities is answered  # kept from here on
+    finally:
+        provider.close()
