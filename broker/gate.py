@@ -457,7 +457,7 @@ class Gate:
             "key_id": entry.key_id,
             "key_version": entry.key_version,
             "provider": entry.provider,
-            "encryption_context": {k: self.audit.hmac_value(v) for k, v in sorted(context.items())},
+            "encryption_context": {k: self.audit.hmac_context_value(v) for k, v in sorted(context.items())},
             "outcome": outcome,
             "error_code": code,
             "latency_ms": round(latency * 1000, 3),

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ log = logging.getLogger("kms_broker.audit")
 PUBLIC_KEY_NAME = "audit-signing.pub.pem"
 _WAIT_SECONDS = 60.0
 MAX_BATCH = 1000
+# Encryption-context values repeat (an app, a tenant, a table name): their HMACs are kept, so a request does not pay
+# an HSM round trip per value. Bounded in entries and in the length of a value kept.
+CONTEXT_HMAC_ENTRIES = 4096
+CONTEXT_HMAC_MAX_CHARS = 256
 # The most records one batch can put in the file before a crash keeps them from the store: its events, a checkpoint
 # before each, and the reconciliation records in front of them.
 CRASH_GAP = 2 * MAX_BATCH + 256
@@ -130,6 +135,7 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.chain = chain_id(self.path)
         self._hmac = hmac
+        self._context_hmacs = functools.lru_cache(maxsize=CONTEXT_HMAC_ENTRIES)(self.hmac_value)
         self.counters = {"records": 0, "batches": 0, "fsyncs": 0, "checkpoints": 0, "failures": 0,
                          "interrupted": 0, "marks": 0, "mark_failures": 0}
         self.file: FileSink | None = None
@@ -189,6 +195,14 @@ class AuditLog:
     def hmac_value(self, value: str | bytes) -> str:
         data = value.encode() if isinstance(value, str) else value
         return "hmac-sha256:" + self._hmac(data).hex()
+
+    def hmac_context_value(self, value: str) -> str:
+        """`hmac_value` of an encryption-context value, from a bounded per-process LRU for short values (the HMAC
+        key lives in the HSM and never changes under a running process). Only context values are kept: secrets
+        (tokens, ...) are HMAC'd by `hmac_value` each time and never held beyond their request."""
+        if len(value) > CONTEXT_HMAC_MAX_CHARS:
+            return self.hmac_value(value)
+        return self._context_hmacs(value)
 
     @property
     def public_key_path(self) -> Path:
