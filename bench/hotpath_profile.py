@@ -1,12 +1,16 @@
 """Where a hot-path request's CPU goes, without HTTP or the machine's load in the way.
 
     python bench/hotpath_profile.py [--requests 3000] [--profile encrypt|decrypt|gdk|aws|keyring] [--top 40]
+                                    [--steps encrypt|decrypt|gdk|aws|keyring]
 
 Builds the broker's Flask apps in this process over a fresh data folder (SQLite + SoftHSM, audit on with fsync),
 and calls each app's WSGI callable directly with a prebuilt request, one after another. It prints the CPU time
 per request of the whole process (the audit writer's thread included) and the wall time, beside a bare Flask JSON
 no-op called the same way: CPU per request is what the HTTP benchmark's throughput is made of on a busy machine,
-and it barely moves with the load. `--profile OP` adds a cProfile of that row (sorted by own time).
+and it barely moves with the load. `--profile OP` adds a cProfile of that row (sorted by own time); cProfile
+inflates call-heavy code (SQLAlchemy, Flask) several times over, so `--steps OP` measures the same steps instead with
+one thread-CPU timer around each (inclusive microseconds per request, about 1 us of overhead per step): the numbers
+to decide on.
 
 Sequential calls mean every audit batch holds one record: the group-commit savings of a loaded server do not
 show here, every other cost does.
@@ -26,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -90,6 +95,65 @@ PARTS = [  # (label, file suffix, function): inclusive thread-CPU of the steps o
 ]
 
 
+STEPS = [  # (module, class, attribute, label): timed by wrapping the attribute with a thread-CPU accumulator
+    ("flask", "Flask", "preprocess_request", "  before_request (authenticate)"),
+    ("broker.api.native", None, "parse", "  body parse (native)"),
+    ("broker.gate", "Gate", "run", "  gate: Gate.run"),
+    ("broker.service", "KeyService", "resolve_key", "    resolve key"),
+    ("broker.gate", "Gate", "decide", "    policy decisions"),
+    ("broker.audit.log", "AuditLog", "precheck", "    audit precheck"),
+    ("providers.pkcs11", "Pkcs11Provider", "_call", "    HSM calls (all)"),
+    ("broker.gate", "Gate", "_write", "    audit record (Gate._write)"),
+    ("broker.audit.log", "AuditLog", "hmac_value", "      HMACs through the HSM"),
+    ("broker.audit.log", "AuditLog", "write", "      AuditLog.write"),
+    ("broker.audit.log", "AuditLog", "_commit", "        commit (lock, chain, sinks)"),
+    ("broker.audit.sinks", "FileSink", "write", "          file append"),
+    ("broker.audit.sinks", "StoreSink", "write", "          store copy insert"),
+    ("broker.audit.sinks", "FileSink", "sync", "          fsync"),
+    ("flask", "Flask", "finalize_request", "  finalize (render + after_request)"),
+    ("broker.auth.sigv4", "SigV4Verifier", "verify", "  AWS: SigV4 verify"),
+    ("keyring_bridge.keyring", "KeyringService", "read", "  keyring: KeyringService.read"),
+]
+
+
+def steps(fn: Callable, make: Callable[[], dict], n: int) -> str:
+    """Inclusive thread-CPU per request of each step in STEPS (steps never reached are left out)."""
+    import importlib
+
+    spent: dict[str, float] = dict.fromkeys([label for *_, label in STEPS], 0.0)
+    undo: list[tuple[Any, str, Any]] = []
+    for module, cls, name, label in STEPS:
+        try:
+            owner = importlib.import_module(module)
+        except ImportError:
+            continue
+        owner = getattr(owner, cls) if cls else owner
+        if not hasattr(owner, name):
+            continue
+        real = owner.__dict__[name] if cls else getattr(owner, name)
+
+        def timed(*a: Any, _real: Any = real, _label: str = label, **k: Any) -> Any:
+            started = time.thread_time()
+            try:
+                return _real(*a, **k)
+            finally:
+                spent[_label] += time.thread_time() - started
+        undo.append((owner, name, real))
+        setattr(owner, name, timed)
+    try:
+        for _ in range(min(300, n)):
+            call(fn, make)
+        spent.update(dict.fromkeys(spent, 0.0))
+        for _ in range(n):
+            call(fn, make)
+    finally:
+        for owner, name, real in undo:
+            setattr(owner, name, real)
+    lines = [f"{'step (thread CPU, us/request, inclusive)':<44}{'us':>8}"]
+    lines += [f"{label:<44}{total / n * 1e6:>8.0f}" for label, total in spent.items() if total]
+    return "\n".join(lines)
+
+
 def breakdown(stats: pstats.Stats, n: int) -> str:
     """Inclusive CPU per request of each step (a step that recurses or repeats is summed once per call)."""
     lines = [f"{'step (profiled thread CPU, us/request)':<44}{'us':>8}"]
@@ -106,6 +170,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--profile", default=None)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--steps", default=None, help="row whose steps to time (thread CPU per step, inclusive)")
     parser.add_argument("--only", default=None, help="comma-separated rows (noop,encrypt,decrypt,gdk,aws,keyring)")
     args = parser.parse_args()
 
@@ -160,6 +225,8 @@ def main() -> None:
             fn, make = rows[name]
             cpu, wall = measure(fn, make, args.requests)
             print(f"{name:<10}{cpu:>12.0f}{wall:>13.0f}")
+        if args.steps:
+            print(steps(*rows[args.steps], args.requests))
         if args.profile:
             fn, make = rows[args.profile]
             profile = cProfile.Profile(time.thread_time)  # CPU of this thread: waits do not count
