@@ -15,9 +15,7 @@ from typing import Any
 
 import click
 
-from broker.audit.chain import key_fingerprint, spki_of
-from broker.audit.host_verify import public_key_at, verify_host
-from broker.audit.log import PUBLIC_KEY_NAME
+from broker.audit.chain import PUBLIC_KEY_NAME, key_fingerprint, spki_of
 from broker.audit.verify import Report, verify_lines
 
 
@@ -94,6 +92,8 @@ def _verify_file(path: Path, public_key: Path | None, key_id: str | None) -> Rep
     travels with the log proves nothing against whoever could replace both: pin it with --key-id)."""
     if not path.is_file():
         return Report().fail(None, f"{path}: no such audit file", kind="unverifiable")
+    from broker.audit.host_verify import public_key_at  # with the store: not at import, for client commands
+
     beside = path.parent / PUBLIC_KEY_NAME
     key = public_key_at(public_key or beside)
     if key is None:
@@ -111,6 +111,8 @@ def _verify_file(path: Path, public_key: Path | None, key_id: str | None) -> Rep
 
 
 def _verify_data_dir(data_dir: Path | None, public_key: Path | None) -> Report:
+    from broker.audit.host_verify import verify_host
+
     settings = _settings(data_dir)
     return verify_host(settings, lambda: _root_of_trust(settings), public_key)
 

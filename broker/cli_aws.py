@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from broker.auth.config import parse_duration
 from broker.client import BrokerClient
 
 OUTPUT = click.option("--output", "output", type=click.Choice(["text", "json"]), default="text",
@@ -36,6 +35,9 @@ def create(policies: tuple[str, ...], name: str, ttl: str | None, output: str) -
     """Issue an access key id and secret; the secret is shown only now."""
     body: dict[str, Any] = {"Policies": list(policies), "Name": name}
     if ttl:
+        # imported here: broker.auth pulls in the store, which a client command does not need
+        from broker.auth.config import parse_duration
+
         try:
             body["TtlSeconds"] = parse_duration(ttl)
         except ValueError as exc:

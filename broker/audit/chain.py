@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 GENESIS = "0" * 64
+PUBLIC_KEY_NAME = "audit-signing.pub.pem"  # the signing key's public half, beside the audit file
 SIGNED_FIELDS = ("type", "seq", "count", "head_hash", "time", "every_records", "every_seconds", "key_id")
 
 

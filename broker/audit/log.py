@@ -50,14 +50,20 @@ from pathlib import Path
 from typing import Any
 
 from broker import metrics
-from broker.audit.chain import GENESIS, checkpoint_message, key_fingerprint, public_key_pem, seal_record
+from broker.audit.chain import (
+    GENESIS,
+    PUBLIC_KEY_NAME,
+    checkpoint_message,
+    key_fingerprint,
+    public_key_pem,
+    seal_record,
+)
 from broker.audit.lease import WriterLease, alive, sweep
 from broker.audit.mark import Mark, MarkStore
 from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, chain_id, encode
 from broker.errors import NotReady, Unsupported
 
 log = logging.getLogger("kms_broker.audit")
-PUBLIC_KEY_NAME = "audit-signing.pub.pem"
 _WAIT_SECONDS = 60.0
 MAX_BATCH = 1000
 # Encryption-context values repeat (an app, a tenant, a table name): their HMACs are kept, so a request does not pay
