@@ -14,6 +14,8 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +138,9 @@ def _run(mode: str, data_dir: Path | None, manifest_path: str, output: str, inve
 
 
 def _scheduled(data_dir: Path | None, manifest_path: str, output: str, inventory: bool, concurrency: int | None,
-               interval: float, last: int) -> int:
+               interval: float, last: int, now: datetime | None = None) -> int:
     """One tick of `apply --every`: the apply runs only if this node wins the manifest's lease for the period, so
     the same schedule on several nodes applies once per period. Returns the exit code of the last apply."""
-    from datetime import timedelta
-
     from broker.jobs import leased_round
 
     name = f"sync:{_manifest(manifest_path).manifest}"
@@ -151,11 +151,24 @@ def _scheduled(data_dir: Path | None, manifest_path: str, output: str, inventory
         if result["code"] == 1:  # failed: free the lease without moving the period, so the next tick retries
             raise RuntimeError("sync apply failed")
 
-    outcome = leased_round(Path(data_dir) if data_dir else None, name, timedelta(seconds=interval), run)
+    outcome = leased_round(Path(data_dir) if data_dir else None, name, timedelta(seconds=interval), run, now)
     if outcome != "ran":
         click.echo(json.dumps({"manifest": name[5:], "status": outcome}) if output == "json"
                    else f"manifest {name[5:]}: {outcome}", err=output != "json")
     return result["code"]
+
+
+def _driven_clock(now: str | None) -> Callable[[], datetime | None]:
+    """The schedule's clock: the real one (None), or one that starts at `--now` and runs on from there."""
+    if now is None:
+        return lambda: None
+    try:
+        start = datetime.fromisoformat(now)
+    except ValueError:
+        raise click.BadParameter("an ISO 8601 time, e.g. 2030-01-01T00:00:00+00:00", param_hint="--now") from None
+    start = start.replace(tzinfo=UTC) if start.tzinfo is None else start.astimezone(UTC)
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
@@ -189,10 +202,15 @@ def plan(manifest: str, data_dir: Path | None, output: str, no_inventory: bool) 
 @click.option("--every", "every", default=None,
               help="run again every PERIOD (30s, 10m, 1h) until stopped; on several nodes, once per period in all")
 @click.option("--max-runs", type=int, default=None, hidden=True)
+@click.option("--now", "now", default=None, hidden=True,
+              help="with --every: the first round's time (ISO 8601, UTC), later rounds after it: a driven clock")
 def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool, concurrency: int | None,
-          every: str | None, max_runs: int | None) -> None:
+          every: str | None, max_runs: int | None, now: str | None) -> None:
     """Reconcile: idempotent and resumable (exit 0 converged, 2 drift left, 1 failed)."""
     interval = _interval(every)
+    if now is not None and interval is None:
+        raise click.BadParameter("only with --every", param_hint="--now")
+    clock = _driven_clock(now)
     stop = {"now": False}
     if interval is not None:
         signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
@@ -201,7 +219,8 @@ def apply(manifest: str, data_dir: Path | None, output: str, no_inventory: bool,
         if interval is None:
             code = _run("apply", data_dir, manifest, output, not no_inventory, concurrency)
             break
-        code = _scheduled(data_dir, manifest, output, not no_inventory, concurrency, interval, code if runs else 0)
+        code = _scheduled(data_dir, manifest, output, not no_inventory, concurrency, interval, code if runs else 0,
+                          clock())
         runs += 1
         if stop["now"] or (max_runs is not None and runs >= max_runs):
             break

@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from broker.store.leases import JobLeases
+if TYPE_CHECKING:
+    from broker.store.leases import JobLeases
 
 log = logging.getLogger("kms_broker.jobs")
 LEASE = timedelta(minutes=10)  # a holder that died mid-run is replaced after this long
@@ -110,18 +111,21 @@ def start_loop(runner: JobRunner, jobs: list[Job], tick: float, *, local: Callab
     return thread
 
 
-def leased_round(data_dir: Any, name: str, period: timedelta, run: Callable[[], Any]) -> str:
+def leased_round(data_dir: Any, name: str, period: timedelta, run: Callable[[], Any],
+                 now: datetime | None = None) -> str:
     """One round of a CLI schedule (`sync apply --every`, `backup create --every`) run on several nodes: `run`
-    happens only if this node wins the job's lease for the period. Returns what `JobRunner.run_due` says."""
+    happens only if this node wins the job's lease for the period (`now`: the round's time, driven in tests).
+    Returns what `JobRunner.run_due` says."""
     from broker.settings import load_settings
     from broker.store import Store
+    from broker.store.leases import JobLeases
 
     settings = load_settings(data_dir)
     store = Store(settings.store_url)
     try:
         store.migrate()
         runner = JobRunner(JobLeases(store.engine), holder_id(settings.data_dir))
-        return runner.run_due([Job(name, period, lambda _now: run())])[name]
+        return runner.run_due([Job(name, period, lambda _now: run())], now)[name]
     finally:
         store.dispose()
 

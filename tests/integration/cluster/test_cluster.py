@@ -137,6 +137,8 @@ def test_kill9_of_a_node_under_load(cluster: Cluster, key_id: str, mariadb: Mari
 
 
 def test_postgres_restart_under_load(cluster: Cluster, key_id: str):
+    """PostgreSQL stopped and started again while clients run: every node answers 503 (never a 500) and reports
+    not ready while it is down, and every node serves again once it is back, same processes, no restart."""
     pids = {n.name: n.server.pid for n in cluster.nodes}
     addrs = [n.addr for n in cluster.nodes]  # straight to the nodes: every answer is a node's own
     load = Load(addrs, cluster.root_token, key_id, threads=THREADS).start()
@@ -152,10 +154,20 @@ def test_postgres_restart_under_load(cluster: Cluster, key_id: str):
                 assert r.status_code == 503 and r.json()["store"].startswith("unavailable"), r.text
         finally:
             cluster.pg.resume(cluster.base / "pg-logs")
+        back = list(load.ops)
         load.wait_for(15)
     finally:
         load.stop()
+    assert all(o >= b + 15 for o, b in zip(load.ops, back, strict=True)), (back, load.ops)  # the load recovered
     assert {status for status, _ in load.errors} <= {503, 0}, load.errors  # never a 500
+    s = cluster.session()
+    for node in cluster.nodes:  # each node on its own (the load's client may have kept to one)
+        deadline = time.monotonic() + 30  # a worker's pool re-connects on its next request: a bound, not a check
+        while (r := s.post(f"{node.addr}/v1/keys/{key_id}/encrypt", json={"Plaintext": "aGk="},
+                           timeout=30)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert r.status_code == 200, (node.name, r.text)
+        assert s.get(f"{node.addr}/v1/ready", timeout=30).status_code == 200, node.name
     assert {n.name: n.server.pid for n in cluster.nodes} == pids and all(n.alive() for n in cluster.nodes)
     _check_acknowledged(cluster, load)
     for node in cluster.nodes:
@@ -244,20 +256,38 @@ def test_a_backup_schedule_on_every_node_makes_one_backup_per_period(cluster: Cl
 
 
 def test_a_sync_schedule_on_every_node_applies_once_per_period(cluster: Cluster, tmp_path):
-    """`sync apply --every 1h` started on all three nodes at once (one round each): one node applies the manifest,
-    the other two say it is not their turn; the key the manifest declares exists once."""
+    """`sync apply --every 1h` started on all three nodes at once, one round each, under a driven clock: in each
+    period one node applies the manifest and the other two say it is not their turn. A key added to the manifest
+    within a period waits for the next one, and then exists once."""
     manifest = tmp_path / "cluster.yaml"
-    manifest.write_text("manifest: cluster-sync\nkeys:\n  - name: shared-db\n    targets: [hsm]\n"
-                        "    aliases: [alias/cluster-sync-db]\n")
+    keys = "manifest: cluster-sync\nkeys:\n  - name: shared-db\n    targets: [hsm]\n    aliases: [alias/cluster-sync-db]\n"
+    more = "  - name: shared-cache\n    targets: [hsm]\n    aliases: [alias/cluster-sync-cache]\n"
+    client = BrokerClient(cluster.haproxy.addr, cluster.root_token)
+
+    def aliases() -> list[str]:
+        return [a["AliasName"] for a in client.list_aliases()["Aliases"]]
+
+    t0 = datetime.now(UTC) + timedelta(days=400)
+    manifest.write_text(keys)
+    first = _sync_round(cluster, manifest, t0)
+    manifest.write_text(keys + more)
+    same_period = _sync_round(cluster, manifest, t0 + timedelta(minutes=10))
+    assert "alias/cluster-sync-cache" not in aliases()
+    next_period = _sync_round(cluster, manifest, t0 + timedelta(hours=1, minutes=1))
+    assert [sorted(r.get("mode", r.get("status")) for r in round_) for round_ in (first, same_period, next_period)] \
+        == [["apply", "not due", "not due"], ["not due"] * 3, ["apply", "not due", "not due"]], (first, next_period)
+    now = aliases()
+    assert now.count("alias/cluster-sync-db") == 1 and now.count("alias/cluster-sync-cache") == 1, now
+
+
+def _sync_round(cluster: Cluster, manifest, at: datetime) -> list[dict]:
+    """`sync apply --every 1h` on every node at once, one round at the driven time `at`: each node's report."""
     env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
     procs = [subprocess.Popen([sys.executable, "-m", "broker.cli", "sync", "apply", str(manifest), "--data-dir",
-                               str(node.data_dir), "--every", "1h", "--max-runs", "1", "--no-inventory", "--output",
-                               "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               str(node.data_dir), "--every", "1h", "--max-runs", "1", "--now", at.isoformat(),
+                               "--no-inventory", "--output", "json"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
              for node in cluster.nodes]
     outs = [p.communicate(timeout=300) for p in procs]
-    reports = [json.loads(out.strip().splitlines()[-1]) for out, _err in outs]
-    assert sorted(r.get("status") for r in reports if set(r) == {"manifest", "status"}) == ["not due", "not due"], outs
-    applied = [r for r in reports if set(r) != {"manifest", "status"}]
-    assert len(applied) == 1 and applied[0]["mode"] == "apply", outs
-    aliases = BrokerClient(cluster.haproxy.addr, cluster.root_token).list_aliases()["Aliases"]
-    assert [a["AliasName"] for a in aliases].count("alias/cluster-sync-db") == 1
+    assert all(out.strip() for out, _ in outs), outs  # each node printed its round (stderr says why not)
+    return [json.loads(out.strip().splitlines()[-1]) for out, _err in outs]
