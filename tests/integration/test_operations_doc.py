@@ -1,19 +1,20 @@
 """docs/operations.md, run as written: every `sh` block, in order, in one bash shell, against a real cluster
-(PostgreSQL; node A served from its own data folder and SoftHSM token; node B and the restore drill make their own).
+(PostgreSQL; the doc deploys node A, with its own data folder and SoftHSM token; node B and the restore drill make
+their own).
 Every line must succeed except those marked "# refused"; nothing prints a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.broker import start_broker
 from tests.support.postgres import start_postgres
 from tests.support.procs import free_port
 
@@ -44,7 +45,7 @@ def doc_lines() -> list[str]:
 
 def test_the_doc_has_each_sequence() -> None:
     text = "\n".join(doc_lines())
-    for needle in ("kms-broker node join", "kms-broker node remove", "kms-broker backup custodians",
+    for needle in ("kms-broker init", "kms-broker serve", "kms-broker node join", "kms-broker node remove", "kms-broker backup custodians",
                    "kms-broker backup create", "kms-broker backup restore", "kms-broker approval approve",
                    "escrow-release", "--share \"$S1\" --share \"$S2\""):
         assert needle in text, needle
@@ -53,16 +54,9 @@ def test_the_doc_has_each_sequence() -> None:
 @pytest.mark.timeout(1500)
 def test_operations_doc_runs_as_written(tmp_path: Path) -> None:
     postgres = start_postgres(tmp_path / "pg-logs")
-    node_a = None
+    shell = None
     try:
         url = postgres.create_database("kmsb_ops_doc")
-        data = tmp_path / "a"
-        env = {k: v for k, v in os.environ.items() if k != "SOFTHSM2_CONF"}
-        done = subprocess.run([sys.executable, "-m", "broker.cli", "init", "--data-dir", str(data), "--store-url", url,
-                               "--output", "json"], capture_output=True, text=True, env=env, timeout=120)
-        assert done.returncode == 0, done.stderr
-        root_token = json.loads(done.stdout)["root_token"]
-        node_a = start_broker(data, tmp_path / "logs", workers=1, name="ops-doc-a")
         work = tmp_path / "work"
         work.mkdir()
         script = ["set -u", f'cd "{work}"']
@@ -70,22 +64,46 @@ def test_operations_doc_runs_as_written(tmp_path: Path) -> None:
         for n, line in enumerate(doc_lines()):
             expectations.append((n, line, bool(_REFUSED.search(line))))
             script.append(f"{line}\necho \"::rc {n} $?\" >&2")
-        env.update({"KMSB_ADDR": node_a.addr, "KMSB_TOKEN": root_token, "DATA": str(data), "STORE_URL": url,
-                    "NEW_NODE": str(tmp_path / "b"), "DRILL": str(tmp_path / "drill"), "DRILL_PORT": str(free_port()),
-                    "COOLING_OFF": "0s", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-        done = subprocess.run(["bash", "-c", "\n".join(script)], env=env, capture_output=True, text=True,
-                              timeout=1400)
-        codes = dict(re.findall(r"^::rc (\d+) (\d+)$", done.stderr, re.M))
-        assert "Traceback" not in done.stderr + done.stdout
+        script.append('kill "${NODE_PID:-0}" 2>/dev/null; wait')  # the test's own: stop the node the doc served
+        bind = f"127.0.0.1:{free_port()}"
+        env = {k: v for k, v in os.environ.items() if k not in ("SOFTHSM2_CONF", "KMSB_TOKEN")}
+        env.update({"NODE_BIND": bind, "KMSB_ADDR": f"http://{bind}", "DATA": str(tmp_path / "a"),
+                    "STORE_URL": url, "NEW_NODE": str(tmp_path / "b"), "DRILL": str(tmp_path / "drill"),
+                    "DRILL_PORT": str(free_port()), "COOLING_OFF": "0s",
+                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        shell = subprocess.Popen(["bash", "-c", "\n".join(script)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        out, err = shell.communicate(timeout=1400)
+        codes = dict(re.findall(r"^::rc (\d+) (\d+)$", err, re.M))
+        log = (work / "node-a.log").read_text() if (work / "node-a.log").exists() else ""
+        assert "Traceback" not in err + out + log
         for n, line, refused in expectations:
-            assert str(n) in codes, f"line not reached: {line}\n{done.stderr[-3000:]}"
+            assert str(n) in codes, f"line not reached: {line}\n{err[-3000:]}"
             if refused:
                 assert codes[str(n)] != "0", f"expected a refusal: {line}"
             else:
-                assert codes[str(n)] == "0", f"failed: {line}\n{done.stderr[-3000:]}"
+                assert codes[str(n)] == "0", f"failed: {line}\n{err[-3000:]}\n{log[-2000:]}"
         assert not (tmp_path / "drill").exists() and not (tmp_path / "b").exists()
-        assert "joined" in done.stdout and (work / "released-key.bin").stat().st_size == 32
+        assert "joined" in out and (work / "released-key.bin").stat().st_size == 32
+        assert not (work / "init.json").exists()  # the root token was not left on disk
     finally:
-        if node_a is not None:
-            node_a.server.stop()
+        if shell is not None:
+            _stop_group(shell)
         postgres.stop()
+
+
+def _stop_group(shell: subprocess.Popen) -> None:
+    """Whatever the script left running in its process group (node A if the script stopped early): SIGTERM, then
+    SIGKILL after a bound."""
+    if shell.poll() is None:
+        shell.kill()
+        shell.communicate()
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        deadline = time.monotonic() + wait
+        try:
+            os.killpg(shell.pid, sig)
+            while time.monotonic() < deadline:
+                os.killpg(shell.pid, 0)
+                time.sleep(0.2)
+        except ProcessLookupError:
+            return
