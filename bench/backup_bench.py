@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=50)
     args = parser.parse_args()
     rows = []
+    load_before = os.getloadavg()[0]
     for keys in args.keys:
         with tempfile.TemporaryDirectory(prefix="kmsb-backup-bench-") as folder:
             rows.append(run(keys, args.entries, Path(folder)))
@@ -82,7 +83,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['keys']:>6} {r['entries']:>7} {r['db_kib']:>9} {r['archive_kib']:>11} {r['baseline_s']:>13.3f} "
               f"{r['create_s']:>8.2f} {r['verify_s']:>8.2f} {r['restore_s']:>9.2f}")
-    print(f"(CLI wall times include process start; cores: {os.cpu_count()})")
+    print(f"(CLI wall times include process start; cores: {os.cpu_count()}; load average before "
+          f"{load_before:.1f}, after {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":
