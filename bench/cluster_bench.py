@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import statistics
 import sys
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.http_bench import ensure_wrk, lua_script, run_wrk  # noqa: E402
+from bench.harness import ensure_wrk, lua_script, run_wrk  # noqa: E402
 from broker.client import BrokerClient  # noqa: E402
 from tests.support.cluster import HAProxy, build_cluster  # noqa: E402
 
@@ -46,11 +47,12 @@ def cpu_seconds(pgids: set[int]) -> float:
 
 
 def measure(wrk: str, url: str, script: Path, connections: int, duration: int, pgids: set[int]) -> dict:
+    """One wrk run, with the CPU of every process in `pgids` (the nodes, HAProxy, PostgreSQL) per 1,000 requests."""
     before = cpu_seconds(pgids)
     result = run_wrk(wrk, url, script, connections, duration)
     cpu = cpu_seconds(pgids) - before
-    result["cpu_per_1k"] = cpu / (result["rps"] * duration / 1000) if result["rps"] else float("nan")
-    return result
+    return {"rps": result.rps, "p50": result.p50, "p99": result.p99, "errors": result.errors,
+            "cpu_per_1k": cpu / result.requests * 1000 if result.requests else float("nan")}
 
 
 def kill_phase(cluster, key_id: str, threads: int) -> dict:
@@ -107,8 +109,9 @@ def main() -> None:
             client = BrokerClient(cluster.haproxy.addr, cluster.root_token)
             key = client.create_key(description="bench")["KeyId"]
             body = {"Plaintext": base64.b64encode(b"x" * 64).decode(), "EncryptionContext": {"app": "bench"}}
-            encrypt = lua_script(folder, "encrypt", "POST", body, cluster.root_token)
-            noop = lua_script(folder, "noop", "GET", None, None)
+            headers = {"Content-Type": "application/json", "X-KMSB-Token": cluster.root_token}
+            encrypt = lua_script(folder, "encrypt", "POST", headers, json.dumps(body))
+            noop = lua_script(folder, "noop", "GET", {}, None)
             pg_pgid = os.getpgid(cluster.pg.server.pid)
 
             def pgids(k: int, proxy: HAProxy | None) -> set[int]:  # each server is its own process group
