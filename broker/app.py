@@ -39,7 +39,8 @@ def build_service(settings: Settings) -> KeyService:
     audit = build_audit_log(settings, root, store.engine)  # sinks, group commit, HSM-signed checkpoints
     engine = PolicyEngine(PolicyRepository(store), store, cache_seconds=settings.auth_cache_seconds)
     return KeyService(store, providers, settings.default_provider, engine, audit, root=root,
-                      rsa_encryption_provider=settings.rsa_encryption_provider)
+                      rsa_encryption_provider=settings.rsa_encryption_provider,
+                      key_cache_seconds=settings.key_cache_seconds)
 
 
 def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyService | None = None) -> Flask:

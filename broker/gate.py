@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -127,6 +128,16 @@ class Declaration:
 
 
 DECLARED: dict[str, Declaration] = {}
+
+# Inside an operation that changes nothing, key metadata may come from the store's bounded cache (`Store.get_key`
+# `max_age`); an operation that mutates, and everything outside the gate (jobs, sync), reads it fresh, so a lifecycle
+# change is always decided on the key's current state.
+_READS_MAY_BE_CACHED: ContextVar[bool] = ContextVar("kmsb_reads_may_be_cached", default=False)
+
+
+def reads_may_be_cached() -> bool:
+    """True while the gate runs a declared operation that does not mutate (see `_READS_MAY_BE_CACHED`)."""
+    return _READS_MAY_BE_CACHED.get()
 
 
 # ================================================================================================ resolvers
@@ -378,6 +389,15 @@ class Gate:
         bound = _signature(fn).bind(host, call, *args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments
+        cached = _READS_MAY_BE_CACHED.set(not decl.mutates)
+        try:
+            return self._run(decl, call, fn, bound, arguments, host)
+        finally:
+            _READS_MAY_BE_CACHED.reset(cached)
+
+    def _run(self, decl: Declaration, call: Call, fn: Callable, bound: inspect.BoundArguments,
+             arguments: dict[str, Any], host: Any) -> Any:
+        ctx = call.ctx
         with self._audited(call):
             if decl.kind == "self" and not ctx.principal.accessor:
                 raise errors.ValidationError("the caller is not authenticated with a broker token")

@@ -43,6 +43,7 @@ from broker.gate import (
     key_arg,
     operation,
     provider_error,
+    reads_may_be_cached,
     request_alias,
     resource,
     valid_text,
@@ -290,7 +291,7 @@ _alias_current_key.arg = "alias"  # type: ignore[attr-defined]
 class KeyService(Service):
     def __init__(self, store: Store, providers: Mapping[str, Provider], default_provider: str,
                  policy: PolicyEngine, audit: AuditLog, *, root: RootOfTrust | None = None,
-                 rsa_encryption_provider: str | None = None) -> None:
+                 rsa_encryption_provider: str | None = None, key_cache_seconds: float = 0.0) -> None:
         if default_provider not in providers:
             raise ValueError(f"default provider {default_provider!r} is not configured")
         if rsa_encryption_provider is not None:
@@ -301,6 +302,7 @@ class KeyService(Service):
                 raise ValueError(f"rsa_encryption_provider {rsa_encryption_provider!r} is not a configured provider "
                                  "that decrypts RSAES_OAEP_SHA_256")
         self.rsa_encryption_provider = rsa_encryption_provider
+        self.key_cache_seconds = key_cache_seconds  # how old key metadata may be in an operation that changes nothing
         self.store = store
         self.providers = dict(providers)
         self.default_provider = default_provider
@@ -351,7 +353,8 @@ class KeyService(Service):
                 raise errors.NotFound(f"alias {key_ref[:256]} not found")
         elif key_ref.startswith("arn:"):
             key_id = key_ref.rsplit("/", 1)[-1]
-        key = self.store.get_key(key_id, details=details) if len(key_id) <= 64 else None
+        max_age = self.key_cache_seconds if reads_may_be_cached() else 0.0
+        key = self.store.get_key(key_id, details=details, max_age=max_age) if len(key_id) <= 64 else None
         if key is None or key.state is KeyState.DESTROYED:
             raise errors.NotFound(f"key {key_ref[:256]} not found")
         return key

@@ -122,6 +122,10 @@ class Settings(BaseModel):
     audit_batch_ms: float = Field(default=1.0, ge=0, le=100)
     job_interval_seconds: int = Field(default=60, ge=1)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Key metadata (state, primary version) read by operations that change nothing may be this old (0: read on every
+    # call). A DisableKey, deletion or rotation then reaches the other processes and hosts within it; the process
+    # that made the change sees it at once, and operations that change state always read it fresh.
+    key_cache_seconds: float = Field(default=0.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=AuthSettings)  # [auth] table: tokens, jwt roles, ldap (broker/auth/config.py)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # [console]: sessions, OIDC (broker/console/config.py)
@@ -183,7 +187,7 @@ def with_providers(settings: Settings, extra: dict[str, dict[str, Any]]) -> Sett
 def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
     env = os.environ
     for key in ("data_dir", "store_url", "default_provider", "audit_file", "audit_fsync", "auth_cache_seconds",
-                "rsa_encryption_provider"):
+                "key_cache_seconds", "rsa_encryption_provider"):
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # from resetting it.
 WAL_PAGES = 256
 WAL_LIMIT = 1 << 20
+KEY_CACHE_ENTRIES = 10_000  # keys kept by `get_key(max_age=...)`; the map starts over when full
 
 
 _KEYS, _VERSIONS, _TOKENS = KeyRow.__table__, KeyVersionRow.__table__, AuthTokenRow.__table__
@@ -134,6 +136,9 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = _Reader(self.engine)
+        self._keys: dict[str, tuple[float, Key]] = {}  # key id -> (read at, key) for get_key(max_age=...)
+        self._keys_generation = 0  # moved by every key write of this Store: a read that raced one is not kept
+        self._keys_lock = threading.Lock()
 
     def first(self, statement, params: dict):
         """The first row of a prebuilt read statement, on the hot read path (autocommit, per-thread connection)."""
@@ -210,19 +215,40 @@ class Store:
                                                "created_at": first_version.created_at,
                                                "state": first_version.state})
 
-    def get_key(self, key_id: str, *, details: bool = True) -> Key | None:
-        """One key; `details=False` skips tags and aliases (the hot path of every crypto call)."""
+    def get_key(self, key_id: str, *, details: bool = True, max_age: float = 0.0) -> Key | None:
+        """One key; `details=False` skips tags and aliases (the hot path of every crypto call). With `max_age` > 0
+        (and no details) the key may be one this process read at most `max_age` seconds ago: a change made through
+        this Store is seen at once, one made by another process or host within `max_age`."""
+        if max_age > 0 and not details:
+            hit = self._keys.get(key_id)
+            now = time.monotonic()
+            if hit is not None and now - hit[0] < max_age:
+                return hit[1]
+            generation = self._keys_generation
         row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
         if row is None:
             return None
         if not details:
-            return _to_key(row, {}, [])
+            key = _to_key(row, {}, [])
+            if max_age > 0:
+                with self._keys_lock:
+                    if generation == self._keys_generation:  # no write of this Store since the read began
+                        if len(self._keys) >= KEY_CACHE_ENTRIES:
+                            self._keys.clear()
+                        self._keys[key_id] = (now, key)
+            return key
         tags_t, aliases_t = TagRow.__table__, AliasRow.__table__
         with self.engine.connect() as conn:
             tags = dict(conn.execute(select(tags_t.c.tag_key, tags_t.c.tag_value).where(tags_t.c.key_id == key_id)).all())
             aliases = list(conn.scalars(select(aliases_t.c.name).where(aliases_t.c.key_id == key_id)
                                         .order_by(aliases_t.c.name)))
             return _to_key(row, tags, aliases)
+
+    def _forget_key(self, key_id: str) -> None:
+        """After a key write has committed: the kept copy goes, and reads that began before it are not kept."""
+        with self._keys_lock:
+            self._keys_generation += 1
+            self._keys.pop(key_id, None)
 
     def list_keys(self, limit: int, after: str | None) -> list[Key]:
         with self.session() as s:
@@ -238,6 +264,7 @@ class Store:
                 if isinstance(value, KeyState):
                     value = value.value
                 setattr(row, name, value)
+        self._forget_key(key_id)
 
     def keys_tagged(self, tag_key: str, value_prefix: str) -> list[Key]:
         """Every key with tag `tag_key` whose value starts with `value_prefix`, with tags and aliases, in 3 reads
@@ -283,6 +310,12 @@ class Store:
     def add_version(self, key_id: str, version: KeyVersion, *, make_primary: bool = True,
                     expected_primary: int | None = None) -> bool:
         """Add a version; with expected_primary, only if no other process rotated first (False then)."""
+        try:
+            return self._add_version(key_id, version, make_primary, expected_primary)
+        finally:
+            self._forget_key(key_id)
+
+    def _add_version(self, key_id: str, version: KeyVersion, make_primary: bool, expected_primary: int | None) -> bool:
         with self.session() as s:
             row = s.get(KeyRow, key_id, with_for_update=True)
             if expected_primary is not None and row.primary_version != expected_primary:
