@@ -17,7 +17,7 @@ import pytest
 
 from broker.auth import Principal
 from broker.service import RequestContext
-from tests.support.broker import init_data_dir
+from tests.support.hsm import TestToken
 from tests.support.procs import Server, start_server
 
 pytestmark = pytest.mark.integration
@@ -46,14 +46,21 @@ def moto(tmp_path: Path) -> Iterator[tuple[Server, dict]]:
 
 
 def test_refused_first_member_is_tried_once_and_the_next_answers(tmp_path: Path, moto: tuple[Server, dict],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 hsm_token: TestToken) -> None:
     from broker.app import build_service
     from broker.services import Services
     from broker.settings import load_settings
 
     server, aws = moto
     data = tmp_path / "data"
-    init_data_dir(data)
+    data.mkdir()
+    # Over the session's token: SoftHSM reads one token configuration per process, so a token of this test's own
+    # (kms-broker init) would take the library away from every other test of this process.
+    hsm = "\n".join(f'{k} = "{v}"' for k, v in hsm_token.config().items())
+    (data / "broker.toml").write_text(f'data_dir = "{data}"\nstore_url = "sqlite:///{data}/broker.db"\n'
+                                      f'default_provider = "hsm"\nroot_of_trust = "hsm"\n\n'
+                                      f'[providers.hsm]\nkind = "pkcs11"\n{hsm}\n')
     monkeypatch.setenv("KMSB_PROVIDERS_JSON", json.dumps({"aws": {**aws, "kind": "aws"}}))
     keys = build_service(load_settings(data))
     keys.store.migrate()
