@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 log = logging.getLogger("kms_broker.audit")
 READY_PROBE_BYTES = 64 * 1024  # about one batch of records: less free space than this is a full disk
@@ -223,6 +224,24 @@ class StoreSink(Sink):
 
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
         rows = [row_of(r, line, self.chain) for r, line in zip(records, lines, strict=True)]
+        kept = self._conn is not None and not self._conn.closed and self._pid == os.getpid()
+        try:
+            self._insert_rows(rows)
+        except DBAPIError as exc:
+            # The kept connection died while idle (the database restarted, an idle timeout): once more on a new
+            # connection, so the first batch after an outage is not refused. Had the commit reached the store, the
+            # (chain, seq) unique constraint refuses the second copy.
+            if not (kept and exc.connection_invalidated):
+                raise
+            self._insert_rows(rows)
+        seqs = [r["seq"] for r in records]
+
+        def undo() -> None:
+            with self.engine.begin() as other:
+                other.execute(delete(self.table).where(self.table.c.chain == self.chain, self.table.c.seq.in_(seqs)))
+        return undo
+
+    def _insert_rows(self, rows: list[dict[str, Any]]) -> None:
         conn = self._connection()
         try:
             with conn.begin():
@@ -230,12 +249,6 @@ class StoreSink(Sink):
         except Exception:
             self._drop()
             raise
-        seqs = [r["seq"] for r in records]
-
-        def undo() -> None:
-            with self.engine.begin() as other:
-                other.execute(delete(self.table).where(self.table.c.chain == self.chain, self.table.c.seq.in_(seqs)))
-        return undo
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
