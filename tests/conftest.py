@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,12 +26,27 @@ def hsm_token(tmp_path_factory: pytest.TempPathFactory) -> TestToken:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _hsm_token_first(hsm_token: TestToken) -> TestToken:
-    """The session token is made before any test of this process runs: SoftHSM reads SOFTHSM2_CONF once, at the
-    first library load, so whatever loads the library first decides which token directory the process sees. Run
-    serially that was this token by luck of the order; under pytest-xdist each worker starts with a different
-    module, and one that built a provider over its own data folder first left the session token unreachable."""
-    return hsm_token
+def _hsm_token_first(hsm_token: TestToken) -> Iterator[TestToken]:
+    """The session token is made before any test of this process runs, and no other SoftHSM token is ever opened
+    in this process. SoftHSM reads SOFTHSM2_CONF at each library initialisation, and the pkcs11 provider
+    re-initialises the library when an open fails: a test that opened a token of its own here (a broker data
+    folder's, made by `kms-broker init`) moved the whole process onto that token, and every later test of the
+    worker then saw the wrong keys. Such a test must run that broker in a process of its own (or use this token);
+    the guard below names it instead of letting a later test fail."""
+    from providers import pkcs11 as p11
+
+    own, pid, original = str(hsm_token.files.conf), os.getpid(), p11._Session._open
+
+    def guarded_open(session: Any) -> None:
+        conf = session._config.get("softhsm_conf")
+        if conf and str(conf) != own and os.getpid() == pid:
+            raise AssertionError(f"a SoftHSM token other than the session's ({conf}) was opened in the test "
+                                 "process: run that broker in a process of its own, or use the hsm_token fixture")
+        original(session)
+
+    p11._Session._open = guarded_open
+    yield hsm_token
+    p11._Session._open = original
 
 
 @pytest.fixture(scope="session")

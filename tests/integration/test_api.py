@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
@@ -201,13 +204,16 @@ def test_openapi_documents_every_route(broker):
     doc = requests.get(broker.url("/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
 
-    from broker.api.openapi import openapi_path
-    from broker.app import create_app
-    from broker.settings import load_settings
-
-    app = create_app(load_settings(broker.data_dir))  # the real app, with every route module it registers
-    rules = {(openapi_path(r.rule[len("/v1"):]), m.lower()) for r in app.url_map.iter_rules()
-             if r.rule.startswith("/v1") for m in r.methods - {"HEAD", "OPTIONS"}}
+    # The real app, with every route module it registers, built in a process of its own: its HSM provider is the
+    # broker's own token, and SoftHSM serves one token configuration per process (this one's is the session's).
+    script = ("import json, sys\nfrom broker.api.openapi import openapi_path\nfrom broker.app import create_app\n"
+              "from broker.settings import load_settings\napp = create_app(load_settings(sys.argv[1]))\n"
+              "print(json.dumps(sorted({(openapi_path(r.rule[len('/v1'):]), m.lower()) for r in "
+              "app.url_map.iter_rules() if r.rule.startswith('/v1') for m in r.methods - {'HEAD', 'OPTIONS'}})))")
+    out = subprocess.run([sys.executable, "-c", script, str(broker.data_dir)], capture_output=True, text=True,
+                         timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    rules = {tuple(pair) for pair in json.loads(out.stdout.strip().splitlines()[-1])}
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert rules and rules == documented
 

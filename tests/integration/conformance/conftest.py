@@ -27,6 +27,7 @@ import requests
 from providers.base import Capabilities
 from providers.registry import build_provider
 from tests.support.broker import RunningBroker, start_broker
+from tests.support.hsm import TestToken
 
 STACK_ROOT = Path(__file__).resolve().parents[3] / "localstack"
 if importlib.util.find_spec("kms_stack") is None:  # editable installs made before kms_stack existed
@@ -65,11 +66,16 @@ def provider_tables(up: dict[str, dict[str, dict]]) -> dict[str, dict[str, Any]]
     }
 
 
-def declared_capabilities(name: str, table: dict[str, Any]) -> Capabilities:
+def declared_capabilities(name: str, table: dict[str, Any], session_token: dict[str, str]) -> Capabilities:
     """What the provider class declares for this instance's settings (the same object the broker consults).
 
-    Building a provider opens no connection; the pkcs11 one sets SOFTHSM2_CONF, which is put back afterwards."""
+    The pkcs11 provider probes its token for what it offers; SoftHSM serves one token configuration per process, so
+    it is asked over this session's token (the same library, so the same answers), never the broker's own: opening
+    that one here would take the library away from every other test of this process. SOFTHSM2_CONF, which building
+    it sets, is put back afterwards."""
     saved = os.environ.get("SOFTHSM2_CONF")
+    if table.get("kind") == "pkcs11":
+        table = {**table, **session_token}
     provider = build_provider(name, table)
     try:
         return provider.capabilities
@@ -133,7 +139,7 @@ def _up_all(stacks: dict[str, Stack]) -> dict[str, dict[str, dict]]:
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, hsm_token: TestToken) -> Iterator[World]:
     base = tmp_path_factory.mktemp("conformance")
     stacks = {name: Stack(base / f"stack-{name}") for name in STACKS}
     broker: RunningBroker | None = None
@@ -145,7 +151,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                               env={"KMSB_PROVIDERS_JSON": json.dumps(tables)})
         hsm = _hsm_table(base / "data")
         all_tables = {"hsm": hsm, **tables}
-        caps = {name: declared_capabilities(name, all_tables[name]) for name in INSTANCES}
+        caps = {name: declared_capabilities(name, all_tables[name], hsm_token.config()) for name in INSTANCES}
         yield World(broker, broker.session(), stacks, all_tables, caps)
     finally:
         if broker is not None:
