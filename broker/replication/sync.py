@@ -249,15 +249,15 @@ class Sync(Service):
         self.repo.journal_set(j.id, "done")
 
     @operation("broker:DestroyKey", Need("broker:DestroyKey", resource(_provider_arg)), mutates=True)
-    def _clean(self, call: Call, run: _Run, j: JournalEntry, provider: str) -> int:
-        """Destroy whatever the cloud made for an intent whose material never reached the catalog. -> how many
-        provider keys were destroyed."""
+    def _clean(self, call: Call, run: _Run, j: JournalEntry, provider: str, *, late: bool = False) -> int:
+        """Destroy whatever the cloud made for an intent whose material never reached the catalog (`late`: only what
+        is still enabled, i.e. landed after the first cleanup). -> how many provider keys were destroyed."""
         call.entry.key_id, call.entry.provider = j.key_id, provider
         call.entry.extra["sync"] = "cleanup-after-crash"
         if j.provider_ref is not None:
             material = self.keys.restore_provisioned(call, provider, j.key_id, _journaled_ref(j))
             return int(retry(lambda: self.keys.discard(call, material)))
-        items = run.labelled(provider, j.key_id)
+        items = [i for i in run.labelled(provider, j.key_id) if i.enabled or not late]
         return len(retry(lambda: self.keys.discard_unregistered(call, provider, j.key_id, items)))
 
     @operation("kms:EnableKey", Need("kms:EnableKey", key_arg("key_id")), mutates=True)
@@ -310,6 +310,7 @@ class _Run:
         self._limits: dict[str, RateLimit] = {}
         self._limits_lock = threading.Lock()
         self._cleaned: set[str] = set()
+        self._aborted: list[JournalEntry] = []  # intents this run settled as aborted (their cloud keys cleaned)
         self._timing: dict[str, list[float]] = defaultdict(list)
         self._timing_lock = threading.Lock()
         self._span: dict[str, tuple[float, float]] = {}
@@ -571,6 +572,7 @@ class _Run:
         resumed = self._resume(open_entries)
         if open_entries:
             self._scoped(fresh=True)  # settling adopted keys into the catalog
+            resumed["cleaned"] += self._settle_late_arrivals(open_entries)
         report = self.plan(self.inventory)
         report.mode, report.resumed = "apply", resumed
         report.drift = [d for d in report.drift if not d.fixable]
@@ -728,9 +730,27 @@ class _Run:
                 if provider in self.keys.provider_names():
                     counts["cleaned"] += self.sync._clean(self.ctx, self, j, provider)
                 self._cleaned.add(j.key_id.lower())  # its cloud keys are gone: not "unmanaged" in this run's plan
+                self._aborted.append(j)
                 self.repo.journal_set(j.id, "aborted")
         self._close_settled()
         return counts
+
+    def _settle_late_arrivals(self, open_entries: list[JournalEntry]) -> int:
+        """A killed run's last requests can still land in a cloud after this run read its inventory (the client died,
+        the cloud finished the create): read the settled providers again, clean what an aborted intent made
+        meanwhile, and plan on what the clouds hold now. -> how many provider keys were destroyed."""
+        providers = {self._provider_of(j) for j in open_entries}
+        fresh = self._read_inventory(providers)
+        with self._scope_lock:
+            self.inventory = {**self.inventory, **fresh}
+            self._by_label = None
+        cleaned = 0
+        for j in self._aborted:
+            provider = self._provider_of(j)
+            if (j.provider_ref is None and provider in self.keys.provider_names()
+                    and any(i.enabled for i in self.labelled(provider, j.key_id))):
+                cleaned += self.sync._clean(self.ctx, self, j, provider, late=True)
+        return cleaned
 
     def _ensure_replica_row(self, j: JournalEntry) -> None:
         if j.action != "import":
