@@ -336,11 +336,10 @@ class KeyringService(Service):
         """Exactly version N (or the latest); NotFound otherwise. Nothing leaves before its audit record is durable."""
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise errors.ValidationError("version must be a positive integer")
-        row = self.repo.entry(mount, entry_id)
+        row = self.repo.read(mount, entry_id, version)
         if row is None:
             raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
-        wanted = row.latest_version if version is None else version
-        vrow = self.repo.version(mount, entry_id, wanted)
+        wanted, vrow = row.wanted, row.version
         if vrow is None:
             raise errors.NotFound(f"keyring entry {mount}/{entry_id} has no version {wanted}")
         call.entry.key_version = wanted

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker import errors
@@ -27,6 +27,18 @@ _ENTRY = select(_E).where(_E.c.mount == bindparam("mount"), _E.c.entry_id == bin
 _VERSION = select(_V.c.sealed, _V.c.created_at, _V.c.deleted_at, _V.c.destroyed).where(
     _V.c.mount == bindparam("mount"), _V.c.entry_id == bindparam("entry_id"), _V.c.version == bindparam("version"))
 _APPROLE = select(_A).where(_A.c.role_id == bindparam("role_id"))
+
+
+def _read(version_of: Any) -> Any:
+    """A key read in one round trip: the entry's row joined to one of its versions (none: NULL version columns)."""
+    joined = _E.outerjoin(_V, and_(_V.c.mount == _E.c.mount, _V.c.entry_id == _E.c.entry_id,
+                                   _V.c.version == version_of))
+    return select(_E.c.latest_version, _E.c.custom_metadata, _V.c.version, _V.c.sealed, _V.c.created_at,
+                  _V.c.deleted_at, _V.c.destroyed).select_from(joined).where(
+        _E.c.mount == bindparam("mount"), _E.c.entry_id == bindparam("entry_id"))
+
+
+_READ_LATEST, _READ_VERSION = _read(_E.c.latest_version), _read(bindparam("version"))
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -69,6 +81,16 @@ class VersionRow:
     created_at: datetime
     deleted_at: datetime | None = None  # soft-deleted (Vault KV v2): the material is kept, reads answer 404
     destroyed: bool = False  # destroyed through an approved request: the material is gone
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRow:
+    """What a key read needs of an entry and one version: `version` is None when the entry has no such version."""
+
+    latest_version: int
+    custom_metadata: dict[str, str]
+    wanted: int
+    version: VersionRow | None
 
 
 @dataclass(frozen=True)
@@ -119,6 +141,20 @@ class KeyringRepository:
         row = self._store.first(_VERSION, {"mount": mount, "entry_id": entry_id, "version": version})
         return None if row is None else VersionRow(row.sealed, _utc(row.created_at), _utc(row.deleted_at),
                                                    bool(row.destroyed))
+
+    @_guarded
+    def read(self, mount: str, entry_id: str, version: int | None) -> ReadRow | None:
+        """The entry and version `version` (None: its latest) in one statement; None when there is no entry."""
+        if version is None:
+            row = self._store.first(_READ_LATEST, {"mount": mount, "entry_id": entry_id})
+        else:
+            row = self._store.first(_READ_VERSION, {"mount": mount, "entry_id": entry_id, "version": version})
+        if row is None:
+            return None
+        found = None if row.version is None else VersionRow(row.sealed, _utc(row.created_at), _utc(row.deleted_at),
+                                                            bool(row.destroyed))
+        return ReadRow(row.latest_version, json.loads(row.custom_metadata),
+                       row.latest_version if version is None else version, found)
 
     @_guarded
     def set_deleted(self, mount: str, entry_id: str, versions: list[int], at: datetime | None) -> list[int]:
