@@ -1,20 +1,33 @@
-"""The keyring bridge's read hot path: one store round trip per key read, on SQLite and PostgreSQL, answering exactly
-what the two-read path answered (latest, version N, no such version, no such entry, soft-deleted, destroyed)."""
+"""The keyring bridge's read hot path.
+
+- One store round trip per key read, on SQLite and PostgreSQL, answering exactly what the two-read path answered
+  (latest, version N, no such version, no such entry, soft-deleted, destroyed).
+- The key read mariadbd makes (`GET /v1/<mount>/data/<id>[?version=N]`) served without Flask's request cycle: every
+  request, hostile ones included, gets the same status, headers, body and audit record as through the Flask view,
+  and anything that is not plainly such a read still goes through Flask.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from flask import Flask
+from werkzeug.test import Client
 
 from broker import errors
 from broker.app import SYSTEM
 from broker.auth.tokens import TokenAuth
 from broker.service import KeyService, RequestContext
+from broker.settings import Settings
 from broker.store import Store
 from keyring_bridge.keyring import DeletedVersion, KeyringService, secret_material
 from keyring_bridge.repository import KeyringRepository
+from keyring_bridge.vault_app import _Dropper, _FastRead, create_bridge_app
 
 MOUNT = "kv/read-path"
 
@@ -88,3 +101,97 @@ def test_service_read_answers_as_before(keyring: KeyringService) -> None:
         keyring.read(ctx, MOUNT, "1", 1)
     assert gone.value.version == 1 and gone.value.deleted_at is not None and not gone.value.destroyed
     assert keyring.read(ctx, MOUNT, "1").version == 2
+
+
+# ------------------------------------------------------------------------------------------------- the fast key read
+
+
+@dataclass
+class Bridged:
+    app: Flask
+    flask_only: Client  # the same app with the fast key read taken out: what every read went through before
+    keyring: KeyringService
+    audit: Path
+    token: str
+
+
+@pytest.fixture
+def bridged(key_service: KeyService, tmp_path: Path) -> Bridged:
+    settings = Settings(data_dir=tmp_path / "data", providers={"hsm": {"kind": "pkcs11"}})  # not opened: service= given
+    app = create_bridge_app(settings, service=key_service)
+    keyring: KeyringService = app.extensions["kms"].keyring
+    ctx = RequestContext(SYSTEM)
+    keyring.create_mount(ctx, MOUNT, 2)
+    keyring.create(ctx, MOUNT, "1")
+    keyring.rotate(ctx, MOUNT, "1")
+    keyring.create(ctx, MOUNT, "gone")
+    keyring.rotate(ctx, MOUNT, "gone")
+    keyring.delete_versions(ctx, MOUNT, "gone", [1])
+    keyring.create(ctx, "kv/other", "1")
+    fast = app.wsgi_app.app  # _Dropper -> _FastRead -> Flask
+    return Bridged(app, Client(_Dropper(fast._flask)), keyring, tmp_path / "data" / "audit.jsonl",
+                   keyring.create_token(ctx, MOUNT).token)
+
+
+def audit_tail(bridged: Bridged, seen: int) -> list[dict]:
+    with open(bridged.audit) as f:
+        records = [json.loads(line) for line in f][seen:]
+    return [{k: r.get(k) for k in ("action", "outcome", "error_code", "principal", "auth_method", "key_version",
+                                   "front_door", "source_ip")} for r in records]
+
+
+def answer(client: Client, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], object]:
+    r = client.get(path, headers=headers)
+    body: object = r.get_data()
+    if r.mimetype == "application/json":
+        body = json.loads(body)
+        assert isinstance(body, dict)
+        body.pop("request_id", None)
+    return r.status_code, dict(r.headers), body
+
+
+def test_fast_read_answers_and_audits_exactly_as_the_flask_view(bridged: Bridged) -> None:
+    token, foreign = bridged.token, bridged.keyring.create_token(RequestContext(SYSTEM), "kv/other").token
+    ok, bearer = {"X-Vault-Token": token, "Accept": "*/*"}, {"Authorization": f"Bearer {token}"}
+    fast_client = Client(bridged.app.wsgi_app)
+    cases = [
+        (f"/v1/{MOUNT}/data/1", ok), (f"/v1/{MOUNT}/data/1?version=1", ok), (f"/v1/{MOUNT}/data/1?version=0", ok),
+        (f"/v1/{MOUNT}/data/1?version=", ok), (f"/v1/{MOUNT}/data/1/", ok), (f"/v1/{MOUNT}/data/1", bearer),
+        (f"/v1/{MOUNT}/data/1?version=00", ok),  # 400: not a positive integer
+        (f"/v1/{MOUNT}/data/1?version=3", ok), (f"/v1/{MOUNT}/data/1?version=12345678901", ok),  # 404, 400
+        (f"/v1/{MOUNT}/data/nope", ok), (f"/v1/{MOUNT}/data/gone?version=1", ok),  # 404, 404 with its metadata
+        (f"/v1/{MOUNT}/data/a/../1", ok), (f"/v1/{MOUNT}/data/./1", ok), (f"/v1/{MOUNT}//data/1", ok),
+        (f"/v1/{MOUNT}/data/" + "x" * 100_000, ok), (f"/v1/{MOUNT}/data/%ED%A0%80", ok),  # lone surrogate bytes
+        (f"/v1/{MOUNT}/data/%FF%FE", ok), ("/v1/kv/other/data/1", ok),  # another mount's key: dropped
+        (f"/v1/{MOUNT}/data/1", {}), (f"/v1/{MOUNT}/data/1", {"X-Vault-Token": "hvs.forged"}),
+        (f"/v1/{MOUNT}/data/1", {"X-Vault-Token": foreign}), (f"/v1/{MOUNT}/data/1", {"Authorization": token}),
+        ("/v1/kv/unregistered/data/1", ok), (f"/v1/{MOUNT}/data/*", ok), (f"/v1/{MOUNT}/data/1*", ok),
+    ]
+    for path, headers in cases:
+        seen = len(bridged.audit.read_text().splitlines())
+        fast = answer(fast_client, path, headers)
+        fast_audit = audit_tail(bridged, seen)
+        seen += len(fast_audit)
+        slow = answer(bridged.flask_only, path, headers)
+        assert fast == slow, path[:80]
+        assert fast_audit == audit_tail(bridged, seen) and len(fast_audit) == 1, path[:80]
+        if fast[0] == 200:
+            assert fast[1]["Cache-Control"] == "no-store" and fast[1]["Content-Type"] == "application/json"
+    assert answer(fast_client, f"/v1/{MOUNT}/data/1", ok)[2]["data"]["metadata"]["version"] == 2  # type: ignore
+    assert answer(fast_client, f"/v1/{MOUNT}/data/1", {})[1].get("X-Kmsb-Dropped") == "1"
+
+
+def test_only_plain_key_reads_take_the_fast_path(bridged: Bridged) -> None:
+    fast: _FastRead = bridged.app.wsgi_app.app
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/v1/{MOUNT}/data/1", "QUERY_STRING": ""}
+    assert fast.route(base) == (MOUNT, "1", "")
+    assert fast.route({**base, "QUERY_STRING": "version=2"}) == (MOUNT, "1", "version=2")
+    for changed in ({"REQUEST_METHOD": "HEAD"}, {"REQUEST_METHOD": "POST"}, {"REQUEST_METHOD": "LIST"},
+                    {"QUERY_STRING": "list=true"}, {"QUERY_STRING": "version=1&version=2"},
+                    {"QUERY_STRING": "version=%31"}, {"CONTENT_LENGTH": "5"}, {"HTTP_TRANSFER_ENCODING": "chunked"},
+                    {"PATH_INFO": f"/v1/{MOUNT}/metadata/1"}, {"PATH_INFO": f"/v1/{MOUNT}/data/"},
+                    {"PATH_INFO": f"/v1/sys/mounts/{MOUNT}/tune"}, {"PATH_INFO": "/v1/sys/data/1"},
+                    {"PATH_INFO": "/v1/auth/data/1"}, {"PATH_INFO": "/v1//kv/data/1"},
+                    {"PATH_INFO": f"/v1/{MOUNT}/data/a\nb"}, {"PATH_INFO": f"/v1/{MOUNT}/data/a\x7fb"},
+                    {"PATH_INFO": "/v2/kv/data/1"}, {"PATH_INFO": f"/v1/{MOUNT}/data/\u0100"}):
+        assert fast.route({**base, **changed}) is None, changed
