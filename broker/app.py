@@ -33,7 +33,7 @@ _HTTP_CODES = {404: "UnknownOperationException", 405: "UnsupportedOperationExcep
 
 
 def build_service(settings: Settings) -> KeyService:
-    store = Store(settings.store_url)
+    store = Store(settings.store_url, host_state=settings.data_dir)  # key writes seen by every process at once
     providers = {name: build_provider(name, cfg) for name, cfg in settings.providers.items()}
     root = root_of_trust(providers[settings.root_of_trust])
     audit = build_audit_log(settings, root, store.engine)  # sinks, group commit, HSM-signed checkpoints

@@ -125,7 +125,7 @@ class Settings(BaseModel):
     # Key metadata (state, primary version) read by operations that change nothing may be this old (0: read on every
     # call). A DisableKey, deletion or rotation then reaches the other processes and hosts within it; the process
     # that made the change sees it at once, and operations that change state always read it fresh.
-    key_cache_seconds: float = Field(default=0.0, ge=0, le=60)
+    key_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     auth: AuthSettings = Field(default_factory=AuthSettings)  # [auth] table: tokens, jwt roles, ldap (broker/auth/config.py)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)  # [console]: sessions, OIDC (broker/console/config.py)

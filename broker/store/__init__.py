@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
+from broker.store.generation import open_host_generation, sqlite_file
 from broker.store.tables import (
     AliasRow,
     AuthTokenRow,
@@ -123,7 +124,9 @@ def _to_version(row: KeyVersionRow) -> KeyVersion:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, host_state: Path | None = None) -> None:
+        """`host_state`: the folder of this host's shared state (the data folder) for the key-write counter of
+        `get_key(max_age=...)`; a SQLite store keeps it beside its database file without being told."""
         self.url = url
         kwargs: dict = {"future": True}
         if url.startswith("sqlite"):
@@ -136,9 +139,13 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = _Reader(self.engine)
-        self._keys: dict[str, tuple[float, Key]] = {}  # key id -> (read at, key) for get_key(max_age=...)
+        self._keys: dict[str, tuple[float, int, Key]] = {}  # key id -> (read at, host generation, key)
         self._keys_generation = 0  # moved by every key write of this Store: a read that raced one is not kept
         self._keys_lock = threading.Lock()
+        database = sqlite_file(url)
+        self._host_generation = open_host_generation(
+            database.with_name(database.name + ".key-writes") if database is not None
+            else Path(host_state) / "key-writes.generation" if host_state is not None else None)
 
     def first(self, statement, params: dict):
         """The first row of a prebuilt read statement, on the hot read path (autocommit, per-thread connection)."""
@@ -185,6 +192,8 @@ class Store:
     def dispose(self) -> None:
         self._reader.close()
         self.engine.dispose()
+        if self._host_generation is not None:
+            self._host_generation.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -217,25 +226,29 @@ class Store:
 
     def get_key(self, key_id: str, *, details: bool = True, max_age: float = 0.0) -> Key | None:
         """One key; `details=False` skips tags and aliases (the hot path of every crypto call). With `max_age` > 0
-        (and no details) the key may be one this process read at most `max_age` seconds ago: a change made through
-        this Store is seen at once, one made by another process or host within `max_age`."""
-        if max_age > 0 and not details:
+        (and no details) the key may be one this process read at most `max_age` seconds ago, and only while no
+        process of this host wrote a key since (generation.py): a change made on this host is seen at once, one
+        made on another host sharing the database within `max_age`. Without a host counter nothing is kept."""
+        shared = self._host_generation
+        keep = max_age > 0 and not details and shared is not None
+        if keep:
+            host_generation = shared.current()  # read before the row: a write committed after it moves it
             hit = self._keys.get(key_id)
             now = time.monotonic()
-            if hit is not None and now - hit[0] < max_age:
-                return hit[1]
+            if hit is not None and now - hit[0] < max_age and hit[1] == host_generation:
+                return hit[2]
             generation = self._keys_generation
         row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
         if row is None:
             return None
         if not details:
             key = _to_key(row, {}, [])
-            if max_age > 0:
+            if keep:
                 with self._keys_lock:
                     if generation == self._keys_generation:  # no write of this Store since the read began
                         if len(self._keys) >= KEY_CACHE_ENTRIES:
                             self._keys.clear()
-                        self._keys[key_id] = (now, key)
+                        self._keys[key_id] = (now, host_generation, key)
             return key
         tags_t, aliases_t = TagRow.__table__, AliasRow.__table__
         with self.engine.connect() as conn:
@@ -245,10 +258,13 @@ class Store:
             return _to_key(row, tags, aliases)
 
     def _forget_key(self, key_id: str) -> None:
-        """After a key write has committed: the kept copy goes, and reads that began before it are not kept."""
+        """After a key write has committed: the kept copy goes, reads that began before it are not kept, and every
+        other process of this host drops its copies (the host counter moves)."""
         with self._keys_lock:
             self._keys_generation += 1
             self._keys.pop(key_id, None)
+        if self._host_generation is not None:
+            self._host_generation.bump()
 
     def list_keys(self, limit: int, after: str | None) -> list[Key]:
         with self.session() as s:
