@@ -228,7 +228,7 @@ def _hsm_guard() -> Iterator[None]:
 
 
 def _entry(host: KeyringService, args: Mapping[str, Any]) -> Target:
-    return Target(resource=entry_resource(check_mount(args["mount"]), check_id(args["entry_id"])))
+    return Target(resource=entry_resource(args["mount"], args["entry_id"]))  # validates both, mount first
 
 
 def _whole_mount(host: KeyringService, args: Mapping[str, Any]) -> Target:
