@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,9 @@ from werkzeug.test import Client
 
 from broker import errors
 from broker.app import SYSTEM
+from broker.audit import AuditLog
 from broker.auth.tokens import TokenAuth
+from broker.policy import PolicyEngine
 from broker.service import KeyService, RequestContext
 from broker.settings import Settings
 from broker.store import Store
@@ -115,6 +118,8 @@ class Bridged:
     keyring: KeyringService
     audit: Path
     token: str
+    accessor: str
+    store_url: str
 
 
 @pytest.fixture
@@ -131,8 +136,9 @@ def bridged(key_service: KeyService, tmp_path: Path) -> Bridged:
     keyring.delete_versions(ctx, MOUNT, "gone", [1])
     keyring.create(ctx, "kv/other", "1")
     fast = app.wsgi_app.app  # _Dropper -> _FastRead -> Flask
-    return Bridged(app, Client(_Dropper(fast._flask)), keyring, tmp_path / "data" / "audit.jsonl",
-                   keyring.create_token(ctx, MOUNT).token)
+    issued = keyring.create_token(ctx, MOUNT)
+    return Bridged(app, Client(_Dropper(fast._flask)), keyring, tmp_path / "data" / "audit.jsonl", issued.token,
+                   issued.accessor, key_service.store.url)
 
 
 def audit_tail(bridged: Bridged, seen: int) -> list[dict]:
@@ -197,6 +203,58 @@ def test_only_plain_key_reads_take_the_fast_path(bridged: Bridged) -> None:
                     {"PATH_INFO": f"/v1/{MOUNT}/data/a\nb"}, {"PATH_INFO": f"/v1/{MOUNT}/data/a\x7fb"},
                     {"PATH_INFO": "/v2/kv/data/1"}, {"PATH_INFO": f"/v1/{MOUNT}/data/\u0100"}):
         assert fast.route({**base, **changed}) is None, changed
+
+
+def read_once(bridged: Bridged, query: str = "") -> tuple[int, object]:
+    status, headers, body = answer(Client(bridged.app.wsgi_app), f"/v1/{MOUNT}/data/1{query}",
+                                   {"X-Vault-Token": bridged.token})
+    return (-1 if headers.get("X-Kmsb-Dropped") == "1" else status), body
+
+
+def test_fast_read_refuses_a_token_revoked_here_at_once(bridged: Bridged) -> None:
+    assert read_once(bridged)[0] == 200
+    bridged.app.extensions["kms"].identity.token_store.revoke_accessor(bridged.accessor)
+    assert read_once(bridged)[0] == -1  # dropped, never an answer
+    assert audit_tail(bridged, -1)[0]["outcome"] == "denied"
+
+
+def test_fast_read_refuses_a_token_revoked_by_another_process_within_the_bound(bridged: Bridged) -> None:
+    assert read_once(bridged)[0] == 200  # the token is now in this process's cache (auth_cache_seconds = 1)
+    other = Store(bridged.store_url)
+    try:
+        TokenAuth(other).revoke_accessor(bridged.accessor)
+    finally:
+        other.dispose()
+    revoked_at = time.monotonic()
+    while read_once(bridged)[0] == 200:
+        assert time.monotonic() - revoked_at < 1.0 + 0.25, "a revoked token still read a key past the bound"
+        time.sleep(0.05)
+    assert read_once(bridged)[0] == -1
+    assert audit_tail(bridged, -1)[0]["outcome"] == "denied"
+
+
+def test_fast_read_sees_another_process_change_at_once(bridged: Bridged, hsm_provider, tmp_path: Path) -> None:
+    """Nothing of an entry is kept between reads: a rotation, a soft delete and an undelete made by another process
+    (its own Store, KeyService and KeyringService) are what the very next read answers."""
+    status, body = read_once(bridged)
+    assert status == 200 and body["data"]["metadata"]["version"] == 2  # type: ignore[index]
+    store = Store(bridged.store_url)
+    audit = AuditLog(tmp_path / "other-audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
+    try:
+        keys = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+        other, ctx = KeyringService(keys, keys.root, TokenAuth(store)), RequestContext(SYSTEM)
+        other.rotate(ctx, MOUNT, "1")
+        status, body = read_once(bridged)
+        assert status == 200 and body["data"]["metadata"]["version"] == 3  # type: ignore[index]
+        other.delete_versions(ctx, MOUNT, "1", [3])
+        status, body = read_once(bridged)
+        assert status == 404 and body["data"]["metadata"]["deletion_time"]  # type: ignore[index]
+        assert read_once(bridged, "?version=2")[0] == 200
+        other.undelete_versions(ctx, MOUNT, "1", [3])
+        assert read_once(bridged)[0] == 200
+    finally:
+        audit.close()
+        store.dispose()
 
 
 # ------------------------------------------------------------------------------------------------- the listener
