@@ -272,3 +272,20 @@ def test_bridge_workers_freeze_their_startup_objects() -> None:
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_fast_read_never_answers_5xx_on_a_bug(bridged: Bridged, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure the mapping does not cover (a bug rendering the answer, a bug routing) drops the connection, as
+    the Flask view does: mariadbd aborts on a 5xx for a key it uses and survives a dropped connection."""
+    fast: _FastRead = bridged.app.wsgi_app.app
+    client, path, headers = Client(bridged.app.wsgi_app), f"/v1/{MOUNT}/data/1", {"X-Vault-Token": bridged.token}
+
+    def broken(*_a: object, **_k: object) -> str:
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(bridged.app.json, "dumps", broken)
+    r = client.get(path, headers=headers)
+    assert r.headers.get("X-Kmsb-Dropped") == "1" and r.get_data() == b""
+    monkeypatch.undo()
+    monkeypatch.setattr(fast._mounts, "get", broken)  # routing fails: Flask serves it, and maps the failure
+    r = client.get(path, headers=headers)
+    assert r.headers.get("X-Kmsb-Dropped") == "1" and r.get_data() == b""
