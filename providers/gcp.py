@@ -73,6 +73,7 @@ from providers.base import (
     ProviderUnsupported,
     WrapForImport,
     connection_refused,
+    map_bounded,
 )
 
 T = TypeVar("T")
@@ -616,6 +617,14 @@ class GcpProvider(Provider):
             out += resp.data
         return bytes(out[:n])
 
+    def _has_enabled_version(self, key_name: str) -> bool:
+        try:
+            versions = self._client.list_crypto_key_versions(request={"parent": key_name}, retry=self._retry,
+                                                             timeout=self.timeout)
+            return any(v.state == State.ENABLED for v in versions)
+        except Exception as err:  # noqa: BLE001 - mapped
+            raise _map_error(err) from None
+
     def inventory(self) -> Iterable[InventoryItem]:
         self._ensure_ring()
         try:
@@ -630,9 +639,14 @@ class GcpProvider(Provider):
                     by_alg[self._algorithm(spec_, usage_)[1]] = (spec_, usage_)
                 except ProviderUnsupported:
                     continue  # a spec Cloud KMS has no algorithm for (e.g. ECC_NIST_P521) is never in its inventory
+        # a key without a primary version is enabled when one of its versions is: asymmetric keys never have a
+        # primary, and an import-only key a crash left between its create and its import has no version at all
+        # (no material; reading it as enabled reported it as a live key forever, since Cloud KMS deletes no key)
+        no_primary = [key.name for key in keys if not key.primary.name]
+        live = dict(zip(no_primary, map_bounded(self._has_enabled_version, no_primary), strict=True))
         for key in keys:
             spec, usage = by_alg.get(key.version_template.algorithm.name, (None, None))
-            enabled = key.primary.state == State.ENABLED if key.primary.name else True
+            enabled = key.primary.state == State.ENABLED if key.primary.name else live[key.name]
             yield InventoryItem(key_id=key.name, spec=spec, usage=usage, enabled=enabled, created_at=key.create_time,
                                 description=dict(key.labels).get("kms-broker-label", ""), tags=dict(key.labels),
                                 label=dict(key.labels).get("kms-broker-label") or None)

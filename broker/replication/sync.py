@@ -113,6 +113,8 @@ class Report:
 # drift that keeps an apply from being "converged" (unmanaged cloud keys, keys left by an un-pruned manifest and keys
 # tagged into the scope by someone else are reported, but they are not the manifest's to fix)
 DRIFT_LEFT = {"missing-in-cloud", "changed-outside", "duplicate", "replica-behind"}
+# an update's changes that set the key's state in the cloud as well as in the catalog
+_STATE_CHANGES = frozenset({"enable", "disable", "cancel-deletion"})
 
 
 class RateLimit:
@@ -529,6 +531,13 @@ class _Run:
         if not inventory:
             return
         ours = {k.key_id: (entry, k) for (entry, _), ks in catalog.items() for k in ks}
+        # keys an action of this plan moves to another state: EnableKey/DisableKey/ScheduleKeyDeletion set the cloud
+        # first, then the catalog, so their action settles the cloud too. A mirror beside it would race it on the
+        # same key (both run in one apply, the mirror writing the state it read before the change: a disable the
+        # resumed run finished was undone in the cloud). A kill inside DisableKey leaves exactly that shape: the
+        # cloud key disabled, the catalog key still enabled, the manifest wanting it disabled.
+        restated = {a.key_id for a in report.actions
+                    if a.kind == "delete" or a.kind == "update" and _STATE_CHANGES.intersection(a.changes)}
         labels = {i.label.lower() for items in inventory.values() for i in items if i.label}
         known = self.keys.known_key_ids(self.call, sorted(labels))
         for provider, items in inventory.items():
@@ -557,8 +566,9 @@ class _Run:
                     report.drift.append(Drift("changed-outside", provider, f"{'disabled' if enabled else 'enabled'} "
                                               "in the cloud, not in the broker", key_id=key_id, entry=entry,
                                               cloud_key=found[0].key_id, fixable=True))
-                    report.actions.append(Action("fix-drift", entry, key.tags.get(TARGET_TAG, ""), provider, key_id,
-                                                 ["enable" if enabled else "disable"]))
+                    if key_id not in restated:
+                        report.actions.append(Action("fix-drift", entry, key.tags.get(TARGET_TAG, ""), provider,
+                                                     key_id, ["enable" if enabled else "disable"]))
 
     # ------------------------------------------------------------------------------------------ apply
 

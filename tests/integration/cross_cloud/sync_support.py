@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -63,7 +64,8 @@ def _report(mode: str, code: int, stdout: str, stderr: str) -> dict:
         raise AssertionError(f"sync {mode} printed no JSON (exit {code}):\n{stdout}\n{stderr}") from None
 
 
-def _child(args: list[str], env: dict[str, str] | None, out: str, err: str) -> None:
+def _child(args: list[str], env: dict[str, str] | None, out: str, err: str,
+           setup: Callable[[], None] | None = None) -> None:
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
@@ -76,6 +78,8 @@ def _child(args: list[str], env: dict[str, str] | None, out: str, err: str) -> N
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True)
     from broker.cli import main
 
+    if setup is not None:
+        setup()
     try:
         main(args, standalone_mode=True)
     except SystemExit as exc:
@@ -85,8 +89,9 @@ def _child(args: list[str], env: dict[str, str] | None, out: str, err: str) -> N
     os._exit(0)
 
 
-def _fork(args: list[str], env: dict[str, str] | None, out: Path, err: Path) -> multiprocessing.Process:
-    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, env, str(out), str(err)))
+def _fork(args: list[str], env: dict[str, str] | None, out: Path, err: Path,
+          setup: Callable[[], None] | None = None) -> multiprocessing.Process:
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(args, env, str(out), str(err), setup))
     proc.start()
     return proc
 
@@ -104,6 +109,8 @@ def preload() -> None:
     import providers.pkcs11  # noqa: F401
 
 
-def start_forked_apply(world: World, data_dir: Path, manifest: Path) -> multiprocessing.Process:
+def start_forked_apply(world: World, data_dir: Path, manifest: Path, *,
+                       setup: Callable[[], None] | None = None) -> multiprocessing.Process:
+    """`sync apply` in a forked child; `setup` runs in the child first (e.g. a fault that kills it at one point)."""
     args = ["sync", "apply", str(manifest), "--data-dir", str(data_dir), "--output", "json"]
-    return _fork(args, sync_env(world), data_dir.parent / ".killed.out", data_dir.parent / ".killed.err")
+    return _fork(args, sync_env(world), data_dir.parent / ".killed.out", data_dir.parent / ".killed.err", setup)
