@@ -10,13 +10,13 @@ from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import HTTPException
 
 from broker import errors
+from broker.api.answers import as_broker_error, audited_refusal
+from broker.api.fast_path import FastAws, FastCrypto
 from broker.api.limits import MAX_BODY_BYTES, TOO_LARGE, request_id
 from broker.audit.setup import build_audit_log
-from broker.auth import Principal
-from broker.gate import dependency_error
+from broker.auth import ANONYMOUS, Principal
 from broker.jobs import Job, JobRunner, holder_id, start_loop
 from broker.policy import PolicyEngine
-from broker.policy.document import KMS_ACTIONS
 from broker.service import KeyService, RequestContext
 from broker.services import Services
 from broker.settings import Settings
@@ -26,7 +26,6 @@ from broker.store.policies import PolicyRepository
 from providers.registry import build_provider, root_of_trust
 
 log = logging.getLogger("kms_broker")
-ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())
 SYSTEM = Principal(name="broker-jobs", auth_method="internal", policies=("root",))
 _HTTP_CODES = {404: "UnknownOperationException", 405: "UnsupportedOperationException",
                413: "ValidationException", 415: "ValidationException"}
@@ -88,7 +87,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
     def refuse(exc: errors.BrokerError):
         if not (request.blueprint == "native" and (request.endpoint or "").split(".")[-1] in public):
-            exc = audit_refusal(service, exc)
+            exc = audit_refusal(exc)
         return exc.to_dict(getattr(g, "request_id", "")), exc.status
 
     @app.errorhandler(errors.BrokerError)
@@ -106,13 +105,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        mapped = dependency_error(exc)  # outside an operation (e.g. the token lookup): retryable, as inside one
-        if mapped is not None:
-            log.warning("store unavailable in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__)
-            return refuse(mapped)
-        log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__,
-                  exc_info=exc)
-        return refuse(errors.BrokerError("internal error"))
+        return refuse(as_broker_error(exc, getattr(g, "request_id", "?")))
 
     aws.init_app(app, service, settings)  # blueprint "aws" (POST /, SigV4) + kms_authenticators["aws"]
     app.register_blueprint(bp)
@@ -120,28 +113,22 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
         from broker.console.web import init_app as init_console
 
         init_console(app, settings.console, settings.data_dir)  # the management console under /ui
+    # the hot crypto routes without Flask's request cycle (same handlers, gate, answers; anything else: Flask)
+    app.wsgi_app = FastAws(app, services.identity,  # type: ignore[method-assign]
+                           FastCrypto(app, services, services.identity.authenticate_token))
     if run_jobs:
         start_jobs(services, settings)
     return app
 
 
-def audit_refusal(service: KeyService, exc: errors.BrokerError) -> errors.BrokerError:
+def audit_refusal(exc: errors.BrokerError) -> errors.BrokerError:
     """Audit a request refused before it reached an operation; returns the error to answer with.
 
     Every front door's error handler calls this, so rejected requests (bad credentials, malformed bodies, unknown
     operations) are audited too. If the audit record cannot be written, the answer becomes 503 (fail closed).
     """
-    ctx: RequestContext | None = getattr(g, "ctx", None)
-    if ctx is None or ctx.audited:
-        return exc
-    operation = getattr(g, "operation", (request.endpoint or "unknown").split(".")[-1])
-    action = operation if ":" in operation else ("kms:" if f"kms:{operation}" in KMS_ACTIONS else "broker:") + operation
-    denied = isinstance(exc, errors.Unauthenticated | errors.AccessDenied)
-    try:
-        current_app.extensions["kms"].refused(ctx, action, exc.code, denied)
-    except errors.NotReady as audit_failure:
-        return audit_failure
-    return exc
+    operation = g.operation if "operation" in g else (request.endpoint or "unknown").split(".")[-1]
+    return audited_refusal(current_app.extensions["kms"], getattr(g, "ctx", None), operation, exc)
 
 
 def cluster_jobs(services: Services, period: float) -> list[Job]:

@@ -45,6 +45,7 @@ from broker.audit import AuditLog
 from broker.auth import Principal
 from broker.model import InvalidTransition, Key
 from broker.policy import Decision, PolicyDocument, PolicyEngine
+from broker.policy.document import KMS_ACTIONS
 from broker.store import unavailable as store_unavailable
 from providers import base as pb
 
@@ -503,6 +504,12 @@ class Gate:
     def audit_rejected(self, ctx: RequestContext, action: str, code: str, denied: bool) -> None:
         """Audit a request a front door refused before it reached an operation (bad token, bad body, …)."""
         self._write(ctx, AuditEntry(action), "denied" if denied else "error", code, 0.0)
+
+
+def action_of(operation: str) -> str:
+    """The audited action of a front door's operation name ("Encrypt" -> "kms:Encrypt", "CreateToken" ->
+    "broker:CreateToken"), for a request refused before it reached an operation."""
+    return operation if ":" in operation else ("kms:" if f"kms:{operation}" in KMS_ACTIONS else "broker:") + operation
 
 
 def dependency_error(exc: BaseException) -> errors.BrokerError | None:

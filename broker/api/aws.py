@@ -103,12 +103,19 @@ def init_app(app: Flask, service: KeyService, settings: Any) -> None:
 
 
 def _authenticate(identity: IdentityService, req: Request) -> Principal:
+    return authenticate(identity, req.method, req.path, req.query_string.decode("latin-1"), req.headers,
+                        read_body(req))
+
+
+def authenticate(identity: IdentityService, method: str, path: str, query: str, headers: Any,
+                 body: bytes) -> Principal:
+    """The SigV4 principal of a request (in an app context whose `g.ctx` is the request's context); names the
+    operation for the audit of a refusal first."""
     g.ctx.front_door = "aws"
-    target = req.headers.get("X-Amz-Target", "")
+    target = headers.get("X-Amz-Target", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
     g.operation = name if name.isalnum() and name else "UnknownOperation"
-    body = read_body(req)
-    verified = identity.verify_sigv4(req.method, req.path, req.query_string.decode("latin-1"), req.headers, body)
+    verified = identity.verify_sigv4(method, path, query, headers, body)
     g.aws_region = verified.region
     return verified.principal
 
@@ -120,15 +127,42 @@ def _request_id(response: Response) -> Response:
 
 
 def _answer(data: dict[str, Any], status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status=status, content_type=_JSON)
+    return Response(encode(data), status=status, content_type=_JSON)
+
+
+def encode(data: dict[str, Any]) -> bytes:
+    """An AWS JSON 1.1 answer's body."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def refusal(exc: errors.BrokerError) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+    """A refused request's (status, body, extra headers) in AWS's shape, audited if no operation recorded it."""
+    from broker.app import audit_refusal
+
+    exc = audit_refusal(exc)
+    return _AWS_STATUS.get(exc.code, exc.status), {"__type": exc.code, "message": exc.message}, \
+        [("x-amzn-ErrorType", exc.code)]
+
+
+def as_aws_error(exc: Exception) -> errors.BrokerError:
+    """Any failure as an AWS error: the store out of reach is retryable, anything else unexpected an internal error
+    (logged with its traceback, never answered with it)."""
+    if isinstance(exc, errors.BrokerError):
+        return exc
+    from broker.gate import dependency_error
+
+    mapped = dependency_error(exc)  # outside an operation (SigV4 credential lookup): 503, retryable
+    if mapped is not None:
+        return mapped
+    log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__, exc_info=exc)
+    return _error("Internal", "KMSInternalException", 500)("internal error")
 
 
 def _refuse(exc: errors.BrokerError) -> Response:
-    from broker.app import audit_refusal
-
-    exc = audit_refusal(current_app.extensions["kms_service"], exc)
-    response = _answer({"__type": exc.code, "message": exc.message}, _AWS_STATUS.get(exc.code, exc.status))
-    response.headers["x-amzn-ErrorType"] = exc.code
+    status, body, headers = refusal(exc)
+    response = _answer(body, status)
+    for name, value in headers:
+        response.headers[name] = value
     return response
 
 
@@ -145,29 +179,28 @@ def _http_error(exc: HTTPException) -> Response:
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
-    from broker.gate import dependency_error
-
-    mapped = dependency_error(exc)  # outside an operation (SigV4 credential lookup): 503, retryable
-    if mapped is not None:
-        return _refuse(mapped)
-    log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__, exc_info=exc)
-    return _refuse(_error("Internal", "KMSInternalException", 500)("internal error"))
+    return _refuse(as_aws_error(exc))
 
 
 @bp.post("/", provide_automatic_options=False)
 def dispatch() -> Response:
-    target = request.headers.get("X-Amz-Target", "")
+    return _answer(run(request.headers.get("X-Amz-Target", ""), request.headers.get("Content-Type"),
+                       read_body(request), g.ctx))
+
+
+def run(target: str, content_type: str | None, raw: bytes, ctx: RequestContext) -> dict[str, Any]:
+    """One AWS operation of an authenticated request (in an app context whose `g` holds the request's context):
+    its answer, or the error to refuse it with."""
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else None
     handler = OPERATIONS.get(name or "")
     if handler is None and name in NOT_SUPPORTED:
         raise errors.Unsupported(f"{name} is not supported by the broker: {NOT_SUPPORTED[name]}")
     if handler is None:
         raise UnknownOperation(f"unknown operation {target!r}" if target else "missing X-Amz-Target")
-    content_type = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    if content_type not in CONTENT_TYPES:
+    if (content_type or "").split(";")[0].strip().lower() not in CONTENT_TYPES:
         raise Serialization(f"Content-Type must be {_JSON}")
     try:
-        data = load_json(read_body(request), empty={})
+        data = load_json(raw, empty={})
     except BadJson as exc:
         raise Serialization(exc.message) from None
     if not isinstance(data, dict):
@@ -177,11 +210,11 @@ def dispatch() -> Response:
     body = Body(data, name)
     if body.bool("DryRun"):
         raise errors.Unsupported("DryRun is not supported by the broker")
-    answer = handler(current_app.extensions["kms_service"], g.ctx, body)
-    if not g.ctx.audited:  # every operation passes an audited gate operation; answering without one is a bug
+    answer = handler(current_app.extensions["kms_service"], ctx, body)
+    if not ctx.audited:  # every operation passes an audited gate operation; answering without one is a bug
         log.error("AWS operation %s returned without an audited operation", name)
         raise _error("Unaudited", "KMSInternalException", 500)(f"internal error: {name} was not audited")
-    return _answer(answer)
+    return answer
 
 
 # ============================================================================================== request shape

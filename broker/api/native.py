@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
@@ -41,6 +41,7 @@ class RouteDoc:
     query: type[BaseModel] | None = None
     audited: bool = True  # False only for the probes that touch no resource (health, readiness, this document)
     media_type: str = "application/json"  # of a success (errors are always the JSON error model)
+    handler: Callable | None = field(default=None, compare=False, repr=False)  # fn(svc, ctx, [body], **path)
 
 
 ROUTES: list[RouteDoc] = []
@@ -50,13 +51,14 @@ class Unaudited(errors.BrokerError):
     """A route answered without an audited gate operation: a bug in the broker, never sent as a success."""
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A route's result as JSON values: bytes as base64 text."""
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
 
 
@@ -106,12 +108,12 @@ def op(rule: str, method: str, operation: str, summary: str, body: type[BaseMode
             code = status
             if isinstance(result, tuple):
                 result, code = result
-            return _jsonable(result if result is not None else {}), code
+            return jsonable(result if result is not None else {}), code
 
         view.route_doc = doc  # type: ignore[attr-defined]
         # no automatic OPTIONS: it would answer (unaudited) for every route; OPTIONS is a 405 naming the methods
         bp.add_url_rule(rule, operation, view, methods=[method], provide_automatic_options=False)
-        ROUTES.append(doc)
+        ROUTES.append(replace(doc, handler=fn))
         return fn
     return register
 

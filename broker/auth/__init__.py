@@ -25,6 +25,9 @@ class Principal:
         return "root" in self.policies
 
 
+ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())  # a request before it is authenticated
+
+
 def hash_token(token: str) -> str:
     """Tokens are high-entropy random strings: SHA-256 is the right hash for storing them (no stretching needed)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -33,4 +36,4 @@ def hash_token(token: str) -> str:
 # The token method lives in broker.auth.tokens; re-exported here (create_app and `init` import it from broker.auth).
 from broker.auth.tokens import TokenAuth, TokenInfo  # noqa: E402
 
-__all__ = ["TOKEN_PREFIX", "Principal", "TokenAuth", "TokenInfo", "hash_token"]
+__all__ = ["ANONYMOUS", "TOKEN_PREFIX", "Principal", "TokenAuth", "TokenInfo", "hash_token"]

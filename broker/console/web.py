@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from broker import errors
-from broker.auth import Principal
+from broker.auth import ANONYMOUS, Principal
 from broker.console import i18n, identity
 from broker.console.config import ConsoleSettings
 from broker.console.sessions import Session, SessionStore
@@ -29,7 +29,6 @@ bp = Blueprint("console", __name__, url_prefix="/ui", template_folder="templates
                static_url_path="/static")
 COOKIE = "kmsb_console"
 LOGIN_COOKIE = "kmsb_login"
-ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())
 PUBLIC = {"console.login", "console.login_token", "console.login_ldap", "console.login_approle",
           "console.oidc_start", "console.oidc_callback", "console.static"}
 NAV: list[tuple[str, str]] = []  # (endpoint, string key) of each section; page modules add theirs
@@ -203,7 +202,7 @@ def safe_next(target: str | None) -> str:
 def _error_page(exc: errors.BrokerError) -> tuple[str, int]:
     from broker.app import audit_refusal
 
-    exc = audit_refusal(current_app.extensions["kms_service"], exc) if hasattr(g, "ctx") else exc
+    exc = audit_refusal(exc) if hasattr(g, "ctx") else exc
     if exc.status == 401 and request.method == "GET":
         return redirect(url_for("console.login")), 302  # type: ignore[return-value]
     return page("error.html", exc.status, error=exc, title=tr("error.title"))
@@ -216,7 +215,7 @@ def _broker_error(exc: errors.BrokerError):
         g.on_error = None
         try:
             from broker.app import audit_refusal
-            exc = audit_refusal(current_app.extensions["kms_service"], exc)
+            exc = audit_refusal(exc)
             return handler(exc)
         except errors.BrokerError:
             pass  # the form's page itself is refused (e.g. the key is gone): the error page says why
