@@ -2,7 +2,7 @@
 # Install everything kms-broker needs on a Debian machine, idempotently.
 #   scripts/bootstrap.sh          runtime: SoftHSM2 + the Python package
 #   scripts/bootstrap.sh --test   also the test servers (PostgreSQL, MariaDB + hashicorp plugin, slapd, HAProxy in
-#                                 front of the cluster tests' broker nodes), Debian's
+#                                 front of the cluster tests' broker nodes), wrk for the HTTP benchmarks, Debian's
 #                                 Chromium for the console's browser tests (Playwright drives /usr/bin/chromium: its
 #                                 own browser download is not used) and the test extras
 set -euo pipefail
@@ -17,7 +17,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 apt_pkgs=(softhsm2 opensc)
 if [ "$want_test" = 1 ]; then
   apt_pkgs+=(postgresql mariadb-server mariadb-client mariadb-plugin-hashicorp-key-management slapd ldap-utils chromium
-            haproxy)
+            haproxy wrk)
 fi
 
 missing=()

@@ -1,0 +1,48 @@
+"""The hot-path benchmarks run (briefly) in the suite, so a change to the code they drive cannot leave them broken:
+bench/http_bench.py (every row but LocalStack's, whose stack start is the slow part), bench/hotpath_profile.py and
+bench/envelope_bench.py."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_the_http_bench_runs_and_prints_every_row_and_target() -> None:
+    out = _run(str(BENCH / "http_bench.py"), "--only", "native,aws,keyring", "--connections", "2", "--duration", "1",
+               "--sequential", "20")
+    for row in ("no-op: bare Flask JSON (API listener)", "native Encrypt 64 B + context", "native Decrypt",
+                "native GenerateDataKey AES_256", "AWS Encrypt (SigV4)", "AWS Decrypt (SigV4)",
+                "AWS GenerateDataKey (SigV4)", "no-op: bare Flask JSON (keyring listener)",
+                "keyring GET /v1/kv/bench/data/1", "keyring GET data/1, new conn/request", "targets (issue 14):"):
+        assert row in out, row
+    rows = [line for line in out.splitlines() if line.startswith(("native ", "AWS ", "keyring GET /v1"))]
+    assert len(rows) == 7, out
+    for line in rows:  # conns, req/s, p50, p99, errors, CPU s/1k
+        numbers = re.search(r"\s(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+(\d+)\s+[\d.]+", line)
+        assert numbers is not None, line
+        assert float(numbers.group(2)) > 0 and numbers.group(3) == "0", line
+    assert out.count(" met ") + out.count("NOT met") >= 10
+
+
+def test_the_hotpath_profile_runs_with_its_steps() -> None:
+    out = _run(str(BENCH / "hotpath_profile.py"), "--requests", "30", "--only", "noop,encrypt,aws,keyring",
+               "--steps", "encrypt")
+    for row in ("noop", "encrypt", "aws", "keyring", "gate: Gate.run", "audit record (Gate._write)", "fsync"):
+        assert row in out, row
+
+
+def test_the_envelope_bench_runs() -> None:
+    out = _run(str(BENCH / "envelope_bench.py"), "--seconds", "0.2", "--stream-mib", "8")
+    assert "raw AES-256-GCM" in out or "raw AES-GCM" in out, out
+    assert "GiB/s" in out and "200,000" in out, out
