@@ -1,7 +1,7 @@
 """The hot path over HTTP (issue 14): every row beside its baseline measured in the same run, and the targets.
 
-    python bench/http_bench.py [--connections 16,64] [--duration 10] [--rounds 1] [--workers 2] [--threads 8]
-                               [--no-localstack] [--only native,aws,keyring,localstack]
+    python bench/http_bench.py [--connections 16,64] [--duration 10] [--rounds 1] [--warmup 2] [--workers 2]
+                               [--threads 8] [--no-localstack] [--only native,aws,keyring,localstack]
 
 Starts, on free loopback ports, in one temporary folder:
 * the baselines: a bare Flask JSON no-op (bench/noop_server.py) under the API listener's gunicorn options, and
@@ -10,7 +10,8 @@ Starts, on free loopback ports, in one temporary folder:
   evaluated on every call, durable hash-chained audit: fsync'd before each answer);
 * LocalStack's KMS through `kms-broker stack up --only aws` (unless --no-localstack).
 
-Every row is driven by the same `wrk` (2 threads, keep-alive), at each connection count. Rows: the no-op; native
+Every row is driven by the same `wrk` (2 threads, keep-alive), at each connection count, after an unmeasured
+warm-up of every row (--warmup seconds at the highest connection count). Rows: the no-op; native
 Encrypt, Decrypt, GenerateDataKey (an app token whose policy allows them on the key); the same three through the
 AWS front door (SigV4, signed by botocore right before each run); LocalStack's Encrypt; the keyring bridge's
 `GET /v1/<mount>/data/<id>` beside the bridge listener's no-op; and one client reading the keyring key with a new
@@ -224,6 +225,7 @@ def main() -> None:
     parser.add_argument("--connections", default="16,64", help="comma-separated connection counts")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved runs of every row (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load on every row first")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--sequential", type=int, default=2000, help="keyring reads by one client (p99)")
@@ -305,6 +307,9 @@ def main() -> None:
                     Case(f"keyring GET /v1/{MOUNT}/data/1", "keyring", f"{vault}/v1/{MOUNT}/data/1", "GET",
                          fixed("kr-read", "GET", kr_headers, None), broker_tree, kr_noop_label, 0.6),
                 ]
+            for case in cases:  # warm-up, not measured: each worker thread's first requests open its HSM session,
+                # its store connection and its caches (seen as ~1 s p99 outliers in the first row measured)
+                run_wrk(wrk, case.url, case.script(folder), max(conn_counts), args.warmup)
             for conns in conn_counts:
                 for _ in range(args.rounds):
                     for case in cases:

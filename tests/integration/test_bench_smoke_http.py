@@ -20,7 +20,7 @@ def _run(*args: str) -> str:
 
 def test_the_http_bench_runs_and_prints_every_row_and_target() -> None:
     out = _run(str(BENCH / "http_bench.py"), "--only", "native,aws,keyring", "--connections", "2", "--duration", "1",
-               "--sequential", "20")
+               "--warmup", "1", "--sequential", "20")
     for row in ("no-op: bare Flask JSON (API listener)", "native Encrypt 64 B + context", "native Decrypt",
                 "native GenerateDataKey AES_256", "AWS Encrypt (SigV4)", "AWS Decrypt (SigV4)",
                 "AWS GenerateDataKey (SigV4)", "no-op: bare Flask JSON (keyring listener)",
