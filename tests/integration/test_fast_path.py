@@ -23,7 +23,9 @@ RANDOM = {"CiphertextBlob", "Plaintext"}  # fresh for each call of Encrypt / Gen
 AUDITED = ("action", "outcome", "error_code", "principal", "auth_method", "key_id", "key_version", "provider",
            "encryption_context", "front_door", "source_ip")
 
-_CHILD = textwrap.dedent("""
+_PRELUDE = textwrap.dedent("""
+    # One broker app over a fresh data folder; `both` sends a request through its WSGI entry (the fast paths in
+    # front) or straight to Flask; `flask_calls` counts the requests the fast paths handed to Flask.
     import base64, json, subprocess, sys, tempfile
     from pathlib import Path
     from werkzeug.test import Client
@@ -45,6 +47,9 @@ _CHILD = textwrap.dedent("""
     both = {"fast": Client(front), "flask": Client(real_flask)}
     admin = {"X-KMSB-Token": root}
     setup = app.test_client()
+""")
+
+_CHILD = _PRELUDE + textwrap.dedent("""
     key = setup.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
     off = setup.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
     setup.post(f"/v1/keys/{off}/disable", headers=admin)
@@ -114,31 +119,10 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-_AWS_CHILD = textwrap.dedent("""
-    import base64, json, subprocess, sys, tempfile
-    from pathlib import Path
+_AWS_CHILD = _PRELUDE + textwrap.dedent("""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
-    from werkzeug.test import Client
-    folder = Path(tempfile.mkdtemp()) / "data"
-    out = subprocess.run([sys.executable, "-m", "broker.cli", "init", "--data-dir", str(folder), "--output", "json"],
-                         check=True, capture_output=True, text=True)
-    root = json.loads(out.stdout)["root_token"]
-    from broker.app import create_app
-    from broker.settings import load_settings
-    app = create_app(load_settings(folder))
-    front = app.wsgi_app
-    native = front.following
-    real_flask = native.flask
-    flask_calls = []
-    def counting(environ, start_response):
-        flask_calls.append(1)
-        return real_flask(environ, start_response)
-    native.flask = counting
-    both = {"fast": Client(front), "flask": Client(real_flask)}
-    admin = {"X-KMSB-Token": root}
-    setup = app.test_client()
     key = setup.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
     off = setup.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
     other = setup.post("/v1/keys", json={}, headers=admin).get_json()["KeyMetadata"]["KeyId"]
