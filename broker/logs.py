@@ -10,10 +10,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 FORMATS = ("text", "json")
+# The request a line is written in, for requests served without Flask's request cycle (the hot-path fast paths).
+_REQUEST_ID: ContextVar[str] = ContextVar("kmsb_request_id", default="")
+
+
+@contextmanager
+def request_scope(request_id: str) -> Iterator[None]:
+    """Log lines written inside carry `request_id` (what Flask's `g.request_id` gives the other requests)."""
+    token = _REQUEST_ID.set(request_id)
+    try:
+        yield
+    finally:
+        _REQUEST_ID.reset(token)
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,6 +49,9 @@ class JsonFormatter(logging.Formatter):
 
 
 def _request_id() -> str:
+    bound = _REQUEST_ID.get()
+    if bound:
+        return bound
     try:
         from flask import g, has_request_context
     except ImportError:  # pragma: no cover - flask is a dependency

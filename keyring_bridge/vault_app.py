@@ -45,6 +45,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 
 from broker import errors
 from broker.gate import dependency_error
+from broker.logs import request_scope
 from broker.service import KeyService, RequestContext
 from broker.services import Services
 from broker.settings import Settings
@@ -592,16 +593,17 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         request_id = str(uuid.uuid4())
         c = RequestContext(ANONYMOUS, request_id=request_id, source_ip=environ.get("REMOTE_ADDR") or "",
                            front_door=FRONT_DOOR)
-        try:
-            c.principal = keyring.authenticate(request_token(environ.get("HTTP_X_VAULT_TOKEN"),
-                                                             environ.get("HTTP_AUTHORIZATION")))
-            secret = keyring.read(c, mount, entry_id, parse_version(query[len("version="):] if query else None))
-            return _read_body(secret, request_id), 200
-        except Exception as exc:  # noqa: BLE001 - every failure is answered by the views' one mapping
-            body, status, drop = failure(exc, c, "keyring:Read", "GET", request_id)
-            if drop:
-                environ[DROP] = True
-            return body, status
+        with request_scope(request_id):  # its log lines carry the id its audit record has
+            try:
+                c.principal = keyring.authenticate(request_token(environ.get("HTTP_X_VAULT_TOKEN"),
+                                                                 environ.get("HTTP_AUTHORIZATION")))
+                secret = keyring.read(c, mount, entry_id, parse_version(query[len("version="):] if query else None))
+                return _read_body(secret, request_id), 200
+            except Exception as exc:  # noqa: BLE001 - every failure is answered by the views' one mapping
+                body, status, drop = failure(exc, c, "keyring:Read", "GET", request_id)
+                if drop:
+                    environ[DROP] = True
+                return body, status
 
     # First path segments of the other routes: a path under one of them is never a key read.
     others = {r.rule.split("/")[2] for r in app.url_map.iter_rules() if r.endpoint != "kv" and

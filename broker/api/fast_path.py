@@ -30,6 +30,7 @@ from broker.api.answers import as_broker_error, audited_refusal
 from broker.api.limits import MAX_BODY_BYTES, load_json, request_id
 from broker.api.native import ROUTES, RouteDoc, Unaudited, jsonable
 from broker.auth import ANONYMOUS, Principal
+from broker.logs import request_scope
 from broker.service import RequestContext
 
 log = logging.getLogger("kms_broker.api")
@@ -112,6 +113,11 @@ class FastCrypto:
             return None
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         ctx = RequestContext(principal, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
+        with request_scope(rid):  # log lines carry the request id, as in a Flask request
+            return self._call(doc, ctx, body, path, rid)
+
+    def _call(self, doc: RouteDoc, ctx: RequestContext, body: Any, path: dict[str, str],
+              rid: str) -> tuple[int, bytes, str]:
         try:
             result = doc.handler(self._app.extensions["kms_service"], ctx, body, **path)  # type: ignore[misc]
             if not ctx.audited:
@@ -144,8 +150,9 @@ class FastAws:
         raw = FastCrypto._body(environ)
         if raw is None:
             return self.following(environ, start_response)
-        with self._app.app_context():
-            answer = self._serve(environ, target, raw)
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        with self._app.app_context(), request_scope(rid):  # log lines carry the request id, as in a Flask request
+            answer = self._serve(environ, target, raw, rid)
         if answer is None:
             return self.following(environ, start_response)
         status, data, headers = answer
@@ -153,9 +160,9 @@ class FastAws:
                        [("Content-Type", aws.CONTENT_TYPES[0]), ("Content-Length", str(len(data))), *headers])
         return [data]
 
-    def _serve(self, environ: dict[str, Any], target: str,
-               raw: bytes) -> tuple[int, bytes, list[tuple[str, str]]] | None:
-        rid = g.request_id = request_id(environ.get("HTTP_X_REQUEST_ID"))
+    def _serve(self, environ: dict[str, Any], target: str, raw: bytes,
+               rid: str) -> tuple[int, bytes, list[tuple[str, str]]] | None:
+        g.request_id = rid
         ctx = g.ctx = RequestContext(ANONYMOUS, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
         try:
             ctx.principal = aws.authenticate(self._identity, "POST", "/", "", EnvironHeaders(environ), raw)

@@ -264,3 +264,16 @@ def test_successes_and_refusals_are_what_the_api_answers(report: dict) -> None:
     assert codes["deep JSON"] == "ValidationException"
     assert codes["too large"] == "ValidationException"
     assert codes["plaintext too long"] == "ValidationException"
+
+
+def test_log_lines_of_a_request_served_without_flask_carry_its_request_id() -> None:
+    import logging
+
+    from broker.logs import JsonFormatter, request_scope
+
+    record = logging.LogRecord("kms_broker.api", logging.ERROR, __file__, 1, "route %s failed", ("Encrypt",), None)
+    with request_scope("req-fast-1"):
+        inside = json.loads(JsonFormatter().format(record))
+    outside = json.loads(JsonFormatter().format(record))
+    assert inside["request_id"] == "req-fast-1" and inside["message"] == "route Encrypt failed"
+    assert "request_id" not in outside
