@@ -44,5 +44,9 @@ def test_the_hotpath_profile_runs_with_its_steps() -> None:
 
 def test_the_envelope_bench_runs() -> None:
     out = _run(str(BENCH / "envelope_bench.py"), "--seconds", "0.2", "--stream-mib", "8")
-    assert "raw AES-256-GCM" in out or "raw AES-GCM" in out, out
-    assert "GiB/s" in out and "200,000" in out, out
+    for row in ("raw AES-256-GCM, 4 KiB (baseline)", "envelope encrypt 4 KiB, cached data key",
+                "envelope decrypt 4 KiB, cached data key", "envelope encrypt 4 KiB, no cache",
+                "raw AES-256-GCM, 1 MiB frames", "envelope encrypt stream", "envelope decrypt stream"):
+        assert row in out, row
+    targets = [line for line in out.splitlines() if "met" in line]  # "met" or "NOT met (>= ...)", load decides
+    assert len(targets) == 2 and "GiB/s" in out, out
