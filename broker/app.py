@@ -14,7 +14,7 @@ from broker.api.answers import as_broker_error, audited_refusal
 from broker.api.fast_path import FastAws, FastCrypto
 from broker.api.limits import MAX_BODY_BYTES, TOO_LARGE, request_id
 from broker.audit.setup import build_audit_log
-from broker.auth import ANONYMOUS, Principal
+from broker.auth import ANONYMOUS, Principal, presented_token
 from broker.jobs import Job, JobRunner, holder_id, start_loop
 from broker.policy import PolicyEngine
 from broker.service import KeyService, RequestContext
@@ -67,9 +67,8 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
     authenticators: dict[str, Callable[[Request], Principal]] = app.extensions.setdefault("kms_authenticators", {})
 
     def token_principal(req: Request) -> Principal:
-        header = req.headers.get("Authorization", "")
-        token = req.headers.get("X-KMSB-Token") or (header[7:] if header.startswith("Bearer ") else None)
-        return services.identity.authenticate_token(token)
+        return services.identity.authenticate_token(presented_token(req.headers.get("X-KMSB-Token"),
+                                                                    req.headers.get("Authorization")))
 
     @app.before_request
     def authenticate() -> None:
@@ -114,8 +113,7 @@ def create_app(settings: Settings, *, run_jobs: bool = False, service: KeyServic
 
         init_console(app, settings.console, settings.data_dir)  # the management console under /ui
     # the hot crypto routes without Flask's request cycle (same handlers, gate, answers; anything else: Flask)
-    app.wsgi_app = FastAws(app, services.identity,  # type: ignore[method-assign]
-                           FastCrypto(app, services, services.identity.authenticate_token))
+    app.wsgi_app = FastAws(app, services.identity, FastCrypto(app, services))  # type: ignore[method-assign]
     if run_jobs:
         start_jobs(services, settings)
     return app

@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from broker import errors
+from broker.auth import presented_token
 from broker.gate import dependency_error
 from broker.logs import request_scope
 from broker.service import KeyService, RequestContext
@@ -210,12 +211,6 @@ def _token_data(info: Any, token: str) -> dict[str, Any]:
             "renewable": info.renewable, "ttl": max(0, int(left)) if left != float("inf") else 0, "type": "service"}
 
 
-def request_token(vault_token: str | None, authorization: str | None) -> str | None:
-    """The caller's broker token: `X-Vault-Token`, else `Authorization: Bearer <token>`."""
-    header = authorization or ""
-    return vault_token or (header[7:] if header.startswith("Bearer ") else None)
-
-
 def parse_version(raw: str | None) -> int | None:
     """`?version=N` of a KV v2 read: absent, empty or 0 is the latest; otherwise digits (ValidationError)."""
     if raw in (None, "", "0"):
@@ -304,7 +299,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
 
     def ctx() -> RequestContext:
         if g.ctx.principal.auth_method == "none":
-            g.ctx.principal = keyring.authenticate(request_token(request.headers.get("X-Vault-Token"),
+            g.ctx.principal = keyring.authenticate(presented_token(request.headers.get("X-Vault-Token"),
                                                                  request.headers.get("Authorization")))
         return g.ctx
 
@@ -595,7 +590,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
                            front_door=FRONT_DOOR)
         with request_scope(request_id):  # its log lines carry the id its audit record has
             try:
-                c.principal = keyring.authenticate(request_token(environ.get("HTTP_X_VAULT_TOKEN"),
+                c.principal = keyring.authenticate(presented_token(environ.get("HTTP_X_VAULT_TOKEN"),
                                                                  environ.get("HTTP_AUTHORIZATION")))
                 secret = keyring.read(c, mount, entry_id, parse_version(query[len("version="):] if query else None))
                 return _read_body(secret, request_id), 200

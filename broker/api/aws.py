@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException
 
 from broker import ciphertext as ct
 from broker import errors
+from broker.api.answers import as_broker_error
 from broker.api.aws_input import Serialization, check_members
 from broker.api.aws_validation import check_constraints, invalid
 from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
@@ -144,20 +145,6 @@ def refusal(exc: errors.BrokerError) -> tuple[int, dict[str, Any], list[tuple[st
         [("x-amzn-ErrorType", exc.code)]
 
 
-def as_aws_error(exc: Exception) -> errors.BrokerError:
-    """Any failure as an AWS error: the store out of reach is retryable, anything else unexpected an internal error
-    (logged with its traceback, never answered with it)."""
-    if isinstance(exc, errors.BrokerError):
-        return exc
-    from broker.gate import dependency_error
-
-    mapped = dependency_error(exc)  # outside an operation (SigV4 credential lookup): 503, retryable
-    if mapped is not None:
-        return mapped
-    log.error("unexpected error in request %s: %s", getattr(g, "request_id", "?"), type(exc).__name__, exc_info=exc)
-    return _error("Internal", "KMSInternalException", 500)("internal error")
-
-
 def _refuse(exc: errors.BrokerError) -> Response:
     status, body, headers = refusal(exc)
     response = _answer(body, status)
@@ -179,7 +166,7 @@ def _http_error(exc: HTTPException) -> Response:
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> Response:
-    return _refuse(as_aws_error(exc))
+    return _refuse(as_broker_error(exc, getattr(g, "request_id", "?")))
 
 
 @bp.post("/", provide_automatic_options=False)

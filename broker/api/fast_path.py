@@ -20,16 +20,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, g
-from pydantic import ValidationError as PydanticError
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES
 
-from broker import errors
 from broker.api import aws
 from broker.api.answers import as_broker_error, audited_refusal
 from broker.api.limits import MAX_BODY_BYTES, load_json, request_id
 from broker.api.native import ROUTES, RouteDoc, Unaudited, jsonable
-from broker.auth import ANONYMOUS, Principal
+from broker.auth import ANONYMOUS, presented_token
 from broker.logs import request_scope
 from broker.service import RequestContext
 
@@ -45,13 +43,31 @@ def _pattern(rule: str) -> re.Pattern[str]:
     return re.compile("".join(f"(?P<key>{_KEY_ID})" if p == "<path:key>" else re.escape(p) for p in parts))
 
 
+def _whole_body(environ: dict[str, Any]) -> bytes | None:
+    """The whole body (then put back for Flask, should it serve the request after all), or None when its length is
+    not given or over MAX_BODY_BYTES (Flask refuses those)."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+        return None
+    raw = environ["wsgi.input"].read(int(length))
+    environ["wsgi.input"] = io.BytesIO(raw)
+    return raw if len(raw) == int(length) else None
+
+
+def _respond(start_response: Callable, status: int, content_type: str, data: bytes,
+             headers: list[tuple[str, str]]) -> list[bytes]:
+    """The answer as werkzeug writes it: its status line, content type and length, then the door's own headers."""
+    start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
+                   [("Content-Type", content_type), ("Content-Length", str(len(data))), *headers])
+    return [data]
+
+
 class FastCrypto:
     """WSGI in front of the Flask app: serves the HOT routes when a request is plainly one, else calls Flask."""
 
-    def __init__(self, app: Flask, services: Any, authenticate: Callable[[str | None], Principal],
-                 operations: Iterable[str] = HOT) -> None:
+    def __init__(self, app: Flask, services: Any, operations: Iterable[str] = HOT) -> None:
         self.flask = app.wsgi_app
-        self._app, self._services, self._authenticate = app, services, authenticate
+        self._app, self._services = app, services
         wanted = set(operations)
         self._routes: list[tuple[re.Pattern[str], RouteDoc]] = [
             (_pattern(doc.rule), doc) for doc in ROUTES
@@ -62,16 +78,14 @@ class FastCrypto:
         if found is None:
             return self.flask(environ, start_response)
         doc, path = found
-        raw = self._body(environ)
+        raw = _whole_body(environ)
         if raw is None:
             return self.flask(environ, start_response)
         answer = self._serve(environ, doc, path, raw)
         if answer is None:
             return self.flask(environ, start_response)
         status, data, rid = answer
-        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
-                       [("Content-Type", _JSON), ("Content-Length", str(len(data))), ("X-Request-Id", rid)])
-        return [data]
+        return _respond(start_response, status, _JSON, data, [("X-Request-Id", rid)])
 
     def _route(self, environ: dict[str, Any]) -> tuple[RouteDoc, dict[str, str]] | None:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING") \
@@ -84,21 +98,10 @@ class FastCrypto:
                 return doc, match.groupdict()
         return None
 
-    @staticmethod
-    def _body(environ: dict[str, Any]) -> bytes | None:
-        """The whole body (then put back for Flask, should it serve the request after all), or None."""
-        length = environ.get("CONTENT_LENGTH") or ""
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return None
-        raw = environ["wsgi.input"].read(int(length))
-        environ["wsgi.input"] = io.BytesIO(raw)
-        return raw if len(raw) == int(length) else None
-
     def _serve(self, environ: dict[str, Any], doc: RouteDoc, path: dict[str, str],
                raw: bytes) -> tuple[int, bytes, str] | None:
         """(status, body, request id) of the answer, or None when Flask must serve (and refuse) the request."""
-        header = environ.get("HTTP_AUTHORIZATION", "")
-        token = environ.get("HTTP_X_KMSB_TOKEN") or (header[7:] if header.startswith("Bearer ") else None)
+        token = presented_token(environ.get("HTTP_X_KMSB_TOKEN"), environ.get("HTTP_AUTHORIZATION"))
         if not token:
             return None
         try:
@@ -106,10 +109,8 @@ class FastCrypto:
             if not isinstance(data, dict):
                 return None
             body = doc.body.model_validate(data, strict=True)  # type: ignore[union-attr]
-            principal = self._authenticate(token)
-        except (errors.BrokerError, PydanticError):
-            return None
-        except Exception:  # noqa: BLE001 - e.g. the store out of reach: Flask maps it and audits the refusal
+            principal = self._services.identity.authenticate_token(token)
+        except Exception:  # noqa: BLE001 - refused (token, body) or failed (store): Flask answers and audits it
             return None
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
         ctx = RequestContext(principal, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
@@ -147,7 +148,7 @@ class FastAws:
                 or environ.get("PATH_INFO") != "/" or environ.get("QUERY_STRING") \
                 or environ.get("CONTENT_TYPE") != aws.CONTENT_TYPES[0] or "HTTP_TRANSFER_ENCODING" in environ:
             return self.following(environ, start_response)
-        raw = FastCrypto._body(environ)
+        raw = _whole_body(environ)
         if raw is None:
             return self.following(environ, start_response)
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -156,9 +157,7 @@ class FastAws:
         if answer is None:
             return self.following(environ, start_response)
         status, data, headers = answer
-        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}",
-                       [("Content-Type", aws.CONTENT_TYPES[0]), ("Content-Length", str(len(data))), *headers])
-        return [data]
+        return _respond(start_response, status, aws.CONTENT_TYPES[0], data, headers)
 
     def _serve(self, environ: dict[str, Any], target: str, raw: bytes,
                rid: str) -> tuple[int, bytes, list[tuple[str, str]]] | None:
@@ -171,6 +170,6 @@ class FastAws:
         try:
             status, data, extra = 200, aws.encode(aws.run(target, aws.CONTENT_TYPES[0], raw, ctx)), []
         except Exception as exc:  # noqa: BLE001 - answered as the door's error handlers answer it
-            status, body, extra = aws.refusal(aws.as_aws_error(exc))
+            status, body, extra = aws.refusal(as_broker_error(exc, rid))
             data = aws.encode(body)
         return status, data, [*extra, ("x-amzn-RequestId", rid), ("X-Request-Id", rid)]

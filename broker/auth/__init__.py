@@ -28,6 +28,13 @@ class Principal:
 ANONYMOUS = Principal(name="anonymous", auth_method="none", policies=())  # a request before it is authenticated
 
 
+def presented_token(token_header: str | None, authorization: str | None) -> str | None:
+    """The broker token a request presents: its token header (X-KMSB-Token, X-Vault-Token), else
+    `Authorization: Bearer <token>`."""
+    header = authorization or ""
+    return token_header or (header[7:] if header.startswith("Bearer ") else None)
+
+
 def hash_token(token: str) -> str:
     """Tokens are high-entropy random strings: SHA-256 is the right hash for storing them (no stretching needed)."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -36,4 +43,4 @@ def hash_token(token: str) -> str:
 # The token method lives in broker.auth.tokens; re-exported here (create_app and `init` import it from broker.auth).
 from broker.auth.tokens import TokenAuth, TokenInfo  # noqa: E402
 
-__all__ = ["ANONYMOUS", "TOKEN_PREFIX", "Principal", "TokenAuth", "TokenInfo", "hash_token"]
+__all__ = ["ANONYMOUS", "TOKEN_PREFIX", "Principal", "presented_token", "TokenAuth", "TokenInfo", "hash_token"]
