@@ -113,6 +113,9 @@ STEPS = [  # (module, class, attribute, label): timed by wrapping the attribute 
     ("flask", "Flask", "finalize_request", "  finalize (render + after_request)"),
     ("broker.auth.sigv4", "SigV4Verifier", "verify", "  AWS: SigV4 verify"),
     ("keyring_bridge.keyring", "KeyringService", "read", "  keyring: KeyringService.read"),
+    ("keyring_bridge.keyring", "KeyringService", "authenticate", "    keyring: token check"),
+    ("keyring_bridge.repository", "KeyringRepository", "read", "    keyring: entry + version row"),
+    ("keyring_bridge.keyring", "KeyringService", "_unseal", "    keyring: unseal (HSM)"),
 ]
 
 

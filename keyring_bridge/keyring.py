@@ -23,7 +23,18 @@ from typing import Any, Protocol
 
 from broker import errors
 from broker.auth import Principal, TokenAuth
-from broker.gate import Call, Need, Service, Target, fixed, internal, operation, valid_text, within
+from broker.gate import (
+    Call,
+    Need,
+    Service,
+    Target,
+    fixed,
+    internal,
+    operation,
+    reads_may_be_cached,
+    valid_text,
+    within,
+)
 from broker.policy.keyring_names import (
     ALL_MOUNTS,
     admin_resource,
@@ -251,6 +262,9 @@ class KeyringService(Service):
     def __init__(self, keys: KeyService, root: Sealer, tokens: TokenAuth) -> None:
         self.gate = keys.gate
         self.repo = KeyringRepository(keys.store)
+        # How old a key read's row may be (the key metadata bound, `key_cache_seconds`): a change made on this host
+        # is seen at once whatever it is (the host's keyring-write counter), one made on another host within it.
+        self._kept_seconds = keys.key_cache_seconds
         self._root = root
         self._tokens = tokens
 
@@ -333,10 +347,11 @@ class KeyringService(Service):
 
     @operation("keyring:Read", Need("keyring:Read", _entry))
     def read(self, call: Call, mount: str, entry_id: str, version: int | None = None) -> Secret:
-        """Exactly version N (or the latest); NotFound otherwise. Nothing leaves before its audit record is durable."""
+        """Exactly version N (or the latest); NotFound otherwise. Nothing leaves before its audit record is durable.
+        The row (sealed material, version metadata) may be one this process kept (`repo.read`); the unseal is not."""
         if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
             raise errors.ValidationError("version must be a positive integer")
-        row = self.repo.read(mount, entry_id, version)
+        row = self.repo.read(mount, entry_id, version, max_age=self._kept_seconds if reads_may_be_cached() else 0.0)
         if row is None:
             raise errors.NotFound(f"keyring entry {mount}/{entry_id} not found")
         wanted, vrow = row.wanted, row.version

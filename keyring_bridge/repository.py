@@ -2,7 +2,10 @@
 
 Only the keyring services use it. Every store failure leaves here as `DependencyTimeout`, so an operation's audit
 record says what happened and the bridge drops the connection instead of answering. The hot read path (an entry
-row, a version row) uses the store's per-thread autocommit reader with prebuilt statements.
+row, a version row) uses the store's per-thread autocommit reader with prebuilt statements, and a key read may use
+a row this process read moments ago (`read(max_age=...)`): only the sealed material and version metadata are kept,
+and only while no process of this host wrote a keyring entry since (broker/store/kept.py). Every method that writes
+entries or versions moves the host's keyring-write counter after it ran.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker import errors
 from broker.store import Store
+from broker.store.kept import KeptRows
 from broker.store.tables import KeyringAppRoleRow, KeyringEntryRow, KeyringMountRow, KeyringVersionRow
 
 _E, _V, _A = KeyringEntryRow.__table__, KeyringVersionRow.__table__, KeyringAppRoleRow.__table__
@@ -39,6 +43,9 @@ def _read(version_of: Any) -> Any:
 
 
 _READ_LATEST, _READ_VERSION = _read(_E.c.latest_version), _read(bindparam("version"))
+WRITES = "keyring-writes"  # the host counter every keyring entry write moves
+KEPT_ROWS = 4096  # key reads kept per process (each at most KEPT_CHARS): at most ~16 MiB
+KEPT_CHARS = 4096  # a row whose sealed secret and custom metadata are longer than this is read each time
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +65,22 @@ def _guarded(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except SQLAlchemyError:
             raise errors.DependencyTimeout("keyring store unavailable") from None
+    return wrapper
+
+
+def _keep(read: tuple[ReadRow | None, bool]) -> bool:
+    return read[1]
+
+
+def _writes(fn: Callable[P, R]) -> Callable[P, R]:
+    """A write of entries or versions: afterwards (done or failed: a commit's outcome may be unknown) every process
+    of this host stops using the key reads it kept."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            args[0]._kept.wrote()  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -125,6 +148,8 @@ class AppRoleRow:
 class KeyringRepository:
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._kept: KeptRows[tuple[str, str, int | None], tuple[Any, bool]] = KeptRows(
+            store.host_counter(WRITES), entries=KEPT_ROWS)
 
     # ------------------------------------------------------------------------------------------ entries
 
@@ -143,20 +168,33 @@ class KeyringRepository:
                                                    bool(row.destroyed))
 
     @_guarded
-    def read(self, mount: str, entry_id: str, version: int | None) -> ReadRow | None:
-        """The entry and version `version` (None: its latest) in one statement; None when there is no entry."""
+    def read(self, mount: str, entry_id: str, version: int | None, *, max_age: float = 0.0) -> ReadRow | None:
+        """The entry and version `version` (None: its latest) in one statement; None when there is no entry. With
+        `max_age` > 0 the row may be one this process read at most that long ago, while no process of this host
+        wrote a keyring entry since (a change made elsewhere on this host is seen at once)."""
+        row = self._kept.read((mount, entry_id, version), lambda: self._read(mount, entry_id, version), max_age,
+                              _keep)[0]
+        # a kept row is shared by the readers of this process: each gets its own metadata dict
+        return None if row is None else ReadRow(row.latest_version, dict(row.custom_metadata), row.wanted,
+                                                row.version)
+
+    def _read(self, mount: str, entry_id: str, version: int | None) -> tuple[ReadRow | None, bool]:
+        """(the entry joined to the version, or None; whether it may be kept): no entry is never kept (there is
+        nothing to read again), nor a row whose sealed secret and metadata are longer than KEPT_CHARS."""
         if version is None:
             row = self._store.first(_READ_LATEST, {"mount": mount, "entry_id": entry_id})
         else:
             row = self._store.first(_READ_VERSION, {"mount": mount, "entry_id": entry_id, "version": version})
         if row is None:
-            return None
+            return None, False
         found = None if row.version is None else VersionRow(row.sealed, _utc(row.created_at), _utc(row.deleted_at),
                                                             bool(row.destroyed))
         return ReadRow(row.latest_version, json.loads(row.custom_metadata),
-                       row.latest_version if version is None else version, found)
+                       row.latest_version if version is None else version, found), \
+            len(row.sealed or "") + len(row.custom_metadata) <= KEPT_CHARS
 
     @_guarded
+    @_writes
     def set_deleted(self, mount: str, entry_id: str, versions: list[int], at: datetime | None) -> list[int]:
         """Soft-delete (`at`) or undelete (None) these versions; destroyed ones stay as they are. -> changed."""
         with self._store.session() as s:
@@ -171,6 +209,7 @@ class KeyringRepository:
             return sorted(changed)
 
     @_guarded
+    @_writes
     def destroy(self, mount: str, entry_id: str, versions: list[int], at: datetime) -> list[int]:
         """Empty these versions' sealed material for good (the rows stay, marked destroyed). -> destroyed now."""
         with self._store.session() as s:
@@ -183,6 +222,7 @@ class KeyringRepository:
             return sorted(r.version for r in rows)
 
     @_guarded
+    @_writes
     def append(self, mount: str, entry_id: str, *, current: int, sealed: str, origin: str, now: datetime,
                custom_metadata: Mapping[str, str] | None = None, rotation_period_seconds: int | None = None,
                next_rotation_at: datetime | None = None, period_of_existing: int | None = None) -> None:
@@ -211,6 +251,7 @@ class KeyringRepository:
             raise Raced() from None
 
     @_guarded
+    @_writes
     def set_rotation(self, mount: str, entry_id: str, period_seconds: int | None,
                      next_rotation_at: datetime | None) -> bool:
         with self._store.session() as s:
@@ -256,6 +297,7 @@ class KeyringRepository:
                     for r in s.scalars(q) if r.entry_id.startswith(prefix)]
 
     @_guarded
+    @_writes
     def set_custom_metadata(self, mount: str, entry_id: str, custom_metadata: Mapping[str, str],
                             now: datetime) -> bool:
         with self._store.session() as s:

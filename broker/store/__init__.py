@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
-from broker.store.generation import open_host_generation, sqlite_file
+from broker.store.generation import HostGeneration, open_host_generation, sqlite_file
 from broker.store.tables import (
     AliasRow,
     AuthTokenRow,
@@ -142,10 +142,23 @@ class Store:
         self._keys: dict[str, tuple[float, int, Key]] = {}  # key id -> (read at, host generation, key)
         self._keys_generation = 0  # moved by every key write of this Store: a read that raced one is not kept
         self._keys_lock = threading.Lock()
-        database = sqlite_file(url)
-        self._host_generation = open_host_generation(
-            database.with_name(database.name + ".key-writes") if database is not None
-            else Path(host_state) / "key-writes.generation" if host_state is not None else None)
+        self._host_state = Path(host_state) if host_state is not None else None
+        self._counters: dict[str, HostGeneration | None] = {}
+        self._counters_lock = threading.Lock()
+        self._host_generation = self.host_counter("key-writes")
+
+    def host_counter(self, name: str) -> HostGeneration | None:
+        """This host's counter of one kind of write (`name`, e.g. "key-writes"), shared by every process of the
+        host that uses this store: beside a SQLite database file, else in the `host_state` folder. None when there
+        is no place for it (an in-memory database, no folder given, a read-only folder): a per-process copy of
+        what that kind of write changes must then not be kept. Opened once per Store; closed by `dispose`."""
+        with self._counters_lock:
+            if name not in self._counters:
+                database = sqlite_file(self.url)
+                self._counters[name] = open_host_generation(
+                    database.with_name(f"{database.name}.{name}") if database is not None
+                    else self._host_state / f"{name}.generation" if self._host_state is not None else None)
+            return self._counters[name]
 
     def first(self, statement, params: dict):
         """The first row of a prebuilt read statement, on the hot read path (autocommit, per-thread connection)."""
@@ -192,8 +205,11 @@ class Store:
     def dispose(self) -> None:
         self._reader.close()
         self.engine.dispose()
-        if self._host_generation is not None:
-            self._host_generation.close()
+        with self._counters_lock:
+            counters, self._counters = list(self._counters.values()), {}
+        for counter in counters:
+            if counter is not None:
+                counter.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -234,8 +234,8 @@ def test_fast_read_refuses_a_token_revoked_by_another_process_within_the_bound(b
 
 
 def test_fast_read_sees_another_process_change_at_once(bridged: Bridged, hsm_provider, tmp_path: Path) -> None:
-    """Nothing of an entry is kept between reads: a rotation, a soft delete and an undelete made by another process
-    (its own Store, KeyService and KeyringService) are what the very next read answers."""
+    """A rotation, a soft delete and an undelete made by another process (its own Store, KeyService and
+    KeyringService) are what the very next read answers (test_read_cache.py: the same with rows kept)."""
     status, body = read_once(bridged)
     assert status == 200 and body["data"]["metadata"]["version"] == 2  # type: ignore[index]
     store = Store(bridged.store_url)
