@@ -154,6 +154,13 @@ def test_one_audit_record_per_request_refusals_included(aws_broker, root_creds):
         mine = [r for r in records if r.get("request_id") == response.headers["x-amzn-RequestId"]]
         assert len(mine) == 1, mine
         assert (mine[0]["outcome"], mine[0]["error_code"], mine[0]["front_door"]) == (outcome, error_code, "aws")
+    # a made-up operation name never names a record's action (nor a metric series): it reads as unknown
+    assert [r["action"] for r in records if r.get("request_id") == unknown.headers["x-amzn-RequestId"]] == \
+        ["broker:UnknownOperation"]
+    made_up = signed_post(aws_broker, root_creds, "DeleteEverything", {})
+    assert error(made_up)[:2] == (400, "UnknownOperationException")
+    assert [r["action"] for r in audit_records(aws_broker)
+            if r.get("request_id") == made_up.headers["x-amzn-RequestId"]] == ["broker:UnknownOperation"]
 
 
 def test_revoked_credentials_are_refused_by_every_process(aws_broker, issue):
