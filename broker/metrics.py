@@ -84,12 +84,21 @@ def exposition(providers: dict[str, str], root_provider: str, dependencies: dict
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+_request_series: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_request(action: str, outcome: str, seconds: float) -> None:
+    """Count one audited request. Its two series are looked up once per (action, outcome) and kept: `labels()` takes
+    a lock and checks every value on each call, a measurable share of a hot request. Both label sets are bounded
+    (declared action names, four outcomes)."""
     if outcome == "intent":
         return
-    m = _metrics()
-    m.requests.labels(action, outcome).inc()
-    m.latency.labels(action).observe(seconds)
+    series = _request_series.get((action, outcome))
+    if series is None:
+        m = _metrics()
+        series = _request_series[(action, outcome)] = (m.requests.labels(action, outcome), m.latency.labels(action))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def observe_audit_batch(records: int, seconds: float, ok: bool) -> None:
