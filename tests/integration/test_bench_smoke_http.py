@@ -50,3 +50,10 @@ def test_the_envelope_bench_runs() -> None:
         assert row in out, row
     targets = [line for line in out.splitlines() if "met" in line]  # "met" or "NOT met (>= ...)", load decides
     assert len(targets) == 2 and "GiB/s" in out, out
+
+
+def test_the_wal_bench_runs_and_prints_each_threshold() -> None:
+    out = _run(str(BENCH / "wal_bench.py"), "--batches", "60", "--rounds", "1", "--pages", "256,1000")
+    rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
+    assert [r[0] for r in rows] == ["256", "1000"], out
+    assert rows[0][2] == "1.00" and all(float(r[1]) > 0 for r in rows), out

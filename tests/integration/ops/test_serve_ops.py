@@ -101,8 +101,9 @@ def test_full_disk_makes_the_broker_not_ready_and_it_recovers(small_disk, tmp_pa
 
 def test_the_sqlite_wal_stays_bounded_under_audited_load(tmp_path):
     """Every audited request appends pages to the WAL; it is checkpointed every WAL_PAGES pages and cut back to
-    WAL_LIMIT, so under steady load from two processes its size never passes a bound (SQLite's default lets it
-    reach ~4 MiB, and more while readers hold checkpoints back)."""
+    WAL_LIMIT, so under steady load from two processes its size never passes a bound (WAL_PAGES' worth of pages,
+    however long the load lasts; without the cut and the job loop's truncation it grows while readers hold
+    checkpoints back)."""
     broker = start_broker(tmp_path / "data", tmp_path / "logs", workers=2, name="wal")
     wal = broker.data_dir / "broker.db-wal"
     try:
