@@ -1,7 +1,7 @@
 """Where a hot-path request's CPU goes, without HTTP or the machine's load in the way.
 
-    python bench/hotpath_profile.py [--requests 3000] [--profile encrypt|decrypt|gdk|aws|keyring] [--top 40]
-                                    [--steps encrypt|decrypt|gdk|aws|keyring]
+    python bench/hotpath_profile.py [--requests 3000] [--profile encrypt|decrypt|gdk|aws|aws-decrypt|aws-gdk|keyring] [--top 40]
+                                    [--steps encrypt|decrypt|gdk|aws|aws-decrypt|aws-gdk|keyring]
 
 Builds the broker's Flask apps in this process over a fresh data folder (SQLite + SoftHSM, audit on with fsync),
 and calls each app's WSGI callable directly with a prebuilt request, one after another. It prints the CPU time
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--steps", default=None, help="row whose steps to time (thread CPU per step, inclusive)")
-    parser.add_argument("--only", default=None, help="comma-separated rows (noop,encrypt,decrypt,gdk,aws,keyring)")
+    parser.add_argument("--only", default=None, help="comma-separated rows (noop,encrypt,decrypt,gdk,aws,aws-decrypt,aws-gdk,keyring)")
     args = parser.parse_args()
 
     from bench.http_bench import sigv4
@@ -221,6 +221,12 @@ def main() -> None:
             "gdk": (app.wsgi_app, environ("POST", f"/v1/keys/{key}/generate-data-key", hdr, gdk)),
             "aws": (app.wsgi_app, environ("POST", "/", {**aws_headers, "Host": "127.0.0.1:8200"}, aws_body)),
         }
+        for row, operation, body in (("aws-decrypt", "Decrypt", {"CiphertextBlob": blob, "EncryptionContext": CONTEXT}),
+                                     ("aws-gdk", "GenerateDataKey", {"KeyId": key, "KeySpec": "AES_256",
+                                                                     "EncryptionContext": CONTEXT})):
+            signed, signed_body = sigv4("http://127.0.0.1:8200/", creds["access_key_id"], creds["secret_access_key"],
+                                        operation, body)
+            rows[row] = (app.wsgi_app, environ("POST", "/", {**signed, "Host": "127.0.0.1:8200"}, signed_body))
         rows["keyring"] = (bridge.wsgi_app, environ("GET", "/v1/kv/bench/data/1", {"X-Vault-Token": db_token}))
         wanted = args.only.split(",") if args.only else list(rows)
         print(f"{'row':<10}{'CPU us/req':>12}{'wall us/req':>13}")
