@@ -102,6 +102,7 @@ def breakdown(data_dir: Path, n: int) -> list[tuple[str, float, float]]:
     steps = [
         ("policy decision", lambda: service.policy.decide(principal, "keyring:Read", None, {}, resource=resource)),
         ("store: entry + version rows (one joined read)", lambda: keyring.repo.read(MOUNT, "1", 1)),
+        ("the same row kept (host counter unchanged)", lambda: keyring.repo.read(MOUNT, "1", 1, max_age=60.0)),
         ("HSM unseal", lambda: root.unseal(base64.b64decode(row.sealed), aad(MOUNT, "1", 1))),
         ("audit record (one durable write)", lambda: service.gate.audit_rejected(ctx, "keyring:Request", "Bench",
                                                                                  False)),

@@ -14,6 +14,6 @@ def test_the_keyring_bench_runs_and_prints_every_row():
                           "--workers", "1"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     for row in ("baseline: GET /v1/sys/health", "baseline: tune", "key read: data/1 (latest)",
-                "key read: data/1?version=1", "policy decision", "store: entry + version rows", "HSM unseal",
+                "key read: data/1?version=1", "policy decision", "store: entry + version rows", "the same row kept", "HSM unseal",
                 "audit record", "KeyringService.read (all of it)", "target <= 2 ms"):
         assert row in out.stdout, row
