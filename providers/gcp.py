@@ -377,14 +377,29 @@ class GcpProvider(Provider):
                 "kms-broker-usage": clean(usage.value)}
 
     def _create_crypto_key(self, spec: KeySpec, usage: KeyUsage, label: str, *, import_only: bool) -> kms_v1.CryptoKey:
+        """A new CryptoKey under an id this call chose (random suffix). The client retries a create whose answer
+        was lost (UNAVAILABLE, DEADLINE_EXCEEDED) with the same id: when the first attempt had landed, Cloud KMS
+        answers ALREADY_EXISTS, and that key is the one this call made (checked: the labels and purpose it asked
+        for), not a failure."""
         self._ensure_ring()
         purpose, algorithm = self._algorithm(spec, usage)
-        return self._rpc("create_crypto_key", {
-            "parent": self.key_ring_name, "crypto_key_id": self._key_id(label),
-            "skip_initial_version_creation": import_only,
-            "crypto_key": {"purpose": purpose, "import_only": import_only, "labels": self._labels(label, spec, usage),
-                           "destroy_scheduled_duration": self.destroy_scheduled,
-                           "version_template": {"algorithm": algorithm, "protection_level": self.protection_level}}})
+        key_id, labels = self._key_id(label), self._labels(label, spec, usage)
+        try:
+            return self._client.create_crypto_key(request={
+                "parent": self.key_ring_name, "crypto_key_id": key_id, "skip_initial_version_creation": import_only,
+                "crypto_key": {"purpose": purpose, "import_only": import_only, "labels": labels,
+                               "destroy_scheduled_duration": self.destroy_scheduled,
+                               "version_template": {"algorithm": algorithm,
+                                                    "protection_level": self.protection_level}}},
+                retry=self._retry, timeout=self.timeout)
+        except Exception as err:  # noqa: BLE001 - mapped, never swallowed
+            if not (isinstance(err, gexc.GoogleAPICallError) and _status(err) == "ALREADY_EXISTS"):
+                raise _map_error(err) from None
+        name = f"{self.key_ring_name}/cryptoKeys/{key_id}"
+        key = self._rpc("get_crypto_key", {"name": name})
+        if dict(key.labels) != labels or key.purpose.name != purpose or bool(key.import_only) != import_only:
+            raise ProviderInvalidState(f"gcp kms: {name} exists and is not the key this create made")
+        return key
 
     def create_key(self, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
         key = self._create_crypto_key(spec, usage, label, import_only=False)

@@ -10,11 +10,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from tests.support.broker import init_data_dir
+from tests.support.wire import WireProxy
 
 from .conftest import World, providers_json
 
@@ -114,3 +118,38 @@ def start_forked_apply(world: World, data_dir: Path, manifest: Path, *,
     """`sync apply` in a forked child; `setup` runs in the child first (e.g. a fault that kills it at one point)."""
     args = ["sync", "apply", str(manifest), "--data-dir", str(data_dir), "--output", "json"]
     return _fork(args, sync_env(world), data_dir.parent / ".killed.out", data_dir.parent / ".killed.err", setup)
+
+
+# ------------------------------------------------------------------ a cloud reached through a proxy on the wire
+
+
+def wire_proxy(world: World, cloud: str) -> WireProxy:
+    """A proxy in front of `cloud`'s endpoint (LocalStack's HTTP, the GCP emulator's gRPC)."""
+    cfg = world.env[cloud]
+    if "endpoint_url" in cfg:
+        url = urlsplit(cfg["endpoint_url"])
+        return WireProxy((url.hostname or "127.0.0.1", int(url.port or 80)))
+    host, port = cfg["grpc_target"].rsplit(":", 1)
+    return WireProxy((host, int(port)))
+
+
+def through(world: World, proxy: WireProxy, cloud: str) -> World:
+    """The same world, with `cloud` reached through `proxy`."""
+    host, port = proxy.address
+    cfg = dict(world.env[cloud])
+    if "endpoint_url" in cfg:
+        cfg["endpoint_url"] = f"http://{host}:{port}"
+    else:
+        cfg["grpc_target"] = f"{host}:{port}"
+    return replace(world, env={**world.env, cloud: cfg})
+
+
+def labelled(world: World, cloud: str, label: str) -> list[Any]:
+    """The cloud's keys labelled `label` (read directly, not through any proxy)."""
+    from providers.registry import build_provider
+
+    provider = build_provider(cloud, providers_json(world.env)[cloud])
+    try:
+        return [i for i in provider.inventory() if i.label and i.label.lower() == label.lower()]
+    finally:
+        provider.close()

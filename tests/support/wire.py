@@ -1,0 +1,209 @@
+"""A TCP proxy on 127.0.0.1 in front of a real server, for faults an official SDK meets on the wire.
+
+It forwards bytes both ways untouched (HTTP/1.1, HTTP/2 and gRPC alike) until a rule meets a request: a rule is
+armed with a byte marker that only the wanted request carries in clear (an HTTP header such as
+``X-Amz-Target: TrentService.CreateKey``, a string field of a protobuf request) and fires once on the first
+connection whose client side sends it:
+
+- `lose_answer(marker)`: the request reaches the server, which does the work and answers; the answer is thrown
+  away and the connection is cut, as when a response is lost on the network. The client sees a dropped
+  connection; an SDK that retries sends the same request again, on a new connection, through this proxy.
+- `hold(marker)`: the request is kept here, not sent, until `release()`; then it is sent on a new connection
+  and its answer read and thrown away (the client may be gone by then: a request the server finishes after the
+  client died).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Rule:
+    marker: bytes
+    mode: str  # lose | hold
+    fired: threading.Event = field(default_factory=threading.Event)
+    answered: threading.Event = field(default_factory=threading.Event)  # the server's answer arrived (and was lost)
+    released: threading.Event = field(default_factory=threading.Event)
+    held: bytearray = field(default_factory=bytearray)  # what a held request's client sent so far
+
+    def held_http_request(self) -> bool:
+        """A whole HTTP/1.1 request is held (headers and a Content-Length body): the client may die now."""
+        head, sep, body = bytes(self.held).partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        return len(body) >= length
+
+
+class WireProxy:
+    """`address` forwards to `upstream`; at most one rule is armed at a time."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._rule: _Rule | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, name="wire-proxy", daemon=True).start()
+
+    # ---------------------------------------------------------------------------------------------- rules
+
+    def lose_answer(self, marker: bytes) -> _Rule:
+        return self._arm(_Rule(marker, "lose"))
+
+    def hold(self, marker: bytes) -> _Rule:
+        return self._arm(_Rule(marker, "hold"))
+
+    def release(self, rule: _Rule) -> None:
+        rule.released.set()
+
+    def _arm(self, rule: _Rule) -> _Rule:
+        with self._lock:
+            self._rule = rule
+        return rule
+
+    def _take(self, seen: bytes) -> _Rule | None:
+        """The armed rule, disarmed, when `seen` carries its marker."""
+        with self._lock:
+            rule = self._rule
+            if rule is None or rule.marker not in seen:
+                return None
+            self._rule = None
+            rule.fired.set()
+            return rule
+
+    # ------------------------------------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            _close(s)
+
+    def __enter__(self) -> WireProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.upstream)
+        except OSError:
+            _close(client)
+            return
+        with self._lock:
+            self._socks += [client, server]
+        lost = threading.Event()  # set: the server's bytes are thrown away from now on
+        held = threading.Event()  # set: the client's side belongs to a held request (kept open)
+        rule_box: list[_Rule] = []
+        threading.Thread(target=self._down, args=(server, client, lost, held, rule_box), daemon=True).start()
+        tail = b""
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            rule = self._take(tail + data) if not rule_box else None
+            tail = (tail + data)[-256:]
+            if rule is not None and rule.mode == "hold":
+                held.set()
+                self._held(client, server, data, rule)
+                return
+            if rule is not None:
+                rule_box.append(rule)
+                lost.set()
+            try:
+                server.sendall(data)
+            except OSError:
+                break
+        _close(client)
+        _close(server)
+
+    def _down(self, server: socket.socket, client: socket.socket, lost: threading.Event, held: threading.Event,
+              rule_box: list[_Rule]) -> None:
+        """Server -> client; once the answer is to be lost, the first bytes after it (the answer) are dropped and,
+        when the server has been quiet a moment (the rest of the answer), both sides are cut."""
+        while True:
+            try:
+                data = server.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if not lost.is_set():
+                try:
+                    client.sendall(data)
+                except OSError:
+                    break
+                continue
+            server.settimeout(0.3)
+            try:
+                while server.recv(65536):
+                    pass
+            except (TimeoutError, OSError):
+                pass
+            rule_box[0].answered.set()
+            break
+        if not held.is_set():
+            _close(client)
+        _close(server)
+
+    def _held(self, client: socket.socket, server: socket.socket, first: bytes, rule: _Rule) -> None:
+        """Keep the request (and whatever follows it on the connection) until released, then send it and read
+        its answer into the void. The client's side is read meanwhile, so its death does not reach the server."""
+        _close(server)  # idle until released: the server may drop an idle connection meanwhile; a fresh one then
+        buf = rule.held
+        buf += first
+        client.settimeout(0.05)
+        while not rule.released.is_set():
+            try:
+                data = client.recv(65536)
+                if data:
+                    buf += data
+                else:
+                    time.sleep(0.05)
+            except TimeoutError:
+                continue
+            except OSError:
+                time.sleep(0.05)
+        _close(client)
+        try:
+            server = socket.create_connection(self.upstream)
+            server.sendall(bytes(buf))
+            server.settimeout(30)
+            server.recv(65536)  # the answer: the server did the work
+            rule.answered.set()
+        except OSError:
+            pass
+        _close(server)
+
+
+def _close(s: socket.socket) -> None:
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    s.close()
+
+
+__all__ = ["WireProxy"]
