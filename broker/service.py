@@ -1539,20 +1539,60 @@ class KeyService(Service):
         except pb.ProviderError:
             return False
 
+    @within("kms:ListKeys", resource=lambda a: f"provider/{a['provider']}")
+    def strays(self, call: Call, provider: str,
+               found: Mapping[str, list[pb.InventoryItem]]) -> dict[str, list[pb.InventoryItem]]:
+        """Of the provider's keys labelled with the id of a catalog key (`found`: key id -> the items labelled
+        with it), those that are no version's material: a create the provider's SDK retried after its first
+        attempt had landed (the answer lost) made a second cloud key with the same label (see `_strays_of`).
+        Key ids the catalog does not hold are left out."""
+        held = self.store.versions_of(sorted(found))
+        backend = self.provider(provider)
+        out = {}
+        for key_id, items in found.items():
+            on, versions = held.get(key_id, ("", []))
+            extra = _strays_of(backend, versions, items) if on == provider else []
+            if extra:
+                out[key_id] = extra
+        return out
+
     @within("broker:DestroyKey", resource=lambda a: f"provider/{a['provider']}")
     def discard_unregistered(self, call: Call, provider: str, label: str,
                              items: list[pb.InventoryItem]) -> list[str]:
-        """Destroy the provider's keys labelled `label` when the catalog has no key `label` (a create that crashed
-        before its ref was journaled). -> the provider's ids of what was discarded."""
-        if self.store.known_key_ids([label]):
-            raise errors.InvalidState(f"key {label} is in the catalog; it is not an orphan")
+        """Destroy the provider's keys labelled `label` that are no catalog version's material: all of them when the
+        catalog has no key `label` (a create that crashed before its ref was journaled, or landed after its intent
+        was aborted), else its strays (`strays`). -> the provider's ids of what was discarded."""
         backend = self.provider(provider)
+        mine = [i for i in items if i.label is not None and i.label.lower() == label.lower()]
+        held = self.store.versions_of([label])
+        if label in held:
+            on, versions = held[label]
+            if on != provider:
+                raise errors.InvalidState(f"key {label} is not on provider {provider!r}")
+            mine = _strays_of(backend, versions, mine)
+        elif self.store.known_key_ids([label]):  # a key without versions (pending import): nothing is a stray
+            return []
         out = []
-        for item in items:
-            if item.label is not None and item.label.lower() == label.lower():
-                backend.discard(backend.ref_of(item))
-                out.append(item.key_id)
+        for item in mine:
+            backend.discard(backend.ref_of(item))
+            out.append(item.key_id)
         return out
+
+
+def _strays_of(backend: Provider, versions: list[KeyVersion], items: list[pb.InventoryItem]) -> list[pb.InventoryItem]:
+    """The items that are none of `versions`' material and were made before the latest version was registered.
+    A key made later may be a rotation in flight (its cloud key made, its version not registered yet): it is
+    never taken for a stray. Items without a creation time are never strays either."""
+    if not versions:
+        return []
+    held = {ProviderKeyRef.from_dict(v.provider_ref).key_id for v in versions}
+    latest = max(_aware(v.created_at) for v in versions)
+    return [i for i in items if backend.ref_of(i).key_id not in held
+            and i.created_at is not None and _aware(i.created_at) <= latest]
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _offered_root(providers: Mapping[str, Provider], default: str) -> RootOfTrust | None:

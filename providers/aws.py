@@ -243,9 +243,16 @@ class AwsProvider(Provider):
             self._call("DisableKey", self._kms.disable_key, KeyId=ref.key_id)
 
     def schedule_destruction(self, ref: ProviderKeyRef, days: int) -> None:
-        """AWS allows 7..30 days; shorter broker windows are clamped to 7 (destroy() then finds it pending)."""
-        self._call("ScheduleKeyDeletion", self._kms.schedule_key_deletion, KeyId=ref.key_id,
-                   PendingWindowInDays=min(max(days, 7), 30))
+        """AWS allows 7..30 days; shorter broker windows are clamped to 7 (destroy() then finds it pending).
+        Idempotent: a key already pending deletion (a run killed between this call and its catalog write, resumed)
+        is left as it is, where AWS answers KMSInvalidStateException."""
+        try:
+            self._call("ScheduleKeyDeletion", self._kms.schedule_key_deletion, KeyId=ref.key_id,
+                       PendingWindowInDays=min(max(days, 7), 30))
+        except ProviderInvalidState:
+            state = self._call("DescribeKey", self._kms.describe_key, KeyId=ref.key_id)["KeyMetadata"].get("KeyState")
+            if state not in ("PendingDeletion", "PendingReplicaDeletion"):
+                raise
 
     def cancel_destruction(self, ref: ProviderKeyRef) -> None:
         """Like AWS, the key comes back *disabled*; the service enables it through set_enabled if it wants."""

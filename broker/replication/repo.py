@@ -141,6 +141,12 @@ class ReplicationRepo:
         return self._journal(select(_JOURNAL).where(_JOURNAL.c.manifest == manifest,
                                                     _JOURNAL.c.state.in_(("intent", "created"))))
 
+    def journal_aborted(self, manifest: str) -> list[JournalEntry]:
+        """Intents a resumed run settled as never finished: a cloud key labelled with one of their key ids is a
+        stray, whenever it shows up (a create the killed run sent may land after the resume looked)."""
+        return self._journal(select(_JOURNAL).where(_JOURNAL.c.manifest == manifest,
+                                                    _JOURNAL.c.state == "aborted"))
+
     def journal_all(self, manifest: str) -> list[JournalEntry]:
         return self._journal(select(_JOURNAL).where(_JOURNAL.c.manifest == manifest))
 

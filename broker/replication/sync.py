@@ -13,8 +13,11 @@ already, and a crash before its "done" only leaves it for the next run to close.
 
 On the next run, open journal entries are settled first: a key already in the catalog closes its entry; journaled
 material is registered (no duplicate create); an intent without material is looked up in the cloud's inventory by
-its label and destroyed (no orphaned material). Everything else is recomputed from state, so a second apply is a
-no-op and a killed apply converges on the next run.
+its label and destroyed (no orphaned material), and the intent is marked aborted. Every plan that reads the clouds
+reports as a `stray` (and the apply schedules for deletion) a live cloud key labelled with an aborted intent's id (a
+create that landed after the resume looked) or labelled with a key's id without being one of its versions (a create
+the SDK retried after its first attempt had landed). Everything else is recomputed from state, so a second apply is
+a no-op and a killed apply converges on the next run.
 
 Scope: a manifest manages only keys its own runs made (journal "done"), tagged kmsb:sync=<manifest>/<entry>. A key
 tagged into the scope by anyone else is reported and left alone; an alias is moved only away from a key of the same
@@ -251,16 +254,27 @@ class Sync(Service):
         self.repo.journal_set(j.id, "done")
 
     @operation("broker:DestroyKey", Need("broker:DestroyKey", resource(_provider_arg)), mutates=True)
-    def _clean(self, call: Call, run: _Run, j: JournalEntry, provider: str, *, late: bool = False) -> int:
-        """Destroy whatever the cloud made for an intent whose material never reached the catalog (`late`: only what
-        is still enabled, i.e. landed after the first cleanup). -> how many provider keys were destroyed."""
+    def _clean(self, call: Call, run: _Run, j: JournalEntry, provider: str) -> int:
+        """Destroy whatever the cloud made for an intent whose material never reached the catalog. -> how many
+        provider keys were destroyed."""
         call.entry.key_id, call.entry.provider = j.key_id, provider
         call.entry.extra["sync"] = "cleanup-after-crash"
         if j.provider_ref is not None:
             material = self.keys.restore_provisioned(call, provider, j.key_id, _journaled_ref(j))
             return int(retry(lambda: self.keys.discard(call, material)))
-        items = [i for i in run.labelled(provider, j.key_id) if i.enabled or not late]
+        items = run.labelled(provider, j.key_id)
         return len(retry(lambda: self.keys.discard_unregistered(call, provider, j.key_id, items)))
+
+    @operation("broker:DestroyKey", Need("broker:DestroyKey", resource(_provider_arg)), mutates=True)
+    def _discard_stray(self, call: Call, run: _Run, label: str, provider: str, cloud_key: str) -> None:
+        """Schedule for deletion a cloud key labelled with one of this manifest's key ids that the catalog does not
+        hold (a second key of a retried create, or a create that landed after its intent was aborted); KeyService
+        refuses any catalog version's material."""
+        call.entry.key_id, call.entry.provider = label, provider
+        call.entry.extra["sync"] = "discard-stray"
+        items = [i for i in run.labelled(provider, label) if i.key_id == cloud_key]
+        if not retry(lambda: self.keys.discard_unregistered(call, provider, label, items)):
+            raise _Unfixable(f"{cloud_key} is not a stray of {label} (any more)")
 
     @operation("kms:EnableKey", Need("kms:EnableKey", key_arg("key_id")), mutates=True)
     def _mirror_enabled(self, call: Call, key_id: str) -> None:
@@ -311,8 +325,7 @@ class _Run:
         self.inventory: dict[str, list[InventoryItem]] = {}
         self._limits: dict[str, RateLimit] = {}
         self._limits_lock = threading.Lock()
-        self._cleaned: set[str] = set()
-        self._aborted: list[JournalEntry] = []  # intents this run settled as aborted (their cloud keys cleaned)
+        self._cleaned: set[str] = set()  # labels whose cloud keys this run's resume destroyed
         self._timing: dict[str, list[float]] = defaultdict(list)
         self._timing_lock = threading.Lock()
         self._span: dict[str, tuple[float, float]] = {}
@@ -538,8 +551,10 @@ class _Run:
         # cloud key disabled, the catalog key still enabled, the manifest wanting it disabled.
         restated = {a.key_id for a in report.actions
                     if a.kind == "delete" or a.kind == "update" and _STATE_CHANGES.intersection(a.changes)}
+        deleted = {a.key_id for a in report.actions if a.kind == "delete"}
         labels = {i.label.lower() for items in inventory.values() for i in items if i.label}
         known = self.keys.known_key_ids(self.call, sorted(labels))
+        aborted = {j.key_id.lower(): j for j in self.repo.journal_aborted(self.manifest.manifest)}
         for provider, items in inventory.items():
             by_label: dict[str, list[InventoryItem]] = defaultdict(list)
             for item in items:
@@ -550,13 +565,32 @@ class _Run:
                                                   cloud_key=item.key_id))
                     continue
                 by_label[lab].append(item)
-                if lab not in known and item.enabled and lab not in self._cleaned:
+                if lab in known or not item.enabled or lab in self._cleaned:
+                    continue
+                j = aborted.get(lab)
+                if j is None:
                     report.drift.append(Drift("unmanaged", provider, "labelled with a key id the broker does not "
                                               "know", cloud_key=item.key_id))
+                else:  # landed after the run that settled its intent had looked
+                    self._stray(report, provider, j.entry, j.target, j.key_id, item, "made for a create a killed "
+                                "run never finished (it landed after the resumed run looked)")
+            mine = {key_id: by_label[key_id.lower()] for key_id, (_, key) in ours.items()
+                    if key.provider == provider and any(i.enabled for i in by_label.get(key_id.lower(), ()))}
+            strays = self.keys.strays(self.call, provider, mine) if mine else {}
             for key_id, (entry, key) in ours.items():
-                if key.provider != provider or key.state not in (KeyState.ENABLED, KeyState.DISABLED):
+                if key.provider != provider:
                     continue
-                found = by_label.get(key_id.lower(), [])
+                extra = {i.key_id for i in strays.get(key_id, ())}
+                for item in strays.get(key_id, ()):
+                    if item.enabled:
+                        self._stray(report, provider, entry, key.tags.get(TARGET_TAG, ""), key_id, item,
+                                    "a second cloud key labelled with this key's id, not the catalog's (a create "
+                                    "retried after its first attempt had landed)")
+                if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
+                    continue
+                found = [i for i in by_label.get(key_id.lower(), []) if i.key_id not in extra]
+                if not found and key_id in deleted:
+                    continue  # a cloud that lists no key pending deletion, killed after its half: the delete ends it
                 if not found:
                     report.drift.append(Drift("missing-in-cloud", provider, "deleted outside the broker; its "
                                               "material cannot be recovered", key_id=key_id, entry=entry))
@@ -570,6 +604,15 @@ class _Run:
                         report.actions.append(Action("fix-drift", entry, key.tags.get(TARGET_TAG, ""), provider,
                                                      key_id, ["enable" if enabled else "disable"]))
 
+    @staticmethod
+    def _stray(report: Report, provider: str, entry: str, target: str, label: str, item: InventoryItem,
+               why: str) -> None:
+        """A live cloud key labelled with one of this manifest's key ids that the catalog does not hold: reported,
+        and scheduled for deletion by the apply."""
+        report.drift.append(Drift("stray", provider, f"{why}: scheduled for deletion", key_id=label,
+                                  cloud_key=item.key_id, entry=entry, fixable=True))
+        report.actions.append(Action("fix-drift", entry, target, provider, label, [f"discard:{item.key_id}"]))
+
     # ------------------------------------------------------------------------------------------ apply
 
     def apply(self) -> Report:
@@ -582,7 +625,6 @@ class _Run:
         resumed = self._resume(open_entries)
         if open_entries:
             self._scoped(fresh=True)  # settling adopted keys into the catalog
-            resumed["cleaned"] += self._settle_late_arrivals(open_entries)
         report = self.plan(self.inventory)
         report.mode, report.resumed = "apply", resumed
         report.drift = [d for d in report.drift if not d.fixable]
@@ -657,6 +699,9 @@ class _Run:
                 self._update(e, a.target, self.keys.resolve_key(a.key_id, details=True), a.changes)
             elif a.kind == "delete":
                 retry(lambda: self.keys.schedule_key_deletion(self.ctx, a.key_id, 7))
+            elif a.kind == "fix-drift" and a.changes[0].startswith("discard:"):
+                assert a.key_id is not None
+                self.sync._discard_stray(self.ctx, self, a.key_id, a.provider, a.changes[0].split(":", 1)[1])
             elif a.kind == "fix-drift":
                 mirror = self.sync._mirror_enabled if a.changes[0] == "enable" else self.sync._mirror_disabled
                 try:
@@ -739,28 +784,10 @@ class _Run:
             else:
                 if provider in self.keys.provider_names():
                     counts["cleaned"] += self.sync._clean(self.ctx, self, j, provider)
-                self._cleaned.add(j.key_id.lower())  # its cloud keys are gone: not "unmanaged" in this run's plan
-                self._aborted.append(j)
+                self._cleaned.add(j.key_id.lower())  # its cloud keys are gone: no stray in this run's plan
                 self.repo.journal_set(j.id, "aborted")
         self._close_settled()
         return counts
-
-    def _settle_late_arrivals(self, open_entries: list[JournalEntry]) -> int:
-        """A killed run's last requests can still land in a cloud after this run read its inventory (the client died,
-        the cloud finished the create): read the settled providers again, clean what an aborted intent made
-        meanwhile, and plan on what the clouds hold now. -> how many provider keys were destroyed."""
-        providers = {self._provider_of(j) for j in open_entries}
-        fresh = self._read_inventory(providers)
-        with self._scope_lock:
-            self.inventory = {**self.inventory, **fresh}
-            self._by_label = None
-        cleaned = 0
-        for j in self._aborted:
-            provider = self._provider_of(j)
-            if (j.provider_ref is None and provider in self.keys.provider_names()
-                    and any(i.enabled for i in self.labelled(provider, j.key_id))):
-                cleaned += self.sync._clean(self.ctx, self, j, provider, late=True)
-        return cleaned
 
     def _ensure_replica_row(self, j: JournalEntry) -> None:
         if j.action != "import":

@@ -374,6 +374,19 @@ class Store:
             q = select(KeyVersionRow).where(KeyVersionRow.key_id == key_id).order_by(KeyVersionRow.version)
             return [_to_version(r) for r in s.scalars(q)]
 
+    def versions_of(self, key_ids: list[str]) -> dict[str, tuple[str, list[KeyVersion]]]:
+        """key id -> (its provider, every version), one read per 500 keys (a sync plan asks for a whole
+        manifest's); ids the catalog does not hold are left out."""
+        out: dict[str, tuple[str, list[KeyVersion]]] = {}
+        with self.engine.connect() as conn:
+            for i in range(0, len(key_ids), 500):
+                q = (select(_VERSIONS, _KEYS.c.provider).join(_KEYS, _KEYS.c.key_id == _VERSIONS.c.key_id)
+                     .where(_VERSIONS.c.key_id.in_(key_ids[i:i + 500]))
+                     .order_by(_VERSIONS.c.key_id, _VERSIONS.c.version))
+                for row in conn.execute(q):
+                    out.setdefault(row.key_id, (row.provider, []))[1].append(_to_version(row))
+        return out
+
     def set_version_ref(self, key_id: str, version: int, provider_ref: dict, state: str) -> None:
         with self.session() as s:
             row = s.get(KeyVersionRow, (key_id, version))

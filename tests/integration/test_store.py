@@ -174,6 +174,19 @@ def test_versions_add_list_and_primary(store: Store) -> None:
     assert store.get_version("k1", 2).provider_ref == version(2).provider_ref
 
 
+def test_versions_of_many_keys_in_one_read_per_500(store: Store) -> None:
+    """A sync plan tells a key's own cloud keys from strays with every version of its keys: one read per 500."""
+    ids = [f"k{i:04d}" for i in range(0, 1200)]
+    for key_id in ids:
+        store.add_key(make_key(key_id), version(1))
+    store.add_version("k0007", version(2))
+    found = store.versions_of([*ids, "not-a-key", "'; drop table keys; --"])
+    assert sorted(found) == ids
+    assert found["k0007"][0] == "hsm" and [v.version for v in found["k0007"][1]] == [1, 2]
+    assert found["k1199"][1][0].provider_ref == version(1).provider_ref
+    assert store.versions_of([]) == {}
+
+
 def test_second_writer_with_a_stale_primary_gets_false(store: Store, store_url: str) -> None:
     """Two broker processes (two engines) rotate the same key; the one that read primary=1 late loses."""
     store.add_key(make_key("k1"), version(1))

@@ -16,7 +16,16 @@ from typing import Any, NoReturn
 import pytest
 
 from .conftest import World, providers_json
-from .sync_support import new_data_dir, preload, run_sync, start_forked_apply, write_manifest
+from .sync_support import (
+    labelled,
+    new_data_dir,
+    preload,
+    run_sync,
+    start_forked_apply,
+    through,
+    wire_proxy,
+    write_manifest,
+)
 
 pytestmark = pytest.mark.integration
 RUNS = 20
@@ -116,12 +125,15 @@ def _assert_no_orphans(world: World, data_dir: Path) -> None:
 
     con = _db(data_dir)
     try:
-        journal = {r[0] for r in con.execute("select key_id from sync_journal where manifest = 'crash'")}
+        journal = {r[0] for r in con.execute("select key_id from sync_journal")}
         catalog = {r[0] for r in con.execute("select key_id from keys")}
+        held: dict[str, set[str]] = {}
+        for key_id, ref in con.execute("select key_id, provider_ref from key_versions"):
+            held.setdefault(key_id, set()).add(json.loads(ref)["key_id"])
     finally:
         con.close()
     cfgs = providers_json(world.env)
-    live_orphans = []
+    live_orphans, live_strays = [], []
     for name in ("aws", "azure", "gcp", "aliyun"):
         provider = build_provider(name, cfgs[name])
         try:
@@ -129,9 +141,11 @@ def _assert_no_orphans(world: World, data_dir: Path) -> None:
                 label = item.label.lower() if item.label else None
                 if label in journal and label not in catalog and item.enabled:
                     live_orphans.append((name, item.key_id))
+                elif label in journal and item.enabled and item.key_id not in held.get(label, ()):
+                    live_strays.append((name, label, item.key_id))  # a second cloud key of a catalog key
         finally:
             provider.close()
-    assert live_orphans == []
+    assert live_orphans == [] and live_strays == []
 
 
 # ------------------------------------------------------------------ a kill at one exact point (in the child only)
@@ -227,3 +241,114 @@ def test_a_disable_killed_between_cloud_and_catalog_is_finished_by_one_action(wo
     finally:
         con.close()
 
+
+
+# ------------------------------------------------------------------ a kill inside a prune's ScheduleKeyDeletion
+
+
+def _kill_at_the_schedule(cloud: str, after: bool) -> Any:
+    """ScheduleKeyDeletion schedules the cloud key, then writes the catalog: die before the cloud call, or between
+    the two."""
+    def fault() -> None:
+        from providers.registry import provider_class
+
+        cls = provider_class(cloud)
+        original = cls.schedule_destruction
+
+        def schedule_destruction(self: Any, ref: Any, days: int) -> None:
+            if after:
+                original(self, ref, days)
+            _die()
+
+        cls.schedule_destruction = schedule_destruction  # type: ignore[method-assign]
+    return fault
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("after", [False, True], ids=["before-the-cloud", "between-cloud-and-catalog"])
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "aliyun", "azure"])
+def test_a_prune_killed_inside_its_schedule_deletion_is_finished_by_the_next_apply(
+        world: World, tmp_path: Path, cloud: str, after: bool) -> None:
+    preload()
+    data_dir = new_data_dir(tmp_path / "data")
+    name = f"cut-prune-{cloud}-{int(after)}"
+    keep = {"name": "keep", "targets": [cloud]}
+    both = write_manifest(tmp_path / "both.yaml", {"manifest": name, "prune": True, "keys": [
+        keep, {"name": "gone", "targets": [cloud], "aliases": [f"alias/{name}"]}]})
+    code, report = run_sync(world, data_dir, "apply", both)
+    assert code == 0, report
+    (gone,) = [a["key_id"] for a in report["actions"] if a["entry"] == "gone"]
+    one = write_manifest(tmp_path / "one.yaml", {"manifest": name, "prune": True, "keys": [keep]})
+    _killed_apply(world, data_dir, one, _kill_at_the_schedule(cloud, after))
+    con = _db(data_dir)
+    try:
+        assert con.execute("select state from keys where key_id = ?", (gone,)).fetchone()[0] == "Enabled"
+    finally:
+        con.close()
+    code, report = run_sync(world, data_dir, "apply", one)
+    assert code == 0, report
+    assert [(a["kind"], a["key_id"], a["status"]) for a in report["actions"]] == [("delete", gone, "done")], report
+    code, plan = run_sync(world, data_dir, "plan", one)
+    assert code == 0 and plan["actions"] == [], plan
+    assert [d for d in plan["drift"] if d["key_id"] == gone or gone in (d["cloud_key"] or "")] == [], plan
+    con = _db(data_dir)
+    try:
+        assert con.execute("select state from keys where key_id = ?", (gone,)).fetchone()[0] == "PendingDeletion"
+    finally:
+        con.close()
+    from providers.registry import build_provider
+
+    provider = build_provider(cloud, providers_json(world.env)[cloud])
+    try:
+        live = [i.key_id for i in provider.inventory() if i.label and i.label.lower() == gone and i.enabled]
+    finally:
+        provider.close()
+    assert live == []  # nothing live left labelled by the broker that the catalog does not hold live
+
+
+# ------------------------------------------------------------------ a killed run's create that lands late
+
+
+@pytest.mark.timeout(600)
+def test_a_create_that_lands_after_the_resume_looked_is_scheduled_by_the_next_apply(world: World,
+                                                                                    tmp_path: Path) -> None:
+    """The killed run's CreateKey reaches AWS only after the resumed apply read the inventory and aborted its intent
+    (a proxy holds it: a request the cloud finishes after its client died). No re-read inside the resumed run can
+    close that window; the journal can: the next plan reports the key labelled with the aborted intent's id as a
+    stray and the apply schedules it for deletion."""
+    preload()
+    data_dir = new_data_dir(tmp_path / "data")
+    manifest = write_manifest(tmp_path / "m.yaml", {"manifest": "late", "keys": [{"name": "late",
+                                                                                   "targets": ["aws"]}]})
+    with wire_proxy(world, "aws") as proxy:
+        rule = proxy.hold(b"TrentService.CreateKey")
+        proc = start_forked_apply(through(world, proxy, "aws"), data_dir, manifest)
+        assert rule.fired.wait(120), (data_dir.parent / ".killed.err").read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while not rule.held_http_request() and time.monotonic() < deadline:  # its body may follow its headers
+            time.sleep(0.01)
+        assert rule.held_http_request()
+        proc.kill()
+        proc.join()
+        code, report = run_sync(world, data_dir, "apply", manifest)
+        assert code == 0 and report["resumed"] == {"closed": 0, "adopted": 0, "cleaned": 0}, report
+        con = _db(data_dir)
+        try:
+            (aborted,) = [r[0] for r in con.execute("select key_id from sync_journal where state = 'aborted'")]
+        finally:
+            con.close()
+        assert labelled(world, "aws", aborted) == []
+        proxy.release(rule)
+        assert rule.answered.wait(60)
+    (late,) = [i.key_id for i in labelled(world, "aws", aborted) if i.enabled]  # landed after the resume
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 2, plan
+    assert [(d["kind"], d["key_id"], d["cloud_key"]) for d in plan["drift"] if d["key_id"] == aborted] == [
+        ("stray", aborted, late)], plan
+    assert [(a["kind"], a["key_id"], a["changes"]) for a in plan["actions"]] == [
+        ("fix-drift", aborted, [f"discard:{late}"])], plan
+    code, report = run_sync(world, data_dir, "apply", manifest)
+    assert code == 0 and [a["status"] for a in report["actions"]] == ["done"], report
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 0 and plan["actions"] == [], plan
+    _assert_no_orphans(world, data_dir)
