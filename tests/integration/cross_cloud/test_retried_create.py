@@ -164,6 +164,27 @@ def test_a_duplicate_aws_key_is_reported_and_scheduled_for_deletion(world: World
     assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
 
 
+def test_a_retried_aws_create_inside_a_copy_import_leaves_only_an_empty_key(world: World, aws_proxy: WireProxy,
+                                                                            tmp_path: Path) -> None:
+    """A replicated copy's CreateKey (Origin EXTERNAL) retried the same way: the first key never gets material
+    (PendingImport), so nothing live is left and the plan stays empty; the copy is the key the retry answered."""
+    preload()
+    proxied = through(world, aws_proxy, "aws")
+    data_dir = new_data_dir(tmp_path / "data")
+    manifest = write_manifest(tmp_path / "m.yaml", {"manifest": "retried-aws-copy", "keys": [
+        {"name": "copy", "replicate": True, "targets": ["aws"]}]})
+    rule = aws_proxy.lose_answer(AWS_CREATE)
+    code, report = run_sync(proxied, data_dir, "apply", manifest)
+    assert rule.fired.is_set() and rule.answered.is_set()
+    assert code == 0, report
+    (copy,) = [a["key_id"] for a in report["actions"] if a["target"] == "aws"]
+    held = _catalog_refs(data_dir)[copy]
+    state = {i.key_id: i.enabled for i in labelled(world, "aws", copy)}
+    assert len(state) == 2 and state.pop(held) is True and list(state.values()) == [False], state
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
+
+
 # ------------------------------------------------------------------------------------------ what is never a stray
 
 
