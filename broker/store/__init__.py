@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.model import Key, KeySpec, KeyState, KeyUsage, KeyVersion, Origin
 from broker.store.generation import HostGeneration, open_host_generation, sqlite_file
+from broker.store.kept import KeptRows
 from broker.store.tables import (
     AliasRow,
     AuthTokenRow,
@@ -32,9 +32,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # The WAL of a busy SQLite store: every audited request appends a few pages (the audit row and its indexes), and
 # SQLite checkpoints from inside the commit that crosses WAL_PAGES pages (the audit writer's, under the audit lock):
 # it copies the pages back and fsyncs the database there. SQLite's default, 1000 pages (~4 MiB), copies each page
-# that consecutive batches rewrite once instead of four times: 27 % less CPU per audit batch than 256 pages
-# (`python bench/wal_bench.py`). The file is cut back to WAL_LIMIT after each checkpoint; `Store.bound_wal` (the job
-# loop) truncates it when readers kept a checkpoint from resetting it.
+# that consecutive batches rewrite once instead of four times: for 4,000 audit batches, 206 fdatasyncs instead of
+# 764 and 12 % fewer syscalls than at 256 pages (`strace -c` of `python bench/wal_bench.py`; its CPU figures move
+# with the machine's load more than between the two). The file is cut back to WAL_LIMIT after each checkpoint;
+# `Store.bound_wal` (the job loop) truncates it when readers kept a checkpoint from resetting it.
 WAL_PAGES = 1000
 WAL_LIMIT = 1 << 20
 KEY_CACHE_ENTRIES = 10_000  # keys kept by `get_key(max_age=...)`; the map starts over when full
@@ -141,13 +142,11 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._reader = _Reader(self.engine)
-        self._keys: dict[str, tuple[float, int, Key]] = {}  # key id -> (read at, host generation, key)
-        self._keys_generation = 0  # moved by every key write of this Store: a read that raced one is not kept
-        self._keys_lock = threading.Lock()
         self._host_state = Path(host_state) if host_state is not None else None
         self._counters: dict[str, HostGeneration | None] = {}
         self._counters_lock = threading.Lock()
-        self._host_generation = self.host_counter("key-writes")
+        self._kept_keys: KeptRows[str, Key | None] = KeptRows(self.host_counter("key-writes"),
+                                                             entries=KEY_CACHE_ENTRIES)
 
     def host_counter(self, name: str) -> HostGeneration | None:
         """This host's counter of one kind of write (`name`, e.g. "key-writes"), shared by every process of the
@@ -247,27 +246,11 @@ class Store:
         (and no details) the key may be one this process read at most `max_age` seconds ago, and only while no
         process of this host wrote a key since (generation.py): a change made on this host is seen at once, one
         made on another host sharing the database within `max_age`. Without a host counter nothing is kept."""
-        shared = self._host_generation
-        keep = max_age > 0 and not details and shared is not None
-        if keep:
-            host_generation = shared.current()  # read before the row: a write committed after it moves it
-            hit = self._keys.get(key_id)
-            now = time.monotonic()
-            if hit is not None and now - hit[0] < max_age and hit[1] == host_generation:
-                return hit[2]
-            generation = self._keys_generation
+        if not details:
+            return self._kept_keys.read(key_id, lambda: self._key_row(key_id), max_age, _found)
         row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
         if row is None:
             return None
-        if not details:
-            key = _to_key(row, {}, [])
-            if keep:
-                with self._keys_lock:
-                    if generation == self._keys_generation:  # no write of this Store since the read began
-                        if len(self._keys) >= KEY_CACHE_ENTRIES:
-                            self._keys.clear()
-                        self._keys[key_id] = (now, host_generation, key)
-            return key
         tags_t, aliases_t = TagRow.__table__, AliasRow.__table__
         with self.engine.connect() as conn:
             tags = dict(conn.execute(select(tags_t.c.tag_key, tags_t.c.tag_value).where(tags_t.c.key_id == key_id)).all())
@@ -275,14 +258,14 @@ class Store:
                                         .order_by(aliases_t.c.name)))
             return _to_key(row, tags, aliases)
 
+    def _key_row(self, key_id: str) -> Key | None:
+        row = self._reader.first(_KEY_BY_ID, {"key_id": key_id})
+        return None if row is None else _to_key(row, {}, [])
+
     def _forget_key(self, key_id: str) -> None:
-        """After a key write has committed: the kept copy goes, reads that began before it are not kept, and every
-        other process of this host drops its copies (the host counter moves)."""
-        with self._keys_lock:
-            self._keys_generation += 1
-            self._keys.pop(key_id, None)
-        if self._host_generation is not None:
-            self._host_generation.bump()
+        """After a key write has committed: no process of this host uses a copy it kept, nor one of a read that
+        began before the write (the host counter moves)."""
+        self._kept_keys.wrote()
 
     def list_keys(self, limit: int, after: str | None) -> list[Key]:
         with self.session() as s:
@@ -508,3 +491,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _found(key: Key | None) -> bool:
+    """A key read is kept when the key exists (a missing one is read again: it may be created meanwhile)."""
+    return key is not None

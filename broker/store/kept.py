@@ -1,7 +1,7 @@
 """Rows a process keeps for a moment, used only while no process of this host has written that kind of row since.
 
-The keyring bridge reads the same entry row for every request of a database that asks for its key; keeping the row
-(never anything unsealed) saves the store round trip. A kept row is used only while the host's counter of that kind
+The crypto calls read the same key's metadata, and the keyring bridge the same entry row for every request of a
+database that asks for its key; keeping the row (never anything unsealed) saves the store round trip. A kept row is used only while the host's counter of that kind
 of write (generation.py) still reads what it read before the row was read, and for at most `max_age` seconds: a
 change made by any process of this host is seen by the very next read, one made on another host sharing the
 database within `max_age`. Writers call `wrote()` after their write (committed or not: a bump only costs misses).
@@ -25,7 +25,7 @@ class KeptRows(Generic[K, V]):
     """At most `entries` rows by key; the map starts over when full (a burst of distinct keys costs misses only)."""
 
     def __init__(self, counter: HostGeneration | None, *, entries: int = 4096) -> None:
-        self._counter = counter
+        self.counter = counter  # None: nothing is kept
         self._entries = entries
         self._rows: dict[K, tuple[float, int, V]] = {}  # key -> (read at, host counter before the read, row)
         self._lock = threading.Lock()
@@ -36,7 +36,7 @@ class KeptRows(Generic[K, V]):
     def read(self, key: K, load: Callable[[], V], max_age: float, keep: Callable[[V], bool]) -> V:
         """The row kept under `key` if it is younger than `max_age` and no write of this host happened since it was
         read; else `load()`, kept when `keep(row)` says so."""
-        counter = self._counter
+        counter = self.counter
         if counter is None or max_age <= 0:
             return load()
         seen = counter.current()  # before the row: a write that commits after this moves the counter
@@ -56,5 +56,5 @@ class KeptRows(Generic[K, V]):
         """After a write of this kind: every process of this host stops using what it kept."""
         with self._lock:
             self._rows.clear()
-        if self._counter is not None:
-            self._counter.bump()
+        if self.counter is not None:
+            self.counter.bump()

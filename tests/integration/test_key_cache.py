@@ -46,7 +46,7 @@ def processes(tmp_path: Path, hsm_provider) -> Iterator[Make]:
 
 def test_off_every_call_reads_the_key(processes: Make, root_ctx: RequestContext) -> None:
     here, there = processes(0.0), processes()
-    there.store._host_generation = None  # as on another host: its writes do not move this host's counter
+    there.store._kept_keys.counter = None  # as on another host: its writes do not move this host's counter
     key = here.create_key(root_ctx)["KeyId"]
     here.encrypt(root_ctx, key, b"x")
     there.disable_key(root_ctx, key)
@@ -73,7 +73,7 @@ def test_another_process_of_this_host_is_seen_at_once(processes: Make, root_ctx:
 
 def test_another_host_change_arrives_within_the_bound(processes: Make, root_ctx: RequestContext) -> None:
     here, there = processes(key_cache_seconds=1.0), processes()
-    there.store._host_generation = None  # as on another host: its writes do not move this host's counter
+    there.store._kept_keys.counter = None  # as on another host: its writes do not move this host's counter
     key = here.create_key(root_ctx)["KeyId"]
     blob = here.encrypt(root_ctx, key, b"x")["CiphertextBlob"]
     there.disable_key(root_ctx, key)
@@ -93,9 +93,9 @@ def test_without_a_host_counter_nothing_is_kept(tmp_path: Path, hsm_provider, ro
     Store(url).migrate()
     audit = AuditLog(tmp_path / "audit.jsonl", hsm_provider.root_of_trust().audit_hmac)
     here = KeyService(Store(url), {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit, key_cache_seconds=60.0)
-    here.store._host_generation = None
+    here.store._kept_keys.counter = None
     there = Store(url)
-    there._host_generation = None
+    there._kept_keys.counter = None
     try:
         key = here.create_key(root_ctx)["KeyId"]
         here.encrypt(root_ctx, key, b"x")
