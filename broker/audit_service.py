@@ -70,6 +70,7 @@ class AuditService(Service):
             raise errors.Unsupported("this broker was built without a data folder: nothing to verify here")
         from broker.audit.host_verify import verify_host
 
+        self.gate.audit.mirror_now()  # compare the copies as of now, not as of the mirror's last run
         report = verify_host(self._settings, lambda: self._root)
         head = report.head[0] if report.head else None
         call.entry.extra.update(verified_seq=head, chain_ok=report.ok)

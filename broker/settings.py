@@ -113,13 +113,16 @@ class Settings(BaseModel):
     root_of_trust: str = "hsm"
     audit_file: Path | None = None
     audit_fsync: bool = True
-    # Audit (broker/audit): durable sinks "file" and "store" must all persist a record or the request is refused
-    # (503); "stdout" and "syslog" are best-effort copies. Checkpoints signed by the HSM every N records / T seconds;
-    # records that arrive within audit_batch_ms of each other share one fsync (group commit).
+    # Audit (broker/audit): a record is durable in the file (or, with no file sink, the store) before its request is
+    # answered, else the request is refused (503). With both, the store's copy follows the file off the request path
+    # within audit_mirror_seconds (and at every audit query). "stdout" and "syslog" are best-effort copies.
+    # Checkpoints signed by the HSM every N records / T seconds; records that arrive within audit_batch_ms of each
+    # other share one fsync (group commit).
     audit_sinks: list[Literal["file", "store", "stdout", "syslog"]] = Field(default_factory=lambda: ["file", "store"])
     audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0, le=86400)
     audit_batch_ms: float = Field(default=1.0, ge=0, le=100)
+    audit_mirror_seconds: float = Field(default=0.25, gt=0, le=60)
     job_interval_seconds: int = Field(default=60, ge=1)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # Key metadata (state, primary version) read by operations that change nothing may be this old (0: read on every
@@ -191,7 +194,7 @@ def _env_overrides(raw: dict[str, Any]) -> dict[str, Any]:
         value = env.get(f"KMSB_{key.upper()}")
         if value is not None:
             raw[key] = value
-    for key in ("audit_checkpoint_records", "audit_checkpoint_seconds", "audit_batch_ms"):
+    for key in ("audit_checkpoint_records", "audit_checkpoint_seconds", "audit_batch_ms", "audit_mirror_seconds"):
         if env.get(f"KMSB_{key.upper()}") is not None:
             raw[key] = env[f"KMSB_{key.upper()}"]
     if env.get("KMSB_AUDIT_SINKS") is not None:

@@ -5,24 +5,28 @@
   the log. If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
 * Group commit, led by a caller: `write()` queues the record; the first caller that finds nobody committing
   becomes the *leader* and commits, in its own thread, everything queued (after a short window when the last
-  batch held several records) as one batch: one append + one fsync for the file, one transaction for the store.
+  batch held several records) as one batch: one append + one fsync for the file (or, with the store as the only
+  durable sink, one transaction).
   Callers that arrive meanwhile wait; when the batch is durable the leader releases them and hands the lead to
   the first record still queued, whose caller commits the next batch. A lone request therefore pays no thread
   hand-off (on a loaded host each wake-up of another thread is a trip through the run queue), and a busy one
-  shares its fsync with everything that queued behind it. The chain lock is held for the append and the store
-  insert only; the fsync runs after it is released, so another process appends its batch meanwhile (one fsync
+  shares its fsync with everything that queued behind it. The chain lock is held for the append only; the fsync
+  runs after it is released, so another process appends its batch meanwhile (one fsync
   covers every append before it). Callers are released only after their fsync. An fsync that fails (EIO) refuses
   its callers, but the records stay in the file: they describe operations that did happen. A housekeeping thread
   does what an idle writer owes (below) whenever nobody leads.
 * Fail closed: a batch lands in all durable sinks or in none (earlier sinks are undone), and its callers get
   NotReady (503). `precheck()` lets the choke point refuse *before* any key operation when a sink is already failing.
+* The store copy: with a file sink, the file is what makes a record durable, and the store's copy (queries, other
+  hosts, `audit verify`'s comparison) is brought up to it off the request path by a mirror thread in each process
+  (mirror.py), every MIRROR_SECONDS or MIRROR_RECORDS, at every audit query and at a clean close. Without a file
+  sink the store is the durable sink, written in the batch.
 * Intents: an operation that changes state is announced by an *intent* record (durable before the change) and closed
   by its outcome record (`intent_seq`). Intents carry the id of their writer's lease (lease.py); an intent whose
   writer died without an outcome is closed by any other writer with an `interrupted` outcome naming it.
 * Crash recovery (`reconcile()` at start, and whenever a writer finds the head stale): the file is the durable copy.
-  A torn last write is cut (it was never acknowledged); records the file holds and the store copy lacks — the one
-  batch a crash between the two writes can leave — are copied in when they extend the store's chain; a
-  `broker:ReconcileAudit` record says what was done.
+  A torn last write is cut (it was never acknowledged), and a `broker:ReconcileAudit` record says so; the records
+  the store copy lacks are copied by the mirror.
 * Checkpoints: with a signer (the HSM's audit signing key), a signed checkpoint record (see chain.py) closes the
   run of events since the last one before an event that would make the run longer than `checkpoint_records` events
   or `checkpoint_seconds` wide (by the records' own times). An idle writer also covers a run older than that time, and
@@ -60,19 +64,20 @@ from broker.audit.chain import (
 )
 from broker.audit.lease import WriterLease, alive, sweep
 from broker.audit.mark import Mark, MarkStore
+from broker.audit.mirror import StoreMirror
 from broker.audit.sinks import FileSink, Sink, StdoutSink, StoreSink, SyslogSink, chain_id, encode
 from broker.errors import NotReady, Unsupported
 
 log = logging.getLogger("kms_broker.audit")
 _WAIT_SECONDS = 60.0
 MAX_BATCH = 1000
+# The store copy (with a file sink) is brought up to the file this often, or sooner once this many records wait.
+MIRROR_SECONDS = 0.25
+MIRROR_RECORDS = 1000
 # Encryption-context values repeat (an app, a tenant, a table name): their HMACs are kept, so a request does not pay
 # an HSM round trip per value. Bounded in entries and in the length of a value kept.
 CONTEXT_HMAC_ENTRIES = 4096
 CONTEXT_HMAC_MAX_CHARS = 256
-# The most records one batch can put in the file before a crash keeps them from the store: its events, a checkpoint
-# before each, and the reconciliation records in front of them.
-CRASH_GAP = 2 * MAX_BATCH + 256
 _REAP_SECONDS = 2.0
 RECONCILE_ACTION = "broker:ReconcileAudit"
 _CHECKPOINTS = ("checkpoint", "checkpoint-deferred")
@@ -136,14 +141,15 @@ class AuditLog:
     def __init__(self, path: Path, hmac: Callable[[bytes], bytes], fsync: bool = False, *,
                  sinks: Sequence[str] = ("file",), engine=None, signer: Callable[[bytes], bytes] | None = None,
                  public_key: bytes | None = None, checkpoint_records: int = 1000,
-                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0, marks: MarkStore | None = None) -> None:
+                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0, marks: MarkStore | None = None,
+                 mirror_seconds: float = MIRROR_SECONDS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.chain = chain_id(self.path)
         self._hmac = hmac
         self._context_hmacs = functools.lru_cache(maxsize=CONTEXT_HMAC_ENTRIES)(self.hmac_value)
         self.counters = {"records": 0, "batches": 0, "fsyncs": 0, "checkpoints": 0, "failures": 0,
-                         "interrupted": 0, "marks": 0, "mark_failures": 0}
+                         "interrupted": 0, "marks": 0, "mark_failures": 0, "mirror_failures": 0}
         self.file: FileSink | None = None
         self.store: StoreSink | None = None
         self._durable: list[Sink] = []
@@ -165,6 +171,15 @@ class AuditLog:
                 raise ValueError(f"unknown audit sink {name!r}")
         if not self._durable:
             raise ValueError("at least one durable audit sink (file or store) is required")
+        self.mirror: StoreMirror | None = None
+        if self.file is not None and self.store is not None:  # the file makes records durable; the store mirrors it
+            self._durable.remove(self.store)
+            self.mirror = StoreMirror(self.path, self.store)
+        self._mirror_seconds = mirror_seconds
+        self._mirror_wake = threading.Event()
+        self._mirror_thread: threading.Thread | None = None
+        self._unmirrored = 0
+        self._mirror_error: str | None = None
         self._signer = signer
         self._key_id = key_fingerprint(public_key) if public_key else None
         if signer is not None and public_key is None:
@@ -222,7 +237,7 @@ class AuditLog:
             for sink in self._durable:
                 sink.check()
             if self._failing_since is not None:  # the last batch failed: probe before letting work start
-                if self.store is not None:
+                if self.store is not None and self.mirror is None:
                     self.store.probe()
                 self._failing_since = None
         except Exception:  # noqa: BLE001 - any failure of a sink means: refuse
@@ -233,7 +248,7 @@ class AuditLog:
         record (each durable sink's `ready()`: the file sink writes a probe beside the log)."""
         if self._closed:
             return "closed"
-        for sink in self._durable:
+        for sink in self._durable + ([self.store] if self.mirror is not None else []):
             try:
                 sink.ready()
             except OSError as exc:
@@ -271,12 +286,13 @@ class AuditLog:
 
         if self.store is None:
             raise Unsupported("audit queries need the store audit sink (audit_sinks = [..., \"store\"])")
+        self.catch_up()  # what this host has written is in the answer, whichever process wrote it
         return query_events(self.store.engine, flt, limit=limit, after=after, descending=descending)
 
     def reconcile(self) -> dict[str, Any]:
-        """At start: recover the head, bring the store copy up to the file, close the intents of writers that are
+        """At start: recover the head, close the intents of writers that are
         gone with `interrupted` outcomes, drop their leases; and say (in the log) if the chain lacks the checkpoint
-        the HSM pinned. Returns what was done."""
+        the HSM pinned; then bring the store copy up to the file. Returns what was done."""
         with self._locked() as head:
             findings = dict(self._findings or {})
             records = self._housekeeping(head, force=True)
@@ -284,6 +300,7 @@ class AuditLog:
             sweep(self.leases)
             mark_problem = self._mark_problem(head)
         self._sync(unsynced)
+        self.mirror_now()
         if mark_problem:
             log.error("%s", mark_problem)
         findings["interrupted"] = [r["intent_seq"] for r in records if r.get("outcome") == "interrupted"]
@@ -305,17 +322,31 @@ class AuditLog:
         self._sync(unsynced)
         return checkpoint
 
+    def catch_up(self) -> None:
+        """Bring the store copy up to the file now (nothing to do without a file sink); raises if the store
+        cannot take it."""
+        if self.mirror is not None:
+            self._unmirrored = 0
+            self.mirror.catch_up()
+            self._mirror_error = None
+
     def close(self, *, checkpoint: bool = False) -> None:
         """Stop this process's writer. With `checkpoint` (a clean shutdown) the tail is covered by a signed
-        checkpoint first, so nothing written before the shutdown is in the uncovered window."""
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        checkpoint first, so nothing written before the shutdown is in the uncovered window; the store copy is
+        brought up to the file last."""
+        if self._pid == os.getpid():
             self._stop.set()
-            self._thread.join(10)
+            self._mirror_wake.set()
+            for thread in (self._thread, self._mirror_thread):
+                if thread is not None and thread.is_alive():
+                    thread.join(10)
         if checkpoint and not self._closed:
             try:
                 self.checkpoint_now()
             except Exception as exc:  # noqa: BLE001 - a shutdown must finish; the next start reconciles
                 log.error("audit checkpoint at shutdown failed: %s", type(exc).__name__)
+        if not self._closed:
+            self.mirror_now()
         self._closed = True
         for sink in self._durable + self._copies:
             sink.close()
@@ -342,9 +373,16 @@ class AuditLog:
                 self._leading = False
                 self._thread_lock = threading.Lock()
                 self._stop = threading.Event()
+                self._mirror_wake = threading.Event()
+                if self.mirror is not None:
+                    self.mirror = StoreMirror(self.path, self.mirror.store)
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="kmsb-audit-housekeeper", daemon=True)
             self._thread.start()
+            if self.mirror is not None:
+                self._mirror_thread = threading.Thread(target=self._mirror_loop, name="kmsb-audit-mirror",
+                                                       daemon=True)
+                self._mirror_thread.start()
 
     def _lead(self) -> None:
         """Commit one batch (the leader's own record is its first: a leader is the head of the queue), release its
@@ -410,6 +448,29 @@ class AuditLog:
             finally:
                 self._hand_on()
 
+    def _mirror_loop(self) -> None:
+        """Brings the store copy up to the file every `mirror_seconds`, or sooner when a leader finds
+        MIRROR_RECORDS waiting; a failing store is retried at the same pace (requests go on: the file is durable)."""
+        while not self._stop.is_set():
+            self._mirror_wake.wait(self._mirror_seconds)
+            self._mirror_wake.clear()
+            if self._stop.is_set() or self._closed:
+                return
+            self.mirror_now()
+
+    def mirror_now(self) -> bool:
+        """`catch_up()`, a failure logged (once until it works again) and counted instead of raised."""
+        try:
+            self.catch_up()
+            return True
+        except Exception as exc:  # noqa: BLE001 - the store copy lags; the file holds every record
+            self.counters["mirror_failures"] += 1
+            if self._mirror_error is None:
+                log.error("audit store copy cannot be brought up to the file (%s); retried every %.2f s",
+                          type(exc).__name__, self._mirror_seconds)
+            self._mirror_error = type(exc).__name__
+            return False
+
     def _idle(self) -> None:
         """Between batches: close the intents of dead writers, and cover a run older than `checkpoint_seconds`."""
         if self._closed:
@@ -438,6 +499,10 @@ class AuditLog:
         self._sync(unsynced)  # outside the lock: the next batch (of any process) appends meanwhile
         self.counters["records"] += len(events)
         self.counters["batches"] += 1
+        if self.mirror is not None:
+            self._unmirrored += len(events)
+            if self._unmirrored >= MIRROR_RECORDS:
+                self._mirror_wake.set()
         return events
 
     def _append(self, head: _Head, records: list[dict], body: dict) -> dict:
@@ -561,7 +626,7 @@ class AuditLog:
 
     def _recover(self) -> _Head:
         """Rebuild the head from the log itself (the file if there is one, else the store), cutting a torn last
-        write and copying into the store the records a crash kept from it. What was done goes to `_findings`."""
+        write. What was done goes to `_findings`."""
         head = _Head()
         findings: dict[str, Any] = {}
         if self.file is None:
@@ -577,9 +642,6 @@ class AuditLog:
         if not self.path.exists():
             head.size = 0
             return head
-        stored = self.store.head() if self.store is not None else None
-        stored_seq = stored[0] if stored else 0
-        missing: list[tuple[dict, bytes]] = []
         with open(self.path, "r+b") as f:
             data = f.read()
             if data and not data.endswith(b"\n"):  # a torn, never acknowledged last write
@@ -595,33 +657,10 @@ class AuditLog:
                 log.error("audit file line %d is not a record; `kms-broker audit verify` reports it", number)
                 continue
             self._advance(head, record, number)
-            if self.store is not None and head.seq > stored_seq:
-                missing.append((record, line))
         head.size = len(data)
-        if missing:
-            restored = self._copy_to_store(missing, stored)
-            if restored:
-                findings["restored_to_store"] = restored
         if findings:
             self._findings = findings
         return head
-
-    def _copy_to_store(self, missing: list[tuple[dict, bytes]], stored: tuple[int, str] | None) -> list[int] | None:
-        """Copy the file's tail into the store if it is what a crash leaves: one batch, extending the store's chain.
-        Anything else (a store cut deeper, a chain that does not link) is left for `audit verify` to report."""
-        assert self.store is not None
-        first = missing[0][0]
-        expected_seq, expected_hash = (stored[0] + 1, stored[1]) if stored else (1, GENESIS)
-        if first.get("seq") != expected_seq or first.get("prev_hash") != expected_hash:
-            log.error("the audit store copy does not link to the file at seq %s: left for `audit verify`", expected_seq)
-            return None
-        if len(missing) > CRASH_GAP:
-            log.error("the audit store copy lacks %d records: more than a crash leaves; left for `audit verify`",
-                      len(missing))
-            return None
-        self.store.copy_in(missing)
-        log.warning("audit store copy reconciled from the file: seq %d..%d", expected_seq, missing[-1][0]["seq"])
-        return [expected_seq, missing[-1][0]["seq"]]
 
     @staticmethod
     def _advance(head: _Head, record: dict, number: int) -> None:

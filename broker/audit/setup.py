@@ -30,20 +30,20 @@ def signing_public_key(root: RootOfTrust, audit_dir) -> bytes | None:
 
 def build_audit_log(settings: Any, root: RootOfTrust, engine: Any) -> AuditLog:
     """The audit log of this node: HMAC and checkpoint signatures by the root of trust's audit keys, its high-water
-    mark kept there too. Reconciled with the log on start (a crash of any process sharing the chain leaves a store
-    copy behind the file, or intents without an outcome: both are settled before the first request)."""
+    mark kept there too. Reconciled with the log on start (a crash of any process sharing the chain leaves a torn
+    write, intents without an outcome, or a store copy behind the file: all are settled before the first request)."""
     public_key = signing_public_key(root, settings.audit_file.parent)
     audit = AuditLog(
         settings.audit_file, hmac=root.audit_hmac, fsync=settings.audit_fsync, sinks=settings.audit_sinks,
         engine=engine, signer=root.audit_sign if public_key else None, public_key=public_key,
         checkpoint_records=settings.audit_checkpoint_records, checkpoint_seconds=settings.audit_checkpoint_seconds,
-        batch_ms=settings.audit_batch_ms, marks=RootMarks(root),
+        batch_ms=settings.audit_batch_ms, marks=RootMarks(root), mirror_seconds=settings.audit_mirror_seconds,
     )
     try:
         done = audit.reconcile()
     except Exception as exc:  # noqa: BLE001 - a store not reachable at start: the first batch recovers instead
         log.error("audit reconciliation at start failed (%s); the first write retries it", type(exc).__name__)
     else:
-        if done.get("interrupted") or done.get("restored_to_store") or done.get("torn_bytes"):
+        if done.get("interrupted") or done.get("torn_bytes"):
             log.warning("audit reconciled at start: %s", {k: v for k, v in done.items() if v})
     return audit

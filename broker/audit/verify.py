@@ -6,7 +6,7 @@ or re-forged chain. After a break it re-synchronises on the records that follow,
 once and the records after it are still checked.
 
 What a crash leaves is not tampering, and is reported apart (`crash`): a torn last line the store never had, records
-of the last batch the file holds and the store copy does not yet, intents without an outcome. The next start
+the file holds and the store copy does not yet (not mirrored yet, or a crash), intents without an outcome. The next start
 reconciles each of them (broker.audit.log), and the records it writes for that (`broker:ReconcileAudit`,
 `interrupted` outcomes) are checked like any other.
 """
@@ -435,14 +435,10 @@ def check_store_rows(report: Report, rows: list[tuple[int, str, str]]) -> Report
     return report
 
 
-def compare_with_store(report: Report, file_records: list[tuple[int, str]], store_rows: list[tuple[int, str]], *,
-                       crash_gap: int | None = None) -> Report:
+def compare_with_store(report: Report, file_records: list[tuple[int, str]], store_rows: list[tuple[int, str]]) -> Report:
     """The store copy holds every record too. Store records past the file's end: the file was cut. File records
-    the store lacks: the last batch before a crash if they are the file's tail, extend the store's chain and are
-    no more than one batch (`crash_gap`); deleted otherwise. A differing hash: rewritten."""
-    from broker.audit.log import CRASH_GAP
-
-    gap = CRASH_GAP if crash_gap is None else crash_gap
+    the store lacks: not copied yet if they are the file's tail and extend the store's chain (the mirror copies
+    them; after a crash, the next start); deleted otherwise. A differing hash: rewritten."""
     file_map = dict(file_records)
     line_of = {s: n for n, (s, _) in enumerate(file_records, 1)}
     last_file = file_records[-1][0] if file_records else 0
@@ -469,9 +465,9 @@ def compare_with_store(report: Report, file_records: list[tuple[int, str]], stor
     if lacking:
         tail = lacking == list(range(lacking[0], last_file + 1))
         linked = lacking[0] - 1 in store_map or lacking[0] == 1
-        if tail and linked and len(lacking) <= gap:
+        if tail and linked:
             report.crash.append(f"records seq {lacking[0]}..{lacking[-1]} are in the file but not yet in the store: "
-                                "the last batch before a crash (the next start copies them)")
+                                "the mirror copies them (within a second; after a crash, at the next start)")
         elif not store_map:
             report.fail(None, "the store holds no copy of this chain (deleted)", None, "deleted-store")
         else:

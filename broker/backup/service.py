@@ -92,6 +92,7 @@ class BackupService(Service):
         public = bytes.fromhex(current["public_key"])
         self.root.trust(public)  # idempotent; a node that joined after the set was made trusts it here
         package = self.root.export_root(public)
+        self.keys.audit.catch_up()  # the archive's audit head is the chain's head, not the mirror's lag behind it
         store_snapshot = snapshot.dump(self.keys.store.engine)
         chain = chain_id(self.keys.audit.path)
         head_seq, head_hash = 0, GENESIS

@@ -4,10 +4,10 @@
 
 It creates a key and encrypts a few times (all acknowledged: printed), then arms the crash and asks for one more
 CreateKey. Points:
-  intent-store   the intent's batch is in the file, the store insert never happens
+  unmirrored     the intent's batch is durable in the file, the store's mirror never copies it
   torn-append    half of the intent's line is in the file
   after-effect   the key row is committed, the outcome record never written
-  after-store    a batch is in both sinks, the chain head (.lock) never saved
+  after-append   a batch is in the file, the chain head (.lock) never saved
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ def die() -> None:
 
 
 def arm(point: str, svc: KeyService) -> None:
-    if point == "intent-store":
-        sinks.StoreSink.write = lambda self, records, lines: die()  # type: ignore[method-assign]
+    if point == "unmirrored":
+        real_sync = sinks.FileSink.sync
+
+        def sync_then_die(self, fds):
+            real_sync(self, fds)
+            die()
+        svc.audit.mirror.catch_up = lambda: []  # type: ignore[union-attr]
+        sinks.FileSink.sync = sync_then_die  # type: ignore[method-assign]
     elif point == "torn-append":
         def torn(self, records, lines):
             with open(self.path, "ab") as f:
@@ -49,13 +55,13 @@ def arm(point: str, svc: KeyService) -> None:
             real(*args, **kwargs)
             die()
         svc.store.add_key = add_then_die  # type: ignore[method-assign]
-    elif point == "after-store":
-        real_write = sinks.StoreSink.write
+    elif point == "after-append":
+        real_write = sinks.FileSink.write
 
         def write_then_die(self, records, lines):
             real_write(self, records, lines)
             die()
-        sinks.StoreSink.write = write_then_die  # type: ignore[method-assign]
+        sinks.FileSink.write = write_then_die  # type: ignore[method-assign]
     else:
         raise SystemExit(f"unknown crash point {point}")
 

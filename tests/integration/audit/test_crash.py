@@ -69,7 +69,7 @@ def every_key_has_a_record(store: Store, records: list[dict]) -> None:
     assert keys and set(keys) <= named, f"keys with no audit record: {set(keys) - named}"
 
 
-@pytest.mark.parametrize("point", ["intent-store", "torn-append", "after-effect", "after-store"])
+@pytest.mark.parametrize("point", ["unmirrored", "torn-append", "after-effect", "after-append"])
 def test_a_crash_is_explained_then_reconciled(world, hsm_token, hsm_provider, root_ctx, point: str) -> None:
     data, store = world
     printed = crash(data, hsm_token, point)
@@ -78,11 +78,11 @@ def test_a_crash_is_explained_then_reconciled(world, hsm_token, hsm_provider, ro
 
     before = check(data, store, hsm_provider)
     assert before.ok, [p.message for p in before.problems]  # a crash is not tampering
-    if point == "intent-store":
+    if point == "unmirrored":
         assert any("not yet in the store" in c for c in before.crash), before.crash
     if point == "torn-append":
         assert any("torn last write" in c for c in before.crash), before.crash
-    if point in ("after-effect", "after-store"):
+    if point in ("after-effect", "after-append"):
         assert before.open_intents and any("without an outcome" in c for c in before.crash), before.crash
 
     audit = make_audit(data, hsm_provider, store)  # the restart
@@ -101,10 +101,8 @@ def test_a_crash_is_explained_then_reconciled(world, hsm_token, hsm_provider, ro
             assert interrupted["outcome"] == "interrupted" and interrupted["action"] == "kms:CreateKey"
             assert interrupted["key_id"] == intents[seq]["key_id"] and interrupted["request_id"] == \
                 intents[seq]["request_id"]
-        if point == "intent-store":
-            assert done["restored_to_store"]
         reconciled = [r for r in records if r.get("action") == "broker:ReconcileAudit"]
-        assert bool(reconciled) == (point in ("intent-store", "torn-append"))
+        assert bool(reconciled) == (point == "torn-append")
         every_key_has_a_record(store, records)
         with store.engine.connect() as conn:
             keys = {r[0] for r in conn.execute(text("select key_id from keys"))}

@@ -9,8 +9,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import requests
 
@@ -81,6 +83,7 @@ def test_no_secret_reaches_a_record(audit_broker: RunningBroker):
         "approle secret_id": secret_id, "approle token": approle_token,
         "wrong token": wrong.request.headers["X-KMSB-Token"],
     }
+    mirrored(b, b.data_dir / "audit" / "audit.jsonl")  # the store copy is scanned whole
     for where, text in (("audit file", audit_text(b)), ("store", store_text(b))):
         assert "kms:Encrypt" in text
         leaked = [name for name, value in secrets.items() if value in text]
@@ -198,11 +201,20 @@ def test_two_workers_keep_one_valid_chain(audit_broker: RunningBroker):
     assert f"{len(records)} records" in out.stdout and "OK" in out.stdout
 
 
+def mirrored(b: RunningBroker, path: Path) -> None:
+    """Wait until the store copy holds every record of the file (the mirror runs every 0.25 s)."""
+    deadline = time.monotonic() + 10
+    while len(store_rows(b)) != len(path.read_bytes().splitlines()):
+        assert time.monotonic() < deadline, "the store copy did not catch up with the file"
+        time.sleep(0.05)
+
+
 def test_unwritable_sink_answers_503_and_changes_nothing(audit_broker: RunningBroker):
     b = audit_broker
     api = b.session()
     key = api.post(b.url("/keys"), json={}).json()["KeyMetadata"]["KeyId"]
     path = b.data_dir / "audit" / "audit.jsonl"
+    mirrored(b, path)
     before_rows, before_file, before_audit = b.snapshot(), path.read_bytes(), store_rows(b)
     moved = path.with_name("audit.jsonl.moved")
     path.rename(moved)

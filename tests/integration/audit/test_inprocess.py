@@ -67,6 +67,7 @@ def test_group_commit_under_concurrent_load(audited: KeyService, root_ctx: Reque
     assert len(fsyncs) < written, f"{len(fsyncs)} fsyncs for {written} records: no group commit"
     assert len(fsyncs) <= written // 2
     print(f"\n{written} records, {len(fsyncs)} fsyncs, {audited.audit.counters['batches']} batches")
+    audited.audit.catch_up()
     with audited.store.engine.connect() as conn:
         assert conn.execute(text("select count(*) from audit_events")).scalar() == len(records(audited))
 
@@ -118,23 +119,62 @@ def test_unwritable_file_sink_refuses_before_any_key_operation(audited: KeyServi
     verify(audited)
 
 
-def test_failing_store_sink_undoes_the_file_and_refuses(audited: KeyService, root_ctx: RequestContext):
+def test_a_failing_store_copy_does_not_refuse_requests_and_catches_up(audited: KeyService, root_ctx: RequestContext):
+    """With a file sink the file makes each record durable; the store's copy follows it. A store that cannot take
+    the copy does not turn requests into 503s (the file holds every record), readiness says what is wrong, and the
+    copy is complete once the store is back."""
     key = audited.create_key(root_ctx)["KeyId"]
-    path = audited.audit.path
+    audited.audit.catch_up()
     with audited.store.engine.begin() as conn:
         conn.execute(text("alter table audit_events rename to audit_events_away"))
-    before = path.read_bytes()
     try:
-        with pytest.raises(errors.NotReady):
+        for _ in range(3):
             audited.encrypt(root_ctx, key, b"x")
-        assert path.read_bytes() == before  # the batch is in no sink
-        with pytest.raises(errors.NotReady):  # the pre-check now probes the store and refuses up front
-            audited.describe_key(root_ctx, key)
+        assert audited.audit.health().startswith("store sink unavailable")
+        with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises: the copy is not made
+            audited.audit.catch_up()
+        audited.audit.mirror_now()
+        assert audited.audit.counters["mirror_failures"] >= 1
     finally:
         with audited.store.engine.begin() as conn:
             conn.execute(text("alter table audit_events_away rename to audit_events"))
-    audited.encrypt(root_ctx, key, b"x")
-    verify(audited)
+    audited.audit.catch_up()
+    assert audited.audit.health() == "ok"
+    with audited.store.engine.connect() as conn:
+        stored = [r[0] for r in conn.execute(text("select seq from audit_events order by seq"))]
+    assert stored == [r["seq"] for r in records(audited)]
+    report = verify(audited)
+    assert not report.crash, report.crash
+
+
+def test_store_only_refuses_when_the_store_fails(tmp_path: Path, hsm_provider, root_ctx: RequestContext):
+    """Without a file sink the store is the durable sink: a batch it cannot take is refused, and so is the next
+    request (the pre-check probes the store) until it is back."""
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.migrate()
+    audit = make_audit(tmp_path, hsm_provider, store, sinks=("store",))
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        key = svc.create_key(root_ctx)["KeyId"]
+        with store.engine.begin() as conn:
+            conn.execute(text("alter table audit_events rename to audit_events_away"))
+        try:
+            with pytest.raises(errors.NotReady):
+                svc.encrypt(root_ctx, key, b"x")
+            with pytest.raises(errors.NotReady):  # the pre-check now probes the store and refuses up front
+                svc.describe_key(root_ctx, key)
+        finally:
+            with store.engine.begin() as conn:
+                conn.execute(text("alter table audit_events_away rename to audit_events"))
+        svc.encrypt(root_ctx, key, b"x")
+        assert not (tmp_path / "audit" / "audit.jsonl").exists()
+    finally:
+        audit.close()
+        store.dispose()
 
 
 def test_torn_last_write_is_cut_on_recovery(audited: KeyService, root_ctx: RequestContext, tmp_path: Path):
@@ -212,6 +252,7 @@ def test_two_hosts_files_are_two_chains_in_one_store(tmp_path: Path, hsm_provide
                 svc.list_keys(root_ctx)
         for audit in logs:
             report = verify(_Svc(audit))
+            audit.catch_up()
             with store.engine.connect() as conn:
                 rows = [tuple(r) for r in conn.execute(
                     text("select seq, hash from audit_events where chain = :c order by seq"), {"c": audit.store.chain})]
@@ -292,6 +333,7 @@ def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_
     try:
         for _ in range(3):
             svc.list_keys(root_ctx)
+        audit.catch_up()
         with store.engine.connect() as conn:
             kinds = [r[0] for r in conn.execute(text("select record_type from audit_events order by seq"))]
         assert kinds == ["event", "event", "checkpoint-deferred", "event"]

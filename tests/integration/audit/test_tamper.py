@@ -112,6 +112,7 @@ def test_truncated_tail_needs_the_store(log, audited: KeyService):
     cut = b"".join(lines[:23])
     alone = verify_lines(cut, key)
     assert alone.ok and "after the last checkpoint" in alone.notes[-1]  # the documented limit of --file
+    audited.audit.catch_up()
     with audited.store.engine.connect() as conn:
         rows = [tuple(r) for r in conn.exec_driver_sql("select seq, hash from audit_events order by seq")]
     file_records = [(json.loads(line)["seq"], json.loads(line)["hash"]) for line in cut.splitlines()]
