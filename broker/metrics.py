@@ -38,13 +38,17 @@ def _metrics() -> Any:
                     requests=Counter("kmsb_requests", "Audited requests by action and outcome", ["action", "outcome"]),
                     latency=Histogram("kmsb_request_seconds", "Time from the gate's start to the audit outcome",
                                       ["action"], buckets=_LATENCY),
-                    audit_batch=Histogram("kmsb_audit_batch_records", "Records made durable together (one append, "
-                                          "one fsync, one insert)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
+                    audit_batch=Histogram("kmsb_audit_batch_records", "Records made durable together (one append and "
+                                          "one fsync, or one store transaction)", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512,
                                                                              1000)),
                     audit_flush=Histogram("kmsb_audit_flush_seconds", "Time to make one audit batch durable in every "
                                           "durable sink", buckets=_LATENCY),
                     audit_failures=Counter("kmsb_audit_failures", "Audit batches the durable sinks refused (their "
                                            "callers got 503)"),
+                    audit_mirrored=Counter("kmsb_audit_mirrored_records", "Audit records this process copied "
+                                           "into the store's copy of the chain"),
+                    audit_mirror_failures=Counter("kmsb_audit_mirror_failures", "Runs of the audit store copy that "
+                                                  "failed (the store lags the file; retried)"),
                     job_runs=Counter("kmsb_job_runs", "Background job runs this node won, by outcome",
                                      ["job", "outcome"]),
                     provider_up=Gauge("kmsb_provider_up", "1 if the provider answered its health check at the last "
@@ -108,6 +112,14 @@ def observe_audit_batch(records: int, seconds: float, ok: bool) -> None:
         m.audit_flush.observe(seconds)
     else:
         m.audit_failures.inc()
+
+
+def observe_audit_mirror(copied: int, ok: bool) -> None:
+    m = _metrics()
+    if ok:
+        m.audit_mirrored.inc(copied)
+    else:
+        m.audit_mirror_failures.inc()
 
 
 def observe_job(job: str, outcome: str) -> None:

@@ -322,13 +322,18 @@ class AuditLog:
         self._sync(unsynced)
         return checkpoint
 
-    def catch_up(self) -> None:
+    def catch_up(self) -> int:
         """Bring the store copy up to the file now (nothing to do without a file sink); raises if the store
-        cannot take it."""
-        if self.mirror is not None:
-            self._unmirrored = 0
-            self.mirror.catch_up()
-            self._mirror_error = None
+        cannot take it. Returns how many records this call copied."""
+        if self.mirror is None:
+            return 0
+        self._unmirrored = 0
+        span = self.mirror.catch_up()
+        self._mirror_error = None
+        copied = span[1] - span[0] + 1 if span else 0
+        if copied:
+            metrics.observe_audit_mirror(copied, True)
+        return copied
 
     def close(self, *, checkpoint: bool = False) -> None:
         """Stop this process's writer. With `checkpoint` (a clean shutdown) the tail is covered by a signed
@@ -464,6 +469,7 @@ class AuditLog:
             self.catch_up()
             return True
         except Exception as exc:  # noqa: BLE001 - the store copy lags; the file holds every record
+            metrics.observe_audit_mirror(0, False)
             self.counters["mirror_failures"] += 1
             if self._mirror_error is None:
                 log.error("audit store copy cannot be brought up to the file (%s); retried every %.2f s",

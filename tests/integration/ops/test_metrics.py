@@ -58,6 +58,8 @@ def test_scrape_counts_every_worker_and_is_authorized_and_audited(tmp_path):
         assert requests.get(broker.url("/metrics"), headers={"X-KMSB-Token": api.post(
             broker.url("/auth/token/create"), json={"policies": ["default"]}).json()["auth"]["client_token"]},
             timeout=10).status_code == 403
+        written = len((data / "audit" / "audit.jsonl").read_text().splitlines())
+        assert api.get(broker.url("/audit/events")).ok  # an audit query brings the store's copy up to the file
         scrape = requests.get(broker.url("/metrics"), headers={"Authorization": f"Bearer {reader_token}"},
                               timeout=10)
         assert scrape.status_code == 200 and scrape.headers["Content-Type"].startswith("text/plain")
@@ -66,6 +68,8 @@ def test_scrape_counts_every_worker_and_is_authorized_and_audited(tmp_path):
         assert m[("kmsb_requests_total", (("action", "kms:Encrypt"), ("outcome", "denied")))] == 1
         assert m[("kmsb_request_seconds_count", (("action", "kms:Encrypt"),))] == 13
         assert m[("kmsb_audit_batch_records_count", ())] >= 1 and m[("kmsb_audit_flush_seconds_sum", ())] > 0
+        assert m[("kmsb_audit_mirrored_records_total", ())] >= written
+        assert m[("kmsb_audit_mirror_failures_total", ())] == 0
         assert m[("kmsb_provider_up", (("provider", "hsm"),))] == 1
         assert m[("kmsb_hsm_session_up", ())] == 1
         assert m[("kmsb_dependency_up", (("dependency", "audit"),))] == 1
