@@ -4,6 +4,7 @@ gunicorn brokers: per-folder control sockets, readiness that reflects the audit 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 import subprocess
@@ -86,8 +87,14 @@ def test_full_disk_makes_the_broker_not_ready_and_it_recovers(small_disk, tmp_pa
         ready = requests.get(broker.url("/ready"), timeout=10)
         assert ready.status_code == 503, ready.text
         assert ready.json()["audit"].startswith("file sink unavailable"), ready.json()
-        refused = api.post(broker.url(f"/keys/{key}/encrypt"), json=body)
-        assert refused.status_code == 503 and refused.json()["error"]["code"] == "ServiceUnavailableException"
+        # The audit file takes records while its last block has room (each one fsync'd: durable, so the request is
+        # served); the first record that needs a new block is refused, and so is every request after it.
+        answers = [api.post(broker.url(f"/keys/{key}/encrypt"), json=body) for _ in range(12)]
+        codes = [r.status_code for r in answers]
+        assert 503 in codes and set(codes) <= {200, 503}, codes
+        first = codes.index(503)
+        assert codes[first:] == [503] * (len(codes) - first), codes
+        assert answers[first].json()["error"]["code"] == "ServiceUnavailableException"
         assert broker.server.proc.poll() is None
 
         filler.unlink()
@@ -95,6 +102,10 @@ def test_full_disk_makes_the_broker_not_ready_and_it_recovers(small_disk, tmp_pa
         assert ready.status_code == 200 and ready.json()["audit"] == "ok" and ready.json()["store"] == "ok"
         assert api.post(broker.url(f"/keys/{key}/encrypt"), json=body).status_code == 200
         assert not list((small_disk / "data" / "audit").glob(".ready-*")), "readiness probes leave nothing behind"
+        served = [json.loads(r.text)["CiphertextBlob"] for r in answers if r.status_code == 200]
+        records = [json.loads(line) for line in (small_disk / "data" / "audit" / "audit.jsonl").read_text().splitlines()]
+        allowed = [r for r in records if r.get("action") == "kms:Encrypt" and r.get("outcome") == "allowed"]
+        assert len(allowed) == 2 + len(served)  # every answer served on the full disk has its durable record
     finally:
         broker.server.stop()
 
