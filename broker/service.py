@@ -83,7 +83,7 @@ from providers import base as pb
 from providers.base import Provider, ProviderKeyRef, RootOfTrust
 
 __all__ = ["MAX_CIPHERTEXT", "MAX_PLAINTEXT", "AuditEntry", "KeyService", "Provisioned", "RequestContext",
-           "provider_error"]
+           "Strays", "provider_error"]
 
 MAX_PLAINTEXT = 4096
 MAX_CIPHERTEXT = 6144
@@ -166,6 +166,16 @@ class Provisioned:
     def journal(self) -> dict[str, Any]:
         """What a journal keeps to settle a crash (`KeyService.restore_provisioned` takes it back)."""
         return {"provider": self.provider, "label": self.label, "ref": dict(self.ref)}
+
+
+@dataclass(frozen=True)
+class Strays:
+    """What a sync plan finds of a provider's material labelled with catalog keys and held by none of their
+    versions (`KeyService.strays`): key id -> the cloud keys (`keys`) and the names of the versions inside its own
+    cloud key (`versions`)."""
+
+    keys: dict[str, list[pb.InventoryItem]] = field(default_factory=dict)
+    versions: dict[str, list[str]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------- resolvers
@@ -1540,21 +1550,43 @@ class KeyService(Service):
             return False
 
     @within("kms:ListKeys", resource=lambda a: f"provider/{a['provider']}")
-    def strays(self, call: Call, provider: str,
-               found: Mapping[str, list[pb.InventoryItem]]) -> dict[str, list[pb.InventoryItem]]:
+    def strays(self, call: Call, provider: str, found: Mapping[str, list[pb.InventoryItem]]) -> Strays:
         """Of the provider's keys labelled with the id of a catalog key (`found`: key id -> the items labelled
         with it), those that are no version's material: a create the provider's SDK retried after its first
-        attempt had landed (the answer lost) made a second cloud key with the same label (see `_strays_of`).
-        Key ids the catalog does not hold are left out."""
+        attempt had landed (the answer lost) made a second cloud key with the same label (see `_strays_of`); and
+        the live versions inside a key's own cloud key that none of its versions is (a version create retried the
+        same way; `Provider.stray_versions`). Key ids the catalog does not hold are left out. One catalog read
+        per 500 keys; the provider reads only versions the catalog's refs show to be missing."""
         held = self.store.versions_of(sorted(found))
         backend = self.provider(provider)
-        out = {}
+        out = Strays()
         for key_id, items in found.items():
             on, versions = held.get(key_id, ("", []))
-            extra = _strays_of(backend, versions, items) if on == provider else []
+            if on != provider:
+                continue
+            extra = _strays_of(backend, versions, items)
             if extra:
-                out[key_id] = extra
+                out.keys[key_id] = extra
+            inside = sorted(backend.stray_versions(ProviderKeyRef.from_dict(v.provider_ref) for v in versions))
+            if inside:
+                out.versions[key_id] = inside
         return out
+
+    @within("broker:DestroyKey", resource=lambda a: f"provider/{a['provider']}")
+    def discard_stray_version(self, call: Call, provider: str, key_id: str, name: str) -> bool:
+        """Destroy the version `name` inside key `key_id`'s cloud key if it is (still) one of its stray versions,
+        checked against the catalog now: never a version the catalog holds, never one made after its latest.
+        -> whether it was discarded."""
+        held = self.store.versions_of([key_id])
+        on, versions = held.get(key_id, ("", []))
+        if on != provider:
+            raise errors.InvalidState(f"key {key_id} is not on provider {provider!r}")
+        backend = self.provider(provider)
+        ref = backend.stray_versions(ProviderKeyRef.from_dict(v.provider_ref) for v in versions).get(name)
+        if ref is None:
+            return False
+        backend.discard(ref)
+        return True
 
     @within("broker:DestroyKey", resource=lambda a: f"provider/{a['provider']}")
     def discard_unregistered(self, call: Call, provider: str, label: str,

@@ -342,6 +342,14 @@ class Provider(abc.ABC):
         """A ref to an inventoried key, enough for `discard` (the backend knows what its refs need)."""
         return ProviderKeyRef(key_id=item.key_id)
 
+    def stray_versions(self, held: Iterable[ProviderKeyRef]) -> dict[str, ProviderKeyRef]:
+        """Live versions inside the cloud keys of `held` (every version ref of one broker key) that are none of
+        them and were made before the latest of them -> {the cloud's name of the version: a ref for `discard`}.
+        Only a backend that numbers versions inside one cloud key can tell from the refs alone (a skipped number);
+        it reads those versions and nothing else. The others (one cloud key per version, or unnumbered versions)
+        have none to report."""
+        return {}
+
     def discard(self, ref: ProviderKeyRef) -> None:
         """Make material the broker never registered unusable and destroy it as far as the backend allows (crash
         cleanup): disable, schedule for the shortest window, destroy. A key that is gone already is done."""

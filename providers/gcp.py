@@ -458,6 +458,29 @@ class GcpProvider(Provider):
         if version.state in (State.ENABLED, State.DISABLED):
             self._rpc("destroy_crypto_key_version", {"name": version.name})
 
+    def stray_versions(self, held: Iterable[ProviderKeyRef]) -> dict[str, ProviderKeyRef]:
+        """Cloud KMS numbers a key's versions 1, 2, 3, ...: a number the catalog skips below its highest is a
+        version made and never registered (CreateCryptoKeyVersion is not idempotent: a retry after an answer lost
+        on the wire makes a second version, and the catalog registers the one the retry answered). Only those
+        numbers are read; a version above the highest may be a rotation in flight and is not looked at."""
+        numbers: dict[str, set[int]] = {}
+        for ref in held:
+            if ref.version and ref.version.isdigit():
+                numbers.setdefault(ref.key_id, set()).add(int(ref.version))
+        out = {}
+        for key_name, have in numbers.items():
+            for number in range(1, max(have)):
+                if number in have:
+                    continue
+                ref = ProviderKeyRef(key_id=key_name, version=str(number))
+                try:
+                    version = self._get_version(ref)
+                except ProviderNotFound:
+                    continue
+                if version.state in (State.ENABLED, State.DISABLED):
+                    out[version.name] = ref
+        return out
+
     def discard(self, ref: ProviderKeyRef) -> None:
         """Cloud KMS destroys versions, not keys: a ref without a version (an inventoried key the broker never
         registered) names the key's first and only version."""
@@ -570,7 +593,7 @@ class GcpProvider(Provider):
         if into is not None:
             request["crypto_key_version"] = into
         try:
-            version = self._rpc("import_crypto_key_version", request)
+            version = self._import_once(request)
         except ProviderInvalidInput as err:
             if "unwrap" in str(err).lower():
                 raise ProviderInvalidCiphertext(str(err)) from None
@@ -578,6 +601,32 @@ class GcpProvider(Provider):
         version = self._wait_ready(version)
         self._make_primary(version, spec)
         return version
+
+    def _import_once(self, request: Mapping[str, Any]) -> kms_v1.CryptoKeyVersion:
+        """ImportCryptoKeyVersion, retried like every call but never twice into one key: it is not idempotent (a
+        retry after an answer lost on the wire made a second version with the same material, live and tracked by
+        nobody). The import job is this call's own and Cloud KMS records it on the version it makes, so before
+        each retry the key's versions are searched for one made with it: that is the version this import made."""
+        deadline, delay = time.monotonic() + self.timeout, 0.1
+        while True:
+            try:
+                return self._client.import_crypto_key_version(request=request, retry=None, timeout=self.timeout)
+            except Exception as err:  # noqa: BLE001 - mapped, never swallowed
+                if self._retry is None or not _retryable(err) or time.monotonic() + delay > deadline:
+                    raise _map_error(err) from None
+            made = self._version_imported_by(str(request["parent"]), str(request["import_job"]))
+            if made is not None:
+                return made
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _version_imported_by(self, key_name: str, job_name: str) -> kms_v1.CryptoKeyVersion | None:
+        try:
+            versions = self._client.list_crypto_key_versions(request={"parent": key_name}, retry=self._retry,
+                                                             timeout=self.timeout)
+            return next((v for v in versions if v.import_job == job_name), None)
+        except Exception as err:  # noqa: BLE001 - mapped
+            raise _map_error(err) from None
 
     def finish_import(self, handle: Mapping[str, Any], spec: KeySpec, usage: KeyUsage, wrapped_material: bytes,
                       wrapping_algorithm: str, *, label: str, ref: ProviderKeyRef | None = None) -> ProviderKeyRef:

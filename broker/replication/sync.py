@@ -44,7 +44,7 @@ from broker.replication.lanes import Lanes
 from broker.replication.manifest import PRIMARY, SYNC_TAG, TARGET_TAG, KeyEntry, Manifest
 from broker.replication.replicated import PRIMARY_TAG, REPLICA_TAG, ReplicatedKeys
 from broker.replication.repo import JournalEntry, ReplicationRepo
-from broker.service import KeyService, Provisioned
+from broker.service import KeyService, Provisioned, Strays
 from providers import base as pb
 from providers.base import InventoryItem
 
@@ -70,7 +70,8 @@ class Action:
 
 @dataclass
 class Drift:
-    kind: str  # missing-in-cloud | changed-outside | unmanaged | not-in-manifest | not-owned | duplicate
+    # missing-in-cloud | changed-outside | unmanaged | not-in-manifest | not-owned | duplicate | stray | stray-version
+    kind: str
     provider: str
     detail: str
     key_id: str | None = None
@@ -275,6 +276,15 @@ class Sync(Service):
         items = [i for i in run.labelled(provider, label) if i.key_id == cloud_key]
         if not retry(lambda: self.keys.discard_unregistered(call, provider, label, items)):
             raise _Unfixable(f"{cloud_key} is not a stray of {label} (any more)")
+
+    @operation("broker:DestroyKey", Need("broker:DestroyKey", resource(_provider_arg)), mutates=True)
+    def _discard_stray_version(self, call: Call, key_id: str, provider: str, name: str) -> None:
+        """Destroy a version inside a key's cloud key that none of its catalog versions is (a version create the
+        SDK retried after its first attempt had landed); KeyService checks it against the catalog again."""
+        call.entry.key_id, call.entry.provider = key_id, provider
+        call.entry.extra["sync"] = "discard-stray-version"
+        if not retry(lambda: self.keys.discard_stray_version(call, provider, key_id, name)):
+            raise _Unfixable(f"{name} is not a stray version of {key_id} (any more)")
 
     @operation("kms:EnableKey", Need("kms:EnableKey", key_arg("key_id")), mutates=True)
     def _mirror_enabled(self, call: Call, key_id: str) -> None:
@@ -575,17 +585,25 @@ class _Run:
                     self._stray(report, provider, j.entry, j.target, j.key_id, item, "made for a create a killed "
                                 "run never finished (it landed after the resumed run looked)")
             mine = {key_id: by_label[key_id.lower()] for key_id, (_, key) in ours.items()
-                    if key.provider == provider and any(i.enabled for i in by_label.get(key_id.lower(), ()))}
-            strays = self.keys.strays(self.call, provider, mine) if mine else {}
+                    if key.provider == provider and by_label.get(key_id.lower())}
+            strays = self.keys.strays(self.call, provider, mine) if mine else Strays()
             for key_id, (entry, key) in ours.items():
                 if key.provider != provider:
                     continue
-                extra = {i.key_id for i in strays.get(key_id, ())}
-                for item in strays.get(key_id, ()):
+                target = key.tags.get(TARGET_TAG, "")
+                extra = {i.key_id for i in strays.keys.get(key_id, ())}
+                for item in strays.keys.get(key_id, ()):
                     if item.enabled:
-                        self._stray(report, provider, entry, key.tags.get(TARGET_TAG, ""), key_id, item,
-                                    "a second cloud key labelled with this key's id, not the catalog's (a create "
-                                    "retried after its first attempt had landed)")
+                        self._stray(report, provider, entry, target, key_id, item, "a second cloud key labelled "
+                                    "with this key's id, not the catalog's (a create retried after its first "
+                                    "attempt had landed)")
+                for name in strays.versions.get(key_id, ()):
+                    report.drift.append(Drift("stray-version", provider, "a live version inside this key's cloud "
+                                              "key that none of its versions is (a version create retried after its "
+                                              "first attempt had landed): destroyed", key_id=key_id,
+                                              cloud_key=name, entry=entry, fixable=True))
+                    report.actions.append(Action("fix-drift", entry, target, provider, key_id,
+                                                 [f"discard-version:{name}"]))
                 if key.state not in (KeyState.ENABLED, KeyState.DISABLED):
                     continue
                 found = [i for i in by_label.get(key_id.lower(), []) if i.key_id not in extra]
@@ -702,6 +720,9 @@ class _Run:
             elif a.kind == "fix-drift" and a.changes[0].startswith("discard:"):
                 assert a.key_id is not None
                 self.sync._discard_stray(self.ctx, self, a.key_id, a.provider, a.changes[0].split(":", 1)[1])
+            elif a.kind == "fix-drift" and a.changes[0].startswith("discard-version:"):
+                assert a.key_id is not None
+                self.sync._discard_stray_version(self.ctx, a.key_id, a.provider, a.changes[0].split(":", 1)[1])
             elif a.kind == "fix-drift":
                 mirror = self.sync._mirror_enabled if a.changes[0] == "enable" else self.sync._mirror_disabled
                 try:

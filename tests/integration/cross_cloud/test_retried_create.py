@@ -1,10 +1,16 @@
 """A cloud create whose answer is lost after the cloud made the key, retried by the official SDK, unmodified.
 
-A proxy on the wire (tests/support/wire.py) lets the first CreateKey / CreateCryptoKey reach LocalStack or the GCP
-emulator, throws its answer away and cuts the connection; the SDK's own retry sends the same request again:
+A proxy on the wire (tests/support/wire.py) lets the first CreateKey / CreateCryptoKey / CreateCryptoKeyVersion /
+ImportCryptoKeyVersion reach LocalStack or the GCP emulator, throws its answer away and cuts the connection; the
+SDK's own retry sends the same request again:
 
 - Cloud KMS answers the retry ALREADY_EXISTS (the broker names its CryptoKeys): the provider must take that key as
   the one it made (it carries the broker's label), neither fail nor make a third;
+- Cloud KMS's ImportCryptoKeyVersion is not idempotent (a retry imports a second version): the provider finds the
+  version its import job made before it retries, so there is one;
+- Cloud KMS's CreateCryptoKeyVersion is not idempotent and carries nothing to find its version by: the retry makes a
+  second version, the catalog registers the one the retry answered, and the sync's next plan finds the skipped
+  version number, reports it and destroys it (never a version the catalog holds, nor one made after its latest);
 - AWS KMS's CreateKey is not idempotent: the retry makes a second key with the same broker label. The provider
   cannot tell; the sync's next plan finds the key the catalog does not hold, reports it and schedules it for
   deletion (never the one the catalog points to).
@@ -30,6 +36,36 @@ pytestmark = pytest.mark.integration
 
 AWS_CREATE = b"TrentService.CreateKey"
 GCP_CREATE = b"kms-broker-label"  # a string field only CreateCryptoKey requests carry (the key's labels)
+
+
+def _gcp_ring(world: World) -> str:
+    cfg = world.env["gcp"]
+    return f"projects/{cfg['project']}/locations/{cfg['location']}/keyRings/{cfg.get('key_ring', 'kms-broker')}"
+
+
+def _gcp_import(world: World) -> bytes:
+    """An ImportCryptoKeyVersion request of symmetric material, in protobuf: field 2 (algorithm) = 1
+    (GOOGLE_SYMMETRIC_ENCRYPTION), then field 4 (import_job) = one of the broker's import jobs (length-prefixed)."""
+    prefix = f"{_gcp_ring(world)}/importJobs/kmsb-import-"
+    return b'\x10\x01"' + bytes([len(prefix) + 16]) + prefix.encode()
+
+
+def _gcp_version_create(key_name: str) -> bytes:
+    """A CreateCryptoKeyVersion request for `key_name`: field 1 (parent), then an empty field 2 (the version)."""
+    return key_name.encode() + b"\x12\x00"
+
+
+def _gcp_versions(world: World, key_name: str) -> dict[str, str]:
+    """version number -> state, read directly (not through any proxy)."""
+    from providers.gcp import build_client
+
+    cfg = world.env["gcp"]
+    client = build_client("grpc", grpc_target=cfg["grpc_target"], token=cfg.get("token"))
+    try:
+        return {v.name.rsplit("/", 1)[1]: v.state.name
+                for v in client.list_crypto_key_versions(request={"parent": key_name})}
+    finally:
+        client.transport.close()
 
 
 @pytest.fixture
@@ -69,6 +105,54 @@ def test_gcp_create_retried_after_a_lost_answer_is_the_key_it_made(world: World,
         assert [i.key_id for i in items] == [ref.key_id]  # one key: the one the server made first
         assert items[0].enabled
         assert provider.decrypt(ref, provider.encrypt(ref, b"data", b"aad"), b"aad") == b"data"
+    finally:
+        provider.close()
+
+
+def test_gcp_import_retried_after_a_lost_answer_is_the_version_it_made(world: World, gcp_proxy: WireProxy) -> None:
+    """A first import (a new import-only key) and a rotation's import into that key: each answer lost once."""
+    from providers.registry import build_provider
+    from tests.integration.gcp_provider.test_provider import software_wrap
+
+    provider = build_provider("gcp", providers_json(through(world, gcp_proxy, "gcp").env)["gcp"])
+    try:
+        provider.check_health()
+        label = f"retried-import-{uuid.uuid4().hex[:8]}"
+        rule = gcp_proxy.lose_answer(_gcp_import(world))
+        ref = provider.byok_import(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, software_wrap(os.urandom(32)),
+                                   label=label)
+        assert rule.fired.is_set() and rule.answered.is_set()
+        assert _gcp_versions(world, ref.key_id) == {"1": "ENABLED"} and ref.version == "1"
+        rule = gcp_proxy.lose_answer(_gcp_import(world))
+        rotated = provider.byok_import(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
+                                       software_wrap(os.urandom(32)), label=label, ref=ref)
+        assert rule.fired.is_set() and rule.answered.is_set()
+        assert _gcp_versions(world, ref.key_id) == {"1": "ENABLED", "2": "ENABLED"} and rotated.version == "2"
+        assert provider.decrypt(rotated, provider.encrypt(rotated, b"data", b"aad"), b"aad") == b"data"
+    finally:
+        provider.close()
+
+
+def test_gcp_version_create_retried_after_a_lost_answer_makes_a_second_version(world: World,
+                                                                               gcp_proxy: WireProxy) -> None:
+    """What the sync has to clean up: the retry makes version 3, version 2 (the lost answer's) is live; the
+    provider names it from the refs the catalog would hold, and nothing above the latest of them."""
+    from providers.registry import build_provider
+
+    provider = build_provider("gcp", providers_json(through(world, gcp_proxy, "gcp").env)["gcp"])
+    try:
+        ref = provider.create_key(KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT,
+                                  label=f"retried-version-{uuid.uuid4().hex[:8]}")
+        rule = gcp_proxy.lose_answer(_gcp_version_create(ref.key_id))
+        rotated = provider.create_version(ref, KeySpec.SYMMETRIC_DEFAULT, KeyUsage.ENCRYPT_DECRYPT, label="x")
+        assert rule.fired.is_set() and rule.answered.is_set()
+        assert rotated.version == "3" and _gcp_versions(world, ref.key_id) == {
+            "1": "ENABLED", "2": "ENABLED", "3": "ENABLED"}
+        assert list(provider.stray_versions([ref, rotated])) == [f"{ref.key_id}/cryptoKeyVersions/2"]
+        assert provider.stray_versions([ref]) == {}  # 2 and 3 may be rotations in flight
+        provider.discard(provider.stray_versions([ref, rotated])[f"{ref.key_id}/cryptoKeyVersions/2"])
+        assert _gcp_versions(world, ref.key_id)["2"] == "DESTROY_SCHEDULED"
+        assert provider.stray_versions([ref, rotated]) == {}
     finally:
         provider.close()
 
@@ -183,6 +267,66 @@ def test_a_retried_aws_create_inside_a_copy_import_leaves_only_an_empty_key(worl
     assert len(state) == 2 and state.pop(held) is True and list(state.values()) == [False], state
     code, plan = run_sync(world, data_dir, "plan", manifest)
     assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
+
+
+def test_a_sync_whose_gcp_copy_import_is_retried_converges_with_one_version(world: World, gcp_proxy: WireProxy,
+                                                                             tmp_path: Path) -> None:
+    preload()
+    proxied = through(world, gcp_proxy, "gcp")
+    data_dir = new_data_dir(tmp_path / "data")
+    manifest = write_manifest(tmp_path / "m.yaml", {"manifest": "retried-gcp-import", "keys": [
+        {"name": "copy", "replicate": True, "targets": ["gcp"]}]})
+    code, _ = run_sync(proxied, data_dir, "plan", manifest)  # the key ring and the channel exist: arm after
+    rule = gcp_proxy.lose_answer(_gcp_import(world))
+    code, report = run_sync(proxied, data_dir, "apply", manifest)
+    assert rule.fired.is_set() and rule.answered.is_set()
+    assert code == 0, report
+    (copy,) = [a["key_id"] for a in report["actions"] if a["target"] == "gcp"]
+    key_name = _catalog_refs(data_dir)[copy]
+    assert _gcp_versions(world, key_name) == {"1": "ENABLED"}
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
+
+
+def test_a_gcp_version_a_retried_rotation_left_is_reported_and_destroyed(world: World, gcp_proxy: WireProxy,
+                                                                         tmp_path: Path) -> None:
+    """The rotation's CreateCryptoKeyVersion answer is lost: the SDK's retry makes version 3, which the catalog
+    registers; version 2 is live and nobody's. The plan reports it, the apply destroys it and nothing else: not the
+    catalog's versions 1 and 3, nor a version 4 made after the latest registered one (a rotation in flight)."""
+    from providers.gcp import build_client
+
+    preload()
+    data_dir = new_data_dir(tmp_path / "data")
+    manifest = write_manifest(tmp_path / "m.yaml", {"manifest": "retried-gcp-rotation", "keys": [
+        {"name": "one", "targets": ["gcp"]}]})
+    code, report = run_sync(world, data_dir, "apply", manifest)
+    assert code == 0, report
+    (key_id,) = [a["key_id"] for a in report["actions"]]
+    key_name = _catalog_refs(data_dir)[key_id]
+    rule = gcp_proxy.lose_answer(_gcp_version_create(key_name))
+    _rotate_in_child(through(world, gcp_proxy, "gcp"), data_dir, key_id)
+    assert rule.fired.is_set() and rule.answered.is_set()
+    cfg = world.env["gcp"]
+    client = build_client("grpc", grpc_target=cfg["grpc_target"], token=cfg.get("token"))
+    try:
+        client.create_crypto_key_version(request={"parent": key_name, "crypto_key_version": {}})
+    finally:
+        client.transport.close()
+    assert _gcp_versions(world, key_name) == {"1": "ENABLED", "2": "ENABLED", "3": "ENABLED", "4": "ENABLED"}
+    stray = f"{key_name}/cryptoKeyVersions/2"
+
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 2, plan
+    assert [(d["kind"], d["key_id"], d["cloud_key"]) for d in _ours(plan["drift"], {key_id: key_name})] == [
+        ("stray-version", key_id, stray)], plan
+    assert [(a["kind"], a["key_id"], a["changes"]) for a in plan["actions"]] == [
+        ("fix-drift", key_id, [f"discard-version:{stray}"])], plan
+    code, report = run_sync(world, data_dir, "apply", manifest)
+    assert code == 0 and [a["status"] for a in report["actions"]] == ["done"], report
+    assert _gcp_versions(world, key_name) == {"1": "ENABLED", "2": "DESTROY_SCHEDULED", "3": "ENABLED",
+                                              "4": "ENABLED"}
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], {key_id: key_name}) == [], plan
 
 
 # ------------------------------------------------------------------------------------------ what is never a stray
