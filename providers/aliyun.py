@@ -423,7 +423,8 @@ class AliyunProvider(Provider):
                     usage=_USAGES_BACK.get(meta.get("KeyUsage", "")), enabled=meta.get("KeyState") == "Enabled",
                     created_at=_parse_time(meta.get("CreationDate")), description=meta.get("Description", ""),
                     tags={t["TagKey"]: t.get("TagValue", "") for t in tags},
-                    label=next((t.get("TagValue") for t in tags if t["TagKey"] == _LABEL_TAG), None) or None))
+                    label=next((t.get("TagValue") for t in tags if t["TagKey"] == _LABEL_TAG), None) or None,
+                    awaiting_material=meta.get("KeyState") == "PendingImport"))
             if page * 100 >= int(body.get("TotalCount", 0)):
                 return items
             page += 1

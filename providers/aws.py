@@ -413,4 +413,5 @@ class AwsProvider(Provider):
             description=meta.get("Description", ""),
             tags={t["TagKey"]: t["TagValue"] for t in tags},
             label=next((t["TagValue"] for t in tags if t["TagKey"] == LABEL_TAG), None),
+            awaiting_material=meta.get("KeyState") == "PendingImport",
         )

@@ -119,6 +119,8 @@ class InventoryItem:
 
     label: the `label` the broker passed to `create_key`/`byok_import` for this key (the broker key id), read back
            from wherever the backend keeps it (a tag, a label); None for a key the broker did not create.
+    awaiting_material: not enabled, yet not disabled by anyone either: it holds no material (nothing can use it)
+           and stays until it is scheduled for deletion.
     """
 
     key_id: str
@@ -129,6 +131,7 @@ class InventoryItem:
     description: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
     label: str | None = None
+    awaiting_material: bool = False  # a key made for an import whose material never came (PendingImport)
 
 
 # (wrapping public key as DER SubjectPublicKeyInfo, wrapping algorithm name) -> wrapped material.
@@ -352,9 +355,13 @@ class Provider(abc.ABC):
 
     def discard(self, ref: ProviderKeyRef) -> None:
         """Make material the broker never registered unusable and destroy it as far as the backend allows (crash
-        cleanup): disable, schedule for the shortest window, destroy. A key that is gone already is done."""
+        cleanup): disable, schedule for the shortest window, destroy. A key that is gone already is done; one
+        that holds no material (awaiting an import) cannot be disabled and is scheduled all the same."""
         try:
-            self.set_enabled(ref, False)
+            try:
+                self.set_enabled(ref, False)
+            except ProviderInvalidState:
+                pass
             self.schedule_destruction(ref, 7)
             self.destroy(ref)
         except ProviderNotFound:

@@ -597,6 +597,10 @@ class _Run:
                         self._stray(report, provider, entry, target, key_id, item, "a second cloud key labelled "
                                     "with this key's id, not the catalog's (a create retried after its first "
                                     "attempt had landed)")
+                    elif item.awaiting_material:
+                        self._stray(report, provider, entry, target, key_id, item, "an empty cloud key (no "
+                                    "material) labelled with this key's id, not the catalog's (an import's create "
+                                    "retried after its first attempt had landed)")
                 for name in strays.versions.get(key_id, ()):
                     report.drift.append(Drift("stray-version", provider, "a live version inside this key's cloud "
                                               "key that none of its versions is (a version create retried after its "

@@ -13,7 +13,7 @@ SDK's own retry sends the same request again:
   version number, reports it and destroys it (never a version the catalog holds, nor one made after its latest);
 - AWS KMS's CreateKey is not idempotent: the retry makes a second key with the same broker label. The provider
   cannot tell; the sync's next plan finds the key the catalog does not hold, reports it and schedules it for
-  deletion (never the one the catalog points to).
+  deletion (never the one the catalog points to), an empty one (a copy's import create) as well.
 """
 
 from __future__ import annotations
@@ -248,10 +248,12 @@ def test_a_duplicate_aws_key_is_reported_and_scheduled_for_deletion(world: World
     assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
 
 
-def test_a_retried_aws_create_inside_a_copy_import_leaves_only_an_empty_key(world: World, aws_proxy: WireProxy,
-                                                                            tmp_path: Path) -> None:
+def test_a_retried_aws_create_inside_a_copy_import_leaves_an_empty_key_the_next_apply_schedules(
+        world: World, aws_proxy: WireProxy, tmp_path: Path) -> None:
     """A replicated copy's CreateKey (Origin EXTERNAL) retried the same way: the first key never gets material
-    (PendingImport), so nothing live is left and the plan stays empty; the copy is the key the retry answered."""
+    (PendingImport, nothing live) but would stay forever; the plan reports it and the apply schedules its deletion.
+    The copy is the key the retry answered, untouched."""
+    import boto3
     preload()
     proxied = through(world, aws_proxy, "aws")
     data_dir = new_data_dir(tmp_path / "data")
@@ -263,8 +265,26 @@ def test_a_retried_aws_create_inside_a_copy_import_leaves_only_an_empty_key(worl
     assert code == 0, report
     (copy,) = [a["key_id"] for a in report["actions"] if a["target"] == "aws"]
     held = _catalog_refs(data_dir)[copy]
-    state = {i.key_id: i.enabled for i in labelled(world, "aws", copy)}
-    assert len(state) == 2 and state.pop(held) is True and list(state.values()) == [False], state
+    cfg = world.env["aws"]
+    kms = boto3.client("kms", endpoint_url=cfg["endpoint_url"], region_name=cfg["region"],
+                       aws_access_key_id=cfg["access_key_id"], aws_secret_access_key=cfg["secret_access_key"])
+
+    def states() -> dict[str, str]:
+        return {i.key_id: kms.describe_key(KeyId=i.key_id)["KeyMetadata"]["KeyState"]
+                for i in labelled(world, "aws", copy)}
+
+    state = states()
+    assert len(state) == 2 and state.pop(held) == "Enabled" and list(state.values()) == ["PendingImport"], state
+    (empty,) = state
+    code, plan = run_sync(world, data_dir, "plan", manifest)
+    assert code == 2, plan
+    assert [(d["kind"], d["key_id"], d["cloud_key"]) for d in _ours(plan["drift"], {copy: held})] == [
+        ("stray", copy, empty)], plan
+    assert [(a["kind"], a["key_id"], a["changes"]) for a in plan["actions"]] == [
+        ("fix-drift", copy, [f"discard:{empty}"])], plan
+    code, report = run_sync(world, data_dir, "apply", manifest)
+    assert code == 0 and [a["status"] for a in report["actions"]] == ["done"], report
+    assert states() == {held: "Enabled", empty: "PendingDeletion"}
     code, plan = run_sync(world, data_dir, "plan", manifest)
     assert code == 0 and plan["actions"] == [] and _ours(plan["drift"], _catalog_refs(data_dir)) == [], plan
 
