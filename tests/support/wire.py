@@ -11,6 +11,8 @@ connection whose client side sends it:
 - `hold(marker)`: the request is kept here, not sent, until `release()`; then it is sent on a new connection
   and its answer read and thrown away (the client may be gone by then: a request the server finishes after the
   client died).
+
+`watch(marker)` counts every request that carries a marker (`seen`): how many times an SDK sent it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class WireProxy:
         self._lock = threading.Lock()
         self._closed = False
         self._socks: list[socket.socket] = []
+        self._watched: dict[bytes, int] = {}
         threading.Thread(target=self._accept, name="wire-proxy", daemon=True).start()
 
     # ---------------------------------------------------------------------------------------------- rules
@@ -60,6 +63,19 @@ class WireProxy:
 
     def hold(self, marker: bytes) -> _Rule:
         return self._arm(_Rule(marker, "hold"))
+
+    def watch(self, marker: bytes) -> None:
+        with self._lock:
+            self._watched.setdefault(marker, 0)
+
+    def seen(self, marker: bytes) -> int:
+        with self._lock:
+            return self._watched.get(marker, 0)
+
+    def _count(self, tail: bytes, data: bytes) -> None:
+        with self._lock:
+            for marker in self._watched:
+                self._watched[marker] += (tail + data).count(marker) - tail.count(marker)
 
     def release(self, rule: _Rule) -> None:
         rule.released.set()
@@ -123,6 +139,8 @@ class WireProxy:
                 data = b""
             if not data:
                 break
+            if self._watched:
+                self._count(tail, data)
             rule = self._take(tail + data) if not rule_box else None
             tail = (tail + data)[-256:]
             if rule is not None and rule.mode == "hold":

@@ -123,11 +123,16 @@ def start_forked_apply(world: World, data_dir: Path, manifest: Path, *,
 # ------------------------------------------------------------------ a cloud reached through a proxy on the wire
 
 
+_URL_KEYS = ("endpoint_url", "endpoint")  # LocalStack's, the Aliyun emulator's (plain HTTP; host:port)
+
+
 def wire_proxy(world: World, cloud: str) -> WireProxy:
-    """A proxy in front of `cloud`'s endpoint (LocalStack's HTTP, the GCP emulator's gRPC)."""
+    """A proxy in front of `cloud`'s endpoint (LocalStack's and the Aliyun emulator's HTTP, the GCP emulator's
+    gRPC)."""
     cfg = world.env[cloud]
-    if "endpoint_url" in cfg:
-        url = urlsplit(cfg["endpoint_url"])
+    url_key = next((k for k in _URL_KEYS if k in cfg), None)
+    if url_key is not None:
+        url = urlsplit(cfg[url_key] if "://" in cfg[url_key] else f"http://{cfg[url_key]}")
         return WireProxy((url.hostname or "127.0.0.1", int(url.port or 80)))
     host, port = cfg["grpc_target"].rsplit(":", 1)
     return WireProxy((host, int(port)))
@@ -137,8 +142,9 @@ def through(world: World, proxy: WireProxy, cloud: str) -> World:
     """The same world, with `cloud` reached through `proxy`."""
     host, port = proxy.address
     cfg = dict(world.env[cloud])
-    if "endpoint_url" in cfg:
-        cfg["endpoint_url"] = f"http://{host}:{port}"
+    url_key = next((k for k in _URL_KEYS if k in cfg), None)
+    if url_key is not None:
+        cfg[url_key] = f"http://{host}:{port}" if "://" in cfg[url_key] else f"{host}:{port}"
     else:
         cfg["grpc_target"] = f"{host}:{port}"
     return replace(world, env={**world.env, cloud: cfg})
