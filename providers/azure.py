@@ -8,6 +8,10 @@ Deletion follows the broker's window: `schedule_destruction` soft-deletes the Ke
 recovers it, `destroy` purges it. Key Vault cannot delete one version of a live key, so destroying a single version
 (e.g. a losing concurrent rotation) disables it and tags it instead.
 
+A create, rotation (a create of the key's name: a new version) or import is sent once and tagged with a nonce: Key
+Vault makes a version for every such request that lands, so after a lost answer the provider takes the version
+carrying its nonce instead of sending it again (`_made_once`).
+
 Settings: `vault_url`, `token` (static bearer token, for the local emulator; otherwise azure-identity's
 DefaultAzureCredential), `ca_bundle`, `managed_hsm`, `timeout` (seconds), `retries`.
 """
@@ -74,6 +78,7 @@ T = TypeVar("T")
 _NAME_BAD = re.compile(r"[^0-9a-zA-Z-]")
 _TAG_LABEL, _TAG_SPEC, _TAG_USAGE, _TAG_DESTROYED = ("kms-broker-label", "kms-broker-spec", "kms-broker-usage",
                                                       "kms-broker-destroyed")
+_TAG_MADE_BY = "kms-broker-made-by"  # a nonce per create/import call: the version it made, after a lost answer
 _STATE_CODES = {"KeyDisabled", "KeyExpired", "KeyNotYetValid"}
 _GCM_IV, _GCM_TAG = 12, 16
 _SIGN_ALGS = {
@@ -191,6 +196,7 @@ class AzureProvider(Provider):
         if ca_bundle:
             self._kwargs["connection_verify"] = ca_bundle
         self._keys = KeyClient(self.vault_url, credential, **self._kwargs)
+        self.retries = retries
         self._crypto: dict[str, CryptographyClient] = {}
         self._lock = threading.Lock()
 
@@ -276,16 +282,50 @@ class AzureProvider(Provider):
             kwargs = {**_ASYMMETRIC[spec], "key_operations": ops}
         else:
             raise ProviderUnsupported(f"key spec {spec.value}")
-        key = self._call(lambda: self._keys.create_key(name, tags=tags, **kwargs))
+        key = self._made_once(name, tags, lambda t, once: self._keys.create_key(name, tags=t, **kwargs, **once))
         return self._ref(key, spec)
+
+    def _made_once(self, name: str, tags: Mapping[str, str], send: Callable[[dict[str, str], dict[str, Any]], Any]
+                   ) -> Any:
+        """Send a create or import of `name` (`send(tags, once)`) so that it makes one version. Key Vault makes a
+        new version for every such request that lands: azure-core retried an import (a PUT) whose answer was
+        lost on the wire, and the retry made a second version, live and registered by nobody (create and rotate
+        are POSTs, which it does not retry: a lost answer failed the call after the version was made). So the
+        SDK retries none of them after the request was sent (`once`); the call tags its version with a nonce
+        and, when the answer is lost, takes the version carrying it, or sends again if there is none."""
+        made_by = uuid.uuid4().hex
+        for attempt in range(self.retries + 1):
+            try:
+                return send({**tags, _TAG_MADE_BY: made_by}, {"retry_read": 0})
+            except ServiceResponseError as err:  # sent; the answer is lost: the version may be there
+                made = self._version_made_by(name, made_by)
+                if made is not None:
+                    return made
+                if attempt == self.retries:
+                    raise _map_error(err) from None
+            except AzureError as err:
+                raise _map_error(err) from None
+        raise AssertionError("unreachable")
+
+    def _version_made_by(self, name: str, made_by: str) -> Any:
+        try:
+            for props in self._keys.list_properties_of_key_versions(name):
+                if (props.tags or {}).get(_TAG_MADE_BY) == made_by:
+                    return self._keys.get_key(name, props.version)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as err:
+            raise _map_error(err) from None
+        return None
 
     def create_key(self, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
         return self._create(self._name(label), spec, usage, label)
 
     def create_version(self, ref: ProviderKeyRef, spec: KeySpec, usage: KeyUsage, *, label: str) -> ProviderKeyRef:
-        """A new Key Vault version of the same key (same type, size and key_ops)."""
-        key = self._call(lambda: self._keys.rotate_key(ref.key_id))
-        return self._ref(key, spec)
+        """A new Key Vault version of the same key (same type, size and key_ops): a create of the key's name, which
+        Key Vault makes a version of it (RotateKey carries no tags, so a rotation whose answer was lost could not
+        find the version it made)."""
+        return self._create(ref.key_id, spec, usage, label)
 
     def set_enabled(self, ref: ProviderKeyRef, enabled: bool) -> None:
         self._call(lambda: self._keys.update_key_properties(ref.key_id, ref.version, enabled=enabled))
@@ -446,7 +486,8 @@ class AzureProvider(Provider):
             jwk = JsonWebKey(kty=kty, key_ops=ops, t=blob)
             if kty == KeyType.ec_hsm:
                 jwk.crv = _ASYMMETRIC[spec]["curve"]
-            key = self._call(lambda: self._keys.import_key(name, jwk, hardware_protected=True, tags=tags))
+            key = self._made_once(name, tags, lambda t, once: self._keys.import_key(
+                name, jwk, hardware_protected=True, tags=t, **once))
         finally:
             self._discard_kek(kek_name)
         return self._ref(key, spec)

@@ -13,14 +13,21 @@ connection whose client side sends it:
   client died).
 
 `watch(marker)` counts every request that carries a marker (`seen`): how many times an SDK sent it.
+
+`WireProxy(upstream, tls=TlsEnds(...))` fronts a TLS server (the Azure emulator): it terminates the client's TLS
+with the server's own certificate and speaks TLS to the server, so markers are matched in clear (`lose_answer`
+only).
 """
 
 from __future__ import annotations
 
+import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -42,11 +49,29 @@ class _Rule:
         return len(body) >= length
 
 
+@dataclass(frozen=True)
+class TlsEnds:
+    """The server's certificate and key (presented to clients) and the CA that signed it (to trust the server)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server_side(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_side(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
 class WireProxy:
     """`address` forwards to `upstream`; at most one rule is armed at a time."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], *, tls: TlsEnds | None = None) -> None:
         self.upstream = upstream
+        self._tls = (tls.server_side(), tls.client_side()) if tls is not None else None
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._rule: _Rule | None = None
@@ -117,7 +142,8 @@ class WireProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            serve = self._serve if self._tls is None else self._serve_tls
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -186,6 +212,63 @@ class WireProxy:
             _close(client)
         _close(server)
 
+    def _serve_tls(self, raw: socket.socket) -> None:
+        """Both TLS ends on one thread (an SSL socket must not be read and written from two threads): bytes are
+        forwarded both ways as in `_serve`; once a `lose` rule fired, the server's answer is read into the void
+        and, when the server has been quiet a moment after it, both sides are cut."""
+        assert self._tls is not None
+        try:
+            raw.settimeout(10)
+            client = self._tls[0].wrap_socket(raw, server_side=True)
+            server = self._tls[1].wrap_socket(socket.create_connection(self.upstream, timeout=10),
+                                              server_hostname=self.upstream[0])
+        except (OSError, ssl.SSLError):
+            _close(raw)
+            return
+        with self._lock:
+            self._socks += [client, server]
+        client.setblocking(False)  # a readable TLS socket may hold no application data (a session ticket)
+        server.setblocking(False)
+        tail, rule, answering = b"", None, False
+        try:
+            while True:
+                ready = [s for s in (client, server) if s.pending()]
+                if not ready:
+                    ready = select.select([client, server], [], [], 0.3 if answering else 30)[0]
+                if not ready and not answering:
+                    continue
+                if not ready:  # the answer is over: lost
+                    assert rule is not None
+                    rule.answered.set()
+                    return
+                for sock in ready:
+                    try:
+                        data = sock.recv(65536)
+                    except ssl.SSLWantReadError:
+                        continue
+                    if not data:
+                        if rule is not None and answering:
+                            rule.answered.set()
+                        return
+                    if sock is client:
+                        if self._watched:
+                            self._count(tail, data)
+                        if rule is None:
+                            rule = self._take(tail + data)
+                            if rule is not None and rule.mode != "lose":
+                                raise AssertionError("a TLS proxy only loses answers")
+                        tail = (tail + data)[-256:]
+                        _send_all(server, data)
+                    elif rule is None:
+                        _send_all(client, data)
+                    else:
+                        answering = True
+        except (OSError, ssl.SSLError):
+            return
+        finally:
+            _close(client)
+            _close(server)
+
     def _held(self, client: socket.socket, server: socket.socket, first: bytes, rule: _Rule) -> None:
         """Keep the request (and whatever follows it on the connection) until released, then send it and read
         its answer into the void. The client's side is read meanwhile, so its death does not reach the server."""
@@ -216,6 +299,16 @@ class WireProxy:
         _close(server)
 
 
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """sendall for a non-blocking TLS socket."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            select.select([], [sock], [], 1)
+
+
 def _close(s: socket.socket) -> None:
     try:
         s.shutdown(socket.SHUT_RDWR)
@@ -224,4 +317,4 @@ def _close(s: socket.socket) -> None:
     s.close()
 
 
-__all__ = ["WireProxy"]
+__all__ = ["TlsEnds", "WireProxy"]

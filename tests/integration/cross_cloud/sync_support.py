@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from tests.support.broker import init_data_dir
-from tests.support.wire import WireProxy
+from tests.support.wire import TlsEnds, WireProxy
 
 from .conftest import World, providers_json
 
@@ -128,8 +128,12 @@ _URL_KEYS = ("endpoint_url", "endpoint")  # LocalStack's, the Aliyun emulator's 
 
 def wire_proxy(world: World, cloud: str) -> WireProxy:
     """A proxy in front of `cloud`'s endpoint (LocalStack's and the Aliyun emulator's HTTP, the GCP emulator's
-    gRPC)."""
+    gRPC, the Azure emulator's HTTPS: its TLS ended in the proxy with the emulator's own certificate)."""
     cfg = world.env[cloud]
+    if "vault_url" in cfg:
+        url, ca = urlsplit(cfg["vault_url"]), Path(cfg["ca_bundle"])
+        return WireProxy((url.hostname or "127.0.0.1", int(url.port or 443)),
+                         tls=TlsEnds(ca.parent / "server.pem", ca.parent / "server-key.pem", ca))
     url_key = next((k for k in _URL_KEYS if k in cfg), None)
     if url_key is not None:
         url = urlsplit(cfg[url_key] if "://" in cfg[url_key] else f"http://{cfg[url_key]}")
@@ -143,7 +147,9 @@ def through(world: World, proxy: WireProxy, cloud: str) -> World:
     host, port = proxy.address
     cfg = dict(world.env[cloud])
     url_key = next((k for k in _URL_KEYS if k in cfg), None)
-    if url_key is not None:
+    if "vault_url" in cfg:
+        cfg["vault_url"] = f"https://{host}:{port}"
+    elif url_key is not None:
         cfg[url_key] = f"http://{host}:{port}" if "://" in cfg[url_key] else f"{host}:{port}"
     else:
         cfg["grpc_target"] = f"{host}:{port}"
