@@ -32,6 +32,7 @@ from broker.api.aws_input import Serialization, check_members
 from broker.api.aws_validation import check_constraints, invalid
 from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
 from broker.auth import Principal
+from broker.auth.sigv4 import environ_headers
 from broker.identity import IdentityService
 from broker.service import KeyService, RequestContext
 
@@ -104,21 +105,22 @@ def init_app(app: Flask, service: KeyService, settings: Any) -> None:
 
 
 def _authenticate(identity: IdentityService, req: Request) -> Principal:
-    return authenticate(identity, req.method, req.path, req.query_string.decode("latin-1"), req.headers,
+    return authenticate(identity, req.method, req.path, req.query_string.decode("latin-1"), req.environ,
                         read_body(req))
 
 
-def authenticate(identity: IdentityService, method: str, path: str, query: str, headers: Any,
+def authenticate(identity: IdentityService, method: str, path: str, query: str, environ: dict[str, Any],
                  body: bytes) -> Principal:
     """The SigV4 principal of a request (in an app context whose `g.ctx` is the request's context); names the
-    operation for the audit of a refusal first."""
+    operation for the audit of a refusal first. The headers are read from the WSGI environ (`environ_headers`: what
+    `request.headers` holds, without building it)."""
     g.ctx.front_door = "aws"
-    target = headers.get("X-Amz-Target", "")
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
     # only an operation this door serves names the audit record and the metrics' label: a made-up target would
     # otherwise read like a real action to an auditor and grow a metric series per name an attacker sends
     g.operation = name if name in OPERATIONS else "UnknownOperation"
-    verified = identity.verify_sigv4(method, path, query, headers, body)
+    verified = identity.verify_sigv4(method, path, query, environ_headers(environ), body)
     g.aws_region = verified.region
     return verified.principal
 

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, g
-from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES
 
 from broker.api import aws
@@ -164,7 +163,7 @@ class FastAws:
         g.request_id = rid
         ctx = g.ctx = RequestContext(ANONYMOUS, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
         try:
-            ctx.principal = aws.authenticate(self._identity, "POST", "/", "", EnvironHeaders(environ), raw)
+            ctx.principal = aws.authenticate(self._identity, "POST", "/", "", environ, raw)
         except Exception:  # noqa: BLE001 - refused or failed: the Flask door answers and audits it
             return None
         try:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Protocol
 
 from botocore.auth import SIGNED_HEADERS_BLACKLIST, SigV4Auth
@@ -42,6 +43,8 @@ _REGION_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 _PLAIN_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 _UNSIGNABLE = frozenset(SIGNED_HEADERS_BLACKLIST)  # headers botocore never signs (its list)
 _ACCESS_KEY_RE = re.compile(r"^[A-Z0-9]{16,32}$")
+_SIGNATURE_RE = re.compile(r"[0-9a-f]{64}")
+_BASIC_DATE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # the X-Amz-Date every SDK sends
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 
 
@@ -221,6 +224,43 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+_CGI_HEADERS = {"CONTENT_TYPE": "content-type", "CONTENT_LENGTH": "content-length"}  # WSGI keeps these without HTTP_
+_SHADOWED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})  # the CGI keys above are the ones read
+
+
+def environ_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """A WSGI request's headers, names lower-cased, read straight from its environ: the same pairs, in the same order,
+    as lower-casing what werkzeug's `EnvironHeaders(environ)` lists (a later key wins a name, as in a dict built from
+    it), without building its title-cased names first (~4 us a request)."""
+    headers: dict[str, str] = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key in _SHADOWED:
+                continue
+            name = key[5:].replace("_", "-")
+        elif key in _CGI_HEADERS and value:
+            name = _CGI_HEADERS[key]
+        else:
+            continue
+        # title() first changes nothing for ASCII; for other text ('ß' -> 'Ss') it is what werkzeug's name gives
+        headers[name.lower() if name.isascii() else name.title().lower()] = value
+    return headers
+
+
+def parse_amz_date(text: str) -> datetime:
+    """X-Amz-Date as a UTC datetime, or ValueError: exactly what `strptime(text, AMZ_DATE)` accepts, and its answer.
+
+    The form SDKs send (8 ASCII digits, `T`, 6 ASCII digits, `Z`) is read by slicing, which leaves strptime no
+    choice to make (every field is two digits, or four for the year) and lets `datetime` refuse what strptime's
+    patterns or `datetime` would (month 13, 30 February, hour 24, second 60): ~1 us instead of strptime's ~5.
+    Anything else goes to strptime, whose leniencies (one-digit fields, a lower-case `t` or `z`, a space before a
+    one-digit day, non-ASCII digits) stay as they were; tests/unit/test_sigv4_shortcuts.py holds the two together."""
+    if _BASIC_DATE.fullmatch(text):
+        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]),
+                        int(text[13:15]), tzinfo=UTC)
+    return datetime.strptime(text, AMZ_DATE).replace(tzinfo=UTC)
+
+
 def _parse_authorization(header: str) -> tuple[str, str, str, str, str, list[str], str]:
     """→ (access key id, date, region, service, terminator, signed headers, signature)."""
     match = _AUTH_RE.match(header.strip())
@@ -242,7 +282,7 @@ def _parse_authorization(header: str) -> tuple[str, str, str, str, str, list[str
         raise IncompleteSignature("Credential must have exactly 5 slash-delimited elements, e.g. "
                                   "keyid/date/region/service/term")
     signed = parts["SignedHeaders"].lower().split(";")
-    if not re.fullmatch(r"[0-9a-f]{64}", parts["Signature"]):
+    if not _SIGNATURE_RE.fullmatch(parts["Signature"]):
         raise IncompleteSignature("Signature must be 64 lowercase hexadecimal characters")
     return scope[0], scope[1], scope[2], scope[3], scope[4], signed, parts["Signature"]
 
@@ -269,7 +309,7 @@ class SigV4Verifier:
             raise IncompleteSignature("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' "
                                       "header.")
         try:
-            when = datetime.strptime(amz_date, AMZ_DATE).replace(tzinfo=UTC)
+            when = parse_amz_date(amz_date)
         except ValueError:
             raise IncompleteSignature(f"Date must be in ISO-8601 'basic format'. Got '{amz_date}'.") from None
         if scope_date != amz_date[:8]:
@@ -346,7 +386,15 @@ class SigV4Verifier:
         ))
         scope = f"{amz_date[:8]}/{region}/{self.service}/aws4_request"
         to_sign = f"{_ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        key = f"AWS4{secret}".encode()
-        for part in (amz_date[:8], region, self.service, "aws4_request"):
-            key = hmac.digest(key, part.encode(), "sha256")
-        return hmac.new(key, to_sign.encode(), "sha256").hexdigest()
+        return hmac.digest(_signing_key(secret, amz_date[:8], region, self.service), to_sign.encode(), "sha256").hex()
+
+
+@lru_cache(maxsize=256)
+def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    """SigV4's signing key (four HMACs over the scope), as the SDKs keep it: it changes once a day per credential and
+    region. Kept only in this process's memory, like the secrets AwsCredentials keeps; a revoked credential is
+    refused by its lookup before any signature is computed, whatever is kept here."""
+    key = f"AWS4{secret}".encode()
+    for part in (day, region, service, "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
