@@ -21,19 +21,13 @@ from functools import lru_cache
 from typing import Any
 
 from broker import errors
+from broker.api.aws_input import input_shape
 
 # AWS documents narrower ranges than its model for these members (operation, member) -> (low, high).
 DOCUMENTED_RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("ScheduleKeyDeletion", "PendingWindowInDays"): (7, 30),
 }
 _MAX_ECHO = 256  # longer strings are not echoed back (AWS would; a 128 KiB policy in an error helps nobody)
-
-
-@lru_cache(maxsize=1)
-def _model() -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("kms")
 
 
 def path_name(member: str) -> str:
@@ -66,10 +60,7 @@ def invalid(value: Any, member: str, constraint: str, *, echo: bool = True) -> e
 def check_constraints(operation: str, data: dict[str, Any]) -> None:
     """Refuse (one ValidationException naming every violation) a request whose members break the model's
     constraints. Types were checked before (aws_input.check_members); operations outside the model: unchecked."""
-    model = _model()
-    if operation not in model.operation_names:
-        return
-    shape = model.operation_model(operation).input_shape
+    shape = input_shape(operation)
     if shape is None:
         return
     found: list[str] = []

@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, g
+from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
 from broker.api import aws
@@ -151,17 +151,18 @@ class FastAws:
         if raw is None:
             return self.following(environ, start_response)
         rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
-        with self._app.app_context(), request_scope(rid):  # log lines carry the request id, as in a Flask request
-            answer = self._serve(environ, target, raw, rid)
+        with self._app.app_context() as app, request_scope(rid):  # log lines carry the request id, as in Flask
+            answer = self._serve(app.g, environ, target, raw, rid)
         if answer is None:
             return self.following(environ, start_response)
         status, data, headers = answer
         return _respond(start_response, status, aws.CONTENT_TYPES[0], data, headers)
 
-    def _serve(self, environ: dict[str, Any], target: str, raw: bytes,
+    def _serve(self, state: Any, environ: dict[str, Any], target: str, raw: bytes,
                rid: str) -> tuple[int, bytes, list[tuple[str, str]]] | None:
-        g.request_id = rid
-        ctx = g.ctx = RequestContext(ANONYMOUS, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
+        """`state` is the app context's `g` itself (each access through Flask's `g` proxy costs a context lookup)."""
+        state.request_id = rid
+        ctx = state.ctx = RequestContext(ANONYMOUS, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "")
         try:
             ctx.principal = aws.authenticate(self._identity, "POST", "/", "", environ, raw)
         except Exception:  # noqa: BLE001 - refused or failed: the Flask door answers and audits it
