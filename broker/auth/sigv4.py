@@ -250,14 +250,14 @@ def environ_headers(environ: Mapping[str, Any]) -> dict[str, str]:
 def parse_amz_date(text: str) -> datetime:
     """X-Amz-Date as a UTC datetime, or ValueError: exactly what `strptime(text, AMZ_DATE)` accepts, and its answer.
 
-    The form SDKs send (8 ASCII digits, `T`, 6 ASCII digits, `Z`) is read by slicing, which leaves strptime no
-    choice to make (every field is two digits, or four for the year) and lets `datetime` refuse what strptime's
-    patterns or `datetime` would (month 13, 30 February, hour 24, second 60): ~1 us instead of strptime's ~5.
-    Anything else goes to strptime, whose leniencies (one-digit fields, a lower-case `t` or `z`, a space before a
-    one-digit day, non-ASCII digits) stay as they were; tests/unit/test_sigv4_shortcuts.py holds the two together."""
+    The form SDKs send (8 ASCII digits, `T`, 6 ASCII digits, `Z`) leaves strptime no choice to make (every field
+    is two digits, or four for the year): it is ISO 8601's basic format, which `datetime.fromisoformat` reads in C
+    and refuses where strptime's patterns or `datetime` would (month 13, 30 February, hour 24, second 60), ~4,000
+    instructions instead of strptime's ~60,000. Anything else goes to strptime, whose leniencies (one-digit fields,
+    a lower-case `t` or `z`, a space before a one-digit day, non-ASCII digits) stay as they were;
+    tests/unit/test_sigv4_shortcuts.py holds the two together."""
     if _BASIC_DATE.fullmatch(text):
-        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]),
-                        int(text[13:15]), tzinfo=UTC)
+        return datetime.fromisoformat(text)
     return datetime.strptime(text, AMZ_DATE).replace(tzinfo=UTC)
 
 
