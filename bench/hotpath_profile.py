@@ -1,7 +1,7 @@
 """Where a hot-path request's CPU goes, without HTTP or the machine's load in the way.
 
     python bench/hotpath_profile.py [--requests 3000] [--profile encrypt|decrypt|gdk|aws|aws-decrypt|aws-gdk|keyring] [--top 40]
-                                    [--steps encrypt|decrypt|gdk|aws|aws-decrypt|aws-gdk|keyring]
+                                    [--steps encrypt|decrypt|gdk|aws|aws-decrypt|aws-gdk|keyring] [--rounds 15]
 
 Builds the broker's Flask apps in this process over a fresh data folder (SQLite + SoftHSM, audit on with fsync),
 and calls each app's WSGI callable directly with a prebuilt request, one after another. It prints the CPU time
@@ -11,6 +11,19 @@ and it barely moves with the load. `--profile OP` adds a cProfile of that row (s
 inflates call-heavy code (SQLAlchemy, Flask) several times over, so `--steps OP` measures the same steps instead with
 one thread-CPU timer around each (inclusive microseconds per request, about 1 us of overhead per step): the numbers
 to decide on.
+
+`--rounds N` measures the rows in N interleaved rounds of --requests calls each and prints the medians, beside the
+thread CPU spent outside `Gate.run` (the front door's own share: authentication, parsing, rendering), which the
+audit's fsync and the machine's load barely touch: the figures to compare two doors or two versions by.
+
+`--instructions ROW` runs ROW's --requests calls inside `functools.reduce`, for callgrind to count the instructions
+of those calls only (noise-free on a shared machine; the auth caches are kept for 60 s so that valgrind's slowness
+does not refresh them), and `--door-only` has the gate answer every call with its last answer, marked audited, so
+that only the front door's own work is counted:
+
+    valgrind --tool=callgrind --callgrind-out-file=cg.out --collect-atstart=no --toggle-collect=functools_reduce \
+        python3.11 bench/hotpath_profile.py --instructions aws --door-only --requests 200
+    callgrind_annotate cg.out | grep 'PROGRAM TOTALS'     # divided by --requests: instructions per request
 
 Sequential calls mean every audit batch holds one record: the group-commit savings of a loaded server do not
 show here, every other cost does.
@@ -23,6 +36,7 @@ import base64
 import cProfile
 import io
 import json
+import os
 import pstats
 import subprocess
 import sys
@@ -119,6 +133,75 @@ STEPS = [  # (module, class, attribute, label): timed by wrapping the attribute 
 ]
 
 
+def rounds(rows: dict[str, tuple[Callable, Callable[[], dict]]], wanted: list[str], n: int, count: int) -> str:
+    """Median process CPU, thread CPU and thread CPU outside Gate.run per request of each row, over `count` rounds
+    that measure the rows one after another (so that a change in the machine's load falls on every row alike)."""
+    import statistics
+
+    from broker.gate import Gate
+
+    inside = [0.0]
+    real = Gate.run
+
+    def timed(*a: Any, **k: Any) -> Any:
+        started = time.thread_time()
+        try:
+            return real(*a, **k)
+        finally:
+            inside[0] += time.thread_time() - started
+    Gate.run = timed  # type: ignore[method-assign]
+    seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in wanted}
+    try:
+        for name in wanted:
+            for _ in range(min(300, n)):
+                call(*rows[name])
+        for _ in range(count):
+            for name in wanted:
+                fn, make = rows[name]
+                inside[0] = 0.0
+                cpu, thread = time.process_time(), time.thread_time()
+                for _ in range(n):
+                    call(fn, make)
+                thread = time.thread_time() - thread
+                seen[name].append(((time.process_time() - cpu) / n * 1e6, thread / n * 1e6,
+                                   (thread - inside[0]) / n * 1e6))
+    finally:
+        Gate.run = real  # type: ignore[method-assign]
+    lines = [f"{'row (medians of ' + str(count) + ' rounds)':<28}{'CPU us/req':>12}{'thread us/req':>15}"
+             f"{'outside the gate':>18}"]
+    for name in wanted:
+        cpu, thread, door = (statistics.median(column) for column in zip(*seen[name], strict=True))
+        lines.append(f"{name:<28}{cpu:>12.0f}{thread:>15.0f}{door:>18.1f}")
+    return "\n".join(lines)
+
+
+def instructions(fn: Callable, make: Callable[[], dict], n: int, door_only: bool) -> str:
+    """Run `n` calls inside functools.reduce (what callgrind's --toggle-collect=functools_reduce counts)."""
+    import functools
+
+    from broker.gate import Gate
+
+    for _ in range(min(300, n)):
+        call(fn, make)
+    real = Gate.run
+    if door_only:
+        answers: dict[str, Any] = {}
+
+        def answered(self: Any, decl: Any, host: Any, op: Callable, ctx: Any, args: tuple, kwargs: dict) -> Any:
+            if decl.qualname not in answers:
+                answers[decl.qualname] = real(self, decl, host, op, ctx, args, kwargs)
+            ctx.audited = True
+            return answers[decl.qualname]
+        Gate.run = answered  # type: ignore[method-assign]
+        for _ in range(50):
+            call(fn, make)
+    try:
+        functools.reduce(lambda _acc, _i: call(fn, make), range(n), None)
+    finally:
+        Gate.run = real  # type: ignore[method-assign]
+    return f"{n} requests counted{' (door only: the gate answered its last answer)' if door_only else ''}"
+
+
 def steps(fn: Callable, make: Callable[[], dict], n: int) -> str:
     """Inclusive thread-CPU per request of each step in STEPS (steps never reached are left out)."""
     import importlib
@@ -174,6 +257,9 @@ def main() -> None:
     parser.add_argument("--profile", default=None)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--steps", default=None, help="row whose steps to time (thread CPU per step, inclusive)")
+    parser.add_argument("--instructions", default=None, help="row to run inside functools.reduce, for callgrind")
+    parser.add_argument("--door-only", action="store_true", help="with --instructions: the gate answers at once")
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds of --requests calls per row")
     parser.add_argument("--only", default=None, help="comma-separated rows (noop,encrypt,decrypt,gdk,aws,aws-decrypt,aws-gdk,keyring)")
     args = parser.parse_args()
 
@@ -188,6 +274,8 @@ def main() -> None:
         init = subprocess.run([sys.executable, "-m", "broker.cli", "init", "--data-dir", str(data), "--output", "json"],
                               check=True, capture_output=True, text=True)
         root = json.loads(init.stdout)["root_token"]
+        if args.instructions:  # valgrind is ~50x slower: the 1 s auth caches would refresh every few requests
+            os.environ["KMSB_AUTH_CACHE_SECONDS"] = "60"
         settings = load_settings(data)
         app = create_app(settings)
         client = app.test_client()
@@ -229,11 +317,16 @@ def main() -> None:
             rows[row] = (app.wsgi_app, environ("POST", "/", {**signed, "Host": "127.0.0.1:8200"}, signed_body))
         rows["keyring"] = (bridge.wsgi_app, environ("GET", "/v1/kv/bench/data/1", {"X-Vault-Token": db_token}))
         wanted = args.only.split(",") if args.only else list(rows)
-        print(f"{'row':<10}{'CPU us/req':>12}{'wall us/req':>13}")
-        for name in wanted:
-            fn, make = rows[name]
-            cpu, wall = measure(fn, make, args.requests)
-            print(f"{name:<10}{cpu:>12.0f}{wall:>13.0f}")
+        if args.instructions:
+            print(instructions(*rows[args.instructions], args.requests, args.door_only))
+        elif args.rounds:
+            print(rounds(rows, wanted, args.requests, args.rounds))
+        else:
+            print(f"{'row':<10}{'CPU us/req':>12}{'wall us/req':>13}")
+            for name in wanted:
+                fn, make = rows[name]
+                cpu, wall = measure(fn, make, args.requests)
+                print(f"{name:<10}{cpu:>12.0f}{wall:>13.0f}")
         if args.steps:
             print(steps(*rows[args.steps], args.requests))
         if args.profile:

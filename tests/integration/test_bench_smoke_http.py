@@ -42,6 +42,21 @@ def test_the_hotpath_profile_runs_with_its_steps() -> None:
         assert row in out, row
 
 
+def test_the_hotpath_profile_runs_in_rounds() -> None:
+    out = _run(str(BENCH / "hotpath_profile.py"), "--requests", "20", "--rounds", "2", "--only", "encrypt,aws")
+    for row in ("encrypt", "aws"):
+        numbers = re.search(rf"^{row}\s+(\d+)\s+(\d+)\s+([\d.]+)$", out, re.M)
+        assert numbers is not None, out
+        cpu, thread, door = (float(n) for n in numbers.groups())
+        assert cpu >= thread > door > 0, out  # the door's share is part of the thread's, which is part of the process's
+
+
+def test_the_hotpath_profile_runs_for_callgrind() -> None:
+    for extra in ([], ["--door-only"]):
+        out = _run(str(BENCH / "hotpath_profile.py"), "--requests", "10", "--instructions", "aws", *extra)
+        assert "10 requests counted" in out and ("door only" in out) == bool(extra), out
+
+
 def test_the_envelope_bench_runs() -> None:
     out = _run(str(BENCH / "envelope_bench.py"), "--seconds", "0.2", "--stream-mib", "8")
     for row in ("raw AES-256-GCM, 4 KiB (baseline)", "envelope encrypt 4 KiB, cached data key",
