@@ -114,15 +114,14 @@ def authenticate(identity: IdentityService, method: str, path: str, query: str, 
     """The SigV4 principal of a request (in an app context whose `g.ctx` is the request's context); names the
     operation for the audit of a refusal first. The headers are read from the WSGI environ (`environ_headers`: what
     `request.headers` holds, without building it)."""
-    state = g._get_current_object()  # once: every access through the `g` proxy looks the context up again
-    state.ctx.front_door = "aws"
+    g.ctx.front_door = "aws"
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     name = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else ""
     # only an operation this door serves names the audit record and the metrics' label: a made-up target would
     # otherwise read like a real action to an auditor and grow a metric series per name an attacker sends
-    state.operation = name if name in OPERATIONS else "UnknownOperation"
+    g.operation = name if name in OPERATIONS else "UnknownOperation"
     verified = identity.verify_sigv4(method, path, query, environ_headers(environ), body)
-    state.aws_region = verified.region
+    g.aws_region = verified.region
     return verified.principal
 
 
