@@ -82,6 +82,20 @@ class Session:
         return bool(value) and hmac.compare_digest(self.csrf, value or "")
 
 
+def _wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch the file to WAL (kept in the file: a no-op once done). Workers booting together race for the switch
+    on a new file; SQLite answers the loser 'database is locked' at once, without waiting its busy timeout (its
+    shared lock could deadlock the winner's), so it is tried again."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("pragma journal_mode=wal")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01)
+
+
 class SessionStore:
     def __init__(self, path: Path, *, idle_seconds: int, max_seconds: int) -> None:
         self.path = path
@@ -97,7 +111,7 @@ class SessionStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            conn.execute("pragma journal_mode=wal")
+            _wal(conn)
             conn.execute("pragma busy_timeout=10000")
             self._local.conn = conn
         return conn

@@ -152,3 +152,26 @@ def test_charts_count_what_the_records_say() -> None:
     assert len(lat.dots) == 4 and len(lat.lines) == 2
     top = charts.top_counts(charts.key_counts(records), "top", "key", "o-allowed", n=1)
     assert top.rows == [["k1", "4"]] and len(top.bars) == 1
+
+
+def _open_store(path: str, start) -> None:
+    start.wait()
+    SessionStore(Path(path), idle_seconds=600, max_seconds=3600)
+
+
+def test_workers_opening_a_new_session_store_together_all_boot(tmp_path: Path) -> None:
+    """gunicorn boots its workers at once: each opens the console's session store, and the first to switch a new
+    file to WAL took the lock the others' switch needed ('database is locked': the worker failed to boot and took
+    the whole broker down)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(20):
+        start = ctx.Event()
+        procs = [ctx.Process(target=_open_store, args=(str(tmp_path / f"s{round_}.db"), start)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0] * 4, f"round {round_}: a worker could not open the store"
