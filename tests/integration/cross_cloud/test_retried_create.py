@@ -55,12 +55,18 @@ def _gcp_version_create(key_name: str) -> bytes:
     return key_name.encode() + b"\x12\x00"
 
 
-def _gcp_versions(world: World, key_name: str) -> dict[str, str]:
-    """version number -> state, read directly (not through any proxy)."""
+def _gcp_client(world: World):
+    """The official client straight to the emulator (not through any proxy), over REST: gRPC's threads in this
+    process would deadlock the sync runs `run_sync` forks from it (a child stuck in grpc's Channel.__init__)."""
     from providers.gcp import build_client
 
     cfg = world.env["gcp"]
-    client = build_client("grpc", grpc_target=cfg["grpc_target"], token=cfg.get("token"))
+    return build_client("rest", rest_endpoint=cfg["rest_endpoint"], token=cfg.get("token"))
+
+
+def _gcp_versions(world: World, key_name: str) -> dict[str, str]:
+    """version number -> state, read directly (not through any proxy)."""
+    client = _gcp_client(world)
     try:
         return {v.name.rsplit("/", 1)[1]: v.state.name
                 for v in client.list_crypto_key_versions(request={"parent": key_name})}
@@ -313,8 +319,6 @@ def test_a_gcp_version_a_retried_rotation_left_is_reported_and_destroyed(world: 
     """The rotation's CreateCryptoKeyVersion answer is lost: the SDK's retry makes version 3, which the catalog
     registers; version 2 is live and nobody's. The plan reports it, the apply destroys it and nothing else: not the
     catalog's versions 1 and 3, nor a version 4 made after the latest registered one (a rotation in flight)."""
-    from providers.gcp import build_client
-
     preload()
     data_dir = new_data_dir(tmp_path / "data")
     manifest = write_manifest(tmp_path / "m.yaml", {"manifest": "retried-gcp-rotation", "keys": [
@@ -326,8 +330,7 @@ def test_a_gcp_version_a_retried_rotation_left_is_reported_and_destroyed(world: 
     rule = gcp_proxy.lose_answer(_gcp_version_create(key_name))
     _rotate_in_child(through(world, gcp_proxy, "gcp"), data_dir, key_id)
     assert rule.fired.is_set() and rule.answered.is_set()
-    cfg = world.env["gcp"]
-    client = build_client("grpc", grpc_target=cfg["grpc_target"], token=cfg.get("token"))
+    client = _gcp_client(world)
     try:
         client.create_crypto_key_version(request={"parent": key_name, "crypto_key_version": {}})
     finally:
