@@ -463,11 +463,10 @@ class AuditLog:
                 return
             self.mirror_now()
 
-    def mirror_now(self) -> bool:
+    def mirror_now(self) -> None:
         """`catch_up()`, a failure logged (once until it works again) and counted instead of raised."""
         try:
             self.catch_up()
-            return True
         except Exception as exc:  # noqa: BLE001 - the store copy lags; the file holds every record
             metrics.observe_audit_mirror(0, False)
             self.counters["mirror_failures"] += 1
@@ -475,7 +474,6 @@ class AuditLog:
                 log.error("audit store copy cannot be brought up to the file (%s); retried every %.2f s",
                           type(exc).__name__, self._mirror_seconds)
             self._mirror_error = type(exc).__name__
-            return False
 
     def _idle(self) -> None:
         """Between batches: close the intents of dead writers, and cover a run older than `checkpoint_seconds`."""

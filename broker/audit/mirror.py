@@ -60,7 +60,6 @@ class StoreMirror:
         self._mirror_lock = self.path.with_name(self.path.name + ".mirror")
         self._thread_lock = threading.Lock()
         self._refused: tuple[object, int] | None = None  # (store head, file end) a run found not linking
-        self.copied = 0
 
     def catch_up(self) -> list[int]:
         """Copy every whole batch the file holds past the store's head; returns [first, last] seq copied, or []."""
@@ -124,7 +123,6 @@ class StoreMirror:
         data = mark.dump()
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
-        self.copied += len(batch)
 
     def _refuse(self, stored: object, end: int, why: str) -> None:
         self._refused = (stored, end)

@@ -270,7 +270,7 @@ class StoreSink(Sink):
         return json.loads(row.record) if row else None
 
     def copy_in(self, records: list[tuple[dict, bytes]]) -> None:
-        """Insert records the file holds and this copy lacks (reconciliation after a crash), in one transaction."""
+        """Insert records the file holds and this copy lacks (the mirror, mirror.py), in one transaction."""
         with self.engine.begin() as conn:
             conn.execute(self._insert, [row_of(r, line, self.chain) for r, line in records])
 
