@@ -332,7 +332,7 @@ def main() -> None:
 def report(cases: list[Case], conn_counts: list[int], seq_rows: list[tuple[str, list[float]]], args, load_before):
     by = {c.label: c for c in cases}
     print(f"\nkms-broker hot path over HTTP: wrk -t2 keep-alive, {args.duration:g} s per run, {args.rounds} round(s), "
-          f"gunicorn gthread {args.workers} workers x {args.threads} threads for every server\n"
+          f"gunicorn gthread (broker.balanced_worker) {args.workers} workers x {args.threads} threads for every server\n"
           f"load average before: {load_before}; after: {load_average()}\n"
           + (f"broker settings: {' '.join(args.env)}\n" if args.env else "") +
           "CPU s/1k = server CPU-seconds per 1,000 requests (the server's whole process tree)\n")

@@ -13,6 +13,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from broker.balanced_worker import WORKER_CLASS
 from broker.logs import gunicorn_logconfig
 from broker.settings import Settings
 
@@ -112,7 +113,7 @@ def api_options(*, bind: str, workers: int, threads: int) -> dict[str, Any]:
         "bind": bind,
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": WORKER_CLASS,
         "preload_app": False,
         "accesslog": None,  # the audit log is the request record; access logs could leak ids into syslog
         "errorlog": "-",

@@ -13,6 +13,7 @@ import signal
 from functools import partial
 from typing import Any
 
+from broker.balanced_worker import WORKER_CLASS
 from broker.logs import gunicorn_logconfig
 from broker.settings import Settings
 from broker.wsgi import GunicornApp, child_exit
@@ -27,7 +28,7 @@ def _create_bridge(settings: Settings):
 def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | None = None,
                    keyfile: str | None = None, log_format: str = "text") -> dict[str, Any]:
     options: dict[str, Any] = {
-        "bind": bind, "workers": workers, "threads": threads, "worker_class": "gthread", "preload_app": False,
+        "bind": bind, "workers": workers, "threads": threads, "worker_class": WORKER_CLASS, "preload_app": False,
         "accesslog": None, "errorlog": "-", "loglevel": "info",
         # mariadbd opens a new connection per request; keep-alive only helps other clients
         "keepalive": 5, "timeout": 60, "graceful_timeout": 10, "proc_name": "kms-broker-keyring",
