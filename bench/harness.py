@@ -40,6 +40,17 @@ def lua_script(folder: Path, name: str, method: str, headers: dict[str, str], bo
     return path
 
 
+def paced(script: Path, connections: int, rate: float) -> Path:
+    """A copy of `script` that offers about `rate` requests/s in all: each connection waits connections/rate seconds
+    before each request (wrk's `delay()`; the wait is not part of the latency it reports). The latency of a server
+    that keeps up with a steady load, not of one that is queueing: with wrk's closed loop at full speed a row's p99 is
+    at least connections / throughput, whatever the server does."""
+    out = script.with_name(f"{script.stem}_paced.lua")
+    wait_ms = connections * 1000.0 / rate
+    out.write_text(script.read_text() + f"function delay()\n  return {wait_ms:.3f}\nend\n")
+    return out
+
+
 def _ms(text: str) -> float:
     match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
     if match is None:

@@ -1,7 +1,7 @@
 """The hot path over HTTP (issue 14): every row beside its baseline measured in the same run, and the targets.
 
     python bench/http_bench.py [--connections 16,64] [--duration 10] [--rounds 1] [--warmup 2] [--workers 2]
-                               [--threads 8] [--no-localstack] [--only native,aws,keyring,localstack]
+                               [--threads 8] [--no-localstack] [--only native,aws,keyring,localstack] [--paced 0.5]
 
 Starts, on free loopback ports, in one temporary folder:
 * the baselines: a bare Flask JSON no-op (bench/noop_server.py) under the API listener's gunicorn options, and
@@ -18,6 +18,11 @@ AWS front door (SigV4, signed by botocore right before each run); LocalStack's E
 TCP connection per request (what mariadbd's curl does) for its p99. Each row prints server CPU-seconds per 1,000
 requests (the server's whole process tree, from /proc). With --rounds N every row runs N times interleaved;
 req/s, p50 and p99 are the median run's, ratios the median of the per-round ratios.
+
+wrk at full speed is a closed loop: a row's mean latency is connections / throughput (Little's law), so its p99 at 16
+connections cannot be under 16 / req/s whatever the server does (the no-op's own p99 is far above 10 ms on a 2-core
+machine). `--paced F` (default 0.5) then runs every row again offering F x its own throughput, spread evenly over the
+connections: the latency a client sees from a server that keeps up.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import ProcessTree, Result, ensure_wrk, load_average, lua_script, run_wrk  # noqa: E402
+from bench.harness import ProcessTree, Result, ensure_wrk, load_average, lua_script, paced, run_wrk  # noqa: E402
 from tests.support.procs import Server, free_port, start_server  # noqa: E402
 
 CLI = [sys.executable, "-m", "broker.cli"]
@@ -76,6 +81,7 @@ class Case:
     target: float | None = None  # ratio to the baseline that meets the target
     p99_target: float | None = None  # ms, at the first connection count
     runs: dict[int, list[Result]] = field(default_factory=dict)
+    paced: Result | None = None  # at --paced of its own throughput, first connection count
 
 
 def fixed(label: str, method: str, headers: dict[str, str], body: dict | None) -> Callable[[Path], Path]:
@@ -231,6 +237,8 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=2000, help="keyring reads by one client (p99)")
     parser.add_argument("--only", default=",".join(GROUPS), help=f"row groups, of {','.join(GROUPS)}")
     parser.add_argument("--no-localstack", action="store_true", help="same as leaving localstack out of --only")
+    parser.add_argument("--paced", type=float, default=0.5, metavar="FRACTION",
+                        help="also run every row paced at this fraction of its own throughput (0: not at all)")
     parser.add_argument("--env", action="append", default=[], metavar="KMSB_NAME=VALUE",
                         help="a setting for the broker under test (e.g. KMSB_AUDIT_FSYNC=false), repeatable")
     args = parser.parse_args()
@@ -316,6 +324,11 @@ def main() -> None:
                         script = case.script(folder)
                         case.runs.setdefault(conns, []).append(
                             run_wrk(wrk, case.url, script, conns, args.duration, cpu=case.tree))
+            if args.paced > 0:
+                for case in cases:
+                    rate = args.paced * median_run(case.runs[conn_counts[0]]).rps
+                    case.paced = run_wrk(wrk, case.url, paced(case.script(folder), conn_counts[0], rate),
+                                         conn_counts[0], args.duration, cpu=case.tree)
             if "keyring" in groups:
                 seq_rows.append(("no-op (keyring listener), new conn/request",
                                  sequential(kr_noop_addr, f"/v1/{MOUNT}/data/1", {"Accept": "*/*"}, args.sequential)))
@@ -357,6 +370,16 @@ def report(cases: list[Case], conn_counts: list[int], seq_rows: list[tuple[str, 
                                  r.p99 <= case.p99_target))
             if conns != conn_counts[0] and case.group != "base":
                 verdicts.append((f"{case.label} at {conns} connections: no errors ({r.errors})", r.errors == 0))
+        print()
+    if args.paced > 0:
+        print(f"paced: each row offered {args.paced:g} x its own req/s above, evenly over {conn_counts[0]} connections "
+              "(its latency while keeping up, not queueing)")
+        print(f"{'row':<42}{'offered':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'CPU s/1k':>9}")
+        for case in cases:
+            r, offered = case.paced, args.paced * median_run(case.runs[conn_counts[0]]).rps
+            assert r is not None
+            cpu = f"{r.cpu_per_1k:.2f}" if r.cpu_per_1k is not None else "-"
+            print(f"{case.label:<42}{offered:>8.0f}{r.rps:>9.0f}{r.p50:>8.2f}{r.p99:>8.2f}{r.errors:>7}{cpu:>9}")
         print()
     enc, ls = by.get("native Encrypt 64 B + context"), by.get("LocalStack KMS Encrypt (no auth/audit)")
     if enc and ls:

@@ -26,12 +26,21 @@ def test_the_http_bench_runs_and_prints_every_row_and_target() -> None:
                 "AWS GenerateDataKey (SigV4)", "no-op: bare Flask JSON (keyring listener)",
                 "keyring GET /v1/kv/bench/data/1", "keyring GET data/1, new conn/request", "targets (issue 14):"):
         assert row in out, row
-    rows = [line for line in out.splitlines() if line.startswith(("native ", "AWS ", "keyring GET /v1"))]
+    full_speed, _, paced = out.partition("\npaced: ")
+    rows = [line for line in full_speed.splitlines() if line.startswith(("native ", "AWS ", "keyring GET /v1"))]
     assert len(rows) == 7, out
     for line in rows:  # conns, req/s, p50, p99, errors, CPU s/1k
         numbers = re.search(r"\s(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+(\d+)\s+[\d.]+", line)
         assert numbers is not None, line
         assert float(numbers.group(2)) > 0 and numbers.group(3) == "0", line
+    paced_rows = [line for line in paced.split("\n\n")[0].splitlines() if line.startswith(("no-op", "native ", "AWS ",
+                                                                                               "keyring GET /v1"))]
+    assert len(paced_rows) == 9, out
+    for line in paced_rows:  # offered, req/s, p50, p99, errors, CPU s/1k: offered at half the full-speed req/s
+        numbers = re.search(r"\s([\d.]+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+(\d+)\s+[\d.]+$", line)
+        assert numbers is not None, line
+        assert float(numbers.group(1)) > 0 and float(numbers.group(2)) <= 1.2 * float(numbers.group(1)), line
+        assert numbers.group(3) == "0", line
     assert out.count(" met ") + out.count("NOT met") >= 10
 
 
