@@ -46,8 +46,29 @@ class Sink:
         pass
 
 
+class _Handle:
+    """The audit file's fd, kept open across batches and counted: the sink holds one reference while the fd is its
+    current one, and each batch waiting for its fsync holds another. The fd is closed when the last is released, so
+    an fsync outside the writer's lock never meets a closed fd, or an fd number another open has reused."""
+
+    __slots__ = ("fd", "dev", "ino", "refs")
+
+    def __init__(self, fd: int, st: os.stat_result) -> None:
+        self.fd, self.dev, self.ino, self.refs = fd, st.st_dev, st.st_ino, 1
+
+    def names(self, st: os.stat_result | None) -> bool:
+        """Is `st` (the path's stat) this fd's file? No after the file was replaced, renamed away or deleted."""
+        return st is not None and st.st_ino == self.ino and st.st_dev == self.dev
+
+
 class FileSink(Sink):
-    """JSON lines, appended under the writer's lock, fsync'd once per batch when `fsync` is on."""
+    """JSON lines, appended under the writer's lock, fsync'd once per batch when `fsync` is on.
+
+    The file stays open across batches (each open, fstat and close was a syscall under the lock, and every syscall
+    there gives the GIL away and waits to get it back while other threads run). `locate()`, the path's stat the
+    writer makes anyway to compare the chain head with the file, tells when the path no longer names the open file
+    (replaced, moved, deleted): the next append reopens it. A forked child opens its own.
+    """
 
     name = "file"
 
@@ -55,7 +76,11 @@ class FileSink(Sink):
         self.path = path
         self.fsync = fsync
         self.counters = counters
-        self._unsynced: list[int] = []
+        self.end = 0  # the file's size: from `locate()`, then after each append (callers hold the writer's lock)
+        self._handle: _Handle | None = None
+        self._unsynced: list[_Handle] = []
+        self._refs = threading.Lock()
+        self._pid = os.getpid()
 
     def check(self) -> None:
         try:
@@ -83,46 +108,101 @@ class FileSink(Sink):
             os.close(fd)
             os.unlink(probe)
 
-    def size(self) -> int:
+    def forget(self) -> None:
+        """In a new process (the writer calls this when it opens its lock file there): the fd and references kept
+        are a parent's, not ours to use or close (its lock may even have been held by a thread that is not here)."""
+        self._handle, self._unsynced, self._refs, self._pid = None, [], threading.Lock(), os.getpid()
+
+    def locate(self) -> int:
+        """Under the writer's lock: the file's size (0 if there is none), which becomes `end`. The kept fd is let
+        go if the path no longer names its file."""
         try:
-            return os.stat(self.path).st_size
+            st: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
-            return 0
+            st = None
+        if self._handle is not None and not self._handle.names(st):
+            self._retire()
+        self.end = st.st_size if st is not None else 0
+        return self.end
 
     def write(self, records: list[dict], lines: list[bytes]) -> Callable[[], None]:
-        """Append under the writer's lock; with fsync on, the fd is kept for `sync()`, which runs after the lock is
-        released so the next batch (of any process) can append while this one is flushed."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        """Append at `end` (as `locate()` found it) under the writer's lock; with fsync on, the batch keeps its
+        reference to the fd for `sync()`, which runs after the lock is released so the next batch (of any
+        process) can append while this one is flushed. A failed append is cut off and the fd let go."""
+        handle = self._acquire()
+        start = self.end
+        data = b"".join(lines)
         try:
-            start = os.fstat(fd).st_size
-            data = b"".join(lines)
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(handle.fd, view):]
         except OSError:
             try:
-                os.ftruncate(fd, start)
+                os.ftruncate(handle.fd, start)
             finally:
-                os.close(fd)
+                self._retire()
+                self._release([handle])
             raise
+        self.end = start + len(data)
         if self.fsync:
-            self._unsynced.append(fd)
+            self._unsynced.append(handle)
         else:
-            os.close(fd)
+            self._release([handle])
 
         def undo() -> None:
             self.discard()
             with open(self.path, "r+b") as f:
                 f.truncate(start)
+            self.end = start
         return undo
 
-    def take_unsynced(self) -> list[int]:
-        fds, self._unsynced = self._unsynced, []
-        return fds
+    def _acquire(self) -> _Handle:
+        """The kept fd with a reference for this batch (opened if there is none): held while it is written, so
+        even a `close()` from another thread meanwhile cannot close it under the write."""
+        with self._refs:
+            handle = self._handle
+            if handle is not None:
+                handle.refs += 1
+                return handle
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            handle = _Handle(fd, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        with self._refs:
+            handle.refs += 1  # the sink's reference and this batch's
+            self._handle = handle
+        return handle
+
+    def _retire(self) -> None:
+        """Let go of the current fd (closed once no batch holds it)."""
+        with self._refs:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            self._release([handle])
+
+    def _release(self, handles: list[_Handle]) -> None:
+        closing = []
+        with self._refs:
+            for handle in handles:
+                handle.refs -= 1
+                if handle.refs == 0:
+                    closing.append(handle.fd)
+        for fd in closing:
+            os.close(fd)
+
+    def take_unsynced(self) -> list[_Handle]:
+        handles, self._unsynced = self._unsynced, []
+        return handles
 
     def discard(self) -> None:
-        for fd in self.take_unsynced():
-            os.close(fd)
+        self._release(self.take_unsynced())
+
+    def close(self) -> None:
+        """Let go of the kept fd (a batch still waiting for its fsync closes it after the fsync)."""
+        if self._pid == os.getpid():
+            self._retire()
 
     def records_after(self, seq: int) -> list[tuple[dict, bytes]]:
         """The complete records with a seq above `seq`, read backwards from the end (the tail only), in file order."""
@@ -178,15 +258,15 @@ class FileSink(Sink):
                     if isinstance(record, dict):
                         yield record, line + b"\n"
 
-    def sync(self, fds: list[int]) -> None:
-        """One fsync makes every append before it durable (the file's data, whoever wrote it)."""
+    def sync(self, handles: list[_Handle]) -> None:
+        """One fsync makes every append before it durable (the file's data, whoever wrote it); then the batch lets
+        go of its references."""
         try:
-            if fds:
-                os.fsync(fds[-1])
+            if handles:
+                os.fsync(handles[-1].fd)
                 self.counters["fsyncs"] += 1
         finally:
-            for fd in fds:
-                os.close(fd)
+            self._release(handles)
 
 
 class StoreSink(Sink):
