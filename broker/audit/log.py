@@ -3,6 +3,9 @@
 * One chain per audit file, shared by every process on the host: a writer holds an exclusive flock on
   `<file>.lock`, which also keeps the chain head (seq, hash, last checkpoint, open intents) so a writer never re-reads
   the log. If the head does not match the file (a crash mid-write, or someone cut the file), it is recovered by a scan.
+  Few syscalls under the flock (each gives the GIL away, and other processes wait on the lock until it is back): the
+  head is read with one bounded pread and written back padded with spaces (no fstat, no ftruncate), and the file sink
+  keeps its fd open across batches (see FileSink).
 * Group commit, led by a caller: `write()` queues the record; the first caller that finds nobody committing
   becomes the *leader* and commits, in its own thread, everything queued (after a short window when the last
   batch held several records) as one batch: one append + one fsync for the file (or, with the store as the only
