@@ -120,7 +120,8 @@ class FileSink(Sink):
             st: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
             st = None
-        if self._handle is not None and not self._handle.names(st):
+        handle = self._handle  # read once: a close() in another thread may drop it meanwhile
+        if handle is not None and not handle.names(st):
             self._retire()
         self.end = st.st_size if st is not None else 0
         return self.end
