@@ -41,6 +41,7 @@ class BalancedThreadWorker(ThreadWorker):
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         """The loop wakes when the pause ends, so accepting resumes on time even with nothing else to do."""
-        if not self._accepting and self._resume_accept:
-            timeout = min(timeout, max(0.0, self._resume_accept - time.monotonic()))
+        left = self._resume_accept - time.monotonic()
+        if not self._accepting and self.alive and left > 0:  # only a pause still ahead (never a spin at 0)
+            timeout = min(timeout, left)
         super().wait_for_and_dispatch_events(timeout)
