@@ -92,11 +92,14 @@ def unpack(blob: bytes) -> Ciphertext:
     return Ciphertext(Header(scheme, key_id, key_version), blob[:header_end], blob[header_end:])
 
 
+_CONTEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # built once, stateless
+
+
 def canonical_context(context: Mapping[str, str] | None) -> bytes:
     """Sorted, compact JSON: the same context always gives the same AAD bytes, whatever the key order."""
     if not context:
         return b""
-    return json.dumps(dict(context), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CONTEXT.encode(dict(context)).encode()
 
 
 def pack_envelope(wrapped_key: bytes, nonce_and_ciphertext: bytes) -> bytes:

@@ -14,6 +14,7 @@ the same response bytes and headers as the Flask view (a parity test compares th
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -67,6 +68,10 @@ class FastCrypto:
     def __init__(self, app: Flask, services: Any, operations: Iterable[str] = HOT) -> None:
         self.flask = app.wsgi_app
         self._app, self._services = app, services
+        provider = app.json  # the Flask view's encoder settings, built once (app.json.dumps builds one per call)
+        self._encoder = json.JSONEncoder(default=getattr(provider, "default", None),
+                                         ensure_ascii=getattr(provider, "ensure_ascii", True),
+                                         sort_keys=getattr(provider, "sort_keys", False), separators=(",", ":"))
         wanted = set(operations)
         self._routes: list[tuple[re.Pattern[str], RouteDoc]] = [
             (_pattern(doc.rule), doc) for doc in ROUTES
@@ -127,7 +132,7 @@ class FastCrypto:
         except Exception as exc:  # noqa: BLE001 - answered as the Flask handlers answer it
             refusal = audited_refusal(self._services, ctx, doc.operation, as_broker_error(exc, rid))
             status, payload = refusal.status, refusal.to_dict(rid)
-        return status, f"{self._app.json.dumps(payload, separators=(',', ':'))}\n".encode(), rid
+        return status, f"{self._encoder.encode(payload)}\n".encode(), rid
 
 
 class FastAws:

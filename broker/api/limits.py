@@ -32,6 +32,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")  # MAX_REQUEST
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 _STRUCTURE = bytes(range(256)).translate(None, b"[]{}\"\\")  # every byte but brackets, quotes and backslashes
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800-\udfff: the only way JSON spells a lone surrogate
 
 
 class BadJson(errors.ValidationError):
@@ -83,13 +84,27 @@ def load_json(raw: bytes | str, empty: Any = None) -> Any:
         raise BadJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         # UTF-8 only (json.loads would also guess UTF-16/32); surrogates pass here so check_text can name them
-        value = json.loads(data.decode("utf-8", "surrogatepass"), parse_constant=_no_constant, parse_float=_finite)
+        text = data.decode("utf-8", "surrogatepass")
+        value = _DECODER.decode(text)
     except RecursionError:
         raise BadJson(f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise BadJson("the request body is not valid JSON") from None
-    check_text(value)
+    if _may_hold_surrogate(text):
+        check_text(value)
     return value
+
+
+def _may_hold_surrogate(text: str) -> bool:
+    """Whether a parsed string of `text` can hold a lone surrogate: only if the text has one (UTF-8 bytes that
+    "surrogatepass" let through) or spells one as an escape. Most bodies have neither, and skip check_text's walk.
+    A false yes (an escaped backslash before "ud8..") only costs the walk."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return True
+    return _SURROGATE_ESCAPE.search(text) is not None
 
 
 def _no_constant(name: str) -> Any:
@@ -101,6 +116,10 @@ def _finite(literal: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError("a number out of range")
     return value
+
+
+# Built once: json.loads with hooks builds a decoder per call. A decoder keeps no state between calls.
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
 
 
 def check_text(value: Any, where: str = "") -> None:

@@ -23,8 +23,13 @@ PUBLIC_KEY_NAME = "audit-signing.pub.pem"  # the signing key's public half, besi
 SIGNED_FIELDS = ("type", "seq", "count", "head_hash", "time", "every_records", "every_seconds", "key_id")
 
 
+# json.dumps with options builds an encoder per call; this is the same encoder, built once (it keeps no state).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def canonical(body: dict) -> bytes:
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    """Sorted keys, no spaces, ASCII: what the chain hashes, and (with `hash`) the line the file holds."""
+    return _CANONICAL.encode(body).encode()
 
 
 def record_hash(prev_hash: str, body: dict) -> str:

@@ -23,6 +23,8 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from broker.audit.chain import canonical
+
 log = logging.getLogger("kms_broker.audit")
 READY_PROBE_BYTES = 64 * 1024  # about one batch of records: less free space than this is a full disk
 
@@ -416,4 +418,4 @@ class SyslogSink(Sink):
 
 
 def encode(record: dict) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    return canonical(record) + b"\n"

@@ -7,6 +7,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker import errors
 from broker.api.limits import MAX_JSON_DEPTH, BadJson, load_json, request_id, too_deep
@@ -63,3 +65,46 @@ def test_request_ids(sent, kept):
     assert (used == sent) is kept
     if not kept:
         assert re.fullmatch(r"[0-9a-f-]{36}", used)
+
+
+@pytest.mark.parametrize("raw, where", [(b'{"a": "x\\uD800"}', "a"), (b'{"a": {"b": "\\uDbFf"}}', "a.b"),
+                                        (b'["ok", {"\\udc00x": 1}]', "[1]")])
+def test_lone_surrogates_in_any_spelling_are_found(raw, where):
+    """Upper- and mixed-case escapes, deep in the value: the walk that names them is never skipped for these."""
+    with pytest.raises(errors.ValidationError, match=re.escape(where)):
+        load_json(raw)
+
+
+def test_an_escaped_backslash_before_u_is_text():
+    assert load_json(b'{"a": "\\\\ud800"}') == {"a": "\\ud800"}
+
+
+_texts = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=8)
+_values = st.recursive(_texts | st.integers() | st.booleans() | st.none(),
+                       lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_texts, inner, max_size=4),
+                       max_leaves=12)
+
+
+def _has_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=_values, ascii_only=st.booleans())
+def test_refused_exactly_when_some_string_holds_a_lone_surrogate(value, ascii_only):
+    """Whatever the spelling (escaped, or raw UTF-8 with surrogatepass), a body is refused if and only if one of
+    its strings or member names holds a surrogate: skipping the walk never lets one through."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    raw = text.encode("utf-8", "surrogatepass")
+    parsed = json.loads(text)  # an escaped high + low surrogate pair parses as one character
+    if _has_surrogate(parsed):
+        with pytest.raises(errors.ValidationError, match="not valid Unicode"):
+            load_json(raw)
+    else:
+        assert load_json(raw) == parsed
