@@ -16,14 +16,6 @@ from broker.envelope.keys import CacheLimits, DataKeys, DataKeySource
 Progress = Callable[[int], None]
 
 
-def _check_context(context: Mapping[str, str] | None) -> dict[str, str]:
-    if not context:
-        return {}
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in context.items()):
-        raise TypeError("the encryption context maps strings to strings")
-    return dict(context)
-
-
 def _expect_context(header: m.Header, expected: Mapping[str, str] | None) -> None:
     """Every pair the caller expects must be in the message's context, with the same value."""
     for k, v in (expected or {}).items():
@@ -46,18 +38,26 @@ class Envelope:
     # ----------------------------------------------------------------------------------------- bytes
 
     def encrypt(self, plaintext: bytes, key: str, context: Mapping[str, str] | None = None) -> bytes:
+        """One message of `plaintext` under `key`'s data key (cached if the cache allows); TypeError unless `key`
+        is a string and `context` maps strings to strings."""
         size = len(plaintext)
         flen = self.frame_length
-        frames = max(1, -(-size // flen))
-        material = self.keys.for_encrypt(key, _check_context(context), size, frames)
-        header = self._lead + os.urandom(m.MESSAGE_ID_BYTES) + material.tail
+        frames = 1 if size <= flen else -(-size // flen)
+        if frames >= m.MAX_FRAMES_PER_DATA_KEY:
+            raise m.MessageError("a message holds at most 2^32-1 frames; use a larger frame length")
+        material = self.keys.for_encrypt(key, context, size, frames)
+        # One getrandom call for the message id and every frame's nonce (each slice is as random as its own call).
+        rnd = os.urandom(m.MESSAGE_ID_BYTES + m.NONCE_BYTES * frames)
+        header = self._lead + rnd[:m.MESSAGE_ID_BYTES] + material.tail
         if frames == 1:
-            return header + m.seal_frame(material.derived, header, 1, True, plaintext, os.urandom(m.NONCE_BYTES))
+            return m.seal_sole_frame(material.derived, header, plaintext, rnd[m.MESSAGE_ID_BYTES:])
         view = memoryview(plaintext)
         parts = [header]
+        at = m.MESSAGE_ID_BYTES
         for i in range(frames):
             parts.append(m.seal_frame(material.derived, header, i + 1, i == frames - 1,
-                                      view[i * flen:(i + 1) * flen], os.urandom(m.NONCE_BYTES)))
+                                      view[i * flen:(i + 1) * flen], rnd[at:at + m.NONCE_BYTES]))
+            at += m.NONCE_BYTES
         return b"".join(parts)
 
     def decrypt(self, data: bytes, context: Mapping[str, str] | None = None) -> bytes:
@@ -103,7 +103,7 @@ class Envelope:
         length is not known in advance). Two frame buffers and one output buffer are reused for the whole stream.
         Returns the plaintext bytes read."""
         flen = self.frame_length
-        material = self.keys.fresh(key, _check_context(context))
+        material = self.keys.fresh(key, context)
         header = self._lead + os.urandom(m.MESSAGE_ID_BYTES) + material.tail
         dst.write(header)
         current, following = bytearray(flen), bytearray(flen)

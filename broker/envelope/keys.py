@@ -22,7 +22,37 @@ ContextKey = tuple[tuple[str, str], ...]
 
 
 def context_key(context: Mapping[str, str] | None) -> ContextKey:
-    return tuple(sorted(context.items())) if context else ()
+    """The context's pairs, sorted, every key and value a plain `str`: the cache's name for it, and the check
+    that it is a context at all (TypeError otherwise).
+
+    Plain `str` only, because a cache lookup compares with `==` and hashes: a str subclass (or any object) may
+    define `__eq__`/`__hash__` to equal another context's value (and 1 == True == 1.0 hash alike), and would then
+    be handed that context's data key and header. A str subclass is taken as the characters it holds, which are
+    what the header's JSON records."""
+    if not context:
+        return ()
+    items = tuple(context.items())
+    for k, v in items:
+        if type(k) is not str or type(v) is not str:
+            items = tuple((_plain(k), _plain(v)) for k, v in items)
+            break
+    return tuple(sorted(items)) if len(items) > 1 else items
+
+
+def _plain(value: object) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)  # the characters themselves, as a plain str (an override of __str__ is not asked)
+    raise TypeError("the encryption context maps strings to strings")
+
+
+def _key_name(key: str) -> str:
+    if type(key) is not str:
+        if not isinstance(key, str):
+            raise TypeError("the key is named by a string")
+        return str.__str__(key)
+    return key
 
 
 class DataKeySource(Protocol):
@@ -108,36 +138,44 @@ class DataKeys:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     stats: dict[str, int] = field(default_factory=lambda: {"generated": 0, "unwrapped": 0, "hits": 0})
 
-    def fresh(self, key: str, context: Mapping[str, str]) -> Material:
+    def fresh(self, key: str, context: Mapping[str, str] | None) -> Material:
+        """A new data key from the source, never cached (streams)."""
+        return self._fresh(_key_name(key), context_key(context))
+
+    def _fresh(self, key: str, pairs: ContextKey) -> Material:
+        """The one place a slot's material is made: a slot whose pairs are not one context is refused here, so it
+        is never cached."""
+        context = dict(pairs)
+        if len(context) != len(pairs):
+            raise TypeError("the encryption context has two keys with the same characters")
         data_key, wrapped = self.source.generate(key, context)
         self.stats["generated"] += 1
         derived = derive(data_key)
         return Material(derived, header_tail(derived.commitment, context, wrapped), self.clock())
 
     def for_encrypt(self, key: str, context: Mapping[str, str] | None, size: int, frames: int) -> Material:
-        """Material for one message of `size` bytes in `frames` frames, its use already counted."""
-        context = context or {}
+        """Material for one message of `size` bytes in `frames` frames, its use already counted. TypeError unless
+        `key` is a string and `context` maps strings to strings (checked here, on every call: see context_key)."""
+        slot = (_key_name(key), context_key(context))
         limits = self.limits
         if limits is None or size > limits.max_bytes or frames > MAX_FRAMES_PER_DATA_KEY:
-            return self.fresh(key, context)
-        slot = (key, context_key(context))
+            return self._fresh(*slot)
         now = self.clock()
         with self._lock:
             material = self._encrypting.get(slot)
-            if material is not None and (now - material.created >= limits.max_age
-                                         or material.messages + 1 > limits.max_messages
-                                         or material.plaintext_bytes + size > limits.max_bytes
-                                         or material.frames + frames > MAX_FRAMES_PER_DATA_KEY):
-                del self._encrypting[slot]
-                material = None
             if material is not None:
-                material.messages += 1
-                material.plaintext_bytes += size
-                material.frames += frames
-                self._encrypting.move_to_end(slot)
-                self.stats["hits"] += 1
-                return material
-        material = self.fresh(key, context)
+                if (now - material.created < limits.max_age
+                        and material.messages < limits.max_messages
+                        and material.plaintext_bytes + size <= limits.max_bytes
+                        and material.frames + frames <= MAX_FRAMES_PER_DATA_KEY):
+                    material.messages += 1
+                    material.plaintext_bytes += size
+                    material.frames += frames
+                    self._encrypting.move_to_end(slot)
+                    self.stats["hits"] += 1
+                    return material
+                del self._encrypting[slot]
+        material = self._fresh(*slot)
         material.messages, material.plaintext_bytes, material.frames = 1, size, frames
         with self._lock:
             self._encrypting[slot] = material

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.envelope import CacheLimits, Envelope, MessageError
+from broker.envelope import codec as codec_module
 from broker.envelope import keys as keys_module
 from broker.envelope import message as m
 
@@ -304,6 +305,101 @@ def test_a_cached_data_key_is_never_used_past_its_limits(plan, max_messages, max
             assert clock.now - first < max_age
         assert uses[key][1] <= max_messages
         assert uses[key][2] <= max_bytes or uses[key][1] == 1
+
+
+class _Pretender(str):
+    """A str whose characters are `other` but which claims to equal (and hashes like) "billing"."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("billing")
+
+
+class _PretendsToBeKey1(_Pretender):
+    def __hash__(self) -> int:
+        return hash("key-1")
+
+
+class _Liar:
+    """Not a string at all, but equal to anything and hashing like "billing"."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("billing")
+
+
+@pytest.mark.parametrize("bad", [{"app": 1}, {"app": True}, {"app": 1.0}, {"app": None}, {"app": b"billing"},
+                                 {"app": _Liar()}, {1: "billing"}, {_Liar(): "billing"}, {"app": ["billing"]}])
+def test_a_context_that_is_not_strings_is_refused_even_when_an_equal_one_is_cached(kms: FakeKms, bad: dict) -> None:
+    env = _cached(kms, Clock())
+    env.encrypt(b"a", "key-1", {"app": "billing"})
+    with pytest.raises(TypeError, match="strings"):
+        env.encrypt(b"a", "key-1", bad)
+    assert kms.generated == 1 and env.keys.stats["hits"] == 0
+
+
+def test_a_str_subclass_is_its_characters_and_never_borrows_another_contexts_data_key(kms: FakeKms) -> None:
+    env = _cached(kms, Clock())
+    cached = env.encrypt(b"a", "key-1", {"app": "billing"})
+    pretender = env.encrypt(b"a", "key-1", {"app": _Pretender("other")})
+    assert _data_key_of(pretender) != _data_key_of(cached)
+    assert m.parse_header(pretender).context == {"app": "other"}
+    assert env.decrypt(pretender, {"app": "other"}) == b"a"
+    named = env.encrypt(b"a", _PretendsToBeKey1("key-2"), {"app": "billing"})
+    assert _data_key_of(named).startswith(b"key-2") and type(kms.wrapped[_data_key_of(named)][1]["app"]) is str
+    with pytest.raises(TypeError, match="string"):
+        env.encrypt(b"a", 1, {"app": "billing"})  # type: ignore[arg-type]
+
+    class Plain(str):  # a well-behaved subclass (StrEnum, say) with the same characters is the same context
+        pass
+
+    assert _data_key_of(env.encrypt(b"a", "key-1", {Plain("app"): Plain("billing")})) == _data_key_of(cached)
+
+
+def test_a_mapping_with_two_keys_of_the_same_characters_is_refused(kms: FakeKms) -> None:
+    class Twin(str):
+        def __hash__(self) -> int:
+            return id(self)
+
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+    env = _cached(kms, Clock())
+    with pytest.raises(TypeError, match="same characters"):
+        env.encrypt(b"a", "key-1", {Twin("app"): "1", Twin("app"): "2"})
+    with pytest.raises(TypeError, match="same characters"):
+        env.encrypt(b"a", "key-1", {Twin("app"): "1", Twin("app"): "2"})  # nothing was cached for it
+    assert kms.generated == 0
+
+
+def test_the_message_id_and_every_nonce_come_from_os_urandom_and_differ(kms: FakeKms, env: Envelope,
+                                                                           monkeypatch) -> None:
+    draws: list[bytes] = []
+    real = os.urandom
+
+    def recorded(n: int) -> bytes:
+        draws.append(real(n))
+        return draws[-1]
+
+    plaintext = os.urandom(3 * FRAME - 1)
+    monkeypatch.setattr(codec_module.os, "urandom", recorded)  # the FakeKms draws its data key and blob first
+    message = env.encrypt(plaintext, "key-1", CTX)
+    header, frames = _frames(message)
+    nonces = [f[m.DESCRIPTOR_BYTES:m.DESCRIPTOR_BYTES + m.NONCE_BYTES] for f in frames]
+    assert len(frames) == 3 and len(set(nonces)) == 3
+    assert len(draws) == 3 and draws[0] == kms.wrapped[_data_key_of(message)][0]
+    assert draws[2] == m.parse_header(header).message_id + b"".join(nonces)  # one getrandom, each byte used once
+
+
+def test_a_message_of_more_frames_than_a_sequence_number_counts_is_refused(env: Envelope, monkeypatch) -> None:
+    monkeypatch.setattr(m, "MAX_FRAMES_PER_DATA_KEY", 3)
+    assert env.decrypt(env.encrypt(b"x" * (2 * FRAME), "key-1", CTX)) == b"x" * (2 * FRAME)
+    with pytest.raises(MessageError, match="frames"):
+        env.encrypt(b"x" * (3 * FRAME), "key-1", CTX)
 
 
 # ------------------------------------------------------------------------------------------------ streaming
