@@ -68,32 +68,30 @@ class Envelope:
         _expect_context(header, context)
         key = self.keys.for_decrypt(header.wrapped_keys, header.context)
         header.check_commitment(key)
-        out, at, expected = [], len(header.raw), 1
+        raw, flen, total = header.raw, header.frame_length, len(view)
+        immutable = type(data) is bytes  # then view[:len(raw)] stays the raw the header was parsed from
+        d, n, t = m.DESCRIPTOR_BYTES, m.NONCE_BYTES, m.TAG_BYTES
+        out, at, expected = [], len(raw), 1
         while True:
-            chunk, at, final = self._open_next(key, header, view, at, expected)
-            out.append(chunk)
+            sequence, final, length = m.read_frame_descriptor(view, at)
+            if sequence != expected:
+                raise m.MessageError("frames are out of order or missing")
+            if length > flen or (not final and length != flen):
+                raise m.MessageError("invalid frame length")
+            start = at + d + n
+            end = start + length + t
+            if end > total:
+                raise m.MessageError("truncated message: a frame is cut short")
+            # AAD = header ‖ descriptor; the first frame's follows the header in `data`: one slice, no copy.
+            aad = view[:at + d] if expected == 1 and immutable else raw + view[at:at + d]
+            out.append(m.open_frame(key, aad, view[at + d:start], view[start:end]))
+            at = end
             if final:
                 break
             expected += 1
-        if at != len(view):
+        if at != total:
             raise m.MessageError("bytes after the last frame")
-        return b"".join(out)
-
-    @staticmethod
-    def _open_next(key: m.DerivedKey, header: m.Header, view: memoryview, at: int,
-                   expected: int) -> tuple[bytes, int, bool]:
-        sequence, final, length = m.read_frame_descriptor(view, at)
-        if sequence != expected:
-            raise m.MessageError("frames are out of order or missing")
-        if length > header.frame_length or (not final and length != header.frame_length):
-            raise m.MessageError("invalid frame length")
-        descriptor = bytes(view[at:at + 9])
-        nonce = bytes(view[at + 9:at + 9 + m.NONCE_BYTES])
-        start = at + 9 + m.NONCE_BYTES
-        end = start + length + m.TAG_BYTES
-        if end > len(view):
-            raise m.MessageError("truncated message: a frame is cut short")
-        return m.open_frame(key, header.raw, descriptor, nonce, view[start:end]), end, final
+        return out[0] if len(out) == 1 else b"".join(out)
 
     # ----------------------------------------------------------------------------------------- streams
 

@@ -16,9 +16,12 @@ Nonces are random (96 bits); a data key serves at most 2^32 frames (the data-key
 from __future__ import annotations
 
 import hmac
+import json
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,6 +43,8 @@ _LEAD = struct.Struct(">4sBBI")          # magic, version, suite, frame length
 _FRAME = struct.Struct(">IBI")           # sequence, final, ciphertext length
 _U16 = struct.Struct(">H")
 _INFO = b"kms-broker envelope v1"
+_COMMITMENT_AT = _LEAD.size + MESSAGE_ID_BYTES
+_CONTEXT_AT = _COMMITMENT_AT + 32 + _U16.size  # after the context length
 
 
 class MessageError(ValueError):
@@ -65,8 +70,10 @@ def derive(data_key: bytes) -> DerivedKey:
     return DerivedKey(AESGCM(okm[:32]), okm[32:])
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
+    """A parsed header (immutable; a NamedTuple because a message's decryption builds one, and a frozen dataclass
+    costs three times as much to make)."""
+
     frame_length: int
     message_id: bytes
     commitment: bytes
@@ -101,7 +108,9 @@ def header_lead(frame_length: int) -> bytes:
 
 
 def parse_header(data: bytes | memoryview) -> Header:
-    """Parse a header from the start of `data` (which may hold more). MessageError if it is not one."""
+    """Parse a header from the start of `data` (which may hold more). MessageError if it is not one.
+
+    The lengths are read in place, then the header is copied once and every field sliced from that copy."""
     view = memoryview(data)
     try:
         magic, version, suite, frame_length = _LEAD.unpack_from(view, 0)
@@ -111,40 +120,57 @@ def parse_header(data: bytes | memoryview) -> Header:
             raise MessageError(f"unsupported message version {version} / suite {suite}")
         if not 1 <= frame_length <= MAX_FRAME:
             raise MessageError("invalid frame length")
-        at = _LEAD.size
-        message_id = bytes(view[at:at + MESSAGE_ID_BYTES])
-        commitment = bytes(view[at + MESSAGE_ID_BYTES:at + MESSAGE_ID_BYTES + 32])
-        at += MESSAGE_ID_BYTES + 32
-        (ctx_len,) = _U16.unpack_from(view, at)
-        at += 2
-        ctx_bytes = bytes(view[at:at + ctx_len])
-        if len(ctx_bytes) != ctx_len:
-            raise MessageError("truncated header")
-        at += ctx_len
+        (ctx_len,) = _U16.unpack_from(view, _CONTEXT_AT - 2)
+        at = _CONTEXT_AT + ctx_len
         count = view[at]
         at += 1
         if not 1 <= count <= MAX_WRAPPED_KEYS:
             raise MessageError("invalid wrapped-key count")
-        wrapped = []
+        spans = []
         for _ in range(count):
             (n,) = _U16.unpack_from(view, at)
-            at += 2
-            blob = bytes(view[at:at + n])
-            if len(blob) != n or n == 0:
+            if n == 0:
                 raise MessageError("truncated header")
-            wrapped.append(blob)
+            at += 2
+            spans.append((at, at + n))
             at += n
     except (struct.error, IndexError):
         raise MessageError("truncated header") from None
-    context = _parse_context(ctx_bytes)
-    return Header(frame_length, message_id, commitment, context, tuple(wrapped), bytes(view[:at]))
+    if at > len(view):
+        raise MessageError("truncated header")
+    raw = bytes(view[:at])
+    context = _parse_context(raw[_CONTEXT_AT:_CONTEXT_AT + ctx_len])
+    return Header(frame_length, raw[_LEAD.size:_COMMITMENT_AT], raw[_COMMITMENT_AT:_CONTEXT_AT - 2], context,
+                  tuple([raw[a:b] for a, b in spans]), raw)
+
+
+_CONTEXTS: dict[bytes, dict[str, str]] = {}
+_CONTEXTS_LOCK = threading.Lock()
+CONTEXT_CACHE_ENTRIES = 256
+CONTEXT_CACHE_MAX_BYTES = 4096
 
 
 def _parse_context(raw: bytes) -> dict[str, str]:
-    import json
+    """The header's context, checked to be canonical JSON of strings (so one context has one encoding).
 
+    Kept per exact bytes (at most CONTEXT_CACHE_ENTRIES contexts of at most CONTEXT_CACHE_MAX_BYTES each): the
+    result is a pure function of the bytes, so a kept answer is the answer, and messages under one context repeat
+    them. Callers get a copy; the kept dict is never handed out."""
     if not raw:
         return {}
+    kept = _CONTEXTS.get(raw)
+    if kept is not None:
+        return kept.copy()
+    value = _parse_context_now(raw)
+    if len(raw) <= CONTEXT_CACHE_MAX_BYTES:
+        with _CONTEXTS_LOCK:
+            while len(_CONTEXTS) >= CONTEXT_CACHE_ENTRIES:
+                del _CONTEXTS[next(iter(_CONTEXTS))]
+            _CONTEXTS[raw] = value.copy()
+    return value
+
+
+def _parse_context_now(raw: bytes) -> dict[str, str]:
     try:
         value = json.loads(raw)
     except ValueError:
@@ -207,8 +233,11 @@ def read_frame_descriptor(data: bytes | memoryview, at: int) -> tuple[int, bool,
     return sequence, bool(final), length
 
 
-def open_frame(key: DerivedKey, header: bytes, descriptor: bytes, nonce: bytes, sealed: bytes | memoryview) -> bytes:
+def open_frame(key: DerivedKey, aad: bytes | memoryview, nonce: bytes | memoryview,
+               sealed: bytes | memoryview) -> bytes:
+    """One frame's plaintext; `aad` is header ‖ descriptor (for the first frame of an in-memory message, one
+    slice of it)."""
     try:
-        return key.aead.decrypt(nonce, sealed, header + descriptor)
+        return key.aead.decrypt(nonce, sealed, aad)
     except Exception:  # noqa: BLE001 - InvalidTag: the frame or the header was changed, or the wrong key
         raise MessageError("the message failed authentication") from None

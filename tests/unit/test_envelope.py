@@ -402,6 +402,74 @@ def test_a_message_of_more_frames_than_a_sequence_number_counts_is_refused(env: 
         env.encrypt(b"x" * (3 * FRAME), "key-1", CTX)
 
 
+def _with_context_bytes(message: bytes, ctx: bytes) -> bytes:
+    """The message with its header's context bytes replaced (and the length field fixed)."""
+    at = 10 + m.MESSAGE_ID_BYTES + 32
+    n = int.from_bytes(message[at:at + 2], "big")
+    return message[:at] + len(ctx).to_bytes(2, "big") + ctx + message[at + 2 + n:]
+
+
+def test_the_context_cache_cannot_make_a_changed_header_pass(env: Envelope) -> None:
+    message = env.encrypt(b"abc", "key-1", {"app": "aa"})
+    assert env.decrypt(message) == b"abc"  # the context bytes are now kept
+    for forged_ctx in (b'{"app":"ab"}', b'{"app": "aa"}', b'{"app":"\\u0061a"}', b'{"app":"aa","app":"aa"}',
+                       b'{"app":"aa"} '):
+        forged = _with_context_bytes(message, forged_ctx)
+        with pytest.raises(MessageError):
+            env.decrypt(forged)
+        with pytest.raises(MessageError):
+            _stream_decrypt(env, forged)
+    for forged_ctx in (b'{"app": "aa"}', b'{"app":"\\u0061a"}', b'{"app":"aa","app":"aa"}', b'{"app":"aa"} '):
+        with pytest.raises(MessageError, match="invalid encryption context"):  # refused at parse, cached or not
+            m.parse_header(_with_context_bytes(message, forged_ctx))
+            m.parse_header(_with_context_bytes(message, forged_ctx))
+
+
+def test_a_parsed_context_is_a_copy_and_the_context_cache_is_bounded(env: Envelope, monkeypatch) -> None:
+    message = env.encrypt(b"abc", "key-1", {"app": "aa"})
+    m.parse_header(message).context["app"] = "changed by a caller"
+    assert m.parse_header(message).context == {"app": "aa"} and env.decrypt(message, {"app": "aa"}) == b"abc"
+    monkeypatch.setattr(m, "_CONTEXTS", {})
+    for i in range(m.CONTEXT_CACHE_ENTRIES + 10):
+        m.parse_header(_with_context_bytes(message, b'{"n":"%d"}' % i))
+    assert len(m._CONTEXTS) == m.CONTEXT_CACHE_ENTRIES and b'{"n":"0"}' not in m._CONTEXTS
+    big = b'{"n":"%s"}' % (b"x" * m.CONTEXT_CACHE_MAX_BYTES)
+    assert m.parse_header(_with_context_bytes(message, big)).context == {"n": "x" * m.CONTEXT_CACHE_MAX_BYTES}
+    assert big not in m._CONTEXTS
+
+
+@pytest.mark.parametrize("size", [5, 3 * FRAME + 7])
+def test_messages_in_mutable_buffers_decrypt_and_refuse_tampering(env: Envelope, size: int) -> None:
+    data = os.urandom(size)
+    message = env.encrypt(data, "key-1", CTX)
+    assert env.decrypt(bytearray(message)) == data and env.decrypt(memoryview(message)) == data
+    changed = bytearray(message)
+    changed[20] ^= 1  # the message id: authenticated by every frame
+    with pytest.raises(MessageError):
+        env.decrypt(changed)
+
+
+def test_a_buffer_changed_during_decryption_cannot_swap_the_header_that_was_checked(kms: FakeKms) -> None:
+    """The context is checked on the header as parsed; the frames must authenticate that same header, not what
+    the caller's buffer holds later (here a source that rewrites the buffer while it unwraps)."""
+    message = Envelope(kms, frame_length=FRAME).encrypt(b"abc", "key-1", {"app": "aa"})
+    buffer = bytearray(message.replace(b'"aa"', b'"ab"', 1))
+
+    class Rewriting:
+        def unwrap(self, wrapped: Sequence[bytes], context: Mapping[str, str]) -> bytes:
+            buffer[:len(message)] = message[:len(buffer)]  # back to the header the frames were sealed with
+            return kms.wrapped[wrapped[0]][0]
+
+    with pytest.raises(MessageError, match="authentication"):
+        Envelope(Rewriting(), frame_length=FRAME).decrypt(buffer, {"app": "ab"})  # type: ignore[arg-type]
+
+
+def test_a_header_is_immutable(env: Envelope) -> None:
+    header = m.parse_header(env.encrypt(b"abc", "key-1", CTX))
+    with pytest.raises(AttributeError):
+        header.raw = b""  # type: ignore[misc]
+
+
 # ------------------------------------------------------------------------------------------------ streaming
 
 
