@@ -76,6 +76,11 @@ def test_the_envelope_bench_runs() -> None:
     assert len(targets) == 2 and "GiB/s" in out, out
 
 
+def test_the_inprocess_envelope_bench_runs() -> None:
+    out = _run(str(BENCH / "envelope_inproc.py"), "-n", "500", "--repeats", "1")
+    assert re.search(r"encrypt [0-9.]+ us \([0-9,]+/s\)\s+decrypt [0-9.]+ us \([0-9,]+/s\)", out), out
+
+
 def test_the_wal_bench_runs_and_prints_each_threshold() -> None:
     out = _run(str(BENCH / "wal_bench.py"), "--batches", "60", "--rounds", "1", "--pages", "256,1000")
     rows = [line.split() for line in out.splitlines() if line.strip().split(" ")[0].isdigit()]
