@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from emulator_state.deadlines import Deadlines
+
 from . import crypto
 from . import errors as err
 
@@ -158,37 +160,80 @@ class KmsBackend:
         self.aliases: dict[str, str] = {}
         self.import_params: dict[str, ImportParams] = {}
         self.lock = threading.RLock()
+        self._aliases_of: dict[str, set[str]] = {}  # key id -> its aliases (a purge drops them without a scan)
+        self._indexed: dict[str, str] = {}  # alias -> the key id `_aliases_of` files it under
+        self.deadlines = Deadlines()  # ("delete" | "expire" | "rotate", key id) -> epoch seconds
+        self.mark: Callable[[str, str], None] | None = None  # persistence: (table, id) changed, under the lock
 
     # ---- helpers -------------------------------------------------------------------------------------------
-    def _changed(self) -> None:
+    def _changed(self, key: Key | None = None, alias: str | None = None) -> None:
+        """After a change of `key` (its deadlines follow its fields) or of `alias`: mark it for the state file."""
+        if key is not None:
+            self._schedule(key)
+            if self.mark is not None:
+                self.mark("keys", key.key_id)
+        if alias is not None:
+            self._index_alias(alias)
+            if self.mark is not None:
+                self.mark("aliases", alias)
         if self.on_change:
             self.on_change(self)
 
+    def _schedule(self, key: Key) -> None:
+        """The key's current deadlines (a rotation only counts while the key is Enabled: enabling it re-arms one
+        that came while it was not, as the full scan did)."""
+        kid = key.key_id
+        self.deadlines.set(("delete", kid), key.delete_date if key.state == "PendingDeletion" else None)
+        self.deadlines.set(("expire", kid), key.material_expire)
+        rotating = key.auto_rotation and key.state == "Enabled" and key.rotation_interval
+        self.deadlines.set(("rotate", kid), key.next_rotation_date if rotating else None)
+
+    def _index_alias(self, alias: str) -> None:
+        """Keep `_aliases_of` in step with `aliases[alias]` (set, moved or deleted)."""
+        old, new = self._indexed.get(alias), self.aliases.get(alias)
+        if old == new:
+            return
+        if old is not None:
+            self._aliases_of.get(old, set()).discard(alias)
+            del self._indexed[alias]
+        if new is not None:
+            self._aliases_of.setdefault(new, set()).add(alias)
+            self._indexed[alias] = new
+
     def sweep(self) -> None:
-        """Apply time-driven rules: purge keys past their deletion date, expire material, auto-rotate."""
+        """Apply the time-driven rules whose deadline has come: purge keys past their deletion date, expire
+        material, auto-rotate. A heap of deadlines, not a scan of every key; each due entry is re-checked
+        against its key, so a deadline moved or cancelled since it was set does nothing."""
         now = self.clock()
-        changed = False
-        for key in list(self.keys.values()):
-            if key.state == "PendingDeletion" and key.delete_date is not None and now >= key.delete_date:
-                del self.keys[key.key_id]
-                self.aliases = {a: k for a, k in self.aliases.items() if k != key.key_id}
-                changed = True
+        for rule, key_id in list(self.deadlines.due(now)):
+            key = self.keys.get(key_id)
+            if key is None:
                 continue
-            if key.material_expire is not None and now >= key.material_expire:
-                for v in key.versions:
-                    v.material = None
-                key.material_expire = None
-                key.material_expired = True
-                if key.state != "PendingDeletion":
-                    key.state = "PendingImport"
-                changed = True
-            if (key.auto_rotation and key.state == "Enabled" and key.next_rotation_date is not None
+            if rule == "delete":
+                if key.state == "PendingDeletion" and key.delete_date is not None and now >= key.delete_date:
+                    del self.keys[key_id]
+                    for alias in list(self._aliases_of.get(key_id, ())):
+                        del self.aliases[alias]
+                        self._changed(alias=alias)
+                    self._aliases_of.pop(key_id, None)
+                    if self.mark is not None:
+                        self.mark("keys", key_id)
+                    if self.on_change:
+                        self.on_change(self)
+                    continue
+            elif rule == "expire":
+                if key.material_expire is not None and now >= key.material_expire:
+                    for v in key.versions:
+                        v.material = None
+                    key.material_expire = None
+                    key.material_expired = True
+                    if key.state != "PendingDeletion":
+                        key.state = "PendingImport"
+            elif (key.auto_rotation and key.state == "Enabled" and key.next_rotation_date is not None
                     and now >= key.next_rotation_date and key.rotation_interval):
                 self._add_version(key, now)
                 key.next_rotation_date = now + key.rotation_interval
-                changed = True
-        if changed:
-            self._changed()
+            self._changed(key)  # saves what changed and re-arms the key's later deadlines
 
     def _arn(self, kind: str, name: str) -> str:
         return f"acs:kms:{self.region}:{self.account_id}:{kind}/{name}"
@@ -282,7 +327,7 @@ class KmsBackend:
                 key.auto_rotation, key.rotation_interval = True, interval
                 key.next_rotation_date = now + (interval or 0)
             self.keys[key_id] = key
-            self._changed()
+            self._changed(key)
             return key
 
     def describe_key(self, key_id: str) -> Key:
@@ -311,7 +356,7 @@ class KmsBackend:
             if key.state not in {"Enabled", "Disabled"}:
                 raise err.unexpected_state(key.key_id, key.state)
             key.state = "Enabled" if enabled else "Disabled"
-            self._changed()
+            self._changed(key)
 
     def schedule_key_deletion(self, key_id: str, pending_window_days: int) -> None:
         with self.lock:
@@ -324,7 +369,7 @@ class KmsBackend:
             key.state_before_deletion = key.state
             key.state = "PendingDeletion"
             key.delete_date = self.clock() + pending_window_days * 86400
-            self._changed()
+            self._changed(key)
 
     def cancel_key_deletion(self, key_id: str) -> None:
         with self.lock:
@@ -334,7 +379,7 @@ class KmsBackend:
                 raise err.unexpected_state(key.key_id, key.state)
             key.state = key.state_before_deletion or "Enabled"
             key.delete_date = key.state_before_deletion = None
-            self._changed()
+            self._changed(key)
 
     # ---- versions and rotation -----------------------------------------------------------------------------
     def create_key_version(self, key_id: str) -> KeyVersion:
@@ -345,7 +390,7 @@ class KmsBackend:
             if not key.symmetric or key.origin != "Aliyun_KMS":
                 raise err.unsupported("Only symmetric keys with Aliyun_KMS material can have new versions.")
             version = self._add_version(key, self.clock())
-            self._changed()
+            self._changed(key)
             return version
 
     def list_key_versions(self, key_id: str, page_number: int, page_size: int) -> Page:
@@ -376,7 +421,7 @@ class KmsBackend:
             else:
                 key.auto_rotation = False
                 key.next_rotation_date = None
-            self._changed()
+            self._changed(key)
 
     # ---- symmetric cryptography ----------------------------------------------------------------------------
     def _seal(self, key: Key, plaintext: bytes, context: dict | None) -> tuple[str, str]:
@@ -535,7 +580,7 @@ class KmsBackend:
             if key.state == "PendingDeletion":
                 raise err.pending_deletion(key.key_id)
             self.aliases[alias] = key.key_id
-            self._changed()
+            self._changed(alias=alias)
 
     def update_alias(self, alias: str, key_id: str) -> None:
         with self.lock:
@@ -546,14 +591,14 @@ class KmsBackend:
             if key.state == "PendingDeletion":
                 raise err.pending_deletion(key.key_id)
             self.aliases[alias] = key.key_id
-            self._changed()
+            self._changed(alias=alias)
 
     def delete_alias(self, alias: str) -> None:
         with self.lock:
             if alias not in self.aliases:
                 raise err.alias_not_found(alias)
             del self.aliases[alias]
-            self._changed()
+            self._changed(alias=alias)
 
     def list_aliases(self, page_number: int, page_size: int, key_id: str | None = None) -> Page:
         with self.lock:
@@ -574,7 +619,7 @@ class KmsBackend:
             if len({**key.tags, **tags}) > 20:
                 raise err.invalid_parameter("A key can have at most 20 tags.")
             key.tags.update(tags)
-            self._changed()
+            self._changed(key)
 
     def untag_resource(self, key_id: str, tag_keys: list[str]) -> None:
         with self.lock:
@@ -582,7 +627,7 @@ class KmsBackend:
             key = self.resolve(key_id)
             for tag_key in tag_keys:
                 key.tags.pop(tag_key, None)
-            self._changed()
+            self._changed(key)
 
     def list_resource_tags(self, key_id: str) -> Key:
         with self.lock:
@@ -635,7 +680,7 @@ class KmsBackend:
             key.material_expired = False
             if key.state == "PendingImport":
                 key.state = "Enabled"
-            self._changed()
+            self._changed(key)
 
     def delete_key_material(self, key_id: str) -> None:
         with self.lock:
@@ -649,18 +694,28 @@ class KmsBackend:
                 v.material = None
             key.material_expire = None
             key.state = "PendingImport"
-            self._changed()
+            self._changed(key)
 
     # ---- persistence ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _key_dict(key: Key) -> dict:
+        d = asdict(key)
+        for v in d["versions"]:
+            v["material"] = base64.b64encode(v["material"]).decode() if v["material"] else None
+        return d
+
     def to_dict(self) -> dict:
+        """The whole state (the state file's shape)."""
         with self.lock:
-            keys = []
-            for key in self.keys.values():
-                d = asdict(key)
-                for v in d["versions"]:
-                    v["material"] = base64.b64encode(v["material"]).decode() if v["material"] else None
-                keys.append(d)
-            return {"keys": keys, "aliases": dict(self.aliases)}
+            return {"keys": [self._key_dict(key) for key in self.keys.values()], "aliases": dict(self.aliases)}
+
+    def render(self, table: str, ident: str) -> str | None:
+        """One object of the state file as JSON text, None once it is gone (call under the lock)."""
+        if table == "keys":
+            key = self.keys.get(ident)
+            return None if key is None else json.dumps(self._key_dict(key))
+        target = self.aliases.get(ident)
+        return None if target is None else json.dumps(target)
 
     def load_dict(self, data: dict) -> None:
         with self.lock:
@@ -670,7 +725,10 @@ class KmsBackend:
                             for v in d.pop("versions")]
                 key = Key(**d, versions=versions)
                 self.keys[key.key_id] = key
+                self._schedule(key)
             self.aliases.update(data.get("aliases", {}))
+            for alias in self.aliases:
+                self._index_alias(alias)
 
 
 def random_password(length: int, exclude_characters: str, exclude_lower: bool, exclude_upper: bool,

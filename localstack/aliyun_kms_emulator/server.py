@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from emulator_state.snapshot import JsonDocument
 from emulator_state.writebehind import WriteBehind
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -18,17 +17,14 @@ from .signing import Verifier
 
 
 def _writer(path: Path, backend: KmsBackend) -> WriteBehind:
-    """Atomic rewrite of the state file soon after changes (the file holds key material: mode 0600)."""
-
-    def save() -> None:
-        with backend.lock:
-            data = json.dumps(backend.to_dict())
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kms-state-")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-
-    return WriteBehind(save)
+    """Atomic rewrite of the state file soon after changes (the file holds key material: mode 0600). Only the
+    keys and aliases changed since the last save are rendered, under the lock; the file is written outside it."""
+    doc = JsonDocument(path, {"keys": "list", "aliases": "map"})
+    with backend.lock:
+        doc.mark_all("keys", backend.keys)
+        doc.mark_all("aliases", backend.aliases)
+        backend.mark = doc.mark
+    return WriteBehind(lambda: doc.save(backend.lock, backend.render))
 
 
 def offset_clock(path: Path) -> Callable[[], float]:

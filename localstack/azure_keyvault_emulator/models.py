@@ -12,11 +12,13 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from emulator_state.snapshot import JsonDocument
 from emulator_state.writebehind import WriteBehind
 
 from . import algorithms as algs
@@ -89,7 +91,12 @@ class Vault:
         self._cache: dict[tuple[str, str], Any] = {}
         if state_file and os.path.exists(state_file):
             self._load(state_file)
-        self._writer = WriteBehind(self._write) if state_file else None
+        self._doc: JsonDocument | None = None
+        self._writer: WriteBehind | None = None
+        if state_file:
+            self._doc = JsonDocument(state_file, {"keys": "list"})
+            self._doc.mark_all("keys", self._keys)
+            self._writer = WriteBehind(self._write)
 
     # ------------------------------------------------------------------ persistence
     def _load(self, path: str) -> None:
@@ -101,9 +108,11 @@ class Vault:
             self._keys[raw["name"]] = Key(versions=versions, **{k: v for k, v in raw.items() if k != "name"},
                                           name=raw["name"])
 
-    def _save(self) -> None:
-        """Called under the lock after every change: the writer thread saves soon after (writebehind.py)."""
-        if self._writer is not None:
+    def _save(self, name: str) -> None:
+        """Called under the lock after every change of key `name`: the writer thread saves soon after
+        (writebehind.py), rendering only the keys changed since its last save."""
+        if self._doc is not None and self._writer is not None:
+            self._doc.mark("keys", name)
             self._writer.changed()
 
     def flush(self) -> None:
@@ -111,14 +120,14 @@ class Vault:
         if self._writer is not None:
             self._writer.flush()
 
+    def _render(self, table: str, name: str) -> str | None:
+        key = self._keys.get(name)
+        return None if key is None else json.dumps(asdict(key))
+
     def _write(self) -> None:
-        with self._lock:
-            data = {"backup_key": b64e(self._backup_key), "keys": [asdict(k) for k in self._keys.values()]}
-        tmp = f"{self.state_file}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.state_file)
+        """Temp file + rename (mode 0600: private keys in clear), written outside the lock."""
+        assert self._doc is not None
+        self._doc.save(self._lock, self._render, lambda: {"backup_key": b64e(self._backup_key)})
 
     # ------------------------------------------------------------------ lookups
     def _kid(self, name: str, version: str | None = None) -> str:
@@ -256,7 +265,7 @@ class Vault:
         with self._lock:
             self._refuse_if_deleted(name)
             kv = self._add_version(name, kty, material, ops, body.get("attributes"), tags)
-            self._save()
+            self._save(name)
             return self.bundle(name, kv)
 
     @staticmethod
@@ -306,7 +315,7 @@ class Vault:
         with self._lock:
             self._refuse_if_deleted(name)
             kv = self._add_version(name, kty, material, ops, body.get("attributes"), tags)
-            self._save()
+            self._save(name)
             return self.bundle(name, kv)
 
     def _unwrap_transfer_blob(self, blob: Any, kty: str) -> dict[str, str]:
@@ -339,15 +348,18 @@ class Vault:
                 kv.enabled, kv.nbf, kv.exp, kv.exportable = saved
                 raise
             kv.key_ops, kv.tags, kv.updated = ops, tags, _now()
-            self._save()
+            self._save(name)
             return self.bundle(name, kv)
 
     @staticmethod
-    def _page(items: list[dict[str, Any]], skip: int, top: int | None, next_url: str) -> dict[str, Any]:
+    def _page(items: list[Any], skip: int, top: int | None, next_url: str,
+              render: Callable[[Any], dict[str, Any]] = lambda item: item) -> dict[str, Any]:
+        """One page of `items`; only the page is rendered (a listing of n keys is n/25 pages: rendering every key
+        for each page made it quadratic)."""
         top = MAX_PAGE if top is None else top
         if not 1 <= top <= MAX_PAGE:
             raise BadParameter(f"Invalid maxresults {top}: must be between 1 and {MAX_PAGE}.")
-        page = items[skip:skip + top]
+        page = [render(item) for item in items[skip:skip + top]]
         more = skip + top < len(items)
         return {"value": page,
                 "nextLink": f"{next_url}&$skiptoken={b64e(str(skip + top).encode())}&maxresults={top}" if more else None}
@@ -366,9 +378,9 @@ class Vault:
 
     def list_keys(self, skip: int, top: int | None, api_version: str) -> dict[str, Any]:
         with self._lock:
-            items = [self._item(k.name, k.latest, False) for k in sorted(self._keys.values(), key=lambda k: k.name)
-                     if k.deleted is None]
-        return self._page(items, skip, top, f"{self.vault_url}/keys?api-version={api_version}")
+            names = sorted(name for name, k in self._keys.items() if k.deleted is None)
+            return self._page(names, skip, top, f"{self.vault_url}/keys?api-version={api_version}",
+                              lambda name: self._item(name, self._keys[name].latest, False))
 
     def list_versions(self, name: str, skip: int, top: int | None, api_version: str) -> dict[str, Any]:
         with self._lock:
@@ -382,7 +394,7 @@ class Vault:
             key = self._live(name)
             now = _now()
             key.deleted = {"deletedDate": now, "scheduledPurgeDate": now + RECOVERABLE_DAYS * 86400}
-            self._save()
+            self._save(name)
             return {**self.bundle(name, key.latest), **self._deleted_fields(key)}
 
     def get_deleted_key(self, name: str) -> dict[str, Any]:
@@ -392,15 +404,16 @@ class Vault:
 
     def list_deleted_keys(self, skip: int, top: int | None, api_version: str) -> dict[str, Any]:
         with self._lock:
-            items = [{**self._item(k.name, k.latest, False), **self._deleted_fields(k)}
-                     for k in sorted(self._keys.values(), key=lambda k: k.name) if k.deleted is not None]
-        return self._page(items, skip, top, f"{self.vault_url}/deletedkeys?api-version={api_version}")
+            names = sorted(name for name, k in self._keys.items() if k.deleted is not None)
+            return self._page(names, skip, top, f"{self.vault_url}/deletedkeys?api-version={api_version}",
+                              lambda name: {**self._item(name, self._keys[name].latest, False),
+                                            **self._deleted_fields(self._keys[name])})
 
     def recover_key(self, name: str) -> dict[str, Any]:
         with self._lock:
             key = self._deleted(name)
             key.deleted = None
-            self._save()
+            self._save(name)
             return self.bundle(name, key.latest)
 
     def purge_key(self, name: str) -> None:
@@ -409,7 +422,7 @@ class Vault:
             del self._keys[name]
             for v in key.versions:
                 self._cache.pop((name, v.version), None)
-            self._save()
+            self._save(name)
 
     # ------------------------------------------------------------------ backup / restore
     def backup_key(self, name: str) -> dict[str, str]:
@@ -438,7 +451,7 @@ class Vault:
             key = Key(name=name, versions=[KeyVersion(**v) for v in raw["versions"]],
                       rotation_policy=raw.get("rotation_policy"))
             self._keys[name] = key
-            self._save()
+            self._save(name)
             return self.bundle(name, key.latest)
 
     # ------------------------------------------------------------------ rotation
@@ -459,7 +472,7 @@ class Vault:
             if expiry:
                 attrs["exp"] = _now() + duration_seconds(expiry)
             kv = self._add_version(name, cur.kty, material, list(cur.key_ops), attrs, dict(cur.tags))
-            self._save()
+            self._save(name)
             return self.bundle(name, kv)
 
     def get_rotation_policy(self, name: str) -> dict[str, Any]:
@@ -472,7 +485,7 @@ class Vault:
             key = self._live(name)
             created = (key.rotation_policy or {}).get("attributes", {}).get("created", _now())
             key.rotation_policy = validate_policy(body, self._kid(name) + "/rotationpolicy", created, _now())
-            self._save()
+            self._save(name)
             return key.rotation_policy
 
     # ------------------------------------------------------------------ cryptography

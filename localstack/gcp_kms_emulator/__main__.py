@@ -40,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = None
     if args.state_file:
         persistence.load_file(backend, args.state_file)
-
-        def save() -> None:
-            with backend.lock:
-                persistence.save_file(backend, args.state_file)
-
-        writer = WriteBehind(save)
+        writer = WriteBehind(persistence.StateFile(backend, args.state_file).save)
         backend.on_change = writer.changed
 
     grpc_server = make_grpc_server(backend, args.host, args.grpc_port, args.token)

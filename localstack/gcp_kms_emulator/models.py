@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from emulator_state.deadlines import Deadlines
 from google.cloud import kms_v1 as k
 
 from . import crypto, names
@@ -68,6 +69,9 @@ class KmsBackend:
         self.versions: dict[str, k.CryptoKeyVersion] = {}
         self.import_jobs: dict[str, k.ImportJob] = {}
         self.material: dict[str, bytes] = {}  # version or import-job name -> key bytes
+        self.key_versions: dict[str, list[str]] = {}  # key name -> its version names, oldest first
+        self.deadlines = Deadlines()  # ("destroy", version) / ("expire", job) / ("rotate", key) -> when
+        self.mark: Callable[[str, str], None] | None = None  # persistence: (table, name) changed, under the lock
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -94,31 +98,69 @@ class KmsBackend:
     def _touch(self) -> None:
         self._mutations += 1
 
+    def _changed(self, table: str, name: str) -> None:
+        """Record that one object (or its material) changed, for the state file."""
+        if self.mark is not None:
+            self.mark(table, name)
+            if table in ("versions", "import_jobs"):
+                self.mark("material", name)
+
+    def _schedule_rotation(self, key: k.CryptoKey) -> None:
+        when = key.next_rotation_time if "next_rotation_time" in key and not key.import_only else None
+        self.deadlines.set(("rotate", key.name), when)
+
+    def reindex(self) -> None:
+        """Rebuild the version index and the deadlines from the tables (after a load)."""
+        self.key_versions = {}
+        for name in self.versions:
+            self.key_versions.setdefault(names.version_key(name), []).append(name)
+        self.deadlines = Deadlines()
+        for ver in self.versions.values():
+            if ver.state == State.DESTROY_SCHEDULED:
+                self.deadlines.set(("destroy", ver.name), ver.destroy_time)
+        for job in self.import_jobs.values():
+            if job.state == k.ImportJob.ImportJobState.ACTIVE:
+                self.deadlines.set(("expire", job.name), job.expire_time)
+        for key in self.crypto_keys.values():
+            self._schedule_rotation(key)
+
     def _tick(self) -> bool:
-        """Scheduled destruction, import-job expiry and automatic rotation, checked on access."""
+        """Scheduled destruction, import-job expiry and automatic rotation whose deadline has come (a heap, not a
+        scan: each due entry is checked against its object, so a moved or cancelled deadline is a no-op)."""
         now = self._now()
         changed = False
-        for ver in self.versions.values():
-            if ver.state == State.DESTROY_SCHEDULED and ver.destroy_time <= now:
-                ver.state = State.DESTROYED
-                ver.destroy_event_time = now
-                self.material.pop(ver.name, None)
-                changed = True
-        for job in self.import_jobs.values():
-            if job.state == k.ImportJob.ImportJobState.ACTIVE and job.expire_time <= now:
-                job.state = k.ImportJob.ImportJobState.EXPIRED
-                job.expire_event_time = now
-                self.material.pop(job.name, None)
-                changed = True
-        for key in self.crypto_keys.values():
-            if "next_rotation_time" in key and key.next_rotation_time <= now and not key.import_only:
-                ver = self._new_version(key, crypto.generate(self._alg(key)))
-                key.primary = k.CryptoKeyVersion(name=ver.name)
-                if "rotation_period" in key:
-                    key.next_rotation_time = now + key.rotation_period
-                else:
-                    del key.next_rotation_time
-                changed = True
+        for rule, name in list(self.deadlines.due(now)):
+            if rule == "destroy":
+                ver = self.versions.get(name)
+                if ver is not None and ver.state == State.DESTROY_SCHEDULED and ver.destroy_time <= now:
+                    ver.state = State.DESTROYED
+                    ver.destroy_event_time = now
+                    self.material.pop(ver.name, None)
+                    self._changed("versions", name)
+                    changed = True
+            elif rule == "expire":
+                job = self.import_jobs.get(name)
+                if job is not None and job.state == k.ImportJob.ImportJobState.ACTIVE and job.expire_time <= now:
+                    job.state = k.ImportJob.ImportJobState.EXPIRED
+                    job.expire_event_time = now
+                    self.material.pop(job.name, None)
+                    self._changed("import_jobs", name)
+                    changed = True
+            else:
+                key = self.crypto_keys.get(name)
+                if key is not None and "next_rotation_time" in key and key.next_rotation_time <= now \
+                        and not key.import_only:
+                    ver = self._new_version(key, crypto.generate(self._alg(key)))
+                    key.primary = k.CryptoKeyVersion(name=ver.name)
+                    if "rotation_period" in key:
+                        key.next_rotation_time = now + key.rotation_period
+                    else:
+                        del key.next_rotation_time
+                    self._schedule_rotation(key)
+                    self._changed("crypto_keys", name)
+                    changed = True
+                elif key is not None:
+                    self._schedule_rotation(key)  # re-arm a later deadline (none is due: set() is a no-op then)
         if changed:
             self._touch()
         return changed
@@ -158,12 +200,11 @@ class KmsBackend:
         return out
 
     def _versions_of(self, key_name: str) -> list[k.CryptoKeyVersion]:
-        prefix = key_name + "/cryptoKeyVersions/"
-        return [v for n, v in self.versions.items() if n.startswith(prefix)]
+        return [self.versions[n] for n in self.key_versions.get(key_name, ())]
 
     def _new_version(self, key: k.CryptoKey, material: bytes, algorithm: int | None = None,
                      **fields: Any) -> k.CryptoKeyVersion:
-        number = max((int(v.name.rsplit("/", 1)[1]) for v in self._versions_of(key.name)), default=0) + 1
+        number = max((int(n.rsplit("/", 1)[1]) for n in self.key_versions.get(key.name, ())), default=0) + 1
         now = self._now()
         ver = k.CryptoKeyVersion(
             name=f"{key.name}/cryptoKeyVersions/{number}", state=State.ENABLED,
@@ -173,7 +214,10 @@ class KmsBackend:
         if "import_job" not in fields:
             ver.generate_time = now
         self.versions[ver.name] = ver
+        self.key_versions.setdefault(key.name, []).append(ver.name)
         self.material[ver.name] = material
+        self._changed("versions", ver.name)
+        self._changed("crypto_keys", key.name)  # its primary usually moves with a new version
         self._touch()
         return ver
 
@@ -197,6 +241,7 @@ class KmsBackend:
             raise already_exists("KeyRing", name)
         ring = k.KeyRing(name=name, create_time=self._now())
         self.key_rings[name] = ring
+        self._changed("key_rings", name)
         return _copy(ring)
 
     def get_key_ring(self, req: k.GetKeyRingRequest) -> k.KeyRing:
@@ -255,6 +300,8 @@ class KmsBackend:
             raise invalid("crypto_key.primary must not be set on creation.")
         key.create_time = self._now()
         self.crypto_keys[name] = key
+        self._schedule_rotation(key)
+        self._changed("crypto_keys", name)
         if not req.skip_initial_version_creation:
             ver = self._new_version(key, crypto.generate(alg))
             if key.purpose == Purpose.ENCRYPT_DECRYPT:
@@ -301,6 +348,8 @@ class KmsBackend:
                                   f"{Purpose(new.purpose).name}.")
         self._check_rotation(new)
         self.crypto_keys[key.name] = new
+        self._schedule_rotation(new)
+        self._changed("crypto_keys", key.name)
         self._touch()
         return self._key_view(new)
 
@@ -312,6 +361,7 @@ class KmsBackend:
         if ver.state != State.ENABLED:
             raise precondition(f"{ver.name} is not enabled, current state is: {State(ver.state).name}.")
         key.primary = k.CryptoKeyVersion(name=ver.name)
+        self._changed("crypto_keys", key.name)
         self._touch()
         return self._key_view(key)
 
@@ -350,6 +400,7 @@ class KmsBackend:
             raise precondition(f"{ver.name} is not in a state that can be enabled or disabled, "
                                f"current state is: {State(ver.state).name}.")
         ver.state = target
+        self._changed("versions", ver.name)
         self._touch()
         return _copy(ver)
 
@@ -360,6 +411,8 @@ class KmsBackend:
         key = self.crypto_keys[names.version_key(ver.name)]
         ver.state = State.DESTROY_SCHEDULED
         ver.destroy_time = self._now() + key.destroy_scheduled_duration
+        self.deadlines.set(("destroy", ver.name), ver.destroy_time)
+        self._changed("versions", ver.name)
         self._touch()
         self._tick()
         return _copy(ver)
@@ -371,6 +424,8 @@ class KmsBackend:
                                f"{State(ver.state).name}.")
         ver.state = State.DISABLED
         del ver.destroy_time
+        self.deadlines.set(("destroy", ver.name), None)
+        self._changed("versions", ver.name)
         self._touch()
         return _copy(ver)
 
@@ -411,6 +466,8 @@ class KmsBackend:
                           public_key=k.ImportJob.WrappingPublicKey(pem=crypto.public_pem(wrapping)))
         self.import_jobs[name] = job
         self.material[name] = wrapping
+        self.deadlines.set(("expire", name), job.expire_time)
+        self._changed("import_jobs", name)
         return _copy(job)
 
     def get_import_job(self, req: k.GetImportJobRequest) -> k.ImportJob:
@@ -459,6 +516,7 @@ class KmsBackend:
             del ver.destroy_time
             del ver.destroy_event_time
             self.material[ver.name] = material
+            self._changed("versions", ver.name)
             self._touch()
             return _copy(ver)
         ver = self._new_version(key, material, req.algorithm, import_job=job.name, import_time=now)
