@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -47,20 +48,31 @@ def incomplete(message: str) -> KmsError:
 
 
 class NonceCache:
-    """Nonces seen within the timestamp window; older ones can be forgotten because their timestamps expire."""
+    """Nonces seen within the timestamp window; older ones can be forgotten because their timestamps expire.
+
+    Forgotten oldest first from a queue in arrival order. (Past 10,000 nonces the cache used to be rebuilt on every
+    request, and the rebuild kept them all while they were recent: from the 10,001st request within 30 minutes,
+    each request scanned every nonce; raw CreateKey fell from ~630/s to ~310/s at 10,000 keys.)"""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], float] = {}
+        self._order: deque[tuple[float, tuple[str, str]]] = deque()
         self._lock = threading.Lock()
 
     def claim(self, access_key_id: str, nonce: str, now: float) -> bool:
         with self._lock:
-            if len(self._seen) > 10000:
-                self._seen = {k: t for k, t in self._seen.items() if now - t < 2 * WINDOW_SECONDS}
-            if (access_key_id, nonce) in self._seen:
+            while self._order and now - self._order[0][0] >= 2 * WINDOW_SECONDS:
+                _, old = self._order.popleft()
+                self._seen.pop(old, None)
+            key = (access_key_id, nonce)
+            if key in self._seen:
                 return False
-            self._seen[(access_key_id, nonce)] = now
+            self._seen[key] = now
+            self._order.append((now, key))
             return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class Verifier:
