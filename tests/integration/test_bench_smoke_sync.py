@@ -34,3 +34,11 @@ def test_the_failover_bench_runs_and_prints_every_row() -> None:
     for row in ("baseline (plain decrypt)", "up: cloud answers", "refused, circuit closed", "refused, circuit open",
                 "<= 200 ms"):
         assert row in stdout, row
+
+
+def test_the_emulator_bench_runs_for_each_cloud() -> None:
+    stdout = _run(str(BENCH / "emulator_bench.py"), "--clouds", "gcp,aliyun,azure-mhsm", "--fill", "8",
+                  "--sample", "3")
+    for cloud in ("gcp", "aliyun", "azure-mhsm"):
+        assert any(line.strip().startswith(f"{cloud}:") and "keys/s holding 11" in line
+                   for line in stdout.splitlines()), (cloud, stdout)
