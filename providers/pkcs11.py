@@ -53,6 +53,7 @@ from providers.base import (
     RootPackage,
     key_fingerprint,
 )
+from providers.openssl_errors import openssl_errors_cleared
 
 DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
 ROOT_KEK_LABEL = "kmsb-root-kek"
@@ -326,7 +327,7 @@ class Pkcs11Provider(Provider):
 
     def _call(self, fn, *args):
         """Run fn(session, *args) under the process lock, mapping PKCS#11 failures to provider errors."""
-        with self._session.lock:
+        with self._session.lock, openssl_errors_cleared():
             session = self._session.get()
             if session is not self._cache_session:  # a new session: objects of the old one are gone with it
                 self._cache.clear()
@@ -404,7 +405,7 @@ class Pkcs11Provider(Provider):
         self._call(self._root)
 
     def close(self) -> None:
-        with self._session.lock:
+        with self._session.lock, openssl_errors_cleared():
             self._cache.clear()
             self._session.reset()
 

@@ -16,6 +16,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from providers.openssl_errors import openssl_errors_cleared
 from providers.pkcs11 import (
     AUDIT_HMAC_LABEL,
     AUDIT_HMAC_TEMPLATE,
@@ -64,13 +65,14 @@ def create_token(hsm_dir: Path, label: str = "kms-broker", lib_path: str = DEFAU
         check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(files.conf)},
     )
     so_pin, user_pin = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    token = pkcs11.lib(lib_path).get_token(token_label=label)
-    with token.open(rw=True, so_pin=temp_so) as session:
-        session.set_pin(temp_so, so_pin)
-    with token.open(rw=True, user_pin=temp_user) as session:
-        session.set_pin(temp_user, user_pin)
-        if root_keys:
-            _create_root_keys(session)
+    with openssl_errors_cleared():  # SoftHSM leaves OpenSSL errors that would fail this thread's TLS later
+        token = pkcs11.lib(lib_path).get_token(token_label=label)
+        with token.open(rw=True, so_pin=temp_so) as session:
+            session.set_pin(temp_so, so_pin)
+        with token.open(rw=True, user_pin=temp_user) as session:
+            session.set_pin(temp_user, user_pin)
+            if root_keys:
+                _create_root_keys(session)
     _write_secret(files.pin_file, user_pin)
     _write_secret(files.so_pin_file, so_pin)
     return files
