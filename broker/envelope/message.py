@@ -181,10 +181,6 @@ def _parse_context_now(raw: bytes) -> dict[str, str]:
     return value
 
 
-def frame_aad(header: bytes, sequence: int, final: bool, length: int) -> bytes:
-    return header + _FRAME.pack(sequence, final, length)
-
-
 def seal_frame(key: DerivedKey, header: bytes, sequence: int, final: bool, chunk: bytes | memoryview,
                nonce: bytes) -> bytes:
     descriptor = _FRAME.pack(sequence, final, len(chunk))
