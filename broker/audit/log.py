@@ -152,18 +152,32 @@ class _Head:
 
 
 class _Pending:
-    """One record waiting to be durable. `wake` is set when it is done (`record` or `error` filled) or when its
-    caller is handed the lead (`leader`)."""
+    """One record waiting to be durable. Its caller blocks on `_gate`, a lock held from the start, until a leader
+    calls `wake()`: once when the record is done (`record` or `error` filled) or when its caller is handed the lead
+    (`leader`). A bare lock, not an Event: an Event's waiter wakes into the condition lock its setter still holds and
+    blocks on it again, a second trip through the scheduler for every record under load."""
 
-    __slots__ = ("body", "wake", "record", "error", "leader", "done")
+    __slots__ = ("body", "_gate", "record", "error", "leader", "done")
 
     def __init__(self, body: dict | None) -> None:
         self.body = body
-        self.wake = threading.Event()
+        self._gate = threading.Lock()
+        self._gate.acquire()
         self.record: dict | None = None
         self.error: BaseException | None = None
         self.leader = False
         self.done = False
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken (True) or `timeout` seconds pass (False)."""
+        return self._gate.acquire(timeout=timeout)
+
+    def wake(self) -> None:
+        """Let the caller go on; a second wake before it woke (a leader's release racing a timeout) is harmless."""
+        try:
+            self._gate.release()
+        except RuntimeError:  # already released: the caller has not taken it back yet
+            pass
 
 
 class AuditLog:
@@ -301,10 +315,8 @@ class AuditLog:
             if pending.leader:
                 self._lead()
                 continue
-            if not pending.wake.wait(max(0.0, deadline - time.monotonic())):
-                if self._withdraw(pending):
-                    raise NotReady("audit log did not persist the record in time; request refused")
-            pending.wake.clear()
+            if not pending.wait(max(0.0, deadline - time.monotonic())) and self._withdraw(pending):
+                raise NotReady("audit log did not persist the record in time; request refused")
         if pending.error is not None:
             raise NotReady("audit log cannot be written; request refused") from None
         return pending.record  # type: ignore[return-value]
@@ -438,13 +450,13 @@ class AuditLog:
                 log.error("audit batch of %d record(s) not persisted: %s", len(batch), type(exc).__name__)
                 for p in batch:
                     p.error, p.done = exc, True
-                    p.wake.set()
+                    p.wake()
                 if not isinstance(exc, Exception):
                     raise
                 return
             for p, record in zip(batch, records, strict=True):
                 p.record, p.done = record, True
-                p.wake.set()
+                p.wake()
         finally:
             self._hand_on()
 
@@ -453,7 +465,7 @@ class AuditLog:
             if self._queue:
                 head = self._queue[0]
                 head.leader = True
-                head.wake.set()
+                head.wake()
             else:
                 self._leading = False
 
