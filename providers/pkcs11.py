@@ -37,6 +37,7 @@ from pkcs11.util.ec import (
 from pkcs11.util.rsa import decode_rsa_public_key, encode_rsa_public_key
 
 from broker.model import EncryptionAlgorithm, KeySpec, KeyUsage, MacAlgorithm, SigningAlgorithm
+from broker.random_pool import RandomPool
 from providers.base import (
     Capabilities,
     ImportParameters,
@@ -219,6 +220,8 @@ class Pkcs11Provider(Provider):
         self._cache_session: Any = None
         self._handles: dict[str, Any] = {}
         self._cache_size = cache_size
+        # GCM IVs: drawn from the HSM's generator 256 at a time (one C_GenerateRandom per 256 encrypts, not one each)
+        self._ivs = RandomPool(block=12 * 256)
         self._root_of_trust: Pkcs11RootOfTrust | None = None
         self._oaep_sha256: bool | None = None  # probed once the HSM is reached (`_offers_oaep_sha256`)
         self._wrap_specs: frozenset[KeySpec] | None = None  # measured once the HSM is reached (`_exact_wraps`)
@@ -457,7 +460,7 @@ class Pkcs11Provider(Provider):
 
     def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
         def run(session: Any) -> bytes:
-            iv = bytes(session.generate_random(96))
+            iv = self._ivs.take(12, lambda n: bytes(session.generate_random(n * 8)))
             params = pkcs11.GCMParams(iv, aad, 128)
             return iv + self._object(session, ref).encrypt(plaintext, mechanism=Mechanism.AES_GCM,
                                                            mechanism_param=params)
@@ -724,7 +727,7 @@ class Pkcs11RootOfTrust(RootOfTrust):
     def seal(self, data: bytes, aad: bytes = b"") -> bytes:
         """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
         def run(session: Any) -> bytes:
-            iv = bytes(session.generate_random(96))
+            iv = self._p._ivs.take(12, lambda n: bytes(session.generate_random(n * 8)))
             return iv + self._p._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
                                                        mechanism_param=pkcs11.GCMParams(iv, aad, 128))
         return self._p._call(run)

@@ -15,6 +15,7 @@ are kept only when short and plain (`request_id`), so a 3,000-character header n
 from __future__ import annotations
 
 import json
+import os
 import re
 import uuid
 from typing import Any
@@ -23,12 +24,14 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from broker import errors
+from broker.random_pool import RandomPool
 
 MAX_BODY_BYTES = 256 * 1024  # read through `read_body`, with or without a Content-Length
 TOO_LARGE = f"the request body is larger than {MAX_BODY_BYTES // 1024} KiB"
 MAX_JSON_DEPTH = 32
 MAX_REQUEST_ID = 128
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=-]{0,127}")  # MAX_REQUEST_ID characters
+_REQUEST_IDS = RandomPool(block=16 * 256)  # fresh request ids: uuid4s from one getrandom per 256 requests
 _ESCAPE = re.compile(rb"\\.", re.DOTALL)
 _STRING = re.compile(rb'"[^"]*"')
 _STRUCTURE = bytes(range(256)).translate(None, b"[]{}\"\\")  # every byte but brackets, quotes and backslashes
@@ -52,7 +55,7 @@ def request_id(client_value: str | None) -> str:
     """The id of this request: the client's when it is short and plain, else a fresh one (never refused)."""
     if client_value and _REQUEST_ID.fullmatch(client_value):
         return client_value
-    return str(uuid.uuid4())
+    return str(uuid.UUID(bytes=_REQUEST_IDS.take(16, os.urandom), version=4))
 
 
 def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:

@@ -711,3 +711,23 @@ def test_capabilities_are_built_once_the_probes_answered(hsm_token) -> None:
         assert provider.capabilities is answered  # kept from here on
     finally:
         provider.close()
+
+
+def test_gcm_ivs_come_from_the_hsm_a_block_at_a_time_and_never_repeat(hsm_provider: Pkcs11Provider, refs) -> None:
+    """Each encrypt's IV is 12 bytes of the HSM's generator no other encrypt got; the generator is called once per
+    256 IVs (broker.random_pool), not once per encrypt."""
+    ref = refs[KeySpec.SYMMETRIC_DEFAULT]
+    drawn = []
+    real = hsm_provider._ivs.take
+
+    def spy(n, draw):
+        return real(n, lambda k: drawn.append(k) or draw(k))
+    hsm_provider._ivs.take = spy
+    try:
+        blobs = [hsm_provider.encrypt(ref, b"same plaintext", b"aad") for _ in range(600)]
+    finally:
+        del hsm_provider._ivs.take
+    ivs = {blob[:12] for blob in blobs}
+    assert len(ivs) == 600
+    assert drawn and set(drawn) == {12 * 256} and len(drawn) <= 600 // 256 + 1
+    assert all(hsm_provider.decrypt(ref, blob, b"aad") == b"same plaintext" for blob in blobs[:5])

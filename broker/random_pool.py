@@ -1,0 +1,61 @@
+"""Random bytes handed out from a block drawn at once, for values that must be unpredictable and never repeat but
+are not secret: AES-GCM IVs drawn from the HSM's generator, request ids drawn from the kernel's.
+
+A call into the generator per value costs more than the value: a trip into the HSM (and a release of the
+interpreter lock that, under load, hands the thread's core to another thread) for 12 bytes of IV, or a `getrandom`
+syscall for a request id. A pool draws `block` bytes at a time and hands each byte out once.
+
+Each byte is handed out once, by any thread: `take` holds the pool's lock. A forked child starts with an empty
+pool (`os.register_at_fork`): bytes its parent held would otherwise be handed out in both processes, and the same
+IV twice under one key breaks AES-GCM. Never pool key material: bytes waiting in a pool sit in process memory.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
+_POOLS: weakref.WeakSet[RandomPool] = weakref.WeakSet()
+
+
+class RandomPool:
+    def __init__(self, block: int = 4096) -> None:
+        if block <= 0:
+            raise ValueError("block must be positive")
+        self.block = block
+        self._lock = threading.Lock()
+        self._data = b""
+        self._at = 0
+        self.draws = 0  # blocks drawn from the generator, for tests and benchmarks
+        _POOLS.add(self)
+
+    def take(self, n: int, draw: Callable[[int], bytes]) -> bytes:
+        """`n` bytes no caller got before; `draw(k)` returns k fresh random bytes from the generator when the pool
+        runs short (the caller passes it so that it runs in the caller's context, e.g. under an HSM session lock)."""
+        if not 0 < n <= self.block:
+            raise ValueError(f"take 1 to {self.block} bytes at a time")
+        with self._lock:
+            if self._at + n > len(self._data):
+                data = draw(self.block)
+                if len(data) != self.block:
+                    raise RuntimeError("the random generator returned fewer bytes than asked")
+                self._data, self._at = data, 0
+                self.draws += 1
+            start = self._at
+            self._at = start + n
+            return self._data[start:start + n]
+
+    def forget(self) -> None:
+        """Drop what is left (in a forked child: it is the parent's)."""
+        self._lock = threading.Lock()  # a parent's thread may have held it at the fork
+        self._data, self._at = b"", 0
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool.forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
