@@ -67,15 +67,18 @@ class Result:
     errors: int
     requests: int
     cpu_per_1k: float | None = None  # server CPU-seconds per 1,000 requests
+    switches: float | None = None  # server context switches per request (every thread, voluntary or not)
 
 
 def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float, *,
             cpu: ProcessTree | None = None) -> Result:
     """One wrk run (2 threads, `connections` keep-alive connections); errors = non-2xx answers + socket errors."""
     before = cpu.seconds() if cpu is not None else 0.0
+    switched = cpu.switches() if cpu is not None else 0
     out = subprocess.run([wrk, "-t2", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s", "--latency",
                           "-s", str(script), url], capture_output=True, text=True, check=True).stdout
     spent = cpu.seconds() - before if cpu is not None else None
+    switches = cpu.switches() - switched if cpu is not None else None
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -87,6 +90,7 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, duration: float,
         errors=(int(non2xx.group(1)) if non2xx else 0) + (sum(int(x) for x in sock.groups()) if sock else 0),
         requests=requests,
         cpu_per_1k=(spent / requests * 1000) if spent is not None and requests else None,
+        switches=(switches / requests) if switches is not None and requests else None,
     )
 
 
@@ -118,6 +122,25 @@ class ProcessTree:
             if stat is not None:
                 total += int(stat[11]) + int(stat[12])  # utime, stime (fields 14 and 15)
         return total / _TICK
+
+    def switches(self) -> int:
+        """Context switches so far of every thread of the tree (/proc/<pid>/task/*/status). Each one costs the
+        server CPU (tens of microseconds on a virtual machine) and, unlike throughput, barely moves with the load: a
+        request that gives the interpreter lock away less often shows here first."""
+        total = 0
+        for pid in self.pids():
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for task in tasks:
+                try:
+                    status = Path(f"/proc/{pid}/task/{task}/status").read_text()
+                except OSError:
+                    continue
+                total += sum(int(line.split()[1]) for line in status.splitlines()
+                             if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+        return total
 
 
 def _stat(pid: int) -> list[str] | None:

@@ -348,8 +348,9 @@ def report(cases: list[Case], conn_counts: list[int], seq_rows: list[tuple[str, 
           f"gunicorn gthread (broker.balanced_worker) {args.workers} workers x {args.threads} threads for every server\n"
           f"load average before: {load_before}; after: {load_average()}\n"
           + (f"broker settings: {' '.join(args.env)}\n" if args.env else "") +
-          "CPU s/1k = server CPU-seconds per 1,000 requests (the server's whole process tree)\n")
-    head = (f"{'row':<42}{'conns':>6}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'CPU s/1k':>9}"
+          "CPU s/1k = server CPU-seconds per 1,000 requests (the server's whole process tree); "
+          "cs/req = its context switches per request\n")
+    head = (f"{'row':<42}{'conns':>6}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'CPU s/1k':>9}{'cs/req':>7}"
             f"  {'x baseline (same run)':<34}")
     print(head)
     print("-" * len(head))
@@ -364,7 +365,9 @@ def report(cases: list[Case], conn_counts: list[int], seq_rows: list[tuple[str, 
                 versus = f"{x:.2f} x {by[case.baseline].label.split(':')[0].split(' 64')[0]}"
                 if case.target is not None and conns == conn_counts[0]:
                     verdicts.append((f"{case.label} >= {case.target} x {case.baseline} ({x:.2f})", x >= case.target))
-            print(f"{case.label:<42}{conns:>6}{r.rps:>9.0f}{r.p50:>8.2f}{r.p99:>8.2f}{r.errors:>7}{cpu:>9}  {versus}")
+            switches = f"{r.switches:.1f}" if r.switches is not None else "-"
+            print(f"{case.label:<42}{conns:>6}{r.rps:>9.0f}{r.p50:>8.2f}{r.p99:>8.2f}{r.errors:>7}{cpu:>9}{switches:>7}"
+                  f"  {versus}")
             if case.p99_target is not None and conns == conn_counts[0]:
                 verdicts.append((f"{case.label} p99 <= {case.p99_target:g} ms at {conns} ({r.p99:.2f})",
                                  r.p99 <= case.p99_target))

@@ -29,10 +29,11 @@ def test_the_http_bench_runs_and_prints_every_row_and_target() -> None:
     full_speed, _, paced = out.partition("\npaced: ")
     rows = [line for line in full_speed.splitlines() if line.startswith(("native ", "AWS ", "keyring GET /v1"))]
     assert len(rows) == 7, out
-    for line in rows:  # conns, req/s, p50, p99, errors, CPU s/1k
-        numbers = re.search(r"\s(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+(\d+)\s+[\d.]+", line)
+    for line in rows:  # conns, req/s, p50, p99, errors, CPU s/1k, context switches per request
+        numbers = re.search(r"\s(\d+)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+(\d+)\s+[\d.]+\s+([\d.]+)\s", line)
         assert numbers is not None, line
         assert float(numbers.group(2)) > 0 and numbers.group(3) == "0", line
+        assert float(numbers.group(4)) > 0, line  # the worker hands each request from its poller to a thread: never 0
     paced_rows = [line for line in paced.split("\n\n")[0].splitlines() if line.startswith(("no-op", "native ", "AWS ",
                                                                                                "keyring GET /v1"))]
     assert len(paced_rows) == 9, out
