@@ -154,8 +154,8 @@ class _Head:
 class _Pending:
     """One record waiting to be durable. Its caller blocks on `_gate`, a lock held from the start, until a leader
     calls `wake()`: once when the record is done (`record` or `error` filled) or when its caller is handed the lead
-    (`leader`). A bare lock, not an Event: an Event's waiter wakes into the condition lock its setter still holds and
-    blocks on it again, a second trip through the scheduler for every record under load."""
+    (`leader`). A bare lock, not an Event: an Event is a Condition over a lock, whose every wait allocates, queues and
+    re-takes locks; one acquire and one release do the same hand-off."""
 
     __slots__ = ("body", "_gate", "record", "error", "leader", "done")
 
