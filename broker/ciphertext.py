@@ -19,10 +19,11 @@ Envelope body (scheme 2):  2-byte length w ‖ w bytes wrapped data key ‖ 12-b
 from __future__ import annotations
 
 import enum
-import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from broker.canonical_json import Encoder
 
 MAGIC = b"KB"
 FORMAT_VERSION = 1
@@ -92,14 +93,16 @@ def unpack(blob: bytes) -> Ciphertext:
     return Ciphertext(Header(scheme, key_id, key_version), blob[:header_end], blob[header_end:])
 
 
-_CONTEXT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)  # built once, stateless
+# json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False) byte for byte (the AAD of every
+# existing ciphertext), through orjson where that is provably the same bytes (broker/canonical_json.py)
+_CONTEXT = Encoder(sort_keys=True, ensure_ascii=False)
 
 
 def canonical_context(context: Mapping[str, str] | None) -> bytes:
     """Sorted, compact JSON: the same context always gives the same AAD bytes, whatever the key order."""
     if not context:
         return b""
-    return _CONTEXT.encode(dict(context)).encode()
+    return _CONTEXT.encode(dict(context))
 
 
 def pack_envelope(wrapped_key: bytes, nonce_and_ciphertext: bytes) -> bytes:

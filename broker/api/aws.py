@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from broker.api.aws_validation import check_constraints, invalid
 from broker.api.limits import TOO_LARGE, BadJson, load_json, read_body
 from broker.auth import Principal
 from broker.auth.sigv4 import environ_headers
+from broker.canonical_json import Encoder
 from broker.identity import IdentityService
 from broker.service import KeyService, RequestContext
 
@@ -135,12 +135,13 @@ def _answer(data: dict[str, Any], status: int = 200) -> Response:
     return Response(encode(data), status=status, content_type=_JSON)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))  # json.dumps with any option builds one per call (~2 us)
+# json.JSONEncoder(separators=(",", ":")) byte for byte, through orjson where provably the same (canonical_json.py)
+_ENCODER = Encoder(sort_keys=False)
 
 
 def encode(data: dict[str, Any]) -> bytes:
     """An AWS JSON 1.1 answer's body (what `json.dumps(data, separators=(",", ":"))` writes)."""
-    return _ENCODER.encode(data).encode()
+    return _ENCODER.encode(data)
 
 
 def refusal(exc: errors.BrokerError) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:

@@ -11,25 +11,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.canonical_json import Encoder
+
 GENESIS = "0" * 64
 PUBLIC_KEY_NAME = "audit-signing.pub.pem"  # the signing key's public half, beside the audit file
 SIGNED_FIELDS = ("type", "seq", "count", "head_hash", "time", "every_records", "every_seconds", "key_id")
 
 
-# json.dumps with options builds an encoder per call; this is the same encoder, built once (it keeps no state).
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+# json.JSONEncoder(sort_keys=True, separators=(",", ":")) byte for byte, through orjson where that is provably the
+# same bytes (broker/canonical_json.py): every record already written must hash the same. Built once, stateless.
+_CANONICAL = Encoder(sort_keys=True)
 
 
 def canonical(body: dict) -> bytes:
     """Sorted keys, no spaces, ASCII: what the chain hashes, and (with `hash`) the line the file holds."""
-    return _CANONICAL.encode(body).encode()
+    return _CANONICAL.encode(body)
 
 
 def record_hash(prev_hash: str, body: dict) -> str:
@@ -41,6 +43,7 @@ def seal_record(record: dict, prev_hash: str) -> dict:
     record["prev_hash"] = prev_hash
     record["hash"] = record_hash(prev_hash, record)
     return record
+
 
 
 def checkpoint_message(checkpoint: dict[str, Any]) -> bytes:
