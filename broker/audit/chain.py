@@ -45,6 +45,31 @@ def seal_record(record: dict, prev_hash: str) -> dict:
     return record
 
 
+_PLACEHOLDER = "?" * 64  # as long as a hash, so the line is the template with the hash written over it
+_SLOT = b'"hash":"' + _PLACEHOLDER.encode() + b'"'
+
+
+def seal_line(record: dict, prev_hash: str) -> bytes:
+    """`seal_record`, and return the record's line (`canonical(record) + b"\\n"`) from ONE encoding: the record
+    with a placeholder hash. With sorted keys and no spaces, that text less its `"hash":"…"` member (and one comma)
+    is the canonical text of the record without `hash`, which is hashed. The member is found by its bytes, which
+    only counts when they occur exactly once (in a string a quote is escaped; a nested `hash` member holding the
+    placeholder would make two); otherwise the record is encoded twice, as `seal_record` and `encode` do."""
+    if "hash" in record:  # not sealed before: then the old hash is part of what is hashed
+        return canonical(seal_record(record, prev_hash)) + b"\n"
+    record["prev_hash"] = prev_hash
+    record["hash"] = _PLACEHOLDER
+    template = canonical(record)
+    if template.count(_SLOT) != 1:
+        del record["hash"]
+        return canonical(seal_record(record, prev_hash)) + b"\n"
+    start = template.index(_SLOT)
+    body = template[:start] + template[start + len(_SLOT) + 1:]  # and its comma: `prev_hash` sorts after `hash`
+    digest = hashlib.sha256(prev_hash.encode() + body).hexdigest()
+    record["hash"] = digest
+    value = start + len(b'"hash":"')
+    return template[:value] + digest.encode() + template[value + 64:] + b"\n"
+
 
 def checkpoint_message(checkpoint: dict[str, Any]) -> bytes:
     """The bytes a checkpoint signature covers."""

@@ -63,7 +63,7 @@ from broker.audit.chain import (
     checkpoint_message,
     key_fingerprint,
     public_key_pem,
-    seal_record,
+    seal_line,
 )
 from broker.audit.lease import WriterLease, alive, sweep
 from broker.audit.mark import Mark, MarkStore
@@ -238,6 +238,9 @@ class AuditLog:
         self._lock_fd = -1
         self._lock_pid = 0
         self._thread_lock = threading.Lock()
+        # the lines of the records sealed in the batch under way (id -> record, line): made with the hash, kept to
+        # be written (a record is not changed after it is sealed); emptied when the batch lets go of the lock
+        self._sealed: dict[int, tuple[dict, bytes]] = {}
         self._mutex = threading.Lock()       # guards _queue and _leading
         self._queue: list[_Pending] = []     # records waiting for a leader, in arrival order
         self._leading = False                # a thread of this process is committing (or housekeeping)
@@ -418,6 +421,7 @@ class AuditLog:
                 self._queue = []
                 self._leading = False
                 self._thread_lock = threading.Lock()
+                self._sealed = {}
                 self._stop = threading.Event()
                 self._mirror_wake = threading.Event()
                 if self.mirror is not None:
@@ -557,7 +561,8 @@ class AuditLog:
             records.append(self._checkpoint(head, defer=True))  # BEFORE the event: a request's record stays last
         if body.get("phase") == "intent":
             body = {**body, "writer": self._writer_id()}
-        record = seal_record({**body, "type": "event", "seq": head.seq + 1}, head.hash)
+        record = {**body, "type": "event", "seq": head.seq + 1}
+        self._sealed[id(record)] = (record, seal_line(record, head.hash))
         head.seq, head.hash = record["seq"], record["hash"]
         head.track(record)
         records.append(record)
@@ -611,13 +616,18 @@ class AuditLog:
             log.error("audit checkpoint not signed (%s): writing a deferred checkpoint", type(exc).__name__)
             checkpoint["type"], checkpoint["reason"] = "checkpoint-deferred", f"signer unavailable: {type(exc).__name__}"
             self.counters["deferred"] = self.counters.get("deferred", 0) + 1
-        seal_record(checkpoint, head.hash)
+        self._sealed[id(checkpoint)] = (checkpoint, seal_line(checkpoint, head.hash))
         head.seq, head.hash, head.cp_seq, head.uncovered_since = checkpoint["seq"], checkpoint["hash"], checkpoint["seq"], None
         self.counters["checkpoints"] += 1
         return checkpoint
 
+    def _line(self, record: dict) -> bytes:
+        """A record's line: the one made when it was sealed (its bytes were hashed then), else encoded now."""
+        sealed = self._sealed.pop(id(record), None)
+        return sealed[1] if sealed is not None and sealed[0] is record else encode(record)
+
     def _persist(self, head: _Head, records: list[dict]) -> None:
-        lines = [encode(r) for r in records]
+        lines = [self._line(r) for r in records]
         undos: list[Callable[[], None]] = []
         try:
             for sink in self._durable:
@@ -673,6 +683,7 @@ class AuditLog:
             yield head
             _write_head(fd, head.dump(), len(raw))
         finally:
+            self._sealed.clear()
             fcntl.flock(fd, fcntl.LOCK_UN)
             self._thread_lock.release()
 

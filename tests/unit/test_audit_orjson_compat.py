@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from broker.audit import chain, verify_lines
+from broker.audit import chain, sinks, verify_lines
 from tests.support.audit_fixture import PUBLIC_DER, write_log
+from tests.unit.test_canonical_json import leaves
 
 FIXTURE = Path(__file__).parent / "data" / "audit-json-encoder.jsonl"
 JSON_ONLY = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # the canonical form before orjson
@@ -50,3 +53,45 @@ def test_a_file_written_now_is_byte_for_byte_what_json_wrote(tmp_path: Path, mon
 @pytest.mark.parametrize("line", FIXTURE.read_bytes().splitlines(keepends=True)[:6])
 def test_the_canonical_form_of_fixture_records_is_unchanged(line: bytes):
     assert chain.canonical(json.loads(line)) + b"\n" == line
+
+
+placeholder = st.just(chain._PLACEHOLDER)
+record_keys = st.sampled_from(["hash", "hashes", "has", "a", "z", "prev_hash", "seq", "\u00e9", ""]) | st.text(max_size=4)
+record_values = st.recursive(
+    leaves | placeholder,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(record_keys, children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(record_keys, record_values, max_size=8))
+def test_the_line_made_with_the_hash_is_the_line_encoded_after_it(record):
+    """chain.seal_line (one encoding) == seal_record + sinks.encode (two), whatever the record holds."""
+    expected = dict(record)
+    try:
+        want: bytes | type = sinks.encode(chain.seal_record(expected, "ab" * 32))
+    except (TypeError, ValueError):
+        want = TypeError
+    got_record = dict(record)
+    try:
+        got: bytes | type = chain.seal_line(got_record, "ab" * 32)
+    except (TypeError, ValueError):
+        got = TypeError
+    assert got == want
+    if want is not TypeError:
+        assert got_record == expected
+
+
+def test_a_nested_placeholder_is_not_taken_for_the_record_hash():
+    record = {"a": {"hash": chain._PLACEHOLDER}, "z": 1}
+    assert chain.seal_line(dict(record), "0" * 64) == sinks.encode(chain.seal_record(dict(record), "0" * 64))
+
+
+def test_the_writer_writes_the_lines_made_when_sealing(tmp_path: Path, monkeypatch):
+    """No record is encoded a second time for its line (sinks.encode is only the fallback)."""
+    from broker.audit import log as audit_log
+
+    def second_encoding(record: dict) -> bytes:
+        raise AssertionError(f"record {record.get('seq')} encoded again")
+    monkeypatch.setattr(audit_log, "encode", second_encoding)
+    check(write_log(tmp_path))
