@@ -56,6 +56,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from broker import metrics
 from broker.audit.chain import (
     GENESIS,
@@ -134,13 +136,16 @@ class _Head:
     open: dict[str, str] = field(default_factory=dict)  # intent seq -> writer id, for intents without an outcome
 
     def dump(self) -> bytes:
-        return json.dumps(self.__dict__).encode()
+        """The lock file's copy of the head: an internal format, so orjson's bytes need not be json's (only
+        loadable: every field is an int, a str, a finite float or None, which orjson writes back exactly)."""
+        return orjson.dumps(self.__dict__)
 
     @classmethod
     def load(cls, raw: bytes) -> _Head | None:
+        """Read a head dumped by either writer (json.dumps wrote it before orjson did); None if unreadable."""
         try:
-            return cls(**json.loads(raw)) if raw else None
-        except (ValueError, TypeError):
+            return cls(**orjson.loads(raw)) if raw else None
+        except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
             return None
 
     def track(self, record: dict) -> None:

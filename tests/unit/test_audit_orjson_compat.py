@@ -95,3 +95,16 @@ def test_the_writer_writes_the_lines_made_when_sealing(tmp_path: Path, monkeypat
         raise AssertionError(f"record {record.get('seq')} encoded again")
     monkeypatch.setattr(audit_log, "encode", second_encoding)
     check(write_log(tmp_path))
+
+
+def test_a_head_dumped_by_json_still_loads_and_orjson_dumps_round_trip():
+    """The lock file's head (an internal format) is now written by orjson; one written by json.dumps still loads."""
+    from broker.audit.log import _Head
+
+    head = _Head(seq=7, hash="ab" * 32, cp_seq=5, uncovered_since=1704067200.123456, size=4096,
+                 open={"6": "writer-zoë"})
+    old = json.dumps(head.__dict__).encode()
+    assert _Head.load(old) == head
+    assert _Head.load(old + b" " * 64) == head  # the lock file pads the head with spaces
+    assert _Head.load(head.dump()) == head
+    assert _Head.load(b'{"seq": 1, "bogus": 2}') is None and _Head.load(b"{not json") is None
