@@ -149,3 +149,15 @@ def test_truncated_envelope_is_malformed(wrapped, sealed, data) -> None:
 def test_header_refuses_bad_key_id_length(key_id: str) -> None:
     with pytest.raises(ValueError):
         ct.Header(ct.Scheme.PROVIDER_AEAD, key_id, 1).pack()
+
+
+@pytest.mark.parametrize("context, aad", [
+    ({"app": "billing"}, b'{"app":"billing"}'),
+    ({"z": "1", "a": "2", "m": "3"}, b'{"a":"2","m":"3","z":"1"}'),
+    ({"zo\u00eb": "\u65e5\u672c", "t": "\x7f\x00\n\"\\/"}, '{"t":"\x7f\\u0000\\n\\"\\\\/","zo\u00eb":"\u65e5\u672c"}'.encode()),
+    ({"\U0001f600": "\u2028", "\uffff": ""}, '{"\uffff":"","\U0001f600":"\u2028"}'.encode()),
+])
+def test_canonical_context_bytes_are_pinned(context, aad) -> None:
+    """The AAD of every existing ciphertext: UTF-8 as is (not \\u escapes), json's control escapes, code-point order."""
+    assert ct.canonical_context(context) == aad
+    assert aad == json.dumps(context, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
