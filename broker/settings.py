@@ -116,12 +116,15 @@ class Settings(BaseModel):
     # Audit (broker/audit): a record is durable in the file (or, with no file sink, the store) before its request is
     # answered, else the request is refused (503). With both, the store's copy follows the file off the request path
     # within audit_mirror_seconds (and at every audit query). "stdout" and "syslog" are best-effort copies.
-    # Checkpoints signed by the HSM every N records / T seconds; records that arrive within audit_batch_ms of each
-    # other share one fsync (group commit).
+    # Checkpoints signed by the HSM every N records / T seconds. Records that arrive while a batch is being written
+    # share the next batch's fsync (group commit); audit_batch_ms > 0 also makes a batch that follows a busy one wait
+    # that long for more. 0 by default: under load the wait idles every caller of the batch (all of a worker's
+    # threads, often), and batches fill anyway while the previous fsync runs (bench/http_bench.py --env
+    # KMSB_AUDIT_BATCH_MS=1 to compare).
     audit_sinks: list[Literal["file", "store", "stdout", "syslog"]] = Field(default_factory=lambda: ["file", "store"])
     audit_checkpoint_records: int = Field(default=1000, ge=1, le=1_000_000)
     audit_checkpoint_seconds: float = Field(default=60.0, gt=0, le=86400)
-    audit_batch_ms: float = Field(default=1.0, ge=0, le=100)
+    audit_batch_ms: float = Field(default=0.0, ge=0, le=100)
     audit_mirror_seconds: float = Field(default=0.25, gt=0, le=60)
     job_interval_seconds: int = Field(default=60, ge=1)
     auth_cache_seconds: float = Field(default=1.0, ge=0, le=60)

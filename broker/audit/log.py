@@ -7,8 +7,8 @@
   head is read with one bounded pread and written back padded with spaces (no fstat, no ftruncate), and the file sink
   keeps its fd open across batches (see FileSink).
 * Group commit, led by a caller: `write()` queues the record; the first caller that finds nobody committing
-  becomes the *leader* and commits, in its own thread, everything queued (after a short window when the last
-  batch held several records) as one batch: one append + one fsync for the file (or, with the store as the only
+  becomes the *leader* and commits, in its own thread, everything queued (after `batch_ms`, 0 by default, when
+  the last batch held several records) as one batch: one append + one fsync for the file (or, with the store as the only
   durable sink, one transaction).
   Callers that arrive meanwhile wait; when the batch is durable the leader releases them and hands the lead to
   the first record still queued, whose caller commits the next batch. A lone request therefore pays no thread
@@ -189,7 +189,7 @@ class AuditLog:
     def __init__(self, path: Path, hmac: Callable[[bytes], bytes], fsync: bool = False, *,
                  sinks: Sequence[str] = ("file",), engine=None, signer: Callable[[bytes], bytes] | None = None,
                  public_key: bytes | None = None, checkpoint_records: int = 1000,
-                 checkpoint_seconds: float = 60.0, batch_ms: float = 1.0, marks: MarkStore | None = None,
+                 checkpoint_seconds: float = 60.0, batch_ms: float = 0.0, marks: MarkStore | None = None,
                  mirror_seconds: float = MIRROR_SECONDS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
