@@ -40,15 +40,18 @@ def lua_script(folder: Path, name: str, method: str, headers: dict[str, str], bo
     return path
 
 
-def paced(script: Path, connections: int, rate: float) -> Path:
-    """A copy of `script` that offers about `rate` requests/s in all: each connection waits connections/rate seconds
-    before each request (wrk's `delay()`; the wait is not part of the latency it reports). The latency of a server
-    that keeps up with a steady load, not of one that is queueing: with wrk's closed loop at full speed a row's p99 is
-    at least connections / throughput, whatever the server does."""
+def paced(script: Path, connections: int, rate: float) -> tuple[Path, float]:
+    """A copy of `script` that offers about `rate` requests/s in all, and the rate it really offers: each connection
+    waits connections/rate seconds before each request (wrk's `delay()`; the wait is not part of the latency it
+    reports). The latency of a server that keeps up with a steady load, not of one that is queueing: with wrk's
+    closed loop at full speed a row's p99 is at least connections / throughput, whatever the server does.
+
+    wrk takes the delay in whole milliseconds (it truncates the number `delay()` returns, so 0.8 ms is no delay at
+    all): the wait is rounded to whole milliseconds, at least 1, and the rate offered is the one that wait gives."""
     out = script.with_name(f"{script.stem}_paced.lua")
-    wait_ms = connections * 1000.0 / rate
-    out.write_text(script.read_text() + f"function delay()\n  return {wait_ms:.3f}\nend\n")
-    return out
+    wait_ms = max(1, round(connections * 1000.0 / rate))
+    out.write_text(script.read_text() + f"function delay()\n  return {wait_ms}\nend\n")
+    return out, connections * 1000.0 / wait_ms
 
 
 def _ms(text: str) -> float:

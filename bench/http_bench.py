@@ -82,6 +82,7 @@ class Case:
     p99_target: float | None = None  # ms, at the first connection count
     runs: dict[int, list[Result]] = field(default_factory=dict)
     paced: Result | None = None  # at --paced of its own throughput, first connection count
+    paced_offered: float = 0.0  # the rate that run offered (wrk's delay is whole milliseconds)
 
 
 def fixed(label: str, method: str, headers: dict[str, str], body: dict | None) -> Callable[[Path], Path]:
@@ -327,8 +328,8 @@ def main() -> None:
             if args.paced > 0:
                 for case in cases:
                     rate = args.paced * median_run(case.runs[conn_counts[0]]).rps
-                    case.paced = run_wrk(wrk, case.url, paced(case.script(folder), conn_counts[0], rate),
-                                         conn_counts[0], args.duration, cpu=case.tree)
+                    script, case.paced_offered = paced(case.script(folder), conn_counts[0], rate)
+                    case.paced = run_wrk(wrk, case.url, script, conn_counts[0], args.duration, cpu=case.tree)
             if "keyring" in groups:
                 seq_rows.append(("no-op (keyring listener), new conn/request",
                                  sequential(kr_noop_addr, f"/v1/{MOUNT}/data/1", {"Accept": "*/*"}, args.sequential)))
@@ -375,11 +376,12 @@ def report(cases: list[Case], conn_counts: list[int], seq_rows: list[tuple[str, 
                 verdicts.append((f"{case.label} at {conns} connections: no errors ({r.errors})", r.errors == 0))
         print()
     if args.paced > 0:
-        print(f"paced: each row offered {args.paced:g} x its own req/s above, evenly over {conn_counts[0]} connections "
-              "(its latency while keeping up, not queueing)")
+        print(f"paced: each row offered about {args.paced:g} x its own req/s above, evenly over {conn_counts[0]} "
+              "connections (its latency while keeping up, not queueing; wrk waits whole milliseconds, so a fast row "
+              "with few connections is offered less)")
         print(f"{'row':<42}{'offered':>8}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'CPU s/1k':>9}")
         for case in cases:
-            r, offered = case.paced, args.paced * median_run(case.runs[conn_counts[0]]).rps
+            r, offered = case.paced, case.paced_offered
             assert r is not None
             cpu = f"{r.cpu_per_1k:.2f}" if r.cpu_per_1k is not None else "-"
             print(f"{case.label:<42}{offered:>8.0f}{r.rps:>9.0f}{r.p50:>8.2f}{r.p99:>8.2f}{r.errors:>7}{cpu:>9}")
