@@ -78,7 +78,3 @@ class Encoder:
         if out is not None and (not self._ascii or (out.isascii() and _DEL not in out)):
             return out
         return self._json.encode(value).encode()
-
-    def encode_json(self, value: Any) -> bytes:
-        """The same bytes, always by the json encoder (the reference the tests compare with)."""
-        return self._json.encode(value).encode()

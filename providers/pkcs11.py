@@ -460,7 +460,7 @@ class Pkcs11Provider(Provider):
 
     def encrypt(self, ref: ProviderKeyRef, plaintext: bytes, aad: bytes) -> bytes:
         def run(session: Any) -> bytes:
-            iv = self._ivs.take(12, lambda n: bytes(session.generate_random(n * 8)))
+            iv = self._iv(session)
             params = pkcs11.GCMParams(iv, aad, 128)
             return iv + self._object(session, ref).encrypt(plaintext, mechanism=Mechanism.AES_GCM,
                                                            mechanism_param=params)
@@ -523,6 +523,10 @@ class Pkcs11Provider(Provider):
 
     def random(self, n: int) -> bytes:
         return self._call(lambda s: bytes(s.generate_random(n * 8)))
+
+    def _iv(self, session: Any) -> bytes:
+        """A 12-byte AES-GCM IV from the HSM's generator, through the pool (called under the session lock)."""
+        return self._ivs.take(12, lambda n: bytes(session.generate_random(n * 8)))
 
     # ------------------------------------------------------------------------------------------ import
 
@@ -727,7 +731,7 @@ class Pkcs11RootOfTrust(RootOfTrust):
     def seal(self, data: bytes, aad: bytes = b"") -> bytes:
         """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
         def run(session: Any) -> bytes:
-            iv = self._p._ivs.take(12, lambda n: bytes(session.generate_random(n * 8)))
+            iv = self._p._iv(session)
             return iv + self._p._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
                                                        mechanism_param=pkcs11.GCMParams(iv, aad, 128))
         return self._p._call(run)
@@ -920,7 +924,7 @@ class Pkcs11RootOfTrust(RootOfTrust):
             except pkcs11.exceptions.KeyNotWrappable:
                 raise ProviderAccessDenied("the HSM refused to wrap the root keys for this recipient") from None
             plain, aad = _CHECK
-            iv = bytes(session.generate_random(96))
+            iv = self._p._iv(session)
             check = iv + root.encrypt(plain, mechanism=Mechanism.AES_GCM, mechanism_param=pkcs11.GCMParams(iv, aad, 128))
             signing_public = encode_ec_public_key(self._audit_signing(session, ObjectClass.PUBLIC_KEY))
             return RootPackage(bytes(wrapped_root), bytes(wrapped_hmac), bytes(wrapped_signing), signing_public,
