@@ -84,6 +84,26 @@ _RSA_PRIVATE = {**_SECRET, **_NOT_ON_PRIVATE, Attribute.SIGN: True, Attribute.DE
 _EC_PRIVATE = {**_SECRET, **_NOT_ON_PRIVATE, Attribute.SIGN: True, Attribute.DECRYPT: DEFAULT,
                Attribute.UNWRAP: DEFAULT, Attribute.DERIVE: DEFAULT}
 
+# The root KEK's session copy (`Pkcs11Provider._root_copy`): what seal/unseal (ENCRYPT, DECRYPT) and unwrapping
+# stored key versions (UNWRAP) need, nothing more. SoftHSM 2.6.1 takes TOKEN, EXTRACTABLE (true -> false), WRAP,
+# DERIVE, LABEL and MODIFIABLE in a copy template and refuses SENSITIVE, COPYABLE and WRAP_WITH_TRUSTED
+# (AttributeReadOnly: they stay as the original's, sensitive and wrap-with-trusted). MODIFIABLE false comes last:
+# SoftHSM applies the template in order and refuses any change after it; it also keeps WRAP from being set back and
+# a copy of the copy from changing anything. Its own label keeps it out of every lookup of the token root by label.
+_ROOT_COPY = {Attribute.TOKEN: False, Attribute.EXTRACTABLE: False, Attribute.WRAP: False, Attribute.DERIVE: False,
+              Attribute.SIGN: False, Attribute.VERIFY: False, Attribute.LABEL: "kmsb-root-kek/session-copy",
+              Attribute.MODIFIABLE: False}
+_ROOT_COPY_IS = {Attribute.TOKEN: False, Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                 Attribute.WRAP: False, Attribute.DERIVE: False, Attribute.MODIFIABLE: False}
+_ROOT_COPY_SLOT = "__root_copy__"
+_ROOT_CHECKED_SLOT = "__root_checked__"
+_ROOT_RECHECK_SECONDS = 1.0
+# What ends a session's usefulness: `_call` resets the session (and with it the cached handles and the root copy).
+_SESSION_LOST = (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.SessionClosed,
+                 pkcs11.exceptions.DeviceRemoved, pkcs11.exceptions.TokenNotPresent,
+                 pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceError,
+                 pkcs11.exceptions.ObjectHandleInvalid)
+
 _MATERIAL_LENGTHS = {KeySpec.SYMMETRIC_DEFAULT: 32, KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
 
 
@@ -339,10 +359,7 @@ class Pkcs11Provider(Provider):
                 return fn(session, *args)
             except ProviderError:
                 raise
-            except (pkcs11.exceptions.SessionHandleInvalid, pkcs11.exceptions.SessionClosed,
-                    pkcs11.exceptions.DeviceRemoved, pkcs11.exceptions.TokenNotPresent,
-                    pkcs11.exceptions.UserNotLoggedIn, pkcs11.exceptions.DeviceError,
-                    pkcs11.exceptions.ObjectHandleInvalid) as exc:
+            except _SESSION_LOST as exc:
                 self._session.reset()
                 self._cache.clear()
                 raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None
@@ -362,7 +379,61 @@ class Pkcs11Provider(Provider):
         return handles[label]
 
     def _root(self, session: Any) -> Any:
+        """The root KEK token object: for what must be the token object itself (wrapping under it, exporting it)."""
         return self._token_key(session, ROOT_KEK_LABEL)
+
+    def _root_copy(self, session: Any) -> Any:
+        """The root KEK for AES-GCM seal/unseal and unwrapping stored key versions: a session copy of it.
+
+        SoftHSM re-reads a token object's file (open, locks, reads: ~14 syscalls) on every use, a session object's
+        not. The copy (C_CopyObject, `_ROOT_COPY`) is made once per session and kept in the handle cache, so it goes
+        with the session (reset, re-initialisation, a forked child's new session: `_token_key` clears the cache) and
+        the HSM destroys it when the session closes. It can encrypt, decrypt and unwrap only: not a token object, not
+        extractable, no WRAP, not modifiable (so not re-enabled), sensitive like the original. A token whose root
+        refuses such a copy (not copyable, a module that refuses the template) is served by the token object.
+
+        A copy does not notice the token object being destroyed by another process, so at most every
+        `_ROOT_RECHECK_SECONDS` the token object is read once (as every use of it did): gone, the call fails as a
+        lost handle, the session is reset and the copy with it."""
+        root = self._root(session)  # resets the handle cache when the session changed
+        handles = self._handles
+        copy = handles.get(_ROOT_COPY_SLOT)
+        now = time.monotonic()
+        if copy is None:
+            copy = handles[_ROOT_COPY_SLOT] = self._copy_root(root)
+            handles[_ROOT_CHECKED_SLOT] = now
+        elif now - handles[_ROOT_CHECKED_SLOT] >= _ROOT_RECHECK_SECONDS:
+            _ = root[Attribute.CLASS]  # ObjectHandleInvalid when the token object is gone
+            handles[_ROOT_CHECKED_SLOT] = now
+        return copy
+
+    def _forget_root(self) -> None:
+        """After this process wrote the root keys: drop the cached handles and destroy the root's session copy now
+        (not at session close), so nothing here uses a root the token no longer holds."""
+        copy = self._handles.get(_ROOT_COPY_SLOT)
+        if copy is not None and copy is not self._handles.get(ROOT_KEK_LABEL):  # never the token object itself
+            self._evict(copy)
+        self._handles.clear()
+
+    @staticmethod
+    def _copy_root(root: Any) -> Any:
+        """A session copy of the token root (`_ROOT_COPY`), or the token object itself when the module refuses it or
+        makes a copy that is more capable than asked (checked attribute by attribute). Session loss propagates."""
+        try:
+            copy = root.copy(_ROOT_COPY)
+        except _SESSION_LOST:
+            raise
+        except pkcs11.PKCS11Error:
+            return root
+        try:
+            if all(copy[attribute] == value for attribute, value in _ROOT_COPY_IS.items()):
+                return copy
+        except _SESSION_LOST:
+            raise
+        except pkcs11.PKCS11Error:
+            pass
+        Pkcs11Provider._evict(copy)
+        return root
 
     def _wrap(self, session: Any, obj: Any) -> bytes:
         return self._root(session).wrap_key(obj, mechanism=Mechanism.AES_KEY_WRAP_PAD)
@@ -377,7 +448,7 @@ class Pkcs11Provider(Provider):
             self._cache.move_to_end(cache_key)
             return obj
         kind = ref.extra.get("kind")
-        root = self._root(session)
+        root = self._root_copy(session)
         if kind == "aes":
             obj = root.unwrap_key(ObjectClass.SECRET_KEY, KeyType.AES, ref.material,
                                   mechanism=Mechanism.AES_KEY_WRAP_PAD, template=_AES_USE)
@@ -732,8 +803,8 @@ class Pkcs11RootOfTrust(RootOfTrust):
         """AES-GCM under the root KEK, inside the HSM: for secrets the broker itself must keep."""
         def run(session: Any) -> bytes:
             iv = self._p._iv(session)
-            return iv + self._p._root(session).encrypt(data, mechanism=Mechanism.AES_GCM,
-                                                       mechanism_param=pkcs11.GCMParams(iv, aad, 128))
+            return iv + self._p._root_copy(session).encrypt(data, mechanism=Mechanism.AES_GCM,
+                                                            mechanism_param=pkcs11.GCMParams(iv, aad, 128))
         return self._p._call(run)
 
     def unseal(self, blob: bytes, aad: bytes = b"") -> bytes:
@@ -742,8 +813,8 @@ class Pkcs11RootOfTrust(RootOfTrust):
 
         def run(session: Any) -> bytes:
             try:
-                return self._p._root(session).decrypt(blob[12:], mechanism=Mechanism.AES_GCM,
-                                                      mechanism_param=pkcs11.GCMParams(blob[:12], aad, 128))
+                return self._p._root_copy(session).decrypt(blob[12:], mechanism=Mechanism.AES_GCM,
+                                                           mechanism_param=pkcs11.GCMParams(blob[:12], aad, 128))
             except (pkcs11.exceptions.GeneralError, pkcs11.exceptions.EncryptedDataInvalid,
                     pkcs11.exceptions.EncryptedDataLenRange):
                 raise ProviderInvalidCiphertext("sealed data failed authentication") from None
@@ -1012,7 +1083,7 @@ class Pkcs11RootOfTrust(RootOfTrust):
                 raise ProviderInvalidCiphertext(f"the package could not be unwrapped here ({type(exc).__name__})") \
                     from None
             raise
-        self._p._handles.clear()
+        self._p._forget_root()
 
 
 def so_pin_file(config: Mapping[str, Any]) -> Path | None:
