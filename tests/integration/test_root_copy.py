@@ -159,6 +159,24 @@ def test_a_lost_session_takes_its_copy_and_the_next_call_makes_a_fresh_one(hsm_t
         provider.close()
 
 
+@pytest.mark.parametrize("template", ["refused", "wider"])
+def test_a_copy_refused_or_wider_than_asked_leaves_the_token_object_in_use(hsm_token: TestToken, monkeypatch,
+                                                                         template: str) -> None:
+    if template == "refused":  # SoftHSM refuses SENSITIVE in a copy template (AttributeReadOnly)
+        monkeypatch.setattr(p11, "_ROOT_COPY", {**p11._ROOT_COPY, Attribute.SENSITIVE: True})
+    else:  # a module that kept WRAP: the copy is checked, destroyed, not used
+        monkeypatch.setattr(p11, "_ROOT_COPY", {k: v for k, v in p11._ROOT_COPY.items() if k is not Attribute.WRAP})
+    provider = hsm_token.provider(f"root-copy-{template}")
+    try:
+        alive = _copies(provider)
+        rot = provider.root_of_trust()
+        assert rot.unseal(rot.seal(b"still served", b"a"), b"a") == b"still served"
+        assert provider._call(lambda s: provider._root_copy(s) is provider._root(s))
+        assert _copies(provider) == alive
+    finally:
+        provider.close()
+
+
 # ------------------------------------------------------------------------------------------------ own process, own token
 
 _SCENARIO = r"""
