@@ -22,7 +22,9 @@ def _find_clear() -> Callable[[], None]:
     if not name:
         return lambda: None
     try:
-        clear = ctypes.CDLL(name).ERR_clear_error  # the library already loaded, if it is: dlopen shares it
+        # PyDLL: the call keeps the interpreter lock. ERR_clear_error only empties a per-thread list and never
+        # blocks; giving the lock away for it (CDLL does) let another thread in on every HSM call.
+        clear = ctypes.PyDLL(name).ERR_clear_error  # the library already loaded, if it is: dlopen shares it
     except (OSError, AttributeError):
         return lambda: None
     clear.argtypes, clear.restype = [], None

@@ -54,7 +54,7 @@ from providers.base import (
     RootPackage,
     key_fingerprint,
 )
-from providers.openssl_errors import openssl_errors_cleared
+from providers.openssl_errors import clear_openssl_errors, openssl_errors_cleared
 
 DEFAULT_LIB = "/usr/lib/softhsm/libsofthsm2.so"
 ROOT_KEK_LABEL = "kmsb-root-kek"
@@ -350,19 +350,22 @@ class Pkcs11Provider(Provider):
 
     def _call(self, fn, *args):
         """Run fn(session, *args) under the process lock, mapping PKCS#11 failures to provider errors."""
-        with self._session.lock, openssl_errors_cleared():
-            session = self._session.get()
-            if session is not self._cache_session:  # a new session: objects of the old one are gone with it
-                self._cache.clear()
-                self._cache_session = session
+        with self._session.lock:
             try:
-                return fn(session, *args)
-            except ProviderError:
-                raise
-            except _SESSION_LOST as exc:
-                self._session.reset()
-                self._cache.clear()
-                raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None
+                session = self._session.get()
+                if session is not self._cache_session:  # a new session: objects of the old one are gone with it
+                    self._cache.clear()
+                    self._cache_session = session
+                try:
+                    return fn(session, *args)
+                except ProviderError:
+                    raise
+                except _SESSION_LOST as exc:
+                    self._session.reset()
+                    self._cache.clear()
+                    raise ProviderUnavailable(f"HSM session lost ({type(exc).__name__})") from None
+            finally:
+                clear_openssl_errors()  # what openssl_errors_cleared() does, without a generator per call
 
     def _token_key(self, session: Any, label: str) -> Any:
         """A long-lived token key by label; found once per session (C_FindObjects is slow in SoftHSM)."""
