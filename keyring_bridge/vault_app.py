@@ -35,7 +35,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +43,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 from broker import errors
+from broker.api.limits import new_request_id
 from broker.auth import presented_token
 from broker.gate import dependency_error
 from broker.logs import request_scope
@@ -307,7 +307,7 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
     def start() -> None:
         from broker.app import ANONYMOUS
 
-        g.request_id = str(uuid.uuid4())
+        g.request_id = new_request_id()
         g.action = "keyring:Request"
         g.ctx = RequestContext(ANONYMOUS, request_id=g.request_id, source_ip=request.remote_addr or "",
                                front_door=FRONT_DOOR)
@@ -585,17 +585,17 @@ def create_bridge_app(settings: Settings, *, service: KeyService | None = None, 
         failure mapping), without Flask's request cycle: what mariadbd asks for every key it needs."""
         from broker.app import ANONYMOUS
 
-        request_id = str(uuid.uuid4())
-        c = RequestContext(ANONYMOUS, request_id=request_id, source_ip=environ.get("REMOTE_ADDR") or "",
+        rid = new_request_id()
+        c = RequestContext(ANONYMOUS, request_id=rid, source_ip=environ.get("REMOTE_ADDR") or "",
                            front_door=FRONT_DOOR)
-        with request_scope(request_id):  # its log lines carry the id its audit record has
+        with request_scope(rid):  # its log lines carry the id its audit record has
             try:
                 c.principal = keyring.authenticate(presented_token(environ.get("HTTP_X_VAULT_TOKEN"),
                                                                  environ.get("HTTP_AUTHORIZATION")))
                 secret = keyring.read(c, mount, entry_id, parse_version(query[len("version="):] if query else None))
-                return _read_body(secret, request_id), 200
+                return _read_body(secret, rid), 200
             except Exception as exc:  # noqa: BLE001 - every failure is answered by the views' one mapping
-                body, status, drop = failure(exc, c, "keyring:Read", "GET", request_id)
+                body, status, drop = failure(exc, c, "keyring:Read", "GET", rid)
                 if drop:
                     environ[DROP] = True
                 return body, status

@@ -55,6 +55,11 @@ def request_id(client_value: str | None) -> str:
     """The id of this request: the client's when it is short and plain, else a fresh one (never refused)."""
     if client_value and _REQUEST_ID.fullmatch(client_value):
         return client_value
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A fresh uuid4, from random bytes drawn 256 ids at a time (one getrandom, not one per request)."""
     return str(uuid.UUID(bytes=_REQUEST_IDS.take(16, os.urandom), version=4))
 
 

@@ -289,3 +289,31 @@ def test_fast_read_never_answers_5xx_on_a_bug(bridged: Bridged, monkeypatch: pyt
     monkeypatch.setattr(fast._mounts, "get", broken)  # routing fails: Flask serves it, and maps the failure
     r = client.get(path, headers=headers)
     assert r.headers.get("X-Kmsb-Dropped") == "1" and r.get_data() == b""
+
+
+def test_request_ids_are_fresh_uuid4s_from_the_pool_on_both_paths(bridged: Bridged,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each read (fast path and Flask view) has its own uuid4, the one its audit record carries, and the ids come
+    from the pooled random bytes (broker/api/limits.py): no getrandom per read."""
+    import uuid
+
+    from broker.api import limits
+    from broker.random_pool import RandomPool
+
+    monkeypatch.setattr(limits, "_REQUEST_IDS", RandomPool(block=16 * 256))
+    draws: list[int] = []
+    real = limits.os.urandom
+    monkeypatch.setattr(limits.os, "urandom", lambda n: draws.append(n) or real(n))
+    headers = {"X-Vault-Token": bridged.token}
+    seen = len(bridged.audit.read_text().splitlines())
+    ids = []
+    for client in (Client(bridged.app.wsgi_app), bridged.flask_only) * 20:
+        r = client.get(f"/v1/{MOUNT}/data/1", headers=headers)
+        assert r.status_code == 200
+        ids.append(r.get_json()["request_id"])
+    assert len(set(ids)) == len(ids) == 40
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    with open(bridged.audit) as f:
+        audited = [json.loads(line)["request_id"] for line in f][seen:]
+    assert audited == ids
+    assert draws == [16 * 256]  # one draw for the 40 ids, none per read
