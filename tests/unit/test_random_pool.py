@@ -100,6 +100,19 @@ def test_bad_sizes_and_short_generators_are_refused():
         RandomPool(block=0)
 
 
+def test_a_generator_that_fails_leaves_the_pool_unlocked_and_hands_nothing_out_twice():
+    pool = RandomPool(block=16)
+    first = pool.take(12, os.urandom)
+
+    def failing(n: int) -> bytes:
+        raise OSError("the generator is gone (an HSM session, say)")
+    with pytest.raises(OSError):
+        pool.take(8, failing)  # 4 bytes left: a draw is needed, and it fails
+    assert not pool._lock.locked()
+    assert pool.take(4, os.urandom) == pool._data[12:16] and pool.draws == 1  # the 4 left, not yet handed out
+    assert pool.take(8, os.urandom) != first[:8] and pool.draws == 2
+
+
 def test_fresh_request_ids_are_distinct_version_4_uuids():
     ids = [request_id(None) for _ in range(5000)]
     assert len(set(ids)) == 5000
