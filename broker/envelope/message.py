@@ -187,11 +187,9 @@ def seal_frame(key: DerivedKey, header: bytes, sequence: int, final: bool, chunk
     return descriptor + nonce + key.aead.encrypt(nonce, chunk, header + descriptor)
 
 
-def seal_sole_frame(key: DerivedKey, header: bytes, chunk: bytes | memoryview, nonce: bytes) -> bytes:
-    """A whole one-frame message: header ‖ frame 1 (final). The frame's AAD, header ‖ descriptor, is also the
-    message's first bytes, so it is built once."""
-    aad = header + _FRAME.pack(1, True, len(chunk))
-    return b"".join((aad, nonce, key.aead.encrypt(nonce, chunk, aad)))
+def sole_descriptor(length: int) -> bytes:
+    """The descriptor of a one-frame message's frame: sequence 1, final, `length` ciphertext bytes."""
+    return _FRAME.pack(1, True, length)
 
 
 FRAME_OVERHEAD = _FRAME.size + NONCE_BYTES + TAG_BYTES

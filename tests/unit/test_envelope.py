@@ -5,11 +5,17 @@ runs the same against a real broker)."""
 from __future__ import annotations
 
 import io
+import json
 import os
+import sys
+import threading
 import tracemalloc
 from collections.abc import Mapping, Sequence
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +23,7 @@ from broker.envelope import CacheLimits, Envelope, MessageError
 from broker.envelope import codec as codec_module
 from broker.envelope import keys as keys_module
 from broker.envelope import message as m
+from broker.random_pool import RandomPool
 
 
 class FakeKms:
@@ -376,8 +383,18 @@ def test_a_mapping_with_two_keys_of_the_same_characters_is_refused(kms: FakeKms)
     assert kms.generated == 0
 
 
-def test_the_message_id_and_every_nonce_come_from_os_urandom_and_differ(kms: FakeKms, env: Envelope,
-                                                                           monkeypatch) -> None:
+# ------------------------------------------------------------------------------------------------ pooled randomness
+
+
+def _id_and_nonces(message: bytes) -> bytes:
+    header, frames = _frames(message)
+    return m.parse_header(header).message_id + b"".join(f[m.DESCRIPTOR_BYTES:m.DESCRIPTOR_BYTES + m.NONCE_BYTES]
+                                                         for f in frames)
+
+
+@pytest.fixture
+def pool(monkeypatch) -> tuple[RandomPool, list[bytes]]:
+    """A fresh pool for the envelope's message ids and nonces, and every block it drew from os.urandom."""
     draws: list[bytes] = []
     real = os.urandom
 
@@ -385,14 +402,113 @@ def test_the_message_id_and_every_nonce_come_from_os_urandom_and_differ(kms: Fak
         draws.append(real(n))
         return draws[-1]
 
-    plaintext = os.urandom(3 * FRAME - 1)
-    monkeypatch.setattr(codec_module.os, "urandom", recorded)  # the FakeKms draws its data key and blob first
-    message = env.encrypt(plaintext, "key-1", CTX)
-    header, frames = _frames(message)
-    nonces = [f[m.DESCRIPTOR_BYTES:m.DESCRIPTOR_BYTES + m.NONCE_BYTES] for f in frames]
-    assert len(frames) == 3 and len(set(nonces)) == 3
-    assert len(draws) == 3 and draws[0] == kms.wrapped[_data_key_of(message)][0]
-    assert draws[2] == m.parse_header(header).message_id + b"".join(nonces)  # one getrandom, each byte used once
+    fresh = RandomPool(block=4096)
+    monkeypatch.setattr(codec_module, "_RANDOM", fresh)
+    monkeypatch.setattr(codec_module.os, "urandom", recorded)
+    return fresh, draws
+
+
+@pytest.mark.parametrize("sizes", [[1, 1, FRAME], [3 * FRAME - 1, 0, 2 * FRAME]])
+def test_message_ids_and_nonces_are_kernel_random_bytes_each_handed_out_once(kms: FakeKms, pool, sizes) -> None:
+    """One block of os.urandom serves many messages: each message's id and nonces are the next unused bytes of it."""
+    fresh, draws = pool
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
+    plaintexts = [os.urandom(size) for size in sizes]
+    messages = [env.encrypt(plaintext, "key-1", CTX) for plaintext in plaintexts]
+    used = b"".join(_id_and_nonces(message) for message in messages)
+    block = [d for d in draws if len(d) == 4096]  # the FakeKms draws its data key and blob through os.urandom too
+    assert fresh.draws == 1 and len(block) == 1
+    assert block[0].startswith(used)  # in order, every byte once, none skipped
+    assert [env.decrypt(message, CTX) for message in messages] == plaintexts
+
+
+def test_a_message_too_large_for_a_pool_block_draws_its_own_random_bytes(kms: FakeKms, pool) -> None:
+    fresh, draws = pool
+    env = Envelope(kms, frame_length=1)
+    frames = (4096 - m.MESSAGE_ID_BYTES) // m.NONCE_BYTES + 1  # one nonce more than a block holds
+    message = env.encrypt(b"z" * frames, "key-1")
+    assert fresh.draws == 0 and draws[-1] == _id_and_nonces(message)
+    assert env.decrypt(message) == b"z" * frames
+
+
+def test_threads_sharing_a_cached_data_key_never_get_the_same_nonce(kms: FakeKms) -> None:
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
+    seen: list[bytes] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        mine = [_id_and_nonces(env.encrypt(b"x" * (FRAME + 1), "key-1", CTX)) for _ in range(400)]
+        with lock:
+            seen.extend(mine)
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch between any two bytecodes: a pool without its lock hands bytes out twice
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert kms.generated == 1  # one data key for all 3,200 messages
+    ids = [s[:m.MESSAGE_ID_BYTES] for s in seen]
+    nonces = [s[i:i + m.NONCE_BYTES] for s in seen for i in (16, 28)]
+    assert len(set(ids)) == 3200 and len(set(nonces)) == 6400
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_reuses_its_parents_nonces_under_the_cached_data_key(kms: FakeKms) -> None:
+    """The cache survives a fork (parent and child go on with one data key); the pool must not."""
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
+    env.encrypt(b"first", "key-1", CTX)  # the parent now holds pooled bytes not yet handed out
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write, env.encrypt(b"child", "key-1", CTX))
+        finally:
+            os._exit(0)
+    os.close(write)
+    child = b""
+    while chunk := os.read(read, 65536):
+        child += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = env.encrypt(b"parent", "key-1", CTX)
+    assert _data_key_of(child) == _data_key_of(parent) and kms.generated == 1
+    assert _id_and_nonces(child)[:16] != _id_and_nonces(parent)[:16]
+    assert _id_and_nonces(child)[16:] != _id_and_nonces(parent)[16:]
+    assert env.decrypt(child, CTX) == b"child"
+
+
+class _FixedKms(FakeKms):
+    def generate(self, key: str, context: Mapping[str, str]) -> tuple[bytes, list[bytes]]:
+        self.wrapped[b"wrapped-" + key.encode()] = (bytes(range(32)), dict(context))
+        return bytes(range(32)), [b"wrapped-" + key.encode()]
+
+
+@pytest.mark.parametrize("size", [0, 5, FRAME, FRAME + 1, 2 * FRAME + 3])
+def test_messages_are_byte_for_byte_the_documented_format(monkeypatch, size: int) -> None:
+    """docs/envelope.md, built here with HKDF and AES-GCM directly from fixed random bytes, equals what encrypt
+    makes: the fast paths change no byte of the format."""
+    rnd = bytes((i * 7 + 3) % 256 for i in range(4096))
+    monkeypatch.setattr(codec_module, "_RANDOM", RandomPool(block=4096))
+    monkeypatch.setattr(codec_module.os, "urandom", lambda n: rnd[:n])
+    env = Envelope(_FixedKms(), frame_length=FRAME, cache=CacheLimits(max_age=60))
+    plaintext = bytes(i % 251 for i in range(size))
+    okm = HKDF(hashes.SHA512(), 64, salt=None, info=b"kms-broker envelope v1\x01").derive(bytes(range(32)))
+    ctx = json.dumps(CTX, sort_keys=True, separators=(",", ":")).encode()
+    wrapped = b"wrapped-key-1"
+    header = (b"KMBE\x01\x01" + FRAME.to_bytes(4, "big") + rnd[:16] + okm[32:] + len(ctx).to_bytes(2, "big") + ctx
+              + b"\x01" + len(wrapped).to_bytes(2, "big") + wrapped)
+    chunks = [plaintext[i:i + FRAME] for i in range(0, size, FRAME)] or [b""]
+    expected, at = header, 16
+    for number, chunk in enumerate(chunks, 1):
+        nonce, at = rnd[at:at + 12], at + 12
+        descriptor = number.to_bytes(4, "big") + bytes([number == len(chunks)]) + len(chunk).to_bytes(4, "big")
+        expected += descriptor + nonce + AESGCM(okm[:32]).encrypt(nonce, chunk, header + descriptor)
+    assert env.encrypt(plaintext, "key-1", CTX) == expected
+    assert env.decrypt(expected, CTX) == plaintext
 
 
 def test_a_message_of_more_frames_than_a_sequence_number_counts_is_refused(env: Envelope, monkeypatch) -> None:
