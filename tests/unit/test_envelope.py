@@ -431,18 +431,22 @@ def test_a_message_too_large_for_a_pool_block_draws_its_own_random_bytes(kms: Fa
     assert env.decrypt(message) == b"z" * frames
 
 
-def test_threads_sharing_a_cached_data_key_never_get_the_same_nonce(kms: FakeKms) -> None:
+def test_threads_sharing_a_cached_data_key_get_each_random_byte_once(kms: FakeKms, pool) -> None:
+    """8 threads, one cached data key: every id and nonce is a distinct slice of the drawn blocks, and every block
+    is handed out whole (a take not serialized with the others skips or repeats bytes)."""
+    fresh, draws = pool
+    block = fresh.block = 8 * 28  # eight one-frame messages a block: many refills while the threads race
     env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
-    seen: list[bytes] = []
+    seen = [_id_and_nonces(env.encrypt(b"", "key-1", CTX))]  # cached first: two cold misses make two data keys
     lock = threading.Lock()
 
     def work() -> None:
-        mine = [_id_and_nonces(env.encrypt(b"x" * (FRAME + 1), "key-1", CTX)) for _ in range(400)]
+        mine = [_id_and_nonces(env.encrypt(b"", "key-1", CTX)) for _ in range(1999)]
         with lock:
             seen.extend(mine)
     threads = [threading.Thread(target=work) for _ in range(8)]
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch between any two bytecodes: a pool without its lock hands bytes out twice
+    sys.setswitchinterval(1e-6)  # switch between any two bytecodes
     try:
         for t in threads:
             t.start()
@@ -450,10 +454,11 @@ def test_threads_sharing_a_cached_data_key_never_get_the_same_nonce(kms: FakeKms
             t.join()
     finally:
         sys.setswitchinterval(interval)
-    assert kms.generated == 1  # one data key for all 3,200 messages
-    ids = [s[:m.MESSAGE_ID_BYTES] for s in seen]
-    nonces = [s[i:i + m.NONCE_BYTES] for s in seen for i in (16, 28)]
-    assert len(set(ids)) == 3200 and len(set(nonces)) == 6400
+    assert kms.generated == 1 and len(seen) == 8 * 1999 + 1  # one data key for all the messages
+    blocks = [d for d in draws if len(d) == block]
+    drawn = [b[i:i + 28] for b in blocks for i in range(0, block, 28)]
+    assert sorted(seen) == sorted(drawn[:len(seen)])  # each byte handed out once, in draw order, none skipped
+    assert len(set(s[:16] for s in seen)) == len(set(s[16:] for s in seen)) == len(seen)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
