@@ -6,18 +6,16 @@ interpreter lock that, under load, hands the thread's core to another thread) fo
 syscall for a request id. A pool draws `block` bytes at a time and hands each byte out once.
 
 Each byte is handed out once, by any thread: `take` holds the pool's lock. A forked child starts with an empty
-pool (`os.register_at_fork`): bytes its parent held would otherwise be handed out in both processes, and the same
+pool (broker/after_fork.py): bytes its parent held would otherwise be handed out in both processes, and the same
 IV twice under one key breaks AES-GCM. Never pool key material: bytes waiting in a pool sit in process memory.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections.abc import Callable
 
-_POOLS: weakref.WeakSet[RandomPool] = weakref.WeakSet()
+from broker.after_fork import reset_in_forked_child
 
 
 class RandomPool:
@@ -29,7 +27,7 @@ class RandomPool:
         self._data = b""
         self._at = 0
         self.draws = 0  # blocks drawn from the generator, for tests and benchmarks
-        _POOLS.add(self)
+        reset_in_forked_child(self)
 
     def take(self, n: int, draw: Callable[[int], bytes]) -> bytes:
         """`n` bytes no caller got before; `draw(k)` returns k fresh random bytes from the generator when the pool
@@ -52,15 +50,8 @@ class RandomPool:
         finally:
             lock.release()
 
-    def forget(self) -> None:
-        """Drop what is left (in a forked child: it is the parent's)."""
+    def reset_after_fork(self) -> None:
+        """In a forked child: drop what is left (it is the parent's)."""
         self._lock = threading.Lock()  # a parent's thread may have held it at the fork
         self._data, self._at = b"", 0
 
-
-def _after_fork_in_child() -> None:
-    for pool in list(_POOLS):
-        pool.forget()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

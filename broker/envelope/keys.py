@@ -5,6 +5,9 @@ A cached data key is never used past any of its limits: its age (`max_age`), the
 (`max_messages`), the plaintext bytes it encrypted (`max_bytes`), and — always — 2^32 frames, the bound for random
 96-bit GCM nonces under one key. An encryption that would cross a limit gets a fresh data key instead. Decryption
 caches unwrapped keys for `max_age` only.
+
+The limits count one process's use: a forked child starts without its parent's encryption keys (it makes its own),
+so that parent and child together never use one data key past a limit.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker.after_fork import reset_in_forked_child
 from broker.envelope.message import MAX_FRAMES_PER_DATA_KEY, DerivedKey, MessageError, derive, header_tail
 
 ContextKey = tuple[tuple[str, str], ...]
@@ -126,7 +130,7 @@ class CacheLimits:
             raise ValueError("capacity must be at least 1")
 
 
-@dataclass
+@dataclass(eq=False)  # compared (and hashed, for broker/after_fork.py) as the one object it is
 class DataKeys:
     """The one place messages get their data keys: straight from the source, or through the cache."""
 
@@ -137,6 +141,16 @@ class DataKeys:
     _decrypting: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     stats: dict[str, int] = field(default_factory=lambda: {"generated": 0, "unwrapped": 0, "hits": 0})
+
+    def __post_init__(self) -> None:
+        reset_in_forked_child(self)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the parent's data keys are the parent's to count (the child sharing one would take it
+        past its limits: each process counts only its own messages, bytes and frames), and a lock a thread of the
+        parent held at the fork would never be released here. Unwrapped keys for decryption have no use count."""
+        self._lock = threading.Lock()
+        self._encrypting = OrderedDict()
 
     def fresh(self, key: str, context: Mapping[str, str] | None) -> Material:
         """A new data key from the source, never cached (streams)."""

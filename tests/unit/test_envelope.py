@@ -7,10 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 import threading
 import tracemalloc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -461,29 +462,59 @@ def test_threads_sharing_a_cached_data_key_get_each_random_byte_once(kms: FakeKm
     assert len(set(s[:16] for s in seen)) == len(set(s[16:] for s in seen)) == len(seen)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_never_reuses_its_parents_nonces_under_the_cached_data_key(kms: FakeKms) -> None:
-    """The cache survives a fork (parent and child go on with one data key); the pool must not."""
-    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
-    env.encrypt(b"first", "key-1", CTX)  # the parent now holds pooled bytes not yet handed out
+def _in_child(work: Callable[[], bytes]) -> bytes:
+    """`work()` in a forked child; its bytes (or b"" if it failed or hung for 10 s)."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.write(write, env.encrypt(b"child", "key-1", CTX))
+            signal.alarm(10)
+            os.write(write, work())
         finally:
             os._exit(0)
     os.close(write)
-    child = b""
+    out = b""
     while chunk := os.read(read, 65536):
-        child += chunk
+        out += chunk
     os.close(read)
     os.waitpid(pid, 0)
-    parent = env.encrypt(b"parent", "key-1", CTX)
-    assert _data_key_of(child) == _data_key_of(parent) and kms.generated == 1
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_its_own_data_key_and_never_reuses_its_parents_nonces(kms: FakeKms) -> None:
+    """The parent's cached data key is the parent's to count: a child that went on with it would, with its parent,
+    use it past its limits. The pooled nonces are the parent's too."""
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60, max_messages=2))
+    first = env.encrypt(b"first", "key-1", CTX)  # the parent now holds pooled bytes not yet handed out
+    child = _in_child(lambda: env.encrypt(b"child", "key-1", CTX) + env.encrypt(b"child", "key-1", CTX))
+    parent = env.encrypt(b"parent", "key-1", CTX)  # the data key's second and last message
+    assert child and _data_key_of(child) != _data_key_of(parent) == _data_key_of(first)
+    assert kms.generated == 1  # the child's data key was made by the child's copy of the source
     assert _id_and_nonces(child)[:16] != _id_and_nonces(parent)[:16]
     assert _id_and_nonces(child)[16:] != _id_and_nonces(parent)[16:]
-    assert env.decrypt(child, CTX) == b"child"
+    assert _data_key_of(env.encrypt(b"third", "key-1", CTX)) != _data_key_of(first)  # the limit, in the parent
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_while_another_thread_holds_the_cache_lock_leaves_the_child_working(kms: FakeKms) -> None:
+    env = Envelope(kms, frame_length=FRAME, cache=CacheLimits(max_age=60))
+    env.encrypt(b"warm", "key-1", CTX)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with env.keys._lock:
+            held.set()
+            release.wait(10)
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    try:
+        child = _in_child(lambda: env.encrypt(b"child", "key-1", CTX))
+    finally:
+        release.set()
+        thread.join()
+    assert child.startswith(m.MAGIC)  # the child encrypted instead of waiting forever on its copy of the lock
 
 
 class _FixedKms(FakeKms):
