@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import sys
 import threading
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +24,7 @@ from broker.envelope import codec as codec_module
 from broker.envelope import keys as keys_module
 from broker.envelope import message as m
 from broker.random_pool import RandomPool
+from tests.support.racing import race
 
 
 class FakeKms:
@@ -445,16 +445,7 @@ def test_threads_sharing_a_cached_data_key_get_each_random_byte_once(kms: FakeKm
         mine = [_id_and_nonces(env.encrypt(b"", "key-1", CTX)) for _ in range(1999)]
         with lock:
             seen.extend(mine)
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch between any two bytecodes
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    race(work)  # threads switch between almost any two bytecodes
     assert kms.generated == 1 and len(seen) == 8 * 1999 + 1  # one data key for all the messages
     blocks = [d for d in draws if len(d) == block]
     drawn = [b[i:i + 28] for b in blocks for i in range(0, block, 28)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import uuid
 
@@ -11,6 +10,7 @@ import pytest
 
 from broker.api.limits import request_id
 from broker.random_pool import RandomPool
+from tests.support.racing import race
 
 
 def counting_draw(calls: list[int]):
@@ -51,16 +51,7 @@ def test_threads_never_get_the_same_bytes():
         mine = [pool.take(12, os.urandom) for _ in range(2000)]
         with lock:
             taken.extend(mine)
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: an unlocked pool would repeat bytes
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    race(work)  # an unlocked pool would repeat bytes
     assert len(taken) == 16000 and len(set(taken)) == 16000
     assert pool.draws == 16000 * 12 // (12 * 64)
 
