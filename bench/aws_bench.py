@@ -31,7 +31,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import ensure_wrk, lua_script, run_wrk  # noqa: E402
+from bench.harness import ensure_wrk, lua_script, run_wrk, times  # noqa: E402
 from tests.support.broker import start_broker  # noqa: E402
 
 REGION = "us-east-1"
@@ -171,13 +171,13 @@ def main() -> None:
           f"gunicorn gthread x{args.workers} workers, SQLite + SoftHSM, audit on\ndriver: {driver}\n")
     print(f"{'operation':<30}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'x no-op':>10}{'non-2xx':>10}")
     for label, r in results:
-        print(f"{label:<30}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{r['rps'] / base:>10.2f}"
+        print(f"{label:<30}{r['rps']:>10.0f}{r['p50']:>10.2f}{r['p99']:>10.2f}{times(r['rps'], base):>10.2f}"
               f"{r['errors']:>10}")
     by = dict(results)
     for op in ("Encrypt", "Decrypt"):
         native = by[f"native {op} 64 B + ctx"]["rps"]
         aws = by[f"AWS {op} 64 B + ctx"]["rps"]
-        print(f"AWS / native {op}: {aws / native:.2f}")
+        print(f"AWS / native {op}: {times(aws, native):.2f}")
 
 
 if __name__ == "__main__":

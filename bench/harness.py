@@ -155,6 +155,12 @@ def _stat(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2:].split()
 
 
+def times(value: float, base: float) -> float:
+    """`value` as a multiple of `base`; NaN (printed "nan") when the baseline served nothing, instead of a crash
+    that would lose every other row of the run."""
+    return value / base if base else float("nan")
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.1f} / {five:.1f} / {fifteen:.1f} (1/5/15 min), {os.cpu_count()} CPUs"

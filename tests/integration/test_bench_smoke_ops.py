@@ -41,7 +41,8 @@ def test_the_backup_bench_runs_create_verify_restore() -> None:
 
 
 def test_the_cluster_bench_runs_through_haproxy_and_a_kill() -> None:
-    out = _run(str(BENCH / "cluster_bench.py"), "--connections", "2", "--duration", "1", "--kill-threads", "2")
+    out = _run(str(BENCH / "cluster_bench.py"), "--connections", "2", "--duration", "1", "--warmup", "1",
+               "--kill-threads", "2")
     for row in ("node a, no proxy: Encrypt (baseline)", "HAProxy -> 1 node: Encrypt", "HAProxy -> 2 nodes: Encrypt",
                 "HAProxy -> 3 nodes: Encrypt"):
         assert _rate(out, row) > 0
