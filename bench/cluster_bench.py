@@ -6,8 +6,8 @@ node without HAProxy (the baseline, measured in the same run), then the errors a
 Builds the cluster the tests build (tests/support/cluster.py: nodes joined with `kms-broker node join`, their own
 SoftHSM tokens, HAProxy in TCP mode with health checks on /v1/ready), drives it with `wrk` (Debian package, installed
 if missing) after `--warmup` seconds of the same Encrypt on every node (discarded: a node's first requests open its
-store connections and HSM session and load the key), and prints req/s, p50/p99, and CPU-seconds per 1,000 requests of every broker process, HAProxy and
-PostgreSQL together. On a 2-core machine all nodes share the same cores: the interesting number is the overhead of
+store connections and HSM session and load the key), and prints req/s, p50/p99, and CPU-seconds per 1,000 requests
+of every broker process, HAProxy and PostgreSQL together. On a 2-core machine all nodes share the same cores: the interesting number is the overhead of
 HAProxy and of more nodes, not the scaling.
 """
 

@@ -46,7 +46,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import ProcessTree, Result, ensure_wrk, load_average, lua_script, paced, run_wrk  # noqa: E402
+from bench.harness import ProcessTree, Result, ensure_wrk, load_average, lua_script, paced, run_wrk, times  # noqa: E402
 from tests.support.procs import Server, free_port, start_server  # noqa: E402
 
 CLI = [sys.executable, "-m", "broker.cli"]
@@ -221,7 +221,7 @@ def median_run(runs: list[Result]) -> Result:
 
 
 def ratio(case: Case, base: Case, conns: int) -> float:
-    return statistics.median(r.rps / b.rps for r, b in zip(case.runs[conns], base.runs[conns], strict=True))
+    return statistics.median(times(r.rps, b.rps) for r, b in zip(case.runs[conns], base.runs[conns], strict=True))
 
 
 # ================================================================================================ main
