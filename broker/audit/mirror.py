@@ -24,6 +24,9 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 from broker.audit.chain import GENESIS
 from broker.audit.sinks import StoreSink
@@ -50,6 +53,16 @@ class MirrorMark:
             return cls(int(data["seq"]), str(data["hash"]), int(data["offset"]))
         except (ValueError, TypeError, KeyError):
             return None
+
+
+def _parsed(line: bytes) -> Any:
+    """A line of the file as JSON: by orjson (a quarter of `json`'s CPU, and the mirror parses every record), by
+    `json` for what orjson refuses and json reads (lone surrogates, NaN, 1e400 in a hostile value). Only the chain
+    fields and the indexed columns are taken from the result; the store keeps the line itself."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return json.loads(line)
 
 
 class StoreMirror:
@@ -100,7 +113,7 @@ class StoreMirror:
         batch: list[tuple[dict, bytes]] = []
         for line in data.splitlines(keepends=True):
             try:
-                record = json.loads(line)
+                record = _parsed(line)
                 linked = record.get("seq") == seq + 1 and record.get("prev_hash") == digest
             except (ValueError, AttributeError):
                 linked = False

@@ -375,18 +375,27 @@ def row_of(record: dict, line: bytes, chain: str) -> dict[str, Any]:
         "seq": record["seq"],
         "time": datetime.fromisoformat(record["time"]),
         "record_type": record.get("type", "event"),
-        "request_id": record.get("request_id"),
-        "principal": record.get("principal"),
-        "auth_method": record.get("auth_method"),
-        "source_ip": record.get("source_ip"),
-        "action": record.get("action"),
-        "key_id": record.get("key_id"),
-        "outcome": record.get("outcome"),
-        "error_code": record.get("error_code"),
+        "request_id": _column(record.get("request_id")),
+        "principal": _column(record.get("principal")),
+        "auth_method": _column(record.get("auth_method")),
+        "source_ip": _column(record.get("source_ip")),
+        "action": _column(record.get("action")),
+        "key_id": _column(record.get("key_id")),
+        "outcome": _column(record.get("outcome")),
+        "error_code": _column(record.get("error_code")),
         "prev_hash": record["prev_hash"],
         "hash": record["hash"],
         "record": line.decode().rstrip("\n"),
     }
+
+
+def _column(value: Any) -> Any:
+    """A record's value as an indexed column's: text that every store can hold. A lone surrogate (JSON can carry
+    one; the file holds it escaped) and NUL (PostgreSQL refuses it in text) are written escaped, so one odd value
+    cannot stop the store copy of every record after it; the `record` column keeps the line exactly as written."""
+    if isinstance(value, str) and (not value.isascii() or "\x00" in value):
+        return value.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+    return value
 
 
 class StdoutSink(Sink):

@@ -340,3 +340,38 @@ def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_
     finally:
         audit.close()
         store.dispose()
+
+
+def test_odd_text_in_a_record_does_not_stop_the_postgresql_copy(postgres_url: str, tmp_path: Path, hsm_provider,
+                                                                 root_ctx: RequestContext):
+    """PostgreSQL refuses NUL and a lone surrogate in text: a principal holding them is copied escaped into its
+    column (the `record` column keeps the line as written), and the records after it are copied too."""
+    from sqlalchemy import create_engine
+
+    from broker.policy import PolicyEngine
+    from broker.store import Store
+    from tests.integration.audit.conftest import make_audit
+
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    store = Store(postgres_url)
+    store.migrate()
+    audit = make_audit(tmp_path, hsm_provider, store)
+    svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
+    try:
+        odd = audit.write({"time": "2026-12-03T10:00:00.000000+00:00", "principal": "odd\x00\ud800", "action": "kms:Test",
+                           "outcome": "allowed"})
+        svc.list_keys(root_ctx)
+        audit.catch_up()
+        with store.engine.connect() as conn:
+            rows = conn.execute(text("select seq, principal, record from audit_events order by seq")).all()
+        assert [r.seq for r in rows] == [r["seq"] for r in map(json.loads, audit.path.read_text().splitlines())]
+        row = next(r for r in rows if r.seq == odd["seq"])
+        assert row.principal == "odd\\x00\\ud800"
+        assert json.loads(row.record)["principal"] == "odd\x00\ud800"
+    finally:
+        audit.close()
+        store.dispose()

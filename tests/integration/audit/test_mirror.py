@@ -161,3 +161,28 @@ def test_rows_deleted_from_the_store_are_reported_not_refilled(audited: KeyServi
     assert 2 not in seqs and 3 not in seqs
     report = compare(audited)
     assert not report.ok and any(p.kind == "store-gap" for p in report.problems)
+
+
+def test_a_record_with_a_lone_surrogate_is_copied_and_does_not_stop_the_copy(audited: KeyService,
+                                                                              root_ctx: RequestContext):
+    """The mirror parses lines with orjson and falls back to `json` for what orjson refuses and `json` wrote (a lone
+    surrogate, escaped by the writer; a non-finite number). Such a value in an indexed column (here the principal)
+    is stored escaped there, and so is NUL: a database refuses them, which would stop the copy of every record
+    after it."""
+    audited.audit._mirror_seconds = 3600.0
+    audited.create_key(root_ctx)
+    audited.audit.catch_up()
+    written = audited.audit.write({"time": "2026-12-03T10:00:00.000000+00:00", "principal": "odd\ud800one\x00",
+                                   "action": "kms:Test", "outcome": "allowed",
+                                   "details": {"lone": "\udfff", "big": float("inf")}})
+    assert b"\\ud800" in audited.audit.path.read_bytes()  # what orjson refuses to read
+    audited.audit.catch_up()
+    assert stored(audited) == in_file(audited)
+    with audited.store.engine.connect() as conn:
+        row = conn.execute(text("select principal, action, record from audit_events where seq = :s"),
+                           {"s": written["seq"]}).one()
+    assert (row.principal, row.action) == ("odd\\ud800one\\x00", "kms:Test")  # escaped in its column
+    assert json.loads(row.record)["details"]["lone"] == "\udfff"
+    audited.create_key(root_ctx)
+    audited.audit.catch_up()
+    assert stored(audited) == in_file(audited)  # and the records after it follow
