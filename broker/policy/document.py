@@ -24,7 +24,6 @@ Two rules keep a statement from meaning more than it says:
 from __future__ import annotations
 
 import fnmatch
-import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -154,11 +153,6 @@ class Condition:
     values: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=1024)
-def _lowered(action: str) -> str:
-    return action.lower()
-
-
 @dataclass(frozen=True)
 class Statement:
     index: int
@@ -172,11 +166,18 @@ class Statement:
     conditions: tuple[Condition, ...] = field(default_factory=tuple)
     not_principal: bool = False  # NotPrincipal: every principal but the ones named
     not_resources: bool = False  # NotResource: every resource but the ones named
+    # matches_action's answers for the actions of the language (a few dozen), kept with the parsed statement: the
+    # decision on every request asks each statement about one of them, and fnmatch per pattern cost ~1-2 us each
+    _action_hits: dict[str, bool] = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def matches_action(self, action: str) -> bool:
-        action = _lowered(action)
-        hit = any(fnmatch.fnmatchcase(action, pattern) for pattern in self.actions)
-        return not hit if self.not_actions else hit
+        hit = self._action_hits.get(action)
+        if hit is None:
+            lowered = action.lower()
+            hit = any(fnmatch.fnmatchcase(lowered, pattern) for pattern in self.actions) != self.not_actions
+            if action in ALL_ACTIONS:  # bounded: never a name a request made up
+                self._action_hits[action] = hit
+        return hit
 
     def names(self, principal: Principal) -> bool:
         """Whether the Principal (NotPrincipal: anything but it) names `principal` directly."""

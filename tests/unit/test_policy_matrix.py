@@ -372,3 +372,22 @@ def test_an_open_context_decides_for_every_context_containing_it() -> None:
     assert decide(ContextAtLeast({"app": "x", "b": "c"}), [], [subset])
     assert not decide(ContextAtLeast({"b": "c"}), [], [subset])
     assert decide({"app": "x"}, [], [equals]) and not decide(ContextAtLeast({"app": "x"}), [], [equals])
+
+
+@pytest.mark.parametrize(("field", "pattern", "action", "expected"), [
+    ("Action", "kms:*crypt", "kms:Encrypt", True),
+    ("Action", "KMS:ENCRYPT", "kms:Encrypt", True),  # action names match case-insensitively
+    ("Action", "kms:Encrypt", "kms:Decrypt", False),
+    ("Action", "kms:Get?ublicKey", "kms:GetPublicKey", True),
+    ("NotAction", "kms:Encrypt", "kms:Encrypt", False),
+    ("NotAction", "kms:Encrypt", "kms:Decrypt", True),
+    ("NotAction", "kms:*", "broker:ReadAudit", True),
+])
+def test_a_statement_answers_the_same_about_an_action_every_time(field, pattern, action, expected):
+    """matches_action keeps its answers for the language's actions: the first answer and every later one agree,
+    for Action and NotAction, and a name no operation has is answered but never kept (requests cannot grow it)."""
+    (statement,) = parse_document(doc({"Effect": "Allow", field: pattern, "Resource": "*"})).statements
+    assert [statement.matches_action(action) for _ in range(3)] == [expected] * 3
+    made_up = "kms:MadeUp" + "x" * 40
+    assert statement.matches_action(made_up) is ((field == "NotAction") != (pattern == "kms:*"))
+    assert set(statement._action_hits) == {action}
