@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import ssl
@@ -43,6 +44,15 @@ def _worker_exit(server: Any, worker: Any) -> None:
     from broker.audit.log import close_all
 
     close_all()
+
+
+def freeze_startup_objects(_worker: Any) -> None:
+    """gunicorn's post_worker_init: after the worker built its app, everything allocated so far (modules,
+    SQLAlchemy's, Flask's and pydantic's structures: ~157k objects in an API worker) leaves the collector's view. A
+    full collection walked them all (84-113 ms on an idle 2-core machine, with the interpreter lock held), stalling
+    every request of the worker meanwhile; requests allocate and free little, so afterwards one has little to
+    walk (0.1-0.2 ms)."""
+    gc.freeze()
 
 
 def _create_api(settings: Settings):
@@ -122,6 +132,7 @@ def api_options(*, bind: str, workers: int, threads: int) -> dict[str, Any]:
         "timeout": 60,
         "graceful_timeout": 10,
         "proc_name": "kms-broker",
+        "post_worker_init": freeze_startup_objects,
     }
 
 

@@ -7,7 +7,6 @@ SIGTERM it when the parent dies (PR_SET_PDEATHSIG), so it never outlives `serve`
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import signal
 from functools import partial
@@ -16,7 +15,7 @@ from typing import Any
 from broker.balanced_worker import WORKER_CLASS
 from broker.logs import gunicorn_logconfig
 from broker.settings import Settings
-from broker.wsgi import GunicornApp, child_exit
+from broker.wsgi import GunicornApp, child_exit, freeze_startup_objects
 
 
 def _create_bridge(settings: Settings):
@@ -42,14 +41,6 @@ def bridge_options(bind: str, *, workers: int, threads: int, certfile: str | Non
     if logconfig:
         options["logconfig_dict"] = logconfig
     return options
-
-
-def freeze_startup_objects(_worker: Any) -> None:
-    """After the worker built its app: everything allocated so far (modules, SQLAlchemy's and Flask's structures,
-    ~160k objects) leaves the collector's view. A full collection walked all of them (139 ms measured in one read
-    loop), stalling every request of the worker while it ran; requests allocate and free little, so afterwards one
-    has little to walk."""
-    gc.freeze()
 
 
 def _die_with_parent() -> None:

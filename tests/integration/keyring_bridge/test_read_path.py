@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from broker.settings import Settings
 from broker.store import Store
 from keyring_bridge.keyring import DeletedVersion, KeyringService, secret_material
 from keyring_bridge.repository import KeyringRepository
-from keyring_bridge.server import bridge_options, freeze_startup_objects
 from keyring_bridge.vault_app import _Dropper, _FastRead, create_bridge_app
 
 MOUNT = "kv/read-path"
@@ -258,20 +256,6 @@ def test_fast_read_sees_another_process_change_at_once(bridged: Bridged, hsm_pro
 
 
 # ------------------------------------------------------------------------------------------------- the listener
-
-
-def test_bridge_workers_freeze_their_startup_objects() -> None:
-    """The bridge's workers (and the bench's no-op on the same options) take what they built at start out of the
-    collector's view, so a full collection does not walk ~160k startup objects while requests wait."""
-    options = bridge_options("127.0.0.1:0", workers=1, threads=1)
-    assert options["post_worker_init"] is freeze_startup_objects
-    before = gc.get_freeze_count()
-    try:
-        made = [object() for _ in range(10)]  # noqa: F841 - objects alive at the freeze
-        freeze_startup_objects(None)
-        assert gc.get_freeze_count() > before
-    finally:
-        gc.unfreeze()
 
 
 def test_fast_read_never_answers_5xx_on_a_bug(bridged: Bridged, monkeypatch: pytest.MonkeyPatch) -> None:
