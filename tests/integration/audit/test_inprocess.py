@@ -307,15 +307,11 @@ def test_hsm_down_defers_the_checkpoint_instead_of_refusing(tmp_path: Path, hsm_
         store.dispose()
 
 
-def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_path: Path, hsm_provider,
-                                                         root_ctx: RequestContext):
-    """"checkpoint-deferred" is longer than the record_type column was (VARCHAR(16)): on PostgreSQL the batch failed
-    and an HSM outage turned into refused requests. Migration 0004_1 widens the column."""
+def _fresh_postgresql_store(postgres_url: str):
+    """A migrated store on an emptied PostgreSQL database."""
     from sqlalchemy import create_engine
 
-    from broker.policy import PolicyEngine
     from broker.store import Store
-    from tests.integration.audit.conftest import make_audit
 
     engine = create_engine(postgres_url)
     with engine.begin() as conn:
@@ -324,6 +320,17 @@ def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_
     engine.dispose()
     store = Store(postgres_url)
     store.migrate()
+    return store
+
+
+def test_a_deferred_checkpoint_fits_the_postgresql_store(postgres_url: str, tmp_path: Path, hsm_provider,
+                                                         root_ctx: RequestContext):
+    """"checkpoint-deferred" is longer than the record_type column was (VARCHAR(16)): on PostgreSQL the batch failed
+    and an HSM outage turned into refused requests. Migration 0004_1 widens the column."""
+    from broker.policy import PolicyEngine
+    from tests.integration.audit.conftest import make_audit
+
+    store = _fresh_postgresql_store(postgres_url)
 
     def down(data: bytes) -> bytes:
         raise RuntimeError("HSM unavailable")
@@ -346,19 +353,10 @@ def test_odd_text_in_a_record_does_not_stop_the_postgresql_copy(postgres_url: st
                                                                  root_ctx: RequestContext):
     """PostgreSQL refuses NUL and a lone surrogate in text: a principal holding them is copied escaped into its
     column (the `record` column keeps the line as written), and the records after it are copied too."""
-    from sqlalchemy import create_engine
-
     from broker.policy import PolicyEngine
-    from broker.store import Store
     from tests.integration.audit.conftest import make_audit
 
-    engine = create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
-    store = Store(postgres_url)
-    store.migrate()
+    store = _fresh_postgresql_store(postgres_url)
     audit = make_audit(tmp_path, hsm_provider, store)
     svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
     try:
