@@ -4,11 +4,11 @@ node without HAProxy (the baseline, measured in the same run), then the errors a
     python bench/cluster_bench.py [--connections 16] [--duration 10] [--warmup 2] [--workers 2] [--kill-threads 8]
 
 Builds the cluster the tests build (tests/support/cluster.py: nodes joined with `kms-broker node join`, their own
-SoftHSM tokens, HAProxy in TCP mode with health checks on /v1/ready), drives it with `wrk` (Debian package, installed
-if missing) after `--warmup` seconds of the same Encrypt on every node (discarded: a node's first requests open its
-store connections and HSM session and load the key), and prints req/s, p50/p99, and CPU-seconds per 1,000 requests
-of every broker process, HAProxy and PostgreSQL together. On a 2-core machine all nodes share the same cores: the interesting number is the overhead of
-HAProxy and of more nodes, not the scaling.
+SoftHSM tokens, HAProxy in TCP mode with health checks on /v1/ready), drives it with `wrk` (Debian package,
+installed if missing) after `--warmup` seconds of the same Encrypt on every node (discarded: a node's first requests
+open its store connections and HSM session and load the key), and prints req/s, p50/p99, and CPU-seconds per 1,000
+requests of every broker process, HAProxy and PostgreSQL together. On a 2-core machine all nodes share the same
+cores: the interesting number is the overhead of HAProxy and of more nodes, not the scaling.
 """
 
 from __future__ import annotations

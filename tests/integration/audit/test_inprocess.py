@@ -360,8 +360,8 @@ def test_odd_text_in_a_record_does_not_stop_the_postgresql_copy(postgres_url: st
     audit = make_audit(tmp_path, hsm_provider, store)
     svc = KeyService(store, {"hsm": hsm_provider}, "hsm", PolicyEngine(), audit)
     try:
-        odd = audit.write({"time": "2026-12-03T10:00:00.000000+00:00", "principal": "odd\x00\ud800", "action": "kms:Test",
-                           "outcome": "allowed"})
+        odd = audit.write({"time": "2026-12-03T10:00:00.000000+00:00", "principal": "odd\x00\ud800",
+                           "action": "kms:Test", "outcome": "allowed"})
         svc.list_keys(root_ctx)
         audit.catch_up()
         with store.engine.connect() as conn:
